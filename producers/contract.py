@@ -1,0 +1,264 @@
+"""The contract between web apps and workers: the lead model, its validation,
+the lead key, the shard, the wire form of a ledger entry and the Redis key names.
+
+Pure Python with no I/O, so producers (which must not import Celery, lxml or
+aiohttp) and the worker's SOAP codec share exactly the same rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from worker.errors import InvalidLead
+
+ForeignSysType = Literal["CUSTOM", "SFDC", "NETSUITE"]
+FOREIGN_SYS_TYPES: Final = ("CUSTOM", "SFDC", "NETSUITE")
+MAX_LEAD_ID: Final = 2**31 - 1  # LeadRecord.Id is xs:int
+MAX_VALUE_CHARS: Final = 64 * 1024
+MAX_ATTRIBUTES: Final = 500
+
+# Characters outside XML 1.0's Char production; lone surrogates included.
+_ILLEGAL_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+@dataclass(frozen=True, slots=True)
+class LeadUpsert:
+    """One validated lead upsert, as a web app asked for it."""
+
+    email: str | None = None
+    marketo_id: int | None = None
+    foreign_sys_person_id: str | None = None
+    foreign_sys_type: ForeignSysType | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    dedup: bool = True
+
+    @property
+    def key(self) -> str:
+        """The lead key: Marketo Id > ForeignSysPersonId (+type) > email, as Marketo matches."""
+        return lead_key(self)
+
+
+def check_xml_text(field_name: str, value: str) -> None:
+    """Raise InvalidLead when ``value`` cannot travel in an XML 1.0 document."""
+    match = _ILLEGAL_XML_CHARS.search(value)
+    if match:
+        raise InvalidLead(field_name, f"character U+{ord(match.group()):04X} is not allowed in XML 1.0")
+    if len(value) > MAX_VALUE_CHARS:
+        raise InvalidLead(field_name, f"longer than {MAX_VALUE_CHARS} characters")
+
+
+def _optional_text(field_name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidLead(field_name, f"must be a string, not {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        return None
+    check_xml_text(field_name, value)
+    return value
+
+
+def _attribute_value(name: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidLead(f"attributes.{name}", f"must be a string or number, not {type(value).__name__}")
+    check_xml_text(f"attributes.{name}", value)
+    return value
+
+
+def validate_lead(
+    *,
+    email: object = None,
+    marketo_id: object = None,
+    foreign_sys_person_id: object = None,
+    foreign_sys_type: object = None,
+    attributes: object = None,
+    dedup: object = True,
+) -> LeadUpsert:
+    """Check one upsert and return it normalised; raise InvalidLead naming the field.
+
+    >>> validate_lead(email=" Ann@Example.com ").key
+    'email:ann@example.com'
+    """
+    clean_email = _optional_text("email", email)
+    if clean_email is not None and ("@" not in clean_email or any(c.isspace() for c in clean_email)):
+        raise InvalidLead("email", "is not an email address")
+
+    clean_id: int | None = None
+    if marketo_id is not None:
+        if isinstance(marketo_id, bool) or not isinstance(marketo_id, int | str):
+            raise InvalidLead("marketo_id", "must be a positive integer")
+        try:
+            clean_id = int(marketo_id)
+        except ValueError:
+            raise InvalidLead("marketo_id", "must be a positive integer") from None
+        if not 1 <= clean_id <= MAX_LEAD_ID:
+            raise InvalidLead("marketo_id", f"must be between 1 and {MAX_LEAD_ID}")
+
+    clean_fsp = _optional_text("foreign_sys_person_id", foreign_sys_person_id)
+    clean_fst = _optional_text("foreign_sys_type", foreign_sys_type)
+    if clean_fsp is not None and clean_fst is None:
+        raise InvalidLead("foreign_sys_type", "is required with foreign_sys_person_id")
+    if clean_fst is not None:
+        if clean_fst.upper() not in FOREIGN_SYS_TYPES:
+            raise InvalidLead("foreign_sys_type", f"must be one of {', '.join(FOREIGN_SYS_TYPES)}")
+        if clean_fsp is None:
+            raise InvalidLead("foreign_sys_person_id", "is required with foreign_sys_type")
+        clean_fst = clean_fst.upper()
+
+    if clean_email is None and clean_id is None and clean_fsp is None:
+        raise InvalidLead("lead", "needs at least one key: email, marketo_id or foreign_sys_person_id")
+
+    clean_attributes: dict[str, str] = {}
+    if attributes is not None:
+        if not isinstance(attributes, Mapping):
+            raise InvalidLead("attributes", "must be a mapping of attribute name to value")
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise InvalidLead("attributes", f"more than {MAX_ATTRIBUTES} attributes")
+        for name, value in attributes.items():
+            if not isinstance(name, str) or not name.strip():
+                raise InvalidLead("attributes", "attribute names must be non-empty strings")
+            check_xml_text("attributes", name)
+            if value is None:
+                raise InvalidLead(f"attributes.{name}", "must not be null")
+            clean_attributes[name.strip()] = _attribute_value(name, value)
+
+    if not isinstance(dedup, bool):
+        raise InvalidLead("dedup", "must be true or false")
+
+    return LeadUpsert(
+        email=clean_email,
+        marketo_id=clean_id,
+        foreign_sys_person_id=clean_fsp,
+        foreign_sys_type=clean_fst,  # type: ignore[arg-type]
+        attributes=clean_attributes,
+        dedup=dedup,
+    )
+
+
+def lead_key(lead: LeadUpsert) -> str:
+    """Marketo Id > ForeignSysPersonId (+type) > email (trimmed, lower-cased)."""
+    if lead.marketo_id is not None:
+        return f"id:{lead.marketo_id}"
+    if lead.foreign_sys_person_id is not None:
+        return f"fsp:{lead.foreign_sys_type}:{lead.foreign_sys_person_id}"
+    assert lead.email is not None  # validate_lead guarantees a key
+    return f"email:{lead.email.lower()}"
+
+
+def key_digest(key: str) -> str:
+    """A short stable hash of a lead key: what logs, metrics and Redis key names carry."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=10).hexdigest()
+
+
+def shard_for(key: str, shards: int) -> int:
+    """The shard of a lead key: a stable hash, identical in every process and release."""
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+# --- wire form of a ledger entry ------------------------------------------------------
+
+
+def encode_lead(lead: LeadUpsert) -> str:
+    """The compact JSON payload stored in a ledger entry."""
+    payload: dict[str, Any] = {}
+    if lead.email is not None:
+        payload["e"] = lead.email
+    if lead.marketo_id is not None:
+        payload["i"] = lead.marketo_id
+    if lead.foreign_sys_person_id is not None:
+        payload["f"] = lead.foreign_sys_person_id
+        payload["t"] = lead.foreign_sys_type
+    if lead.attributes:
+        payload["a"] = dict(lead.attributes)
+    if not lead.dedup:
+        payload["d"] = 0
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_lead(payload: str | bytes) -> LeadUpsert:
+    """Parse and re-validate a ledger payload (it may have been written by another version)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidLead("payload", f"is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InvalidLead("payload", "is not a JSON object")
+    return validate_lead(
+        email=data.get("e"),
+        marketo_id=data.get("i"),
+        foreign_sys_person_id=data.get("f"),
+        foreign_sys_type=data.get("t"),
+        attributes=data.get("a"),
+        dedup=bool(data.get("d", 1)),
+    )
+
+
+# --- request ids ------------------------------------------------------------------------
+
+
+def request_id(shard: int, entry_id: str) -> str:
+    """A request id names the shard and the stream entry: ``"<shard>-<ms>-<seq>"``."""
+    return f"{shard}-{entry_id}"
+
+
+def parse_request_id(value: str) -> tuple[int, str]:
+    """Split a request id into (shard, entry id); raise ValueError when malformed."""
+    shard_text, _, entry_id = value.partition("-")
+    ms, _, seq = entry_id.partition("-")
+    if not (shard_text.isdigit() and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not a leadsync request id: {value!r}")
+    return int(shard_text), entry_id
+
+
+# --- Redis key names ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Redis key names. A shard's keys share the hash tag ``{s}`` so that its atomic
+    steps (commit = outcomes + XACK + XDEL) also work on Redis Cluster."""
+
+    prefix: str = "leadsync"
+
+    GROUP: Final = "workers"
+
+    def stream(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:outbox"
+
+    def lease(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:lease"
+
+    def attempts(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:attempts"
+
+    def outcome(self, shard: int, entry_id: str) -> str:
+        return f"{self.prefix}:{{{shard}}}:outcome:{entry_id}"
+
+    def latest(self, shard: int, key_hash: str) -> str:
+        return f"{self.prefix}:{{{shard}}}:lead:{key_hash}"
+
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dlq"
+
+    def config(self) -> str:
+        return f"{self.prefix}:config"
+
+    def limit(self, name: str) -> str:
+        return f"{self.prefix}:limit:{name}"
+
+    def control(self, name: str) -> str:
+        return f"{self.prefix}:control:{name}"
+
+    def stats(self, name: str) -> str:
+        return f"{self.prefix}:stats:{name}"

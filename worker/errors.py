@@ -1,0 +1,126 @@
+"""The one error tree of leadsync. Branches say what the caller should do.
+
+::
+
+    LeadsyncError
+    ├── ConfigError                settings are missing or malformed
+    ├── InvalidLead                a lead value breaks the contract (field-level)
+    ├── LedgerError                the Redis ledger is not in the expected shape
+    └── MarketoError               a syncMultipleLeads call did not succeed
+        ├── TransientError         retry with backoff, bounded; then leave pending
+        │   ├── TransportError     timeout, connection reset, HTTP 5xx without fault
+        │   └── ProtocolError      unparseable, oversized or hostile response
+        ├── ResignError            20016: sign again with a fresh timestamp, retry at once
+        ├── ThrottledError         20023 / 20024: cooldown shared by every pod
+        ├── QuotaExceededError     20015: pause until the daily quota resets
+        ├── AuthError              20013 / 20014: hold the pipeline, keep leads pending
+        └── BadRequestError        a record made the whole call fault: isolate it
+
+Messages never carry lead values or secrets: they travel into logs and Flower.
+"""
+
+from __future__ import annotations
+
+
+class LeadsyncError(Exception):
+    """Root of every error leadsync raises on purpose."""
+
+
+class ConfigError(LeadsyncError):
+    """Raised when settings are missing or malformed; the message names the variable."""
+
+
+class InvalidLead(LeadsyncError, ValueError):
+    """Raised when a lead breaks the contract. ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class LedgerError(LeadsyncError):
+    """Raised when the Redis ledger is missing (for example after Redis lost its data)."""
+
+
+class MarketoError(LeadsyncError):
+    """A syncMultipleLeads call did not succeed. ``code`` is Marketo's fault code, if any."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message if code is None else f"{code}: {message}")
+        self.code = code
+        self.detail = message
+
+
+class TransientError(MarketoError):
+    """Raised when a retry may succeed: internal errors, gateways, timeouts."""
+
+
+class TransportError(TransientError):
+    """Raised when the HTTP exchange failed: timeout, reset, or a 5xx page that is not a fault."""
+
+
+class ProtocolError(TransientError):
+    """Raised when a response is unparseable, oversized, hostile or does not match the request."""
+
+
+class ResignError(MarketoError):
+    """Raised on 20016: the signature is too old; sign again and retry at once."""
+
+
+class ThrottledError(MarketoError):
+    """Raised on 20023 (rate) and 20024 (concurrency): every pod cools down."""
+
+
+class QuotaExceededError(MarketoError):
+    """Raised on 20015: the daily call quota is used up until it resets."""
+
+
+class AuthError(MarketoError):
+    """Raised on 20013 / 20014: credentials or access are wrong; the pipeline holds."""
+
+
+class BadRequestError(MarketoError):
+    """Raised when some record made the whole call fault (20105, 20017, 20110, 20114, ...)."""
+
+
+#: Every Marketo SOAP fault code we know, mapped once to the branch that handles it.
+FAULT_CODES: dict[int, type[MarketoError]] = {
+    10001: TransientError,  # Internal Error: severe system failure
+    20011: TransientError,  # Internal Error: API service failure
+    20012: BadRequestError,  # Request Not Understood
+    20013: AuthError,  # Access Denied
+    20014: AuthError,  # Authentication failed
+    20015: QuotaExceededError,  # Request Limit Exceeded (daily quota)
+    20016: ResignError,  # Request Expired
+    20017: BadRequestError,  # Invalid Request: missing expected parameter
+    20018: BadRequestError,  # Bad encoding
+    20019: BadRequestError,  # Unsupported Operation
+    20022: BadRequestError,  # Time range exceeded limit
+    20023: ThrottledError,  # Rate Limit Exceeded
+    20024: ThrottledError,  # Concurrency Limit Exceeded
+    20101: BadRequestError,  # Lead Key Required
+    20102: BadRequestError,  # Lead Key Bad
+    20103: BadRequestError,  # Lead Not Found
+    20104: BadRequestError,  # Lead Detail Required
+    20105: BadRequestError,  # Lead Attribute Bad
+    20106: BadRequestError,  # Lead Sync Failed
+    20107: BadRequestError,  # Activity Key Bad
+    20108: BadRequestError,  # Lead Owner Not Found
+    20109: BadRequestError,  # Parameter Required
+    20110: BadRequestError,  # Bad Parameter
+    20111: BadRequestError,  # List Not Found
+    20113: BadRequestError,  # Campaign Not Found
+    20114: BadRequestError,  # Bad Parameter
+    20122: BadRequestError,  # Bad Stream Position
+    20123: BadRequestError,  # Stream at End
+}
+
+#: Fault codes that a single record can cause: the batch is split to find it.
+RECORD_FAULT_CODES = frozenset({20012, 20017, 20018, 20101, 20102, 20103, 20104, 20105, 20106, 20109, 20110, 20114})
+
+
+def fault_error(code: int | None, message: str) -> MarketoError:
+    """The error for a SOAP fault. Unknown codes are transient: bounded retries, then dead letters."""
+    error_type = FAULT_CODES.get(code, TransientError) if code is not None else TransientError
+    return error_type(message, code=code)
