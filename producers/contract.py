@@ -13,6 +13,7 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Final, Literal
 
 from worker.errors import InvalidLead
@@ -262,3 +263,75 @@ class Keys:
 
     def stats(self, name: str) -> str:
         return f"{self.prefix}:stats:{name}"
+
+
+# --- outcomes -------------------------------------------------------------------------
+
+
+class OutcomeStatus(str, Enum):
+    """Where a request stands. CREATED, UPDATED and FAILED are terminal; DEAD_LETTERED is
+    parked in the dead-letter stream until ``leadsync dlq replay`` puts it back."""
+
+    PENDING = "PENDING"
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    FAILED = "FAILED"
+    DEAD_LETTERED = "DEAD_LETTERED"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not OutcomeStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one request. Times are Unix seconds."""
+
+    request_id: str
+    status: OutcomeStatus
+    lead_id: int | None = None
+    error: str | None = None
+    error_code: str | None = None
+    attempts: int = 0
+    enqueued_at: float | None = None
+    finished_at: float | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis hash stored at Keys.outcome (empty values are left out)."""
+        fields = {"status": self.status.value, "attempts": str(self.attempts)}
+        optional = {
+            "lead_id": self.lead_id,
+            "error": self.error,
+            "error_code": self.error_code,
+            "enqueued_at": self.enqueued_at,
+            "finished_at": self.finished_at,
+        }
+        fields.update({name: str(value) for name, value in optional.items() if value is not None})
+        return fields
+
+    @classmethod
+    def from_fields(cls, request_id: str, fields: Mapping[str | bytes, str | bytes]) -> Outcome:
+        """Read back a hash written by :meth:`to_fields`."""
+        text = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+
+        def number(name: str) -> float | None:
+            return float(text[name]) if name in text else None
+
+        return cls(
+            request_id=request_id,
+            status=OutcomeStatus(text["status"]),
+            lead_id=int(text["lead_id"]) if "lead_id" in text else None,
+            error=text.get("error"),
+            error_code=text.get("error_code"),
+            attempts=int(text.get("attempts", "0")),
+            enqueued_at=number("enqueued_at"),
+            finished_at=number("finished_at"),
+        )
+
+
+def entry_time_s(entry_id: str) -> float:
+    """The enqueue time of a stream entry, from the milliseconds in its id."""
+    return int(entry_id.partition("-")[0]) / 1000.0
