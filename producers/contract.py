@@ -249,8 +249,8 @@ class Keys:
     def latest(self, shard: int, key_hash: str) -> str:
         return f"{self.prefix}:{{{shard}}}:lead:{key_hash}"
 
-    def dead_letters(self) -> str:
-        return f"{self.prefix}:dlq"
+    def dead_letters(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:dlq"
 
     def config(self) -> str:
         return f"{self.prefix}:config"

@@ -124,3 +124,15 @@ def fault_error(code: int | None, message: str) -> MarketoError:
     """The error for a SOAP fault. Unknown codes are transient: bounded retries, then dead letters."""
     error_type = FAULT_CODES.get(code, TransientError) if code is not None else TransientError
     return error_type(message, code=code)
+
+
+class LimitReached(LeadsyncError):
+    """Raised when the shared limiter refuses a call; nothing was sent.
+
+    ``reason`` is one of hold, cooldown, quota, rate, concurrency.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(f"call not allowed now ({reason}); retry in {retry_after_s:.1f} s")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
