@@ -1,0 +1,92 @@
+-- One atomic admission step for a Marketo call, shared by every worker pod.
+--
+-- Checks, in order: hold > cooldown > daily quota > sliding-window rate > concurrency
+-- slot. Nothing is written unless every check passes; then the call takes a window
+-- entry, a quota count and a slot together (and, while on hold, the probe turn).
+--
+-- Time comes from the caller (ARGV[1]), never from Redis TIME, so that every pod and
+-- every test drives the same clock. Key TTLs are only garbage collection: decisions
+-- use the times stored in the values.
+--
+-- KEYS[1] window    ZSET token -> call time
+-- KEYS[2] slots     ZSET slot member -> slot expiry
+-- KEYS[3] quota     counter of calls in the current quota day
+-- KEYS[4] cooldown  HASH until, reason
+-- KEYS[5] hold      HASH reason, since, next_probe
+--
+-- ARGV: now, token, slot_member, probe (0/1), rate_calls, window_s, max_slots,
+--       slot_ttl_s, quota_limit, reset_in_s, probe_interval_s, concurrency_retry_s,
+--       min_retry_s, gc_margin_s
+--
+-- Returns {1} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
+-- would be truncated to integers on the way back).
+
+local now = tonumber(ARGV[1])
+local token = ARGV[2]
+local slot_member = ARGV[3]
+local probe = ARGV[4] == '1'
+local rate_calls = tonumber(ARGV[5])
+local window_s = tonumber(ARGV[6])
+local max_slots = tonumber(ARGV[7])
+local slot_ttl_s = tonumber(ARGV[8])
+local quota_limit = tonumber(ARGV[9])
+local reset_in_s = tonumber(ARGV[10])
+local probe_interval_s = tonumber(ARGV[11])
+local concurrency_retry_s = tonumber(ARGV[12])
+local min_retry_s = tonumber(ARGV[13])
+local gc_margin_s = tonumber(ARGV[14])
+
+local function deny(reason, retry_s)
+  return {0, reason, string.format('%.6f', math.max(retry_s, min_retry_s))}
+end
+
+local function ttl_ms(seconds)
+  return math.ceil((seconds + gc_margin_s) * 1000)
+end
+
+-- hold: nothing goes out except one probe per interval, cluster-wide
+local probe_taken = false
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local next_probe = tonumber(redis.call('HGET', KEYS[5], 'next_probe')) or now
+  if not probe or now < next_probe then
+    return deny('hold', next_probe - now)
+  end
+  probe_taken = true
+end
+
+-- cooldown after 20023 / 20024
+local cooldown_until = tonumber(redis.call('HGET', KEYS[4], 'until'))
+if cooldown_until and now < cooldown_until then
+  return deny('cooldown', cooldown_until - now)
+end
+
+-- daily quota (20015 sets the counter to the limit)
+local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+if used >= quota_limit then
+  return deny('quota', reset_in_s)
+end
+
+-- sliding window: at most rate_calls calls in any window_s seconds
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window_s)
+if redis.call('ZCARD', KEYS[1]) >= rate_calls then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return deny('rate', tonumber(oldest[2]) + window_s - now)
+end
+
+-- concurrency: expired slots belong to dead holders and free themselves
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= max_slots then
+  return deny('concurrency', concurrency_retry_s)
+end
+
+-- every check passed: take window entry, quota count and slot together
+redis.call('ZADD', KEYS[1], now, token)
+redis.call('PEXPIRE', KEYS[1], ttl_ms(window_s))
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ttl_ms(reset_in_s))
+redis.call('ZADD', KEYS[2], now + slot_ttl_s, slot_member)
+redis.call('PEXPIRE', KEYS[2], ttl_ms(slot_ttl_s))
+if probe_taken then
+  redis.call('HSET', KEYS[5], 'next_probe', string.format('%.6f', now + probe_interval_s))
+end
+return {1}

@@ -1,0 +1,360 @@
+"""Marketo limits shared by every worker pod, kept atomically in Redis.
+
+One Lua step (``limits.lua``) decides whether a call may go out now: hold > cooldown >
+daily quota > sliding-window rate > concurrency slot. When every check passes it takes a
+window entry, a quota count and a slot together, so a refused call never leaves a
+half-taken permit behind, and no two pods can both take the last unit of anything.
+
+Every time is the caller's clock (passed into Lua), never Redis TIME, so tests can drive
+time and all pods share the same notion of "now" as long as their clocks agree (NTP).
+A slot carries an expiry (``request_timeout_s`` + :data:`SLOT_MARGIN_S`), so a pod that
+dies mid-call frees its slot by itself.
+
+All keys share the hash tag ``{limits}`` so the step also runs on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any, Literal, TypeAlias, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import redis.asyncio
+
+from worker.errors import ConfigError
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DenyReason: TypeAlias = Literal["hold", "cooldown", "quota", "rate", "concurrency"]
+
+#: Added to ``request_timeout_s`` for a slot's lifetime: the HTTP call is over by then.
+SLOT_MARGIN_S = 5.0
+#: Wait suggested when every slot is taken; a slot frees when some call returns.
+CONCURRENCY_RETRY_S = 0.25
+#: Smallest wait ever suggested, so a full-jitter backoff never retries at once.
+MIN_RETRY_S = 0.01
+#: Keys outlive the state they hold by this much; TTLs only collect garbage.
+GC_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Leave to make one call. Release it when the call is over."""
+
+    holder: str
+    token: str
+    acquired_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """No call now; ``retry_after_s`` is always > 0."""
+
+    reason: DenyReason
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterState:
+    """A consistent snapshot of the shared limits (for metrics, the CLI and health)."""
+
+    calls_in_window: int
+    slots_in_use: int
+    quota_used_today: int
+    quota_limit: int
+    cooldown_remaining_s: float
+    cooldown_reason: str | None
+    hold_reason: str | None
+    hold_since: float | None
+    next_probe_in_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterKeys:
+    """Key names of the limiter. One hash tag for all: one Lua step touches them all."""
+
+    prefix: str
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{{limits}}:{name}"
+
+    @property
+    def window(self) -> str:
+        return self._key("window")
+
+    @property
+    def slots(self) -> str:
+        return self._key("slots")
+
+    @property
+    def cooldown(self) -> str:
+        return self._key("cooldown")
+
+    @property
+    def hold(self) -> str:
+        return self._key("hold")
+
+    def quota(self, day: str) -> str:
+        return self._key(f"quota:{day}")
+
+
+# --- quota day (pure) -----------------------------------------------------------------
+
+
+def quota_day(now_s: float, tz: str) -> str:
+    """The quota day ``now_s`` falls in, as 'YYYY-MM-DD' in ``tz``."""
+    return datetime.fromtimestamp(now_s, ZoneInfo(tz)).date().isoformat()
+
+
+def next_quota_reset(now_s: float, tz: str) -> float:
+    """The next 00:00 in ``tz`` after ``now_s``, as Unix time (23 or 25 h days on DST changes)."""
+    zone = ZoneInfo(tz)
+    tomorrow = datetime.fromtimestamp(now_s, zone).date() + timedelta(days=1)
+    # Wall-clock arithmetic on the date, then zoneinfo picks the offset valid at that
+    # midnight; a midnight skipped by DST maps to the instant the day starts.
+    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone).timestamp()
+
+
+# --- small scripts (the admission step is in limits.lua) ------------------------------
+
+_COOLDOWN_LUA = """
+local until_s = tonumber(ARGV[1]) + tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', KEYS[1], 'until'))
+if current and current >= until_s then return 0 end
+redis.call('HSET', KEYS[1], 'until', string.format('%.6f', until_s), 'reason', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[2]) + tonumber(ARGV[4])) * 1000))
+return 1
+"""
+
+_QUOTA_EXHAUSTED_LUA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return used
+"""
+
+# An expired slot is not revived: another call may already have its place.
+_RENEW_LUA = """
+local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if not score or score <= tonumber(ARGV[2]) then return 0 end
+if tonumber(ARGV[3]) > score then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+# The quota is given back only while the window entry is still there: refunding twice
+# is a no-op.
+_REFUND_LUA = """
+redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+return 1
+"""
+
+
+def _load_acquire_script() -> str:
+    return resources.files("worker").joinpath("limits.lua").read_text(encoding="utf-8")
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _number(value: bytes | str | None) -> float | None:
+    text = _text(value)
+    return float(text) if text is not None else None
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisLimiter:
+    """Cluster-wide rate window, concurrency slots, daily quota, cooldown and hold."""
+
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis[Any],
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        try:
+            ZoneInfo(settings.quota_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("LEADSYNC_QUOTA_TIMEZONE: unknown time zone") from None
+        self._redis = redis
+        self._settings = settings
+        self._clock = clock
+        self._keys = LimiterKeys(settings.key_prefix)
+        self._slot_ttl_s = settings.request_timeout_s + SLOT_MARGIN_S
+        self._acquire = redis.register_script(_load_acquire_script())
+        self._cooldown = redis.register_script(_COOLDOWN_LUA)
+        self._quota_exhausted = redis.register_script(_QUOTA_EXHAUSTED_LUA)
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._refund = redis.register_script(_REFUND_LUA)
+
+    @property
+    def keys(self) -> LimiterKeys:
+        return self._keys
+
+    def _quota_key(self, now_s: float) -> str:
+        return self._keys.quota(quota_day(now_s, self._settings.quota_timezone))
+
+    def _reset_in_s(self, now_s: float) -> float:
+        return next_quota_reset(now_s, self._settings.quota_timezone) - now_s
+
+    @staticmethod
+    def _slot_member(holder: str, token: str) -> str:
+        return f"{holder}|{token}"
+
+    async def acquire(self, holder: str, *, probe: bool = False) -> Permit | Denied:
+        """Take leave for one call, or say why not and for how long.
+
+        While on hold only ``probe=True`` callers can pass, and only one per
+        ``hold_probe_interval_s`` across the cluster.
+        """
+        s = self._settings
+        now = self._clock()
+        token = secrets.token_hex(8)
+        keys = self._keys
+        result = await self._acquire(
+            keys=[keys.window, keys.slots, self._quota_key(now), keys.cooldown, keys.hold],
+            args=[
+                repr(now),
+                token,
+                self._slot_member(holder, token),
+                1 if probe else 0,
+                s.rate_limit_calls,
+                repr(s.rate_limit_window_s),
+                s.max_concurrent_calls,
+                repr(self._slot_ttl_s),
+                s.daily_quota,
+                repr(self._reset_in_s(now)),
+                repr(s.hold_probe_interval_s),
+                repr(CONCURRENCY_RETRY_S),
+                repr(MIN_RETRY_S),
+                repr(GC_MARGIN_S),
+            ],
+        )
+        if int(result[0]) == 1:
+            return Permit(holder=holder, token=token, acquired_at=now)
+        reason = cast(DenyReason, _text(result[1]))
+        return Denied(reason=reason, retry_after_s=max(float(_text(result[2]) or 0), MIN_RETRY_S))
+
+    async def release(self, permit: Permit) -> None:
+        """Free the slot. The window entry and quota count stay: the call was made."""
+        await self._redis.zrem(self._keys.slots, self._slot_member(permit.holder, permit.token))
+
+    async def renew(self, permit: Permit) -> bool:
+        """Push the slot's expiry out for a slow call; False if the slot had already expired."""
+        now = self._clock()
+        renewed = await self._renew(
+            keys=[self._keys.slots],
+            args=[
+                self._slot_member(permit.holder, permit.token),
+                repr(now),
+                repr(now + self._slot_ttl_s),
+                _ms(self._slot_ttl_s + GC_MARGIN_S),
+            ],
+        )
+        if not int(renewed):
+            logger.warning("limiter slot of %s expired before renewal", permit.holder)
+        return bool(int(renewed))
+
+    async def refund(self, permit: Permit) -> None:
+        """Give back the window entry, quota count and slot of a call Marketo did not count.
+
+        Only for answers Marketo documents as uncounted (REST 601, 602, 604, 605, 608,
+        611); when in doubt, do not refund: over-counting is the safe side.
+        """
+        await self._refund(
+            keys=[self._keys.window, self._quota_key(permit.acquired_at), self._keys.slots],
+            args=[permit.token, self._slot_member(permit.holder, permit.token)],
+        )
+
+    async def cooldown(self, seconds: float, reason: str) -> None:
+        """Stop every pod from calling for ``seconds``; a longer cooldown already set stays."""
+        extended = await self._cooldown(
+            keys=[self._keys.cooldown],
+            args=[repr(self._clock()), repr(seconds), reason, repr(GC_MARGIN_S)],
+        )
+        if int(extended):
+            logger.warning("limiter cooldown for %.1f s (%s)", seconds, reason)
+
+    async def pause_until_quota_reset(self) -> None:
+        """Marketo says the daily quota is spent (20015): no call until the next reset.
+
+        The quota is shared with other integrations, so Marketo's word beats our count:
+        the day's counter is raised to the limit and expires after the day.
+        """
+        now = self._clock()
+        reset_in_s = self._reset_in_s(now)
+        await self._quota_exhausted(
+            keys=[self._quota_key(now)],
+            args=[self._settings.daily_quota, _ms(reset_in_s + GC_MARGIN_S)],
+        )
+        logger.warning("daily quota spent; calls resume in %.0f s", reset_in_s)
+
+    async def hold(self, reason: str) -> None:
+        """Stop sending (bad credentials, access revoked) until :meth:`clear_hold`.
+
+        The first hold sets ``since`` and the first probe time; holding again only
+        updates the reason, so repeated failures never bring the next probe closer.
+        """
+        now = self._clock()
+        next_probe = now + self._settings.hold_probe_interval_s
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self._keys.hold, "since", repr(now))
+            pipe.hsetnx(self._keys.hold, "next_probe", repr(next_probe))
+            pipe.hset(self._keys.hold, "reason", reason)
+            created = await pipe.execute()
+        if int(created[0]):
+            logger.error(
+                "limiter hold: nothing is sent but one probe per %.0f s (%s)",
+                self._settings.hold_probe_interval_s,
+                reason,
+            )
+
+    async def clear_hold(self) -> None:
+        """Resume sending (a probe went through, or an operator fixed the configuration)."""
+        if await self._redis.delete(self._keys.hold):
+            logger.warning("limiter hold cleared")
+
+    async def state(self) -> LimiterState:
+        """A snapshot of the shared limits, read in one transaction."""
+        s = self._settings
+        now = self._clock()
+        keys = self._keys
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zcount(keys.window, f"({now - s.rate_limit_window_s!r}", "+inf")
+            pipe.zcount(keys.slots, f"({now!r}", "+inf")
+            pipe.get(self._quota_key(now))
+            pipe.hmget(keys.cooldown, ["until", "reason"])
+            pipe.hmget(keys.hold, ["reason", "since", "next_probe"])
+            calls, slots, used, cooldown, hold = await pipe.execute()
+        cooldown_until = _number(cooldown[0])
+        cooldown_left_s = max(cooldown_until - now, 0.0) if cooldown_until is not None else 0.0
+        hold_reason, hold_since, next_probe = _text(hold[0]), _number(hold[1]), _number(hold[2])
+        return LimiterState(
+            calls_in_window=int(calls),
+            slots_in_use=int(slots),
+            quota_used_today=int(used or 0),
+            quota_limit=s.daily_quota,
+            cooldown_remaining_s=cooldown_left_s,
+            cooldown_reason=_text(cooldown[1]) if cooldown_left_s > 0 else None,
+            hold_reason=hold_reason,
+            hold_since=hold_since,
+            next_probe_in_s=max(next_probe - now, 0.0) if next_probe is not None else None,
+        )
