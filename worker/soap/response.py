@@ -1,0 +1,201 @@
+"""Parse Marketo's ``syncMultipleLeads`` answer: per-lead results or a SOAP fault.
+
+Responses are untrusted input. ``parse_xml`` is the one hardened parser of the project (the
+simulator parses requests with it too): no entities, no DTD, no network, no huge trees, and
+any DOCTYPE is refused, as SOAP 1.1 forbids one anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from lxml import etree
+
+from worker.errors import MarketoError, ProtocolError, TransportError, fault_error
+
+MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
+#: Marketo's faultstring travels into exception messages; keep it short.
+MAX_FAULT_CHARS: Final = 300
+#: A per-lead error text is stored with the outcome; bound its size.
+MAX_ERROR_CHARS: Final = 2000
+
+_XSI_NIL: Final = "{http://www.w3.org/2001/XMLSchema-instance}nil"
+_LEADING_CODE = re.compile(r"\s*(\d{3,6})\b")
+_HTML_START = re.compile(rb"\s*(<!doctype\s+html|<html)", re.IGNORECASE)
+
+
+class SyncStatus(StrEnum):
+    """LeadSyncStatus of the WSDL."""
+
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What Marketo did with one lead; ``error`` is set only for FAILED."""
+
+    lead_id: int | None
+    status: SyncStatus
+    error: str | None
+
+
+def _parser() -> etree.XMLParser:
+    # A fresh parser per document: lxml parsers must not be shared between threads.
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_pis=True,
+    )
+
+
+def parse_xml(body: bytes, *, max_bytes: int = MAX_RESPONSE_BYTES) -> etree._Element:
+    """Parse untrusted XML; raise ProtocolError if it is oversized, malformed or has a DOCTYPE."""
+    if len(body) > max_bytes:
+        raise ProtocolError(f"XML body of {len(body)} bytes exceeds the {max_bytes}-byte cap")
+    if not body.strip():
+        raise ProtocolError("empty XML body")
+    try:
+        root = etree.fromstring(body, _parser())
+    except etree.XMLSyntaxError as exc:
+        # libxml2 messages name tags and positions, not text content.
+        raise ProtocolError(f"malformed XML: {str(exc)[:200]}") from None
+    docinfo = root.getroottree().docinfo
+    doctype = getattr(docinfo, "doctype", "")  # missing from lxml-stubs
+    if doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise ProtocolError("XML with a DOCTYPE is refused")
+    return root
+
+
+def _local(element: etree._Element) -> str:
+    return etree.QName(element).localname if isinstance(element.tag, str) else ""
+
+
+def _child(parent: etree._Element, name: str) -> etree._Element | None:
+    """The first child named ``name`` in any namespace (Marketo's children are unqualified)."""
+    return next((child for child in parent if _local(child) == name), None)
+
+
+def _children(parent: etree._Element, name: str) -> list[etree._Element]:
+    return [child for child in parent if _local(child) == name]
+
+
+def _text(element: etree._Element | None) -> str | None:
+    """Stripped text, or None when missing, empty or ``xsi:nil``."""
+    if element is None or element.get(_XSI_NIL) in ("true", "1"):
+        return None
+    text = (element.text or "").strip()
+    return text or None
+
+
+def _body(root: etree._Element) -> etree._Element:
+    body = _child(root, "Body") if _local(root) == "Envelope" else None
+    if body is None:
+        raise ProtocolError(f"not a SOAP envelope (root element {_local(root)[:40]!r})")
+    return body
+
+
+def parse_fault(root: etree._Element) -> MarketoError | None:
+    """The error for a SOAP fault in the envelope ``root``, or None when there is no fault.
+
+    The code comes from ``detail//serviceException/code``, else from the leading digits of
+    ``faultstring`` (Marketo writes ``"20014 - Authentication failed"``), else None.
+    """
+    fault = _child(_body(root), "Fault")
+    if fault is None:
+        return None
+    faultstring = _text(_child(fault, "faultstring"))
+    if faultstring is None:  # SOAP 1.2 shape, in case a proxy answers with one
+        reason = _child(fault, "Reason")
+        faultstring = _text(_child(reason, "Text")) if reason is not None else None
+
+    code: int | None = None
+    for element in fault.iter("{*}code"):
+        parent = element.getparent()
+        text = _text(element)
+        if parent is not None and _local(parent) == "serviceException" and text and text.isdigit():
+            code = int(text)
+            break
+    if code is None and faultstring is not None:
+        match = _LEADING_CODE.match(faultstring)
+        code = int(match.group(1)) if match else None
+
+    message = (faultstring or "SOAP fault without a faultstring")[:MAX_FAULT_CHARS]
+    return fault_error(code, message)
+
+
+def _looks_like_xml(body: bytes, content_type: str | None) -> bool:
+    if content_type is not None and "html" in content_type.lower():
+        return False
+    head = body[:512].lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"<") and not _HTML_START.match(head)
+
+
+def _lead_id(text: str | None) -> int | None:
+    # leadId is meaningless on FAILED rows (often 0); never report a non-positive id.
+    if text is None or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value > 0 else None
+
+
+def _sync_result(element: etree._Element) -> SyncResult:
+    status_text = _text(_child(element, "status"))
+    try:
+        status = SyncStatus(status_text or "")
+    except ValueError:
+        raise ProtocolError(f"unknown syncStatus status {(status_text or '')[:40]!r}") from None
+    error: str | None = None
+    if status is SyncStatus.FAILED:
+        error = (_text(_child(element, "error")) or "Marketo gave no reason")[:MAX_ERROR_CHARS]
+    lead_id = _lead_id(_text(_child(element, "leadId")))
+    return SyncResult(lead_id=lead_id, status=status, error=error)
+
+
+def _status_elements(body: etree._Element) -> list[etree._Element]:
+    success = _child(body, "successSyncMultipleLeads")
+    result = _child(success, "result") if success is not None else None
+    status_list = _child(result, "syncStatusList") if result is not None else None
+    if status_list is None:
+        raise ProtocolError("response has no successSyncMultipleLeads/result/syncStatusList")
+    return _children(status_list, "syncStatus")
+
+
+def parse_sync_response(
+    body: bytes,
+    *,
+    http_status: int,
+    expected_count: int,
+    content_type: str | None = None,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+) -> list[SyncResult]:
+    """One SyncResult per request lead, by position; raise the MarketoError that fits otherwise.
+
+    - a SOAP fault (whatever the HTTP status) -> ``fault_error(code, faultstring)``
+    - a non-XML body (an HTML 502 page) or a non-2xx answer without a fault -> TransportError
+    - malformed, oversized or hostile XML, or a result count unlike ``expected_count``
+      -> ProtocolError (results are matched by position, so a mismatch is never guessed at)
+    """
+    ok = 200 <= http_status < 300
+    if len(body) > max_bytes:
+        raise ProtocolError(f"body of {len(body)} bytes exceeds the {max_bytes}-byte cap")
+    if not ok and not _looks_like_xml(body, content_type):
+        kind = (content_type or "no content type")[:60]
+        raise TransportError(f"HTTP {http_status} with a non-XML body ({kind})")
+    root = parse_xml(body, max_bytes=max_bytes)
+    fault = parse_fault(root)
+    if fault is not None:
+        raise fault
+    if not ok:
+        raise TransportError(f"HTTP {http_status} without a SOAP fault")
+    results = [_sync_result(element) for element in _status_elements(_body(root))]
+    if len(results) != expected_count:
+        raise ProtocolError(f"{len(results)} sync results for {expected_count} leads")
+    return results
