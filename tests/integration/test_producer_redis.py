@@ -1,0 +1,137 @@
+"""LeadProducer and AsyncLeadProducer against a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from producers import AsyncLeadProducer, InvalidLead, LeadProducer, Outcome, OutcomeStatus
+from producers.contract import Keys, decode_lead, key_digest, parse_request_id, shard_for
+
+pytestmark = pytest.mark.integration
+
+SHARDS = 4
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis[bytes]]:
+    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def total_entries(client: redis.Redis[bytes], keys: Keys) -> int:
+    return sum(client.xlen(keys.stream(s)) for s in range(SHARDS))
+
+
+def commit(client: redis.Redis[bytes], keys: Keys, outcome: Outcome) -> None:
+    """The worker's commit: outcome hash and XDEL of the entry in one MULTI (one hash slot)."""
+    shard, entry_id = parse_request_id(outcome.request_id)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.outcome(shard, entry_id), mapping=outcome.to_fields())
+    pipe.xdel(keys.stream(shard), entry_id)
+    pipe.execute()
+
+
+def test_upsert_outcome_and_validation_over_real_redis(
+    redis_url: str, client: redis.Redis[bytes]
+) -> None:
+    with LeadProducer.from_url(redis_url, shards=SHARDS) as producer:
+        with pytest.raises(InvalidLead) as caught:
+            producer.upsert(email="no-at-sign")
+        assert caught.value.field == "email"
+        assert total_entries(client, producer.keys) == 0
+
+        rid = producer.upsert(email="Ann@Example.com", attributes={"FirstName": "Ann"})
+        shard, entry_id = parse_request_id(rid)
+        assert shard == shard_for("email:ann@example.com", SHARDS)
+        [(stored_id, fields)] = client.xrange(producer.keys.stream(shard))
+        assert stored_id.decode() == entry_id
+        assert fields[b"k"].decode() == key_digest("email:ann@example.com")
+        assert decode_lead(fields[b"p"]).attributes == {"FirstName": "Ann"}
+
+        pending = producer.outcome(rid)
+        assert pending is not None
+        assert pending.status is OutcomeStatus.PENDING
+        assert producer.wait_outcome(rid, 0.05, poll_s=0.01).status is OutcomeStatus.PENDING
+
+        commit(client, producer.keys, Outcome(rid, OutcomeStatus.CREATED, lead_id=11, attempts=1))
+        final = producer.wait_outcome(rid, 2.0)
+        assert (final.status, final.lead_id) == (OutcomeStatus.CREATED, 11)
+
+        assert producer.outcome("1-1-0") is None
+        with pytest.raises(TimeoutError):
+            producer.wait_outcome("1-1-0", 0.03, poll_s=0.01)
+
+
+def test_upsert_many_enqueues_the_good_records_over_real_redis(
+    redis_url: str, client: redis.Redis[bytes]
+) -> None:
+    records = [{"email": f"lead{i}@example.com"} for i in range(2500)]
+    records[1234] = {"email": "broken"}
+
+    with LeadProducer.from_url(redis_url, shards=SHARDS) as producer:
+        results = producer.upsert_many(records)
+
+    bad = [i for i, r in enumerate(results) if isinstance(r, InvalidLead)]
+    assert bad == [1234]
+    assert total_entries(client, producer.keys) == 2499
+    ids = [r for r in results if isinstance(r, str)]
+    assert len(set(ids)) == 2499
+
+
+def test_a_worker_group_created_later_sees_the_whole_backlog(
+    redis_url: str, client: redis.Redis[bytes]
+) -> None:
+    with LeadProducer.from_url(redis_url, shards=SHARDS) as producer:
+        rid = producer.upsert(marketo_id=77)
+    shard, entry_id = parse_request_id(rid)
+    stream = producer.keys.stream(shard)
+
+    client.xgroup_create(stream, Keys.GROUP, id="0", mkstream=True)
+    [(_, entries)] = client.xreadgroup(Keys.GROUP, "w1", {stream: ">"}, count=10)
+
+    assert [eid.decode() for eid, _ in entries] == [entry_id]
+
+
+def test_a_second_producer_with_another_shard_count_adopts_the_stored_one(
+    redis_url: str, client: redis.Redis[bytes]
+) -> None:
+    with LeadProducer.from_url(redis_url, key_prefix="hs", shards=SHARDS) as first:
+        assert first.shards == SHARDS
+    with LeadProducer.from_url(redis_url, key_prefix="hs", shards=SHARDS * 2) as second:
+        assert second.shards == SHARDS
+        rid = second.upsert(marketo_id=9001)
+    assert parse_request_id(rid)[0] == shard_for("id:9001", SHARDS)
+    assert client.hget("hs:config", "shards") == str(SHARDS).encode()
+
+
+async def test_async_producer_over_real_redis(redis_url: str, client: redis.Redis[bytes]) -> None:
+    client.hset(Keys().config(), "shards", str(SHARDS))
+    async with AsyncLeadProducer.from_url(redis_url, shards=SHARDS * 3) as producer:
+        with pytest.raises(InvalidLead) as caught:
+            await producer.upsert(email="a@example.com", foreign_sys_type="SFDC")
+        assert caught.value.field == "foreign_sys_person_id"
+
+        rid = await producer.upsert(email="Bea@Example.com")
+        assert await producer.shards() == SHARDS
+        assert parse_request_id(rid)[0] == shard_for("email:bea@example.com", SHARDS)
+
+        results = await producer.upsert_many([{"email": "c@example.com"}, {"marketo_id": "x"}])
+        assert isinstance(results[0], str)
+        assert isinstance(results[1], InvalidLead)
+        assert results[1].field == "marketo_id"
+        assert total_entries(client, producer.keys) == 2
+
+        pending = await producer.outcome(rid)
+        assert pending is not None
+        assert pending.status is OutcomeStatus.PENDING
+
+        commit(
+            client, producer.keys, Outcome(rid, OutcomeStatus.FAILED, error="rejected", attempts=1)
+        )
+        final = await producer.wait_outcome(rid, 2.0)
+        assert (final.status, final.error) == (OutcomeStatus.FAILED, "rejected")
+        assert await producer.outcome("0-5-5") is None
