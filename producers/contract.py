@@ -13,8 +13,8 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Final, Literal
+from enum import StrEnum
+from typing import Any, ClassVar, Final, Literal
 
 from worker.errors import InvalidLead
 
@@ -49,7 +49,9 @@ def check_xml_text(field_name: str, value: str) -> None:
     """Raise InvalidLead when ``value`` cannot travel in an XML 1.0 document."""
     match = _ILLEGAL_XML_CHARS.search(value)
     if match:
-        raise InvalidLead(field_name, f"character U+{ord(match.group()):04X} is not allowed in XML 1.0")
+        raise InvalidLead(
+            field_name, f"character U+{ord(match.group()):04X} is not allowed in XML 1.0"
+        )
     if len(value) > MAX_VALUE_CHARS:
         raise InvalidLead(field_name, f"longer than {MAX_VALUE_CHARS} characters")
 
@@ -72,7 +74,9 @@ def _attribute_value(name: str, value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise InvalidLead(f"attributes.{name}", f"must be a string or number, not {type(value).__name__}")
+        raise InvalidLead(
+            f"attributes.{name}", f"must be a string or number, not {type(value).__name__}"
+        )
     check_xml_text(f"attributes.{name}", value)
     return value
 
@@ -92,7 +96,9 @@ def validate_lead(
     'email:ann@example.com'
     """
     clean_email = _optional_text("email", email)
-    if clean_email is not None and ("@" not in clean_email or any(c.isspace() for c in clean_email)):
+    if clean_email is not None and (
+        "@" not in clean_email or any(c.isspace() for c in clean_email)
+    ):
         raise InvalidLead("email", "is not an email address")
 
     clean_id: int | None = None
@@ -118,7 +124,9 @@ def validate_lead(
         clean_fst = clean_fst.upper()
 
     if clean_email is None and clean_id is None and clean_fsp is None:
-        raise InvalidLead("lead", "needs at least one key: email, marketo_id or foreign_sys_person_id")
+        raise InvalidLead(
+            "lead", "needs at least one key: email, marketo_id or foreign_sys_person_id"
+        )
 
     clean_attributes: dict[str, str] = {}
     if attributes is not None:
@@ -232,7 +240,7 @@ class Keys:
 
     prefix: str = "leadsync"
 
-    GROUP: Final = "workers"
+    GROUP: ClassVar[str] = "workers"
 
     def stream(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard}}}:outbox"
@@ -268,7 +276,7 @@ class Keys:
 # --- outcomes -------------------------------------------------------------------------
 
 
-class OutcomeStatus(str, Enum):
+class OutcomeStatus(StrEnum):
     """Where a request stands. CREATED, UPDATED and FAILED are terminal; DEAD_LETTERED is
     parked in the dead-letter stream until ``leadsync dlq replay`` puts it back."""
 

@@ -117,7 +117,9 @@ FAULT_CODES: dict[int, type[MarketoError]] = {
 }
 
 #: Fault codes that a single record can cause: the batch is split to find it.
-RECORD_FAULT_CODES = frozenset({20012, 20017, 20018, 20101, 20102, 20103, 20104, 20105, 20106, 20109, 20110, 20114})
+RECORD_FAULT_CODES = frozenset(
+    {20012, 20017, 20018, 20101, 20102, 20103, 20104, 20105, 20106, 20109, 20110, 20114}
+)
 
 
 def fault_error(code: int | None, message: str) -> MarketoError:

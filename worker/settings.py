@@ -33,44 +33,104 @@ class Settings(BaseSettings):
     )
 
     # Redis and Celery
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the ledger, limits and outcomes.")
-    broker_url: str | None = Field(None, description="Celery broker; defaults to LEADSYNC_REDIS_URL.")
-    key_prefix: str = Field("leadsync", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$", description="Prefix of every Redis key leadsync writes.")
-    shards: int = Field(16, ge=1, le=1024, description="Number of shard streams; a lead key always maps to the same shard.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis holding the ledger, limits and outcomes."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker; defaults to LEADSYNC_REDIS_URL."
+    )
+    key_prefix: str = Field(
+        "leadsync",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Prefix of every Redis key leadsync writes.",
+    )
+    shards: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Number of shard streams; a lead key always maps to the same shard.",
+    )
 
     # Marketo endpoint and credentials
-    marketo_endpoint: str = Field("http://127.0.0.1:8765/soap/mktows/2_2", description="SOAP endpoint of your Marketo instance.")
+    marketo_endpoint: str = Field(
+        "http://127.0.0.1:8765/soap/mktows/2_2",
+        description="SOAP endpoint of your Marketo instance.",
+    )
     marketo_user_id: str = Field("", description="mktowsUserId from Admin > Web Services.")
-    marketo_encryption_key: SecretStr = Field(SecretStr(""), description="Encryption key from Admin > Web Services (secret).")
+    marketo_encryption_key: SecretStr = Field(
+        SecretStr(""), description="Encryption key from Admin > Web Services (secret)."
+    )
 
     # Batching
-    batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Most leads per syncMultipleLeads call.")
-    flush_interval_s: float = Field(2.0, gt=0, le=3600, description="Send a partial batch once its oldest entry is this old.")
+    batch_size: int = Field(
+        MAX_BATCH_SIZE,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="Most leads per syncMultipleLeads call.",
+    )
+    flush_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="Send a partial batch once its oldest entry is this old."
+    )
 
     # Limits shared by every pod (Adobe advises 50 calls / 20 s and 5 at once per integration)
-    rate_limit_calls: int = Field(50, ge=1, description="Calls allowed per rate window, across all pods.")
+    rate_limit_calls: int = Field(
+        50, ge=1, description="Calls allowed per rate window, across all pods."
+    )
     rate_limit_window_s: float = Field(20.0, gt=0, description="Length of the rate window.")
-    max_concurrent_calls: int = Field(5, ge=1, description="Calls in flight at once, across all pods.")
-    daily_quota: int = Field(10_000, ge=1, description="Calls per day; the day resets at 00:00 in LEADSYNC_QUOTA_TIMEZONE.")
-    quota_timezone: str = Field("America/Chicago", description="Time zone of Marketo's daily quota reset.")
+    max_concurrent_calls: int = Field(
+        5, ge=1, description="Calls in flight at once, across all pods."
+    )
+    daily_quota: int = Field(
+        10_000,
+        ge=1,
+        description="Calls per day; the day resets at 00:00 in LEADSYNC_QUOTA_TIMEZONE.",
+    )
+    quota_timezone: str = Field(
+        "America/Chicago", description="Time zone of Marketo's daily quota reset."
+    )
 
     # Retries and delivery
-    max_attempts: int = Field(8, ge=1, description="Calls an entry may ride in before it moves to the dead-letter stream.")
-    request_timeout_s: float = Field(60.0, gt=0, description="Total time allowed for one HTTP call to Marketo.")
-    connect_timeout_s: float = Field(10.0, gt=0, description="Time allowed to open a connection to Marketo.")
-    transient_retries: int = Field(3, ge=0, description="Immediate in-cycle retries of a transient fault before the batch is left pending.")
-    backoff_initial_s: float = Field(0.5, ge=0, description="First backoff after a transient fault.")
+    max_attempts: int = Field(
+        8, ge=1, description="Calls an entry may ride in before it moves to the dead-letter stream."
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Total time allowed for one HTTP call to Marketo."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Time allowed to open a connection to Marketo."
+    )
+    transient_retries: int = Field(
+        3,
+        ge=0,
+        description="Immediate in-cycle retries of a transient fault before the batch is left pending.",
+    )
+    backoff_initial_s: float = Field(
+        0.5, ge=0, description="First backoff after a transient fault."
+    )
     backoff_max_s: float = Field(30.0, gt=0, description="Largest backoff between retries.")
-    throttle_cooldown_s: float = Field(20.0, gt=0, description="Pause for every pod after Marketo answers 20023 or 20024.")
-    hold_probe_interval_s: float = Field(60.0, gt=0, description="While on hold (bad credentials), how often one probe call is tried.")
-    lease_ttl_s: float = Field(120.0, gt=0, description="Lifetime of a shard lease; renewed while a batch is in flight.")
+    throttle_cooldown_s: float = Field(
+        20.0, gt=0, description="Pause for every pod after Marketo answers 20023 or 20024."
+    )
+    hold_probe_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="While on hold (bad credentials), how often one probe call is tried.",
+    )
+    lease_ttl_s: float = Field(
+        120.0, gt=0, description="Lifetime of a shard lease; renewed while a batch is in flight."
+    )
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long outcomes stay readable.")
-    max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest Marketo response body accepted.")
+    max_response_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest Marketo response body accepted."
+    )
 
     # Operations
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_level: str = Field("INFO", description="Log level of leadsync's loggers.")
-    metrics_port: int = Field(9808, ge=0, le=65535, description="Prometheus port of a worker pod (0 disables).")
+    metrics_port: int = Field(
+        9808, ge=0, le=65535, description="Prometheus port of a worker pod (0 disables)."
+    )
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:
@@ -112,4 +172,6 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def env_variables() -> dict[str, str]:
     """Every LEADSYNC_ variable with its description (for docs and tests)."""
-    return {env_name(name): field.description or "" for name, field in Settings.model_fields.items()}
+    return {
+        env_name(name): field.description or "" for name, field in Settings.model_fields.items()
+    }

@@ -1,0 +1,105 @@
+"""Pure batching: merge queued upserts per lead key and cut them into calls.
+
+Rules: entries with the same lead key merge into one record (last write wins per
+attribute, and every merged request id gets the record's outcome); entries with
+dedup=false are never merged and travel in dedup=false calls; no call carries
+more than ``batch_size`` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from producers.contract import LeadUpsert
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedLead:
+    """A decoded ledger entry."""
+
+    entry_id: str
+    key_hash: str
+    lead: LeadUpsert
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One lead in a call and the entries it answers for."""
+
+    key_hash: str
+    lead: LeadUpsert
+    entry_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The records of one syncMultipleLeads call."""
+
+    dedup: bool
+    records: tuple[BatchRecord, ...]
+
+    @property
+    def entry_ids(self) -> list[str]:
+        return [entry_id for record in self.records for entry_id in record.entry_ids]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """Stream ids sort as (milliseconds, sequence), not as strings."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def merge_leads(older: LeadUpsert, newer: LeadUpsert) -> LeadUpsert:
+    """The newer upsert wins per attribute; keys the newer one lacks are kept."""
+    return replace(
+        newer,
+        email=newer.email if newer.email is not None else older.email,
+        marketo_id=newer.marketo_id if newer.marketo_id is not None else older.marketo_id,
+        foreign_sys_person_id=newer.foreign_sys_person_id or older.foreign_sys_person_id,
+        foreign_sys_type=newer.foreign_sys_type or older.foreign_sys_type,
+        attributes={**older.attributes, **newer.attributes},
+    )
+
+
+def coalesce(entries: Iterable[QueuedLead]) -> list[BatchRecord]:
+    """Merge entries per lead key in stream order; dedup=false entries stay apart."""
+    records: list[BatchRecord] = []
+    index_by_key: dict[str, int] = {}
+    for entry in sorted(entries, key=lambda item: entry_order(item.entry_id)):
+        if not entry.lead.dedup:
+            records.append(BatchRecord(entry.key_hash, entry.lead, (entry.entry_id,)))
+            continue
+        position = index_by_key.get(entry.key_hash)
+        if position is None:
+            index_by_key[entry.key_hash] = len(records)
+            records.append(BatchRecord(entry.key_hash, entry.lead, (entry.entry_id,)))
+        else:
+            merged = records[position]
+            records[position] = BatchRecord(
+                entry.key_hash,
+                merge_leads(merged.lead, entry.lead),
+                (*merged.entry_ids, entry.entry_id),
+            )
+    return records
+
+
+def chunk(records: Sequence[BatchRecord], batch_size: int) -> list[Batch]:
+    """Cut records into calls of at most ``batch_size``, dedup=true and dedup=false apart."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    batches: list[Batch] = []
+    for dedup in (True, False):
+        group = [record for record in records if record.lead.dedup is dedup]
+        for start in range(0, len(group), batch_size):
+            batches.append(Batch(dedup, tuple(group[start : start + batch_size])))
+    return batches
+
+
+def plan_batches(entries: Iterable[QueuedLead], batch_size: int) -> list[Batch]:
+    """Coalesce then chunk: the calls one drain cycle will make, fullest first."""
+    batches = chunk(coalesce(entries), batch_size)
+    return sorted(batches, key=len, reverse=True)
