@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
-from typing import Any, Literal, TypeAlias, cast
+from typing import Literal, TypeAlias, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio
@@ -185,7 +185,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis[Any],
+        redis: redis.asyncio.Redis,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,

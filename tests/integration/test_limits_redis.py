@@ -1,0 +1,352 @@
+"""The shared limiter over a real Redis: exact limits, sliding, expiry, hold and probes,
+and no over-grant under many asyncio tasks or several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from tests.unit.test_limits_clock import unix
+from worker.limits import (
+    CONCURRENCY_RETRY_S,
+    SLOT_MARGIN_S,
+    Denied,
+    Permit,
+    RedisLimiter,
+)
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+T0 = unix("2026-11-28T12:00:00")
+
+
+class FakeClock:
+    def __init__(self, now_s: float = T0) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+MakeLimiter = Callable[..., RedisLimiter]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_limiter(redis_url: str, clock: FakeClock) -> AsyncIterator[MakeLimiter]:
+    clients: list[redis.asyncio.Redis] = []
+
+    def make(**overrides: Any) -> RedisLimiter:
+        values: dict[str, Any] = {
+            "rate_limit_calls": 1000,
+            "max_concurrent_calls": 1000,
+            "daily_quota": 100_000,
+        }
+        values.update(overrides)
+        client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
+        clients.append(client)
+        return RedisLimiter(client, Settings(**values), clock=clock)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def take(limiter: RedisLimiter, holder: str = "pod-a", *, probe: bool = False) -> Permit:
+    result = await limiter.acquire(holder, probe=probe)
+    assert isinstance(result, Permit), result
+    return result
+
+
+async def refused(limiter: RedisLimiter, holder: str = "pod-a", *, probe: bool = False) -> Denied:
+    result = await limiter.acquire(holder, probe=probe)
+    assert isinstance(result, Denied), result
+    assert result.retry_after_s > 0
+    return result
+
+
+async def grants(calls: Sequence[Awaitable[Permit | Denied]]) -> list[Permit]:
+    return [r for r in await asyncio.gather(*calls) if isinstance(r, Permit)]
+
+
+# --- rate window ----------------------------------------------------------------------
+
+
+async def test_exactly_n_calls_pass_in_a_window_then_the_next_waits_for_the_oldest(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=5, rate_limit_window_s=20)
+    for _ in range(5):
+        await take(limiter)
+        clock.advance(1)
+    denied = await refused(limiter)
+    # the first call was at T0; it leaves the window at T0 + 20, and now is T0 + 5
+    assert denied.reason == "rate"
+    assert denied.retry_after_s == pytest.approx(15)
+
+
+async def test_the_window_slides_one_call_at_a_time(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=3, rate_limit_window_s=20)
+    for _ in range(3):  # calls at T0, T0+5, T0+10
+        await take(limiter)
+        clock.advance(5)
+    clock.advance(4.9)  # T0 + 19.9: the first call is still in the window
+    assert (await refused(limiter)).retry_after_s == pytest.approx(0.1)
+    clock.advance(0.1)  # T0 + 20: it has left
+    await take(limiter)
+    assert (await refused(limiter)).retry_after_s == pytest.approx(5)
+    assert (await limiter.state()).calls_in_window == 3
+
+
+async def test_a_refused_call_takes_nothing(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(rate_limit_calls=10, max_concurrent_calls=2, daily_quota=50)
+    await take(limiter)
+    await take(limiter)
+    for _ in range(5):
+        assert (await refused(limiter)).reason == "concurrency"
+    state = await limiter.state()
+    assert (state.calls_in_window, state.slots_in_use, state.quota_used_today) == (2, 2, 2)
+
+
+# --- concurrency slots ----------------------------------------------------------------
+
+
+async def test_k_slots_then_a_short_positive_wait(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(max_concurrent_calls=3)
+    for holder in ("a", "b", "c"):
+        await take(limiter, holder)
+    denied = await refused(limiter, "d")
+    assert denied.reason == "concurrency"
+    assert denied.retry_after_s == CONCURRENCY_RETRY_S
+
+
+async def test_release_frees_the_slot_but_the_call_still_counts(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(max_concurrent_calls=1)
+    permit = await take(limiter)
+    await refused(limiter)
+    await limiter.release(permit)
+    await take(limiter)
+    state = await limiter.state()
+    assert (state.calls_in_window, state.slots_in_use, state.quota_used_today) == (2, 1, 2)
+
+
+async def test_a_dead_holders_slot_frees_itself_after_its_expiry(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(max_concurrent_calls=1, request_timeout_s=30)
+    await take(limiter, "dies")  # never released
+    clock.advance(30 + SLOT_MARGIN_S - 0.01)
+    assert (await refused(limiter, "waits")).reason == "concurrency"
+    clock.advance(0.01)
+    await take(limiter, "waits")
+
+
+async def test_renew_keeps_a_slow_calls_slot_and_never_revives_an_expired_one(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(max_concurrent_calls=1, request_timeout_s=30)
+    slot_s = 30 + SLOT_MARGIN_S
+    slow = await take(limiter, "slow")
+    clock.advance(slot_s - 1)
+    assert await limiter.renew(slow)
+    clock.advance(slot_s - 1)  # past the first expiry, inside the renewed one
+    assert (await refused(limiter)).reason == "concurrency"
+    clock.advance(2)
+    assert not await limiter.renew(slow)
+    await take(limiter, "next")
+
+
+async def test_refund_gives_back_window_quota_and_slot_once(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(rate_limit_calls=1, max_concurrent_calls=1, daily_quota=5)
+    permit = await take(limiter)
+    await limiter.refund(permit)
+    await limiter.refund(permit)
+    state = await limiter.state()
+    assert (state.calls_in_window, state.slots_in_use, state.quota_used_today) == (0, 0, 0)
+    await take(limiter)
+
+
+# --- daily quota ----------------------------------------------------------------------
+
+
+async def test_the_daily_quota_counts_denies_and_resets_at_midnight_in_chicago(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    clock.now_s = unix("2026-11-28T23:59:00")
+    limiter = make_limiter(daily_quota=3)
+    for _ in range(3):
+        await limiter.release(await take(limiter))
+    denied = await refused(limiter)
+    assert denied.reason == "quota"
+    assert denied.retry_after_s == pytest.approx(60)
+    assert (await limiter.state()).quota_used_today == 3
+    clock.now_s = unix("2026-11-29T00:00:00")
+    await take(limiter)
+    assert (await limiter.state()).quota_used_today == 1
+
+
+async def test_marketos_quota_fault_pauses_every_pod_until_the_reset(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    clock.now_s = unix("2026-11-28T18:00:00")
+    pod_a, pod_b = make_limiter(daily_quota=10_000), make_limiter(daily_quota=10_000)
+    await take(pod_a)
+    await pod_a.pause_until_quota_reset()
+    denied = await refused(pod_b)
+    assert denied.reason == "quota"
+    assert denied.retry_after_s == pytest.approx(6 * 3600)
+    state = await pod_b.state()
+    assert state.quota_used_today == state.quota_limit == 10_000
+    clock.now_s = unix("2026-11-29T00:00:01")
+    await take(pod_b)
+
+
+# --- cooldown -------------------------------------------------------------------------
+
+
+async def test_a_cooldown_is_honoured_by_every_pod_and_never_shortened(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    pod_a, pod_b = make_limiter(), make_limiter()
+    await pod_a.cooldown(20, "20023 rate limit")
+    await pod_b.cooldown(5, "20024 concurrency")
+    denied = await refused(pod_b)
+    assert denied.reason == "cooldown"
+    assert denied.retry_after_s == pytest.approx(20)
+    clock.advance(15)
+    await pod_b.cooldown(10, "20024 concurrency")  # ends later than the first: extends
+    state = await pod_a.state()
+    assert state.cooldown_remaining_s == pytest.approx(10)
+    assert state.cooldown_reason == "20024 concurrency"
+    clock.advance(10)
+    await take(pod_a)
+    assert (await pod_a.state()).cooldown_reason is None
+
+
+# --- hold and probe -------------------------------------------------------------------
+
+
+async def test_hold_blocks_everything_but_one_probe_per_interval_cluster_wide(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    pods = [make_limiter(hold_probe_interval_s=60) for _ in range(4)]
+    await pods[0].hold("20014 authentication failed")
+    denied = await refused(pods[1], probe=True)
+    assert denied.reason == "hold"
+    assert denied.retry_after_s == pytest.approx(60)
+    clock.advance(30)
+    await pods[1].hold("20014 again")  # a repeated failure does not move the probe closer
+    assert (await refused(pods[2], probe=True)).retry_after_s == pytest.approx(30)
+    clock.advance(30)
+
+    for _ in range(3):  # three intervals, one probe each, out of 100 eager callers
+        calls = [pods[i % 4].acquire(f"pod-{i}", probe=True) for i in range(100)]
+        assert len(await grants(calls)) == 1
+        assert (await refused(pods[3], probe=True)).retry_after_s == pytest.approx(60)
+        assert (await refused(pods[3])).reason == "hold"
+        clock.advance(60)
+
+    state = await pods[0].state()
+    assert state.hold_reason == "20014 again"
+    assert state.hold_since == pytest.approx(T0)
+    await pods[0].clear_hold()
+    assert len(await grants([pods[1].acquire("x") for _ in range(5)])) == 5
+    assert (await pods[0].state()).hold_reason is None
+
+
+async def test_a_probe_that_meets_another_limit_keeps_its_turn(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(hold_probe_interval_s=60)
+    await limiter.hold("20014")
+    await limiter.cooldown(90, "20023")
+    clock.advance(60)
+    assert (await refused(limiter, probe=True)).reason == "cooldown"
+    clock.advance(30)
+    await take(limiter, probe=True)
+
+
+async def test_a_probe_without_hold_is_an_ordinary_call(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter()
+    await take(limiter, probe=True)
+    await take(limiter, probe=True)
+
+
+# --- many acquirers -------------------------------------------------------------------
+
+
+async def test_many_tasks_never_get_more_than_the_limits(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=7, max_concurrent_calls=1000, daily_quota=100)
+    assert len(await grants([limiter.acquire(f"t{i}") for i in range(100)])) == 7
+    clock.advance(3600)  # window slid, slots expired, same quota day
+    limiter = make_limiter(rate_limit_calls=1000, max_concurrent_calls=4, daily_quota=100)
+    assert len(await grants([limiter.acquire(f"t{i}") for i in range(100)])) == 4
+    clock.advance(3600)
+    limiter = make_limiter(rate_limit_calls=1000, max_concurrent_calls=1000, daily_quota=20)
+    assert len(await grants([limiter.acquire(f"t{i}") for i in range(100)])) == 20 - 7 - 4
+
+
+PROCESS_LIMITS: dict[str, Any] = {
+    "rate_limit_calls": 30,
+    "rate_limit_window_s": 60,  # nothing slides out during the test
+    "max_concurrent_calls": 3,
+    "daily_quota": 100_000,
+}
+
+
+def _hammer(redis_url: str, process: int) -> tuple[int, int]:
+    """Run in a separate process: 10 tasks take, hold briefly and release permits with the
+    real clock until the rate window is full. Returns (grants, highest in-flight seen)."""
+    return asyncio.run(_hammer_async(redis_url, process))
+
+
+async def _hammer_async(redis_url: str, process: int) -> tuple[int, int]:
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
+    limiter = RedisLimiter(client, Settings(**PROCESS_LIMITS))
+    granted, highest = 0, 0
+
+    async def task(name: str) -> None:
+        nonlocal granted, highest
+        while True:
+            result = await limiter.acquire(name)
+            if isinstance(result, Denied):
+                if result.reason == "rate":
+                    return
+                await asyncio.sleep(0.002)
+                continue
+            granted += 1
+            highest = max(highest, await client.incr("test:in-flight"))
+            await asyncio.sleep(0.01)
+            await client.decr("test:in-flight")
+            await limiter.release(result)
+
+    try:
+        await asyncio.gather(*(task(f"p{process}-t{i}") for i in range(10)))
+    finally:
+        await client.aclose()
+    return granted, highest
+
+
+def test_three_processes_together_never_exceed_the_rate_or_the_slots(redis_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        results = pool.starmap(_hammer, [(redis_url, p) for p in range(3)])
+    assert sum(granted for granted, _ in results) == PROCESS_LIMITS["rate_limit_calls"]
+    assert max(highest for _, highest in results) <= PROCESS_LIMITS["max_concurrent_calls"]
