@@ -227,7 +227,7 @@ class LeadProducer:
 
     def __init__(
         self,
-        client: redis.Redis[Any],
+        client: redis.Redis,
         *,
         key_prefix: str | None = None,
         shards: int | None = None,
@@ -248,7 +248,7 @@ class LeadProducer:
         cls, redis_url: str, *, key_prefix: str | None = None, shards: int | None = None
     ) -> LeadProducer:
         """Connect to ``redis_url``; ``close()`` releases the connections."""
-        client: redis.Redis[Any] = redis.Redis.from_url(redis_url)
+        client: redis.Redis = redis.Redis.from_url(redis_url)
         try:
             return cls(client, key_prefix=key_prefix, shards=shards, owns_client=True)
         except BaseException:
@@ -288,7 +288,8 @@ class LeadProducer:
             dedup=dedup,
         )
         shard, command = self._route.entry(lead)
-        return request_id(shard, as_text(self._client.execute_command(*command)))
+        reply = self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        return request_id(shard, as_text(reply))
 
     def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
         """Enqueue many upserts, one pipelined round trip per 1000 records.
@@ -360,7 +361,7 @@ class AsyncLeadProducer:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis[Any],
+        client: redis.asyncio.Redis,
         *,
         key_prefix: str | None = None,
         shards: int | None = None,
@@ -377,7 +378,7 @@ class AsyncLeadProducer:
         cls, redis_url: str, *, key_prefix: str | None = None, shards: int | None = None
     ) -> AsyncLeadProducer:
         """Prepare a client for ``redis_url`` (no I/O); ``await close()`` releases it."""
-        client: redis.asyncio.Redis[Any] = redis.asyncio.Redis.from_url(redis_url)
+        client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
         return cls(client, key_prefix=key_prefix, shards=shards, owns_client=True)
 
     async def route(self) -> Route:

@@ -16,17 +16,17 @@ SHARDS = 4
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis[bytes]]:
-    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client: redis.Redis = redis.Redis.from_url(redis_url)
     yield client
     client.close()
 
 
-def total_entries(client: redis.Redis[bytes], keys: Keys) -> int:
+def total_entries(client: redis.Redis, keys: Keys) -> int:
     return sum(client.xlen(keys.stream(s)) for s in range(SHARDS))
 
 
-def commit(client: redis.Redis[bytes], keys: Keys, outcome: Outcome) -> None:
+def commit(client: redis.Redis, keys: Keys, outcome: Outcome) -> None:
     """The worker's commit: outcome hash and XDEL of the entry in one MULTI (one hash slot)."""
     shard, entry_id = parse_request_id(outcome.request_id)
     pipe = client.pipeline(transaction=True)
@@ -35,9 +35,7 @@ def commit(client: redis.Redis[bytes], keys: Keys, outcome: Outcome) -> None:
     pipe.execute()
 
 
-def test_upsert_outcome_and_validation_over_real_redis(
-    redis_url: str, client: redis.Redis[bytes]
-) -> None:
+def test_upsert_outcome_and_validation_over_real_redis(redis_url: str, client: redis.Redis) -> None:
     with LeadProducer.from_url(redis_url, shards=SHARDS) as producer:
         with pytest.raises(InvalidLead) as caught:
             producer.upsert(email="no-at-sign")
@@ -67,7 +65,7 @@ def test_upsert_outcome_and_validation_over_real_redis(
 
 
 def test_upsert_many_enqueues_the_good_records_over_real_redis(
-    redis_url: str, client: redis.Redis[bytes]
+    redis_url: str, client: redis.Redis
 ) -> None:
     records = [{"email": f"lead{i}@example.com"} for i in range(2500)]
     records[1234] = {"email": "broken"}
@@ -83,7 +81,7 @@ def test_upsert_many_enqueues_the_good_records_over_real_redis(
 
 
 def test_a_worker_group_created_later_sees_the_whole_backlog(
-    redis_url: str, client: redis.Redis[bytes]
+    redis_url: str, client: redis.Redis
 ) -> None:
     with LeadProducer.from_url(redis_url, shards=SHARDS) as producer:
         rid = producer.upsert(marketo_id=77)
@@ -97,7 +95,7 @@ def test_a_worker_group_created_later_sees_the_whole_backlog(
 
 
 def test_a_second_producer_with_another_shard_count_adopts_the_stored_one(
-    redis_url: str, client: redis.Redis[bytes]
+    redis_url: str, client: redis.Redis
 ) -> None:
     with LeadProducer.from_url(redis_url, key_prefix="hs", shards=SHARDS) as first:
         assert first.shards == SHARDS
@@ -108,7 +106,7 @@ def test_a_second_producer_with_another_shard_count_adopts_the_stored_one(
     assert client.hget("hs:config", "shards") == str(SHARDS).encode()
 
 
-async def test_async_producer_over_real_redis(redis_url: str, client: redis.Redis[bytes]) -> None:
+async def test_async_producer_over_real_redis(redis_url: str, client: redis.Redis) -> None:
     client.hset(Keys().config(), "shards", str(SHARDS))
     async with AsyncLeadProducer.from_url(redis_url, shards=SHARDS * 3) as producer:
         with pytest.raises(InvalidLead) as caught:
