@@ -18,7 +18,7 @@
 --       slot_ttl_s, quota_limit, reset_in_s, probe_interval_s, concurrency_retry_s,
 --       min_retry_s, gc_margin_s
 --
--- Returns {1} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
+-- Returns {1, 1 if the hold's probe turn was taken else 0} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
 -- would be truncated to integers on the way back).
 
 local now = tonumber(ARGV[1])
@@ -88,5 +88,6 @@ redis.call('ZADD', KEYS[2], now + slot_ttl_s, slot_member)
 redis.call('PEXPIRE', KEYS[2], ttl_ms(slot_ttl_s))
 if probe_taken then
   redis.call('HSET', KEYS[5], 'next_probe', string.format('%.6f', now + probe_interval_s))
+  return {1, 1}
 end
-return {1}
+return {1, 0}

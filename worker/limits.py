@@ -46,11 +46,16 @@ GC_MARGIN_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Leave to make one call. Release it when the call is over."""
+    """Leave to make one call. Release it when the call is over.
+
+    ``probe`` is True when this call is the hold's probe: if Marketo accepts it, call
+    :meth:`RedisLimiter.clear_hold`.
+    """
 
     holder: str
     token: str
     acquired_at: float
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +254,7 @@ class RedisLimiter:
             ],
         )
         if int(result[0]) == 1:
-            return Permit(holder=holder, token=token, acquired_at=now)
+            return Permit(holder=holder, token=token, acquired_at=now, probe=bool(int(result[1])))
         reason = cast(DenyReason, _text(result[1]))
         return Denied(reason=reason, retry_after_s=max(float(_text(result[2]) or 0), MIN_RETRY_S))
 

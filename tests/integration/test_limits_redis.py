@@ -256,7 +256,8 @@ async def test_hold_blocks_everything_but_one_probe_per_interval_cluster_wide(
 
     for _ in range(3):  # three intervals, one probe each, out of 100 eager callers
         calls = [pods[i % 4].acquire(f"pod-{i}", probe=True) for i in range(100)]
-        assert len(await grants(calls)) == 1
+        probes = await grants(calls)
+        assert [permit.probe for permit in probes] == [True]
         assert (await refused(pods[3], probe=True)).retry_after_s == pytest.approx(60)
         assert (await refused(pods[3])).reason == "hold"
         clock.advance(60)
@@ -265,7 +266,8 @@ async def test_hold_blocks_everything_but_one_probe_per_interval_cluster_wide(
     assert state.hold_reason == "20014 again"
     assert state.hold_since == pytest.approx(T0)
     await pods[0].clear_hold()
-    assert len(await grants([pods[1].acquire("x") for _ in range(5)])) == 5
+    after = await grants([pods[1].acquire("x", probe=True) for _ in range(5)])
+    assert [permit.probe for permit in after] == [False] * 5
     assert (await pods[0].state()).hold_reason is None
 
 
@@ -350,3 +352,19 @@ def test_three_processes_together_never_exceed_the_rate_or_the_slots(redis_url: 
         results = pool.starmap(_hammer, [(redis_url, p) for p in range(3)])
     assert sum(granted for granted, _ in results) == PROCESS_LIMITS["rate_limit_calls"]
     assert max(highest for _, highest in results) <= PROCESS_LIMITS["max_concurrent_calls"]
+
+
+async def test_a_client_that_decodes_responses_works_the_same(
+    redis_url: str, clock: FakeClock
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    limiter = RedisLimiter(client, Settings.from_env(rate_limit_calls=1), clock=clock)
+    try:
+        await take(limiter)
+        assert (await refused(limiter)).reason == "rate"
+        await limiter.cooldown(5, "20023")
+        await limiter.hold("20014")
+        state = await limiter.state()
+        assert (state.cooldown_reason, state.hold_reason) == ("20023", "20014")
+    finally:
+        await client.aclose()
