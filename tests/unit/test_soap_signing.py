@@ -66,7 +66,9 @@ def test_naive_and_missing_times_become_aware_local_time() -> None:
 def test_auth_header_signs_its_own_timestamp() -> None:
     moment = datetime(2013, 8, 1, 18, 22, 30, tzinfo=PACIFIC_DAYLIGHT)
     header = make_auth_header(SEED_USER, SEED_KEY, moment)
-    assert header == AuthHeader(user_id=SEED_USER, signature=SEED_SIGNATURE, timestamp=SEED_TIMESTAMP)
+    assert header == AuthHeader(
+        user_id=SEED_USER, signature=SEED_SIGNATURE, timestamp=SEED_TIMESTAMP
+    )
 
 
 def test_each_attempt_gets_a_fresh_timestamp_and_signature_when_time_moves() -> None:
