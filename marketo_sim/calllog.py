@@ -1,0 +1,101 @@
+"""Every call the simulator saw, for the admin API: timing, keys, outcome and overlap."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class CallRecord:
+    call_id: int
+    start_s: float  # epoch seconds
+    keys: tuple[str, ...] = ()
+    end_s: float | None = None
+    outcome: str = "in_flight"  # ok | fault | http_502 | truncated | doctype | hang | rejected
+    fault_code: int | None = None
+    statuses: dict[str, int] = field(default_factory=dict)
+    overlap: int = 0  # the most other calls in flight at any moment of this one
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "start": self.start_s,
+            "end": self.end_s,
+            "leads": len(self.keys),
+            "keys": list(self.keys),
+            "outcome": self.outcome,
+            "fault_code": self.fault_code,
+            "statuses": dict(self.statuses),
+            "overlap": self.overlap,
+        }
+
+
+class CallLog:
+    """Calls in arrival order, plus the calls in flight right now."""
+
+    def __init__(self) -> None:
+        self.calls: list[CallRecord] = []
+        self.in_flight: dict[int, CallRecord] = {}
+        self.max_concurrency = 0
+        self.overlapping_keys: set[str] = set()
+
+    def start(self, start_s: float) -> CallRecord:
+        record = CallRecord(call_id=len(self.calls) + 1, start_s=start_s)
+        others = len(self.in_flight)
+        record.overlap = others
+        for other in self.in_flight.values():
+            other.overlap = max(other.overlap, others)
+        self.calls.append(record)
+        self.in_flight[record.call_id] = record
+        self.max_concurrency = max(self.max_concurrency, others + 1)
+        return record
+
+    def set_keys(self, record: CallRecord, keys: tuple[str, ...]) -> None:
+        record.keys = keys
+        mine = set(keys)
+        for other in self.in_flight.values():
+            if other is not record:
+                self.overlapping_keys |= mine.intersection(other.keys)
+
+    def finish(self, record: CallRecord, end_s: float) -> None:
+        record.end_s = end_s
+        self.in_flight.pop(record.call_id, None)
+
+    def summary(self, window_s: float) -> dict[str, Any]:
+        faults = Counter(str(c.fault_code) for c in self.calls if c.fault_code is not None)
+        outcomes = Counter(c.outcome for c in self.calls)
+        statuses: Counter[str] = Counter()
+        for call in self.calls:
+            statuses.update(call.statuses)
+        sizes = [len(c.keys) for c in self.calls if c.outcome == "ok"]
+        return {
+            "calls": len(self.calls),
+            "outcomes": dict(outcomes),
+            "faults_by_code": dict(faults),
+            "statuses": dict(statuses),
+            "leads_per_call": {
+                "calls": len(sizes),
+                "total": sum(sizes),
+                "min": min(sizes, default=0),
+                "max": max(sizes, default=0),
+                "mean": sum(sizes) / len(sizes) if sizes else 0.0,
+            },
+            "max_concurrency": self.max_concurrency,
+            "window_s": window_s,
+            "max_calls_in_window": max_in_window([c.start_s for c in self.calls], window_s),
+            "keys_in_concurrent_calls": len(self.overlapping_keys),
+        }
+
+
+def max_in_window(starts: list[float], window_s: float) -> int:
+    """The most start times that fit in any half-open window of ``window_s`` seconds."""
+    ordered = sorted(starts)
+    best = 0
+    left = 0
+    for right, moment in enumerate(ordered):
+        while moment - ordered[left] >= window_s:
+            left += 1
+        best = max(best, right - left + 1)
+    return best

@@ -1,0 +1,270 @@
+"""The aiohttp application: SOAP endpoint, ?WSDL, and the JSON admin API.
+
+Routes:
+    POST /soap/mktows/{version}        syncMultipleLeads (any version, e.g. 2_2)
+    GET  /soap/mktows/{version}?WSDL   the 2_2 WSDL, its soap:address pointing here
+    GET  /admin/calls | /admin/summary | /admin/leads | /admin/config
+    POST /admin/config (JSON patch of SimConfig fields) | /admin/reset
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final
+from xml.sax.saxutils import quoteattr
+
+from aiohttp import web
+
+from marketo_sim.auth import check_auth
+from marketo_sim.calllog import CallLog, CallRecord
+from marketo_sim.config import SimConfig
+from marketo_sim.faults import pick_fault, sample_latency_s
+from marketo_sim.limits import Limits
+from marketo_sim.soap import (
+    CONTENT_TYPE,
+    HTML_502,
+    SimFault,
+    SyncRequest,
+    SyncStatus,
+    parse_request_bytes,
+    render_doctype_bomb,
+    render_fault,
+    render_success,
+    render_truncated,
+)
+from marketo_sim.state import LeadDatabase
+
+logger = logging.getLogger(__name__)
+
+SOAP_PATH: Final = "/soap/mktows/{version:[0-9]+_[0-9]+}"
+SOAP_ACTION: Final = "http://www.marketo.com/mktows/syncMultipleLeads"
+_WSDL_ADDRESS: Final = '<soap:address location="https://na-aba.marketo.com/soap/mktows/2_2" />'
+_READ_CHUNK: Final = 64 * 1024
+
+
+def load_wsdl() -> str:
+    """The packaged 2_2 WSDL, verbatim."""
+    return resources.files("marketo_sim").joinpath("mktows.wsdl").read_text(encoding="utf-8")
+
+
+class Simulator:
+    """One simulated Marketo instance: config, lead database, limits and call log."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self._closing = asyncio.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every lead, call and limit counter; keep the configuration."""
+        self.db = LeadDatabase(self.config.first_lead_id)
+        self.limits = Limits()
+        self.log = CallLog()
+        self.rng = random.Random(self.config.seed)
+
+    def configure(self, patch: dict[str, Any]) -> None:
+        self.config = self.config.patched(patch)
+        if "seed" in patch:
+            self.rng = random.Random(self.config.seed)
+
+    def close(self) -> None:
+        """Release calls that are hanging on purpose (server shutdown)."""
+        self._closing.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
+
+    # --- SOAP ----------------------------------------------------------------------
+
+    async def handle_soap(self, request: web.Request) -> web.Response:
+        call = self.log.start(time.time())
+        try:
+            response = await self._serve(request, call)
+        except SimFault as fault:
+            call.outcome, call.fault_code = "fault", fault.code
+            response = _xml(render_fault(fault), status=500)
+        finally:
+            self.log.finish(call, time.time())
+        return response
+
+    async def _serve(self, request: web.Request, call: CallRecord) -> web.Response:
+        config = self.config
+        if request.content_type != "text/xml":
+            call.outcome = "rejected"
+            return web.Response(status=415, text="SOAP 1.1 requests must be sent as text/xml\n")
+        body = await _read_limited(request, config.max_payload_bytes)
+        if body is None:
+            call.outcome = "rejected"
+            return web.Response(status=413, text="Request entity too large\n")
+        injected = pick_fault(config, self.rng)
+        latency_s = sample_latency_s(config, self.rng)
+        if injected == "http_502":
+            await self._sleep(latency_s)
+            call.outcome = "http_502"
+            return web.Response(status=502, body=HTML_502, content_type="text/html")
+
+        action = request.headers.get("SOAPAction", "").strip().strip('"')
+        if action and action != SOAP_ACTION:
+            raise SimFault(20019, "Unsupported Operation: SOAPAction is not syncMultipleLeads")
+        sync = parse_request_bytes(body, unknown_elements=config.unknown_elements)
+        self.log.set_keys(call, tuple(r.key for r in sync.records if r.key is not None))
+        check_auth(sync.auth, config, datetime.now(UTC))
+        if injected in ("internal_10001", "internal_20011", "rate_20023", "concurrency_20024"):
+            raise SimFault(int(injected.rsplit("_", 1)[1]), "Injected fault")
+
+        self.limits.admit(config, monotonic_s=time.monotonic(), epoch_s=time.time())
+        try:
+            return await self._sync(sync, call, config, latency_s, injected)
+        finally:
+            self.limits.release()
+
+    async def _sync(
+        self,
+        sync: SyncRequest,
+        call: CallRecord,
+        config: SimConfig,
+        latency_s: float,
+        injected: str | None,
+    ) -> web.Response:
+        unknown = sorted({a.name for r in sync.records for a in r.attributes} - config.known_fields)
+        if unknown:
+            raise SimFault(
+                20105,
+                f"syncMultipleLeads operation failed: unknown fields for import: {', '.join(unknown)}",
+            )
+        if len(sync.records) > config.max_records:
+            if config.oversize_mode == "fault":
+                raise SimFault(
+                    20017, f"Invalid Request: more than {config.max_records} lead records"
+                )
+            latency_s += config.oversize_delay_s
+        await self._sleep(latency_s)
+
+        dedup = config.default_dedup if sync.dedup is None else sync.dedup
+        now = time.time()
+        statuses: list[SyncStatus] = [
+            self.db.sync(
+                record,
+                dedup=dedup,
+                call_id=call.call_id,
+                now=now,
+                reject_domains=config.reject_email_domains,
+            )
+            for record in sync.records
+        ]
+        for status in statuses:
+            call.statuses[status.status] = call.statuses.get(status.status, 0) + 1
+        call.outcome = "ok"
+        if injected == "truncated":
+            call.outcome = "truncated"
+            return _xml(render_truncated(statuses))
+        if injected == "doctype":
+            call.outcome = "doctype"
+            return _xml(render_doctype_bomb())
+        if injected == "hang":
+            call.outcome = "hang"
+            await self._sleep(config.hang_s)
+        return _xml(render_success(statuses))
+
+    async def handle_wsdl(self, request: web.Request) -> web.Response:
+        if not any(key.lower() == "wsdl" for key in request.query):
+            return web.Response(
+                status=405, text="POST SOAP requests here; GET ?WSDL for the WSDL\n"
+            )
+        own_url = f"{request.scheme}://{request.host}/soap/mktows/{request.match_info['version']}"
+        wsdl = load_wsdl().replace(_WSDL_ADDRESS, f"<soap:address location={quoteattr(own_url)} />")
+        return web.Response(text=wsdl, content_type="text/xml", charset="UTF-8")
+
+    # --- admin ---------------------------------------------------------------------
+
+    async def admin_calls(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": [c.to_json() for c in self.log.calls]})
+
+    async def admin_summary(self, request: web.Request) -> web.Response:
+        summary = self.log.summary(self.config.rate_window_s)
+        summary["leads_in_database"] = len(self.db.leads)
+        return web.json_response(summary)
+
+    async def admin_leads(self, request: web.Request) -> web.Response:
+        return web.json_response({"leads": self.db.to_json()})
+
+    async def admin_get_config(self, request: web.Request) -> web.Response:
+        return web.json_response(self.config.to_json())
+
+    async def admin_set_config(self, request: web.Request) -> web.Response:
+        try:
+            patch = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        if not isinstance(patch, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        try:
+            self.configure(patch)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        logger.info("simulator config patched: %s", ", ".join(sorted(patch)))
+        return web.json_response(self.config.to_json())
+
+    async def admin_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"reset": True})
+
+
+def _xml(body: bytes, *, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _read_limited(request: web.Request, max_bytes: int) -> bytes | None:
+    """The request body, or None when it is longer than ``max_bytes``."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+SIMULATOR_KEY: Final = web.AppKey("simulator", Simulator)
+
+
+def create_app(config: SimConfig | None = None) -> web.Application:
+    """The simulator as an aiohttp application; ``app[SIMULATOR_KEY]`` is its state."""
+    sim = Simulator(config or SimConfig())
+    app = web.Application()
+    app[SIMULATOR_KEY] = sim
+    app.router.add_post(SOAP_PATH, sim.handle_soap)
+    app.router.add_get(SOAP_PATH, sim.handle_wsdl)
+    app.router.add_get("/admin/calls", sim.admin_calls)
+    app.router.add_get("/admin/summary", sim.admin_summary)
+    app.router.add_get("/admin/leads", sim.admin_leads)
+    app.router.add_get("/admin/config", sim.admin_get_config)
+    app.router.add_post("/admin/config", sim.admin_set_config)
+    app.router.add_post("/admin/reset", sim.admin_reset)
+
+    async def _on_shutdown(_: web.Application) -> None:
+        sim.close()
+
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+def run(host: str = "127.0.0.1", port: int = 8765, config: SimConfig | None = None) -> None:
+    """Serve the simulator until interrupted (``leadsync sim`` and ``python -m marketo_sim``)."""
+    logger.info(
+        "Marketo simulator on http://%s:%d/soap/mktows/2_2 (admin: /admin/summary)", host, port
+    )
+    web.run_app(create_app(config), host=host, port=port, print=None, shutdown_timeout=2.0)
