@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -172,10 +171,16 @@ def key_digest(key: str) -> str:
 
 def shard_for(key: str, shards: int) -> int:
     """The shard of a lead key: a stable hash, identical in every process and release."""
-    return zlib.crc32(key.encode("utf-8")) % shards
+    # blake2b, not crc32: crc32 is linear and crowds same-length keys such as
+    # user10@.. user99@.. onto a few shards when the count is a power of two.
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
 
 
 # --- wire form of a ledger entry ------------------------------------------------------
+
+# One encoder for every entry: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def encode_lead(lead: LeadUpsert) -> str:
@@ -192,7 +197,7 @@ def encode_lead(lead: LeadUpsert) -> str:
         payload["a"] = dict(lead.attributes)
     if not lead.dedup:
         payload["d"] = 0
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(payload)
 
 
 def decode_lead(payload: str | bytes) -> LeadUpsert:
@@ -262,9 +267,6 @@ class Keys:
 
     def config(self) -> str:
         return f"{self.prefix}:config"
-
-    def limit(self, name: str) -> str:
-        return f"{self.prefix}:limit:{name}"
 
     def control(self, name: str) -> str:
         return f"{self.prefix}:control:{name}"

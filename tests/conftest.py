@@ -26,8 +26,8 @@ def redis_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server_url: str) -> Iterator[str]:
+def redis_url(redis_server_url: str) -> str:
     client = redis.Redis.from_url(redis_server_url)
     client.flushdb()
     client.close()
-    yield redis_server_url
+    return redis_server_url

@@ -308,7 +308,8 @@ class Drainer:
                     answers = await self.client.sync(leads, dedup=dedup)
                 finally:
                     await self.limiter.release(permit)
-                await self.limiter.clear_hold()
+                if permit.probe:  # a probe went through: the credentials work again
+                    await self.limiter.clear_hold()
                 return answers
         raise AssertionError("the retry policy re-raises its last error")  # pragma: no cover
 

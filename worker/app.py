@@ -1,0 +1,78 @@
+"""The Celery edge: ``celery -A worker.app worker`` and ``celery -A worker.app beat``.
+
+Celery only rings the doorbell and runs batch cycles; the durable state lives in
+the Redis Stream ledger, so a lost Celery message is harmless (the next tick
+rings again). Settings follow docs/architecture.md ("Celery settings").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown
+
+from worker.logs import configure_logging
+from worker.settings import Settings
+
+#: Longest a drain task may run. A cycle is bounded by its calls (each at most
+#: LEADSYNC_REQUEST_TIMEOUT_S) and renews its lease before each of them.
+TASK_TIME_LIMIT_S = 900
+#: Celery's visibility timeout must exceed the task time limit, or a long task
+#: is delivered again while it still runs.
+VISIBILITY_TIMEOUT_S = 1800
+QUEUE = "leadsync"
+
+
+def create_app(settings: Settings) -> Celery:
+    """The Celery app for these settings (no I/O happens here)."""
+    celery = Celery("leadsync", broker=settings.effective_broker_url, include=["worker.tasks"])
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        "global_keyprefix": f"{settings.key_prefix}:celery:",
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    celery.conf.update(
+        task_default_queue=QUEUE,
+        broker_transport_options=transport_options,
+        visibility_timeout=VISIBILITY_TIMEOUT_S,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        result_extended=False,
+        worker_soft_shutdown_timeout=25.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "tick": {"task": "leadsync.tick", "schedule": 1.0, "options": {"expires": 5}}
+        },
+        timezone="UTC",
+    )
+    return celery
+
+
+settings = Settings.from_env()
+configure_logging(settings)
+app = create_app(settings)
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: object) -> None:
+    from worker.runtime import close_runtime
+
+    close_runtime()

@@ -1,0 +1,145 @@
+"""Embedded services for `leadsync demo`: a Redis when none is configured, and a Celery
+worker (with the beat tick) as a real subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError):
+        return False
+
+
+def _wait_for(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not redis_answers(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError("embedded Redis did not start")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[tuple[str, str]]:
+    """Yield (url, kind): a private redis-server when the binary exists, else fakeredis's
+    TCP server (same protocol, in this process)."""
+    binary = shutil.which("redis-server")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    if binary:
+        workdir = tempfile.mkdtemp(prefix="leadsync-demo-redis-")
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for(url, 10)
+            yield url, "redis-server"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _wait_for(url, 10)
+        yield url, "fakeredis"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: Mapping[str, str], *, concurrency: int, beat: bool = True, log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``celery -A worker.app worker`` (with an embedded beat) in its own process group;
+    stop it with SIGTERM (a soft shutdown) and kill what is left."""
+    workdir = tempfile.mkdtemp(prefix="leadsync-worker-")
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+        "-Q",
+        "leadsync",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"demo-{os.getpid()}@%h",
+    ]
+    if beat:
+        args += ["-B", "--schedule", str(Path(workdir) / "beat-schedule")]
+    output = open(log_path or Path(workdir) / "worker.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        args,
+        env={**os.environ, **env},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        output.close()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""Per-process resources of a worker: one event loop, one Redis client, one aiohttp
+session, made lazily in the process that uses them (after the prefork fork) and
+closed at process shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import redis.asyncio
+
+from producers.contract import Keys
+from worker.client import MarketoClient
+from worker.drain import Drainer
+from worker.ledger import Ledger
+from worker.limits import RedisLimiter
+from worker.settings import Settings
+from worker.transport import AiohttpTransport, Transport
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Everything a drain or tick needs, bound to one event loop."""
+
+    def __init__(self, settings: Settings, *, transport: Transport | None = None) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.redis = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=25,
+        )
+        self.keys = Keys(settings.key_prefix)
+        self.ledger = Ledger(self.redis, self.keys, result_ttl_s=settings.result_ttl_s)
+        self.limiter = RedisLimiter(self.redis, settings)
+        self.transport = transport or self.run(self._make_transport())
+        self.client = MarketoClient(
+            self.transport,
+            endpoint=settings.marketo_endpoint,
+            user_id=settings.marketo_user_id,
+            encryption_key=settings.marketo_encryption_key,
+            max_response_bytes=settings.max_response_bytes,
+        )
+        self.shards = self.run(self.ledger.agree_shards(settings.shards))
+        self.run(self.ledger.ensure_groups(self.shards))
+        self.drainer = Drainer(
+            ledger=self.ledger,
+            client=self.client,
+            limiter=self.limiter,
+            settings=settings,
+            consumer=self.consumer,
+            shards=self.shards,
+        )
+
+    async def _make_transport(self) -> Transport:
+        # The session must be created inside the loop that will use it.
+        return AiohttpTransport.create(
+            request_timeout_s=self.settings.request_timeout_s,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            max_response_bytes=self.settings.max_response_bytes,
+        )
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(awaitable)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self.transport.close()
+            await self.redis.aclose()
+
+        try:
+            self.run(_close())
+        finally:
+            self.loop.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime(settings: Settings) -> Runtime:
+    """The process's runtime, made on first use."""
+    global _runtime
+    if _runtime is None or _runtime.loop.is_closed():
+        _runtime = Runtime(settings)
+    return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+        _runtime = None

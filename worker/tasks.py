@@ -1,0 +1,60 @@
+"""Celery tasks: ``drain(shard)`` runs one batch cycle; ``tick`` (every second, from
+beat) rings drains for shards with work due. Task args are the shard number only and
+results are counts, so Flower and the broker never see lead data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.app import QUEUE, app, settings
+from worker.runtime import Runtime, get_runtime
+from worker.scheduling import due_shards
+
+#: A ring marker stops the tick from queueing the same shard again while a drain
+#: message waits for a free worker; it expires so a lost message is rung again.
+RING_TTL_MS = 10_000
+
+
+def _ring(runtime: Runtime, shards: list[int]) -> int:
+    """Queue a drain for each shard not already rung; return how many were queued."""
+
+    async def claim() -> list[int]:
+        pipe = runtime.redis.pipeline(transaction=False)
+        for shard in shards:
+            pipe.set(runtime.keys.control(f"ring:{shard}"), 1, nx=True, px=RING_TTL_MS)
+        return [shard for shard, ok in zip(shards, await pipe.execute(), strict=True) if ok]
+
+    rung = runtime.run(claim()) if shards else []
+    for shard in rung:
+        drain.apply_async((shard,), queue=QUEUE)
+    return len(rung)
+
+
+@app.task(name="leadsync.drain", acks_late=True, reject_on_worker_lost=True)
+def drain(shard: int) -> dict[str, Any]:
+    """One batch cycle of one shard; rings itself again while a backlog remains."""
+    runtime = get_runtime(settings)
+    runtime.run(runtime.redis.delete(runtime.keys.control(f"ring:{shard}")))
+    report = runtime.run(runtime.drainer.drain(shard))
+    if report.status == "sent" and report.backlog > 0:
+        _ring(runtime, [shard])
+    return report.as_dict()
+
+
+@app.task(name="leadsync.tick", ignore_result=True)
+def tick() -> dict[str, int]:
+    """Ring drains for shards with work due and no live lease. Two ticks at once are
+    harmless: the ring markers and leases let only one drain per shard through."""
+    runtime = get_runtime(settings)
+
+    async def decide() -> list[int]:
+        backlogs = await runtime.ledger.backlogs(runtime.shards)
+        state = await runtime.limiter.state()
+        return due_shards(
+            backlogs,
+            state,
+            batch_size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_s,
+        )
+
+    return {"rung": _ring(runtime, runtime.run(decide()))}
