@@ -35,9 +35,9 @@ def sim() -> Iterator[SimulatorThread]:
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers or dict(REQUEST_HEADERS))
+    request = urllib.request.Request(url, data=body, headers=headers or dict(REQUEST_HEADERS))  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return response.status, response.headers.get("Content-Type", ""), response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers.get("Content-Type", ""), error.read()
@@ -181,7 +181,8 @@ def test_new_credentials_take_effect_at_runtime(sim: SimulatorThread) -> None:
 def test_email_dedup_updates_the_lead_with_that_email(sim: SimulatorThread) -> None:
     first = sync(sim, [lead("Ann@Example.com", attributes={"FirstName": "Ann"})])
     second = sync(sim, [lead("ann@example.com", attributes={"LastName": "Lee"})])
-    assert statuses(first) == ["CREATED"] and statuses(second) == ["UPDATED"]
+    assert statuses(first) == ["CREATED"]
+    assert statuses(second) == ["UPDATED"]
     assert first[0].lead_id == second[0].lead_id
     (stored,) = sim.admin.leads()
     assert stored["attributes"] == {"FirstName": "Ann", "LastName": "Lee"}
@@ -320,15 +321,16 @@ def test_the_rate_window_slides(sim: SimulatorThread) -> None:
     sim.admin.configure(rate_limit_calls=1, rate_window_s=0.2)
     sync(sim, [lead("a@example.com")])
     assert fault_code(sim, [lead("b@example.com")]) == 20023
+    codes = []
     deadline = datetime.now(UTC) + timedelta(seconds=5)
     while datetime.now(UTC) < deadline:
-        try:
-            sync(sim, [lead("b@example.com")])
+        status, _, body = post(sim.endpoint, request_body([lead("b@example.com")]))
+        if status == 200:
             break
-        except MarketoError as error:
-            assert error.code == 20023
+        codes.append(etree.fromstring(body).findtext(f".//{{{MKTOWS_NS}}}serviceException/code"))
     else:
         pytest.fail("the window never let a call through again")
+    assert set(codes) <= {"20023"}
 
 
 def test_the_daily_quota_faults_with_20015(sim: SimulatorThread) -> None:
@@ -406,11 +408,10 @@ def test_an_injected_doctype_response_is_refused_by_the_client(sim: SimulatorThr
 
 def test_an_injected_hang_outlasts_the_client_timeout(sim: SimulatorThread) -> None:
     sim.admin.configure(fault_hang_rate=1.0, hang_s=5.0)
-    request = urllib.request.Request(
-        sim.endpoint, data=request_body([lead("a@example.com")]), headers=dict(REQUEST_HEADERS)
-    )
+    body = request_body([lead("a@example.com")])
+    request = urllib.request.Request(sim.endpoint, data=body, headers=dict(REQUEST_HEADERS))  # noqa: S310
     with pytest.raises((TimeoutError, urllib.error.URLError)):
-        urllib.request.urlopen(request, timeout=0.3)
+        urllib.request.urlopen(request, timeout=0.3)  # noqa: S310
     assert sim.admin.calls()[0]["outcome"] == "hang"
 
 
@@ -433,7 +434,7 @@ def test_fault_injection_is_reproducible_with_a_seed() -> None:
 def test_the_wsdl_is_served_with_its_address_pointing_at_the_simulator(
     sim: SimulatorThread,
 ) -> None:
-    with urllib.request.urlopen(f"{sim.endpoint}?WSDL", timeout=10) as response:
+    with urllib.request.urlopen(f"{sim.endpoint}?WSDL", timeout=10) as response:  # noqa: S310
         wsdl = response.read()
     root = etree.fromstring(wsdl)
     (address,) = root.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address")
@@ -478,7 +479,8 @@ def test_admin_reset_forgets_leads_calls_and_limits(sim: SimulatorThread) -> Non
     sim.admin.configure(daily_quota=1)
     sync(sim, [lead("a@example.com")])
     sim.admin.reset()
-    assert sim.admin.leads() == [] and sim.admin.calls() == []
+    assert sim.admin.leads() == []
+    assert sim.admin.calls() == []
     assert statuses(sync(sim, [lead("a@example.com")])) == ["CREATED"]
 
 
