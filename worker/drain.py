@@ -38,6 +38,7 @@ from worker.errors import (
     ThrottledError,
     TransientError,
 )
+from worker.faultpoints import crash_if
 from worker.ledger import Committed, Ledger, RawEntry
 from worker.limits import Denied, RedisLimiter
 from worker.retrying import call_policy
@@ -155,6 +156,7 @@ class Drainer:
     async def _cycle(self, shard: int, token: str, report: DrainReport) -> None:
         batch_size = self.settings.batch_size
         queued, invalid = await self._read(shard, batch_size)
+        crash_if("after_claim", self.settings.fault_point)
         if invalid:
             await self._commit(
                 shard,
@@ -308,6 +310,7 @@ class Drainer:
                     answers = await self.client.sync(leads, dedup=dedup)
                 finally:
                     await self.limiter.release(permit)
+                crash_if("after_send", self.settings.fault_point)
                 if permit.probe:  # a probe went through: the credentials work again
                     await self.limiter.clear_hold()
                 return answers
@@ -374,6 +377,7 @@ class Drainer:
                 )
                 items.append((RawEntry(entry_id, result.record.key_hash, ""), outcome))
         await self._commit(shard, items, report)
+        crash_if("after_commit", self.settings.fault_point)
         if report.status == "sent":
             await self.ledger.redis.delete(self.keys.control(f"backoff-streak:{shard}"))
 

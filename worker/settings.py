@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         9808, ge=0, le=65535, description="Prometheus port of a worker pod (0 disables)."
     )
 
+    # Testing only
+    fault_point: str = Field(
+        "",
+        pattern=r"^$|^(after_claim|after_send|after_commit):(child|main)$",
+        description="Testing only: SIGKILL this worker at a point of the drain cycle (e.g. after_send:main).",
+    )
+
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:
         if self.lease_ttl_s <= self.request_timeout_s:

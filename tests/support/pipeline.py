@@ -1,0 +1,155 @@
+"""A running pipeline for integration tests: the simulator over HTTP, real Celery worker
+subprocesses (with the beat tick) and a producer, all on one private Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marketo_sim.config import SimConfig
+from marketo_sim.runner import SimulatorThread
+from producers.contract import Outcome
+from producers.producer import LeadProducer
+
+USER_ID = "pipeline_test_user"
+ENCRYPTION_KEY = "pipeline-test-key"
+
+
+@dataclass
+class Pipeline:
+    """Handles to every moving part; start workers with :meth:`start_worker`."""
+
+    redis_url: str
+    sim: SimulatorThread
+    env: dict[str, str]
+    producer: LeadProducer
+    workdir: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(
+        self,
+        *,
+        concurrency: int = 2,
+        beat: bool = True,
+        extra_env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """A real `celery -A worker.app worker` in its own process group."""
+        name = name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "-Q",
+            "leadsync",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"{name}@%h",
+        ]
+        if beat:
+            args += ["-B", "--schedule", str(self.workdir / f"beat-{name}")]
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            args,
+            env={**os.environ, **self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.workers.append(process)
+        return process
+
+    def stop_worker(
+        self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 40
+    ) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        # Children of a killed main process die with it (PR_SET_PDEATHSIG), but reap the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
+
+    def wait_all(self, request_ids: Sequence[str], timeout_s: float) -> dict[str, Outcome | None]:
+        """Poll until every request has a final outcome or the time is up."""
+        deadline = time.monotonic() + timeout_s
+        final: dict[str, Outcome | None] = {}
+        waiting = list(request_ids)
+        while waiting and time.monotonic() < deadline:
+            still = []
+            for start in range(0, len(waiting), 2000):
+                part = waiting[start : start + 2000]
+                for rid, outcome in zip(part, self.producer.outcomes(part), strict=True):
+                    if outcome is not None and outcome.status.is_final:
+                        final[rid] = outcome
+                    else:
+                        still.append(rid)
+            waiting = still
+            if waiting:
+                time.sleep(0.2)
+        for rid in waiting:
+            final[rid] = None
+        return final
+
+
+@contextlib.contextmanager
+def running_pipeline(
+    redis_url: str,
+    *,
+    sim_config: SimConfig | None = None,
+    settings_env: Mapping[str, str] | None = None,
+    shards: int = 8,
+) -> Iterator[Pipeline]:
+    """Simulator + producer + environment for workers; workers are started by the test."""
+    config = sim_config or SimConfig()
+    config = dataclasses.replace(config, user_id=USER_ID, encryption_key=ENCRYPTION_KEY)
+    workdir = Path(tempfile.mkdtemp(prefix="leadsync-it-"))
+    with SimulatorThread(config) as sim:
+        env = {
+            "LEADSYNC_REDIS_URL": redis_url,
+            "LEADSYNC_SHARDS": str(shards),
+            "LEADSYNC_MARKETO_ENDPOINT": sim.endpoint,
+            "LEADSYNC_MARKETO_USER_ID": USER_ID,
+            "LEADSYNC_MARKETO_ENCRYPTION_KEY": ENCRYPTION_KEY,
+            "LEADSYNC_FLUSH_INTERVAL_S": "0.3",
+            "LEADSYNC_METRICS_PORT": "0",
+            "LEADSYNC_RATE_LIMIT_CALLS": "1000",
+            "LEADSYNC_MAX_CONCURRENT_CALLS": "10",
+            **(settings_env or {}),
+        }
+        producer = LeadProducer.from_url(redis_url, shards=int(env["LEADSYNC_SHARDS"]))
+        pipeline = Pipeline(redis_url, sim, env, producer, workdir)
+        try:
+            yield pipeline
+        finally:
+            for process in pipeline.workers:
+                pipeline.stop_worker(process, timeout_s=30)
+            producer.close()
