@@ -65,7 +65,8 @@ def test_a_record_marketo_rejects_fails_alone_while_the_rest_of_its_batch_succee
         calls = pipeline.sim.admin.calls()
 
     bad_outcome = outcomes[str(ids[60])]
-    assert bad_outcome is not None and bad_outcome.status.value == "FAILED"
+    assert bad_outcome is not None
+    assert bad_outcome.status.value == "FAILED"
     assert bad_outcome.error
     others = [o for rid, o in outcomes.items() if rid != ids[60]]
     assert all(o is not None and o.status.value == "CREATED" for o in others)
@@ -83,7 +84,8 @@ def test_an_unknown_field_is_isolated_by_splitting_and_fails_with_marketos_code(
         outcomes = pipeline.wait_all([str(r) for r in ids], timeout_s=60)
 
     poisoned = outcomes[str(ids[17])]
-    assert poisoned is not None and poisoned.status.value == "FAILED"
+    assert poisoned is not None
+    assert poisoned.status.value == "FAILED"
     assert poisoned.error_code == "20105"
     assert all(
         o is not None and o.status.value == "CREATED"
