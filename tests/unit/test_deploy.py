@@ -145,8 +145,17 @@ def command_line_options(command: list[str]) -> dict[str, str]:
     return options
 
 
-def click_options(command: Any) -> set[str]:
-    return {opt for param in command.params for opt in param.opts}
+def unknown_flags(command: list[str], cli: Any) -> set[str]:
+    """Flags after ``celery -A app <sub>`` that the click command ``cli`` does not define."""
+    known = {opt for param in cli.params for opt in param.opts}
+    return {word for word in command[4:] if word.startswith("-")} - known
+
+
+def process_command(where: str, compose_service: str, deployment: str) -> list[str]:
+    if where == "compose":
+        return command_of(service(compose_service)["command"])
+    command: list[str] = only_container(find("Deployment", deployment))["command"]
+    return command
 
 
 def pyproject() -> dict[str, Any]:
@@ -374,37 +383,26 @@ def test_worker_deployment_has_liveness_readiness_and_startup_probes() -> None:
 
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])
 def test_worker_command_runs_the_celery_worker_on_the_leadsync_queue(where: str) -> None:
-    if where == "compose":
-        command = command_of(service("worker")["command"])
-    else:
-        command = only_container(find("Deployment", "leadsync-worker"))["command"]
+    command = process_command(where, "worker", "leadsync-worker")
     assert command[:4] == ["celery", "-A", "worker.app", "worker"]
     assert command[command.index("-Q") + 1] == "leadsync"
     assert command[command.index("--pool") + 1] == "prefork"
     assert "-E" in command, "task events feed Flower"
-    flags = {word for word in command[4:] if word.startswith("-")}
-    assert flags <= click_options(celery_worker_command), flags - click_options(
-        celery_worker_command
-    )
+    assert not unknown_flags(command, celery_worker_command)
 
 
 def test_worker_command_is_the_same_in_compose_and_kubernetes() -> None:
-    assert (
-        command_of(service("worker")["command"])
-        == only_container(find("Deployment", "leadsync-worker"))["command"]
+    assert process_command("compose", "worker", "leadsync-worker") == process_command(
+        "kubernetes", "worker", "leadsync-worker"
     )
 
 
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])
 def test_beat_runs_celery_beat_with_its_schedule_on_a_writable_path(where: str) -> None:
-    if where == "compose":
-        command = command_of(service("beat")["command"])
-    else:
-        command = only_container(find("Deployment", "leadsync-beat"))["command"]
+    command = process_command(where, "beat", "leadsync-beat")
     assert command[:4] == ["celery", "-A", "worker.app", "beat"]
     assert command[command.index("--schedule") + 1].startswith("/tmp/")
-    flags = {word for word in command[4:] if word.startswith("-")}
-    assert flags <= click_options(celery_beat_command)
+    assert not unknown_flags(command, celery_beat_command)
 
 
 def test_beat_has_exactly_one_replica_and_never_two_during_a_rollout() -> None:
@@ -419,12 +417,11 @@ def test_beat_has_exactly_one_replica_and_never_two_during_a_rollout() -> None:
 
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])
 def test_flower_is_read_only_and_protected_by_basic_auth(where: str) -> None:
+    command = process_command(where, "flower", "leadsync-flower")
     if where == "compose":
-        command = command_of(service("flower")["command"])
         assert env_example()["FLOWER_BASIC_AUTH"]
     else:
         container = only_container(find("Deployment", "leadsync-flower"))
-        command = container["command"]
         auth = container_env(container)["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
         assert auth == {"name": "leadsync-secrets", "key": "FLOWER_BASIC_AUTH"}
     assert command[:4] == ["celery", "-A", "worker.app", "flower"]
