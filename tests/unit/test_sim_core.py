@@ -151,3 +151,25 @@ def test_a_record_without_any_key_fails() -> None:
     record = _record(attributes=(ParsedAttribute("City", "Oslo"),))
     assert db.sync(record, dedup=True, call_id=1, now=0.0).status == "FAILED"
     assert db.leads == {}
+
+
+def test_the_command_line_patches_the_config_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import marketo_sim.__main__ as cli
+
+    served: list[tuple[str, int, SimConfig]] = []
+    monkeypatch.setattr(cli, "run", lambda host, port, config: served.append((host, port, config)))
+    cli.main(
+        [
+            "--port",
+            "9999",
+            "--set",
+            "latency_s=0.05",
+            "--set",
+            "user_id=abc",
+            "--set",
+            "timestamp_window_s=null",
+        ]
+    )
+    ((host, port, config),) = served
+    assert (host, port) == ("127.0.0.1", 9999)
+    assert (config.latency_s, config.user_id, config.timestamp_window_s) == (0.05, "abc", None)
