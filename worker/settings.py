@@ -182,3 +182,17 @@ def env_variables() -> dict[str, str]:
     return {
         env_name(name): field.description or "" for name, field in Settings.model_fields.items()
     }
+
+
+def config_reference_markdown() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(empty)" if isinstance(default, SecretStr) or default in ("", None) else f"`{default}`"
+        rows.append(f"| `{env_name(name)}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(config_reference_markdown())
