@@ -38,7 +38,7 @@ def call_policy(
 ) -> AsyncRetrying:
     """Retry TransientError with backoff and ResignError at once; re-raise the last error."""
     backoff = wait_exponential_jitter(
-        initial=max(backoff_initial_s, 0.05), max=backoff_max_s, jitter=backoff_initial_s
+        multiplier=max(backoff_initial_s, 0.05), max=backoff_max_s, jitter=backoff_initial_s
     )
 
     def wait(state: RetryCallState) -> float:

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         description="Most leads per syncMultipleLeads call.",
     )
     flush_interval_s: float = Field(
-        2.0, gt=0, le=3600, description="Send a partial batch once its oldest entry is this old."
+        2.0, ge=0, le=3600, description="Send a partial batch once its oldest entry is this old."
     )
 
     # Limits shared by every pod (Adobe advises 50 calls / 20 s and 5 at once per integration)

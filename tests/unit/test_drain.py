@@ -1,0 +1,229 @@
+"""The drain cycle's decisions, driven directly: fakeredis, a stub transport, no Celery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import fakeredis
+import pytest
+from pydantic import SecretStr
+
+from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
+from producers.contract import Keys, OutcomeStatus, encode_lead, key_digest, validate_lead
+from worker.client import MarketoClient
+from worker.drain import Drainer
+from worker.ledger import Ledger
+from worker.limits import RedisLimiter
+from worker.settings import Settings
+from worker.transport import HttpReply, StubTransport
+
+Behaviour = Callable[[list[str | None]], HttpReply]
+
+
+def ok(emails: list[str | None]) -> HttpReply:
+    statuses = [SyncStatus(i + 1, "CREATED") for i in range(len(emails))]
+    return HttpReply(200, "text/xml", render_success(statuses))
+
+
+def fault(code: int) -> Behaviour:
+    return lambda _emails: HttpReply(500, "text/xml", render_fault(SimFault(code)))
+
+
+def poison_on(bad_email: str) -> Behaviour:
+    """Fault 20105 for the whole call while the bad record rides in it."""
+
+    def behave(emails: list[str | None]) -> HttpReply:
+        return fault(20105)(emails) if bad_email in emails else ok(emails)
+
+    return behave
+
+
+class Marketo:
+    """A scripted Marketo: one behaviour per call, the last one repeats."""
+
+    def __init__(self, *behaviours: Behaviour) -> None:
+        self.behaviours = list(behaviours)
+        self.calls: list[list[str | None]] = []
+
+    def __call__(self, body: bytes, _headers: object) -> HttpReply:
+        emails = [r.email for r in parse_request_bytes(body).records]
+        self.calls.append(emails)
+        behaviour = self.behaviours.pop(0) if len(self.behaviours) > 1 else self.behaviours[0]
+        return behaviour(emails)
+
+
+@pytest.fixture
+def redis() -> fakeredis.FakeAsyncRedis:
+    return fakeredis.FakeAsyncRedis()
+
+
+def make(redis: fakeredis.FakeAsyncRedis, marketo: Marketo, **overrides: object) -> Drainer:
+    settings = Settings(
+        **{
+            "shards": 1,
+            "flush_interval_s": 0.0,
+            "backoff_initial_s": 0.0,
+            "backoff_max_s": 0.01,
+            "transient_retries": 1,
+            "rate_limit_calls": 1000,
+            "max_concurrent_calls": 100,
+            **overrides,
+        }  # type: ignore[arg-type]
+    )
+    ledger = Ledger(redis, Keys(settings.key_prefix), result_ttl_s=settings.result_ttl_s)
+    client = MarketoClient(
+        StubTransport(marketo),
+        endpoint="http://marketo.test/soap/mktows/2_2",
+        user_id="u",
+        encryption_key=SecretStr("k"),
+        max_response_bytes=1 << 20,
+    )
+    limiter = RedisLimiter(redis, settings)
+    return Drainer(
+        ledger=ledger, client=client, limiter=limiter, settings=settings, consumer="c1", shards=1
+    )
+
+
+async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str]:
+    await drainer.ledger.ensure_groups(1)
+    ids = []
+    for email in emails:
+        lead = validate_lead(email=email, attributes=attributes or None)
+        entry_id = await drainer.ledger.redis.xadd(
+            drainer.keys.stream(0), {"k": key_digest(lead.key), "p": encode_lead(lead)}
+        )
+        ids.append(entry_id.decode())
+    return ids
+
+
+async def statuses(drainer: Drainer, entry_ids: list[str]) -> list[str | None]:
+    values = [
+        await drainer.ledger.redis.hget(drainer.keys.outcome(0, e), "status") for e in entry_ids
+    ]
+    return [v.decode() if v else None for v in values]
+
+
+async def test_a_cycle_sends_one_call_and_commits_every_outcome(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo)
+    ids = await enqueue(drainer, "a@x.com", "b@x.com", "A@X.com")
+    report = await drainer.drain(0)
+    assert report.status == "sent"
+    assert marketo.calls == [
+        ["A@X.com", "b@x.com"]
+    ]  # both upserts of a@x.com merged; the last spelling wins
+    assert await statuses(drainer, ids) == ["CREATED", "CREATED", "CREATED"]
+    assert await redis.xlen(drainer.keys.stream(0)) == 0
+
+
+async def test_a_partial_batch_waits_for_its_flush_interval(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, flush_interval_s=60.0)
+    ids = await enqueue(drainer, "a@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "waiting"
+    assert marketo.calls == []
+    assert await statuses(drainer, ids) == [None]
+
+
+async def test_throttling_fails_no_lead_and_cools_every_pod_down(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(fault(20023))
+    drainer = make(redis, marketo)
+    ids = await enqueue(drainer, "a@x.com", "b@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "limited"
+    assert await statuses(drainer, ids) == [None, None]
+    state = await drainer.limiter.state()
+    assert state.cooldown_remaining_s >= drainer.settings.throttle_cooldown_s * 0.99
+    assert await drainer.ledger.attempts(0, ids) == [0, 0], "a refused call costs no attempt"
+    again = await drainer.drain(0)
+    assert again.status == "limited"
+    assert again.reason == "cooldown"
+    assert len(marketo.calls) == 1, "no call is made during the cooldown"
+
+
+async def test_bad_credentials_hold_the_pipeline_and_keep_leads_pending(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(fault(20014), ok)
+    drainer = make(redis, marketo, hold_probe_interval_s=60.0)
+    ids = await enqueue(drainer, "a@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "held"
+    assert (await drainer.limiter.state()).hold_reason is not None
+    assert await statuses(drainer, ids) == [None]
+    assert (await drainer.drain(0)).status == "held"
+    assert len(marketo.calls) == 1
+
+
+async def test_a_poison_record_is_isolated_and_the_rest_are_sent(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    emails = [f"p{i}@x.com" for i in range(9)]
+    marketo = Marketo(poison_on("p5@x.com"))
+    drainer = make(redis, marketo)
+    ids = await enqueue(drainer, *emails)
+    await drainer.drain(0)
+    result = await statuses(drainer, ids)
+    assert result[5] == "FAILED"
+    assert result[:5] + result[6:] == ["CREATED"] * 8
+    code = await redis.hget(drainer.keys.outcome(0, ids[5]), "error_code")
+    assert code == b"20105"
+    assert len(marketo.calls) <= 1 + 2 * 4, "splitting is logarithmic"
+
+
+async def test_transient_faults_leave_entries_pending_and_rest_the_shard(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(fault(10001))
+    drainer = make(redis, marketo)
+    ids = await enqueue(drainer, "a@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "backoff"
+    assert len(marketo.calls) == 2 + 1  # one try plus the policy's retries (resign budget 2)
+    assert await statuses(drainer, ids) == [None]
+    assert await drainer.ledger.attempts(0, ids) == [1]
+    (backlog,) = await drainer.ledger.backlogs(1)
+    assert backlog.leased, "the shard rests before the next cycle"
+
+
+async def test_an_entry_past_max_attempts_moves_to_the_dead_letter_stream(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(fault(10001))
+    drainer = make(redis, marketo, max_attempts=2, transient_retries=0)
+    ids = await enqueue(drainer, "a@x.com")
+    for _ in range(3):
+        await redis.delete(drainer.keys.control("backoff:0"))
+        await drainer.drain(0)
+    assert await statuses(drainer, ids) == [OutcomeStatus.DEAD_LETTERED.value]
+    assert await redis.xlen(drainer.keys.dead_letters(0)) == 1
+    assert await redis.xlen(drainer.keys.stream(0)) == 0
+
+
+async def test_an_unreadable_payload_fails_alone(redis: fakeredis.FakeAsyncRedis) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo)
+    good = await enqueue(drainer, "a@x.com")
+    bad = (await redis.xadd(drainer.keys.stream(0), {"k": "x", "p": "{not json"})).decode()
+    await drainer.drain(0)
+    assert await statuses(drainer, [*good, bad]) == ["CREATED", "FAILED"]
+
+
+async def test_a_second_drain_of_a_leased_shard_does_nothing(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo)
+    await enqueue(drainer, "a@x.com")
+    token = await drainer.ledger.acquire_lease(0, 30)
+    assert token is not None
+    report = await drainer.drain(0)
+    assert report.status == "busy"
+    assert marketo.calls == []
