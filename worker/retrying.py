@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from tenacity import (
@@ -17,7 +18,6 @@ from tenacity import (
     RetryCallState,
     before_sleep_log,
     retry_if_exception_type,
-    stop_after_attempt,
     wait_exponential_jitter,
 )
 
@@ -45,9 +45,17 @@ def call_policy(
         error = state.outcome.exception() if state.outcome else None
         return 0.0 if isinstance(error, ResignError) else float(backoff(state))
 
+    failures: Counter[bool] = Counter()
+
+    def stop(state: RetryCallState) -> bool:
+        # Each kind of failure has its own budget: a re-sign does not use up a backoff retry.
+        resign = isinstance(state.outcome.exception() if state.outcome else None, ResignError)
+        failures[resign] += 1
+        return failures[resign] > (RESIGN_RETRIES if resign else transient_retries)
+
     return AsyncRetrying(
         retry=retry_if_exception_type((TransientError, ResignError)),
-        stop=stop_after_attempt(max(transient_retries, RESIGN_RETRIES) + 1),
+        stop=stop,
         wait=wait,
         sleep=sleep,
         reraise=True,
