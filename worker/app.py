@@ -7,10 +7,11 @@ rings again). Settings follow docs/architecture.md ("Celery settings").
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from worker.logs import configure_logging
 from worker.settings import Settings
@@ -69,6 +70,18 @@ def create_app(settings: Settings) -> Celery:
 settings = Settings.from_env()
 configure_logging(settings)
 app = create_app(settings)
+
+
+@worker_process_init.connect
+def _open_runtime(**_: object) -> None:
+    """Make the process's loop, Redis client and HTTP session at process start (after the
+    fork). If Redis is not reachable yet, the first task makes them instead."""
+    from worker.runtime import get_runtime
+
+    try:
+        get_runtime(settings)
+    except Exception:  # the worker must still start; the task path retries and reports
+        logging.getLogger(__name__).exception("could not prepare the worker runtime yet")
 
 
 @worker_process_shutdown.connect
