@@ -14,7 +14,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from producers.contract import (
@@ -25,6 +25,7 @@ from producers.contract import (
     entry_time_s,
     request_id,
 )
+from worker import metrics
 from worker.batching import Batch, BatchRecord, QueuedLead, entry_order, plan_batches
 from worker.client import MarketoClient
 from worker.errors import (
@@ -44,6 +45,7 @@ from worker.limits import Denied, RedisLimiter
 from worker.retrying import call_policy
 from worker.settings import Settings
 from worker.soap.response import SyncResult
+from worker.stats import count_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ class Drainer:
         self.consumer = consumer
         self.shards = shards
         self.keys = ledger.keys
+        # Per shard, for the cycle in progress: replayed entry id -> original entry id.
+        self._origins: dict[int, dict[str, str]] = {}
 
     async def drain(self, shard: int) -> DrainReport:
         """One batch cycle of ``shard``."""
@@ -201,8 +205,10 @@ class Drainer:
         queued: list[QueuedLead] = []
         invalid: list[tuple[RawEntry, InvalidLead]] = []
         keys: set[str] = set()
+        origins = self._origins[shard] = {}
         for _ in range(READ_FACTOR):
             raw = await self.ledger.read(shard, self.consumer, batch_size)
+            origins.update((e.entry_id, e.origin) for e in raw if e.origin)
             for entry in raw:
                 try:
                     lead = decode_lead(entry.payload)
@@ -242,6 +248,8 @@ class Drainer:
                     raw = RawEntry(entry_id, record.key_hash, _payload(record))
                     moved.append((raw, outcome, outcome.error or ""))
         await self.ledger.dead_letter(shard, moved)
+        await self.ledger.commit(shard, self._origin_commits(shard, [(r, o) for r, o, _ in moved]))
+        await self._count_outcomes(Counter(o.status.value for _, o, _ in moved))
         report.dead_lettered += len(moved)
         # Merged records ride whole: if any of their entries is exhausted, the rest wait.
         kept = tuple(r for r in batch.records if not exhausted.intersection(r.entry_ids))
@@ -306,9 +314,16 @@ class Drainer:
                     raise LimitReached(permit.reason, permit.retry_after_s)
                 report.calls += 1
                 report.leads_sent += len(leads)
+                if attempt.retry_state.attempt_number > 1:
+                    metrics.record_retry()
+                started_s = time.perf_counter()
                 try:
                     answers = await self.client.sync(leads, dedup=dedup)
+                except MarketoError as exc:
+                    metrics.record_fault(exc)
+                    raise
                 finally:
+                    metrics.record_call(len(leads), time.perf_counter() - started_s)
                     await self.limiter.release(permit)
                 crash_if("after_send", self.settings.fault_point)
                 if permit.probe:  # a probe went through: the credentials work again
@@ -385,8 +400,34 @@ class Drainer:
         self, shard: int, items: Sequence[tuple[RawEntry, Outcome]], report: DrainReport
     ) -> None:
         ordered = sorted(items, key=lambda item: entry_order(item[0].entry_id))
-        await self.ledger.commit(shard, [Committed(e.entry_id, e.key_hash, o) for e, o in ordered])
+        committed = [Committed(e.entry_id, e.key_hash, o) for e, o in ordered]
+        await self.ledger.commit(shard, committed + self._origin_commits(shard, ordered))
         report.outcomes.update(o.status.value for _, o in ordered)
+        await self._count_outcomes(Counter(o.status.value for _, o in ordered))
+
+    def _origin_commits(
+        self, shard: int, items: Sequence[tuple[RawEntry, Outcome]]
+    ) -> list[Committed]:
+        """A replayed entry answers its original request too (`leadsync dlq replay`). The
+        original id left the stream when it was dead-lettered: its XACK and XDEL are no-ops."""
+        origins = self._origins.get(shard, {})
+        return [
+            Committed(
+                origin,
+                "",
+                replace(
+                    outcome,
+                    request_id=request_id(shard, origin),
+                    enqueued_at=entry_time_s(origin),
+                ),
+            )
+            for entry, outcome in items
+            if (origin := entry.origin or origins.get(entry.entry_id))
+        ]
+
+    async def _count_outcomes(self, counts: Counter[str]) -> None:
+        metrics.record_outcomes(counts)
+        await count_outcomes(self.ledger.redis, self.keys, counts)
 
     def _invalid_outcome(self, shard: int, entry: RawEntry, error: InvalidLead) -> Outcome:
         return Outcome(

@@ -33,11 +33,13 @@ _SCRIPTS = dict(part.split("\n", 1) for part in _LUA.split("--@ ")[1:])
 
 @dataclass(frozen=True, slots=True)
 class RawEntry:
-    """A stream entry as read: its id, hashed lead key and JSON payload."""
+    """A stream entry as read: its id, hashed lead key and JSON payload. ``origin`` is
+    the entry id whose request this entry answers too (set by ``leadsync dlq replay``)."""
 
     entry_id: str
     key_hash: str
     payload: str
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,14 @@ def _entries(raw: Sequence[Any]) -> list[RawEntry]:
         if not fields:
             continue
         decoded = {_text(k): _text(v) for k, v in fields.items()}
-        entries.append(RawEntry(_text(entry_id), decoded.get("k", ""), decoded.get("p", "")))
+        entries.append(
+            RawEntry(
+                _text(entry_id),
+                decoded.get("k", ""),
+                decoded.get("p", ""),
+                decoded.get("o") or None,
+            )
+        )
     return entries
 
 

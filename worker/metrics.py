@@ -1,0 +1,173 @@
+"""Prometheus metrics of the worker.
+
+Label values are shard numbers, outcome status names and fault codes only: never a
+lead value or a lead key. Under Celery prefork every pool process writes its values
+into ``PROMETHEUS_MULTIPROC_DIR`` (``worker.app`` sets it before prometheus_client is
+first imported, because the library picks its value store at import time) and the
+main process serves the sum of all of them on ``LEADSYNC_METRICS_PORT``.
+
+Gauges set by the tick use ``mostrecent``: the tick runs in whichever pool process
+takes it, and the last value written by any process is the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+from worker.errors import MarketoError
+from worker.ledger import ShardBacklog
+from worker.limits import LimiterState
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+OUTCOMES = Counter("leadsync_outcomes", "Outcomes written, by status.", ["status"])
+LEADS_PER_CALL = Histogram(
+    "leadsync_leads_per_call",
+    "Leads carried by one syncMultipleLeads call (the daily quota makes full calls matter).",
+    buckets=(1, 10, 25, 50, 100, 150, 200, 250, 299, 300),
+)
+CALL_SECONDS = Histogram(
+    "leadsync_marketo_call_seconds",
+    "Duration of one syncMultipleLeads HTTP call, answered or not.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+)
+FAULTS = Counter(
+    "leadsync_marketo_faults",
+    "Calls that did not succeed, by Marketo fault code (or error class without a code).",
+    ["code"],
+)
+RETRIES = Counter("leadsync_retries", "In-cycle retries of a call after a transient fault.")
+BACKLOG = Gauge(
+    "leadsync_backlog_entries",
+    "Entries in a shard stream not yet committed.",
+    ["shard"],
+    multiprocess_mode="mostrecent",
+)
+OLDEST_AGE = Gauge(
+    "leadsync_oldest_entry_age_seconds",
+    "Age of the oldest entry of a shard (0 when empty).",
+    ["shard"],
+    multiprocess_mode="mostrecent",
+)
+CALLS_IN_WINDOW = Gauge(
+    "leadsync_limiter_calls_in_window",
+    "Calls made in the current rate window, across all pods.",
+    multiprocess_mode="mostrecent",
+)
+SLOTS_IN_USE = Gauge(
+    "leadsync_limiter_slots_in_use",
+    "Calls in flight across all pods.",
+    multiprocess_mode="mostrecent",
+)
+QUOTA_USED = Gauge(
+    "leadsync_quota_used_today",
+    "Calls counted against today's Marketo quota.",
+    multiprocess_mode="mostrecent",
+)
+HOLD = Gauge(
+    "leadsync_hold",
+    "1 while the pipeline holds (Marketo refused the credentials), else 0.",
+    multiprocess_mode="mostrecent",
+)
+COOLDOWN = Gauge(
+    "leadsync_cooldown_seconds",
+    "Seconds left of the cluster-wide cooldown after throttling.",
+    multiprocess_mode="mostrecent",
+)
+
+
+def fault_label(exc: MarketoError) -> str:
+    """Marketo's fault code, or the error class when the failure carries no code."""
+    return str(exc.code) if exc.code is not None else type(exc).__name__
+
+
+def record_call(leads: int, seconds: float) -> None:
+    LEADS_PER_CALL.observe(leads)
+    CALL_SECONDS.observe(seconds)
+
+
+def record_fault(exc: MarketoError) -> None:
+    FAULTS.labels(code=fault_label(exc)).inc()
+
+
+def record_retry() -> None:
+    RETRIES.inc()
+
+
+def record_outcomes(counts: Mapping[str, int]) -> None:
+    for status, count in counts.items():
+        if count:
+            OUTCOMES.labels(status=status).inc(count)
+
+
+def observe_backlogs(backlogs: Iterable[ShardBacklog]) -> None:
+    for backlog in backlogs:
+        BACKLOG.labels(shard=str(backlog.shard)).set(backlog.entries)
+        OLDEST_AGE.labels(shard=str(backlog.shard)).set(backlog.oldest_age_s or 0.0)
+
+
+def observe_limiter(state: LimiterState) -> None:
+    CALLS_IN_WINDOW.set(state.calls_in_window)
+    SLOTS_IN_USE.set(state.slots_in_use)
+    QUOTA_USED.set(state.quota_used_today)
+    HOLD.set(1 if state.hold_reason else 0)
+    COOLDOWN.set(state.cooldown_remaining_s)
+
+
+# --- process hooks (connected to Celery signals in worker.app) ------------------------
+
+
+def multiproc_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def remove_stale_files(directory: Path, keep_pid: int) -> int:
+    """Delete value files of processes from an earlier run (a restarted container keeps
+    its emptyDir); the files of ``keep_pid`` stay. Returns how many were removed."""
+    removed = 0
+    for path in directory.glob("*.db"):
+        if not path.stem.endswith(f"_{keep_pid}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def serving_registry() -> CollectorRegistry:
+    """The registry to expose: the sum over every process in multiprocess mode."""
+    directory = multiproc_dir()
+    if directory is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> bool:
+    """Serve /metrics on ``port`` from a daemon thread; 0 disables. True when serving."""
+    if port == 0:
+        return False
+    start_http_server(port, addr=addr, registry=serving_registry())
+    logger.info("metrics served on port %d", port)
+    return True
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop the live gauges of a pool process that exits (its counters still count)."""
+    if multiproc_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
