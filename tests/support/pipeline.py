@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,18 @@ from marketo_sim.config import SimConfig
 from marketo_sim.runner import SimulatorThread
 from producers.contract import Outcome
 from producers.producer import LeadProducer
+
+#: Small leases, timeouts and pauses, so that recovery from a fault takes seconds.
+FAST_RECOVERY_ENV: Mapping[str, str] = {
+    "LEADSYNC_LEASE_TTL_S": "6",
+    "LEADSYNC_REQUEST_TIMEOUT_S": "3",
+    "LEADSYNC_CONNECT_TIMEOUT_S": "2",
+    "LEADSYNC_FLUSH_INTERVAL_S": "0.2",
+    "LEADSYNC_BACKOFF_INITIAL_S": "0.1",
+    "LEADSYNC_BACKOFF_MAX_S": "1",
+    "LEADSYNC_THROTTLE_COOLDOWN_S": "1",
+    "LEADSYNC_HOLD_PROBE_INTERVAL_S": "1",
+}
 
 USER_ID = "pipeline_test_user"
 ENCRYPTION_KEY = "pipeline-test-key"
@@ -153,3 +165,13 @@ def running_pipeline(
             for process in pipeline.workers:
                 pipeline.stop_worker(process, timeout_s=30)
             producer.close()
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``condition`` until it is truthy (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True

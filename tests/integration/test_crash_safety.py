@@ -1,0 +1,105 @@
+"""Crash safety: a worker killed at any point of a drain cycle loses nothing.
+
+Real Redis, real Celery worker subprocesses, the simulator over HTTP. A worker started
+with LEADSYNC_FAULT_POINT SIGKILLs its pool child or its main process at one point of the
+cycle; a fresh worker then has to finish every request exactly once (see
+tests/support/invariants.py for what "exactly once" means here).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from marketo_sim.config import SimConfig
+from producers.contract import Outcome
+from tests.support.invariants import (
+    WriteLog,
+    applied_calls,
+    check,
+    ledger_residue,
+    numbered_records,
+    rewritten_finals,
+)
+from tests.support.pipeline import FAST_RECOVERY_ENV, Pipeline, running_pipeline, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SHARDS = 4
+LEASE_TTL_S = float(FAST_RECOVERY_ENV["LEADSYNC_LEASE_TTL_S"])
+#: Batches of 100 so that a run takes several calls; many attempts, so that repeated
+#: child crashes never push an entry into the dead-letter stream.
+ENV = {**FAST_RECOVERY_ENV, "LEADSYNC_BATCH_SIZE": "100", "LEADSYNC_MAX_ATTEMPTS": "50"}
+#: billiard's log line when a pool child dies of SIGKILL.
+CHILD_KILLED = "exited with 'signal 9 (SIGKILL)'"
+
+
+def snapshot(pipeline: Pipeline, request_ids: list[str]) -> dict[str, Outcome | None]:
+    return dict(zip(request_ids, pipeline.producer.outcomes(request_ids), strict=True))
+
+
+def wait_until_crashed(pipeline: Pipeline, worker: subprocess.Popen[bytes], target: str) -> None:
+    """The main process is gone, or the pool lost a child; then the whole worker is stopped."""
+    if target == "main":
+        worker.wait(timeout=60)
+        assert worker.returncode == -signal.SIGKILL
+        pipeline.stop_worker(worker, signal.SIGKILL)  # reap the group (beat, leftovers)
+    else:
+        assert wait_for(lambda: CHILD_KILLED in pipeline.logs(), 60), "no pool child died"
+        assert worker.poll() is None, "killing a pool child must not take the worker down"
+        # A warm stop: in-flight cycles run to the crash point, nothing is cut elsewhere.
+        pipeline.stop_worker(worker, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("target", ["child", "main"])
+@pytest.mark.parametrize("point", ["after_claim", "after_send", "after_commit"])
+def test_a_worker_killed_at_any_point_of_a_cycle_loses_nothing_and_a_fresh_worker_finishes(
+    redis_url: str, point: str, target: str
+) -> None:
+    log = WriteLog()
+    with running_pipeline(
+        redis_url, sim_config=SimConfig(latency_s=0.05), settings_env=ENV, shards=SHARDS
+    ) as pipeline:
+        request_ids = log.upsert_many(
+            pipeline.producer, numbered_records(600, people=450, tag=point)
+        )
+        faulty = pipeline.start_worker(
+            concurrency=2, extra_env={"LEADSYNC_FAULT_POINT": f"{point}:{target}"}
+        )
+        wait_until_crashed(pipeline, faulty, target)
+        calls_before = pipeline.sim.admin.calls()
+        before = snapshot(pipeline, request_ids)
+
+        pipeline.start_worker(concurrency=2)
+        outcomes = pipeline.wait_all(request_ids, timeout_s=60)
+        calls = pipeline.sim.admin.calls()
+        summary = pipeline.sim.admin.summary()
+        verdict = check(
+            log,
+            outcomes,
+            calls=calls,
+            leads=pipeline.sim.admin.leads(),
+            keys_in_concurrent_calls=summary["keys_in_concurrent_calls"],
+        )
+        # A lease left by the killed cycle expires; nothing stays behind in the ledger.
+        assert wait_for(lambda: ledger_residue(redis_url, SHARDS).empty, LEASE_TTL_S + 5), (
+            ledger_residue(redis_url, SHARDS)
+        )
+
+    assert not verdict.problems(), verdict.problems()
+    assert not rewritten_finals(before, outcomes), "a final outcome was written twice"
+    sent_before = sum(len(c["keys"]) for c in applied_calls(calls_before))
+    if point == "after_claim":
+        assert sent_before == 0, "the crash comes before anything is sent"
+        assert verdict.redundant_sends == 0
+    elif point == "after_send":
+        # The killed batch was applied but never committed: it goes out again, once more
+        # per crash at most, and nothing else is sent twice.
+        assert 0 < verdict.redundant_sends <= sent_before
+    else:
+        assert any(o is not None and o.status.is_final for o in before.values()), (
+            "the crash comes after a commit"
+        )
+        assert verdict.redundant_sends == 0, "a committed batch was sent again"
