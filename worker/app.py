@@ -7,11 +7,25 @@ rings again). Settings follow docs/architecture.md ("Celery settings").
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# prometheus_client picks its value store when first imported: every pool process must
+# write into one shared directory, so set it before anything imports the library.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="leadsync-metrics-")
+
 import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    heartbeat_sent,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from worker.logs import configure_logging
 from worker.settings import Settings
@@ -89,3 +103,39 @@ def _close_runtime(**_: object) -> None:
     from worker.runtime import close_runtime
 
     close_runtime()
+
+
+@worker_process_shutdown.connect
+def _mark_metrics_dead(pid: int | None = None, **_: object) -> None:
+    from worker import metrics
+
+    metrics.mark_process_dead(pid or os.getpid())
+
+
+@worker_init.connect
+def _clear_stale_metrics(**_: object) -> None:
+    from worker import metrics
+
+    directory = metrics.multiproc_dir()
+    if directory is not None:
+        metrics.remove_stale_files(directory, keep_pid=os.getpid())
+
+
+@worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    from worker import metrics
+
+    metrics.serve(settings.metrics_port)
+
+
+_main_heartbeat: Any = None
+
+
+@heartbeat_sent.connect
+def _heartbeat(**_: object) -> None:
+    global _main_heartbeat
+    from worker.doctor import MainHeartbeat
+
+    if _main_heartbeat is None:
+        _main_heartbeat = MainHeartbeat(settings)
+    _main_heartbeat.beat()

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from worker.app import QUEUE, app, settings
+from worker.doctor import write_heartbeat
+from worker.metrics import observe_backlogs, observe_limiter
 from worker.runtime import Runtime, get_runtime
 from worker.scheduling import due_shards
 
@@ -35,6 +37,7 @@ def drain(shard: int) -> dict[str, Any]:
     """One batch cycle of one shard; rings itself again while a backlog remains."""
     runtime = get_runtime(settings)
     runtime.run(runtime.redis.delete(runtime.keys.control(f"ring:{shard}")))
+    runtime.run(write_heartbeat(runtime.redis, runtime.keys))
     report = runtime.run(runtime.drainer.drain(shard))
     if report.status == "sent" and report.backlog > 0:
         _ring(runtime, [shard])
@@ -50,6 +53,9 @@ def tick() -> dict[str, int]:
     async def decide() -> list[int]:
         backlogs = await runtime.ledger.backlogs(runtime.shards)
         state = await runtime.limiter.state()
+        observe_backlogs(backlogs)
+        observe_limiter(state)
+        await write_heartbeat(runtime.redis, runtime.keys)
         return due_shards(
             backlogs,
             state,

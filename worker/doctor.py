@@ -1,0 +1,321 @@
+"""``leadsync doctor``: check a deployment and say in plain words what is wrong and how
+to fix it; ``doctor --liveness``: is this pod's worker alive (its heartbeat is fresh)?
+
+The Marketo check only fetches the WSDL: a signed call would spend daily quota, so the
+credentials are verified by the first real call (a refusal puts the pipeline on hold,
+which this doctor reports).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import redis as redis_sync
+from redis.exceptions import RedisError, ResponseError
+
+from producers.contract import Keys
+from worker.errors import ConfigError
+from worker.limits import RedisLimiter
+from worker.settings import Settings
+from worker.stats import stored_shards
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+Level = Literal["OK", "WARN", "FAIL"]
+
+#: A heartbeat key outlives the liveness limit, so a stale one reads as "stale", not "absent".
+HEARTBEAT_TTL_S = 600
+#: Default age after which ``doctor --liveness`` calls a worker dead.
+LIVENESS_MAX_AGE_S = 60.0
+#: The main process writes at most this often (Celery's own heartbeat fires every 2 s).
+MAIN_HEARTBEAT_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the doctor's table."""
+
+    name: str
+    level: Level
+    detail: str
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(check.level == "FAIL" for check in checks)
+
+
+# --- heartbeat ---------------------------------------------------------------------------
+
+
+def heartbeat_key(keys: Keys, hostname: str | None = None) -> str:
+    """One key per pod (hostname): every process of the pod refreshes it."""
+    return keys.stats(f"heartbeat:{hostname or socket.gethostname()}")
+
+
+async def write_heartbeat(redis: Redis, keys: Keys, now_s: float | None = None) -> None:
+    """Called by the drain and tick tasks."""
+    now_s = time.time() if now_s is None else now_s
+    await redis.set(heartbeat_key(keys), repr(now_s), ex=HEARTBEAT_TTL_S)
+
+
+class MainHeartbeat:
+    """The Celery main process's heartbeat (from the ``heartbeat_sent`` signal), so an idle
+    pod whose pool gets no tick for a while still counts as alive. Never raises: a Redis
+    outage must not disturb the worker's own event loop."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._last_s = 0.0
+        self._client: redis_sync.Redis | None = None
+
+    def beat(self) -> None:
+        now_s = self._clock()
+        if now_s - self._last_s < MAIN_HEARTBEAT_EVERY_S:
+            return
+        self._last_s = now_s
+        try:
+            if self._client is None:
+                self._client = redis_sync.Redis.from_url(
+                    self._settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+                )
+            key = heartbeat_key(Keys(self._settings.key_prefix))
+            self._client.set(key, repr(now_s), ex=HEARTBEAT_TTL_S)
+        except RedisError as exc:
+            logger.warning("heartbeat not written: %s", exc.__class__.__name__)
+
+
+async def heartbeat_age_s(
+    redis: Redis, keys: Keys, hostname: str | None = None, now_s: float | None = None
+) -> float | None:
+    """Seconds since this pod's last heartbeat, or None when there is none."""
+    value = await redis.get(heartbeat_key(keys, hostname))
+    if value is None:
+        return None
+    now_s = time.time() if now_s is None else now_s
+    return max(0.0, now_s - float(value))
+
+
+async def liveness(settings: Settings, max_age_s: float = LIVENESS_MAX_AGE_S) -> Check:
+    """OK when this pod's heartbeat is at most ``max_age_s`` old."""
+    client = _client(settings)
+    try:
+        age_s = await heartbeat_age_s(client, Keys(settings.key_prefix))
+    except RedisError as exc:
+        return Check("liveness", "FAIL", f"cannot read the heartbeat: {exc.__class__.__name__}")
+    finally:
+        await client.aclose()
+    host = socket.gethostname()
+    if age_s is None:
+        return Check("liveness", "FAIL", f"no heartbeat from {host}")
+    if age_s > max_age_s:
+        return Check("liveness", "FAIL", f"heartbeat of {host} is {age_s:.0f} s old")
+    return Check("liveness", "OK", f"heartbeat of {host} is {age_s:.1f} s old")
+
+
+# --- the checks ----------------------------------------------------------------------------
+
+
+def check_settings(
+    load: Callable[[], Settings] = Settings.from_env,
+) -> tuple[Settings | None, Check]:
+    try:
+        settings = load()
+    except ConfigError as exc:
+        return None, Check("settings", "FAIL", str(exc))
+    return settings, Check("settings", "OK", f"prefix {settings.key_prefix!r}")
+
+
+def _client(settings: Settings) -> Redis:
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=5
+    )
+
+
+def _where(url: str) -> str:
+    """Host and port of a URL, without user, password or query."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or '?'}:{parts.port}" if parts.port else parts.hostname or "?"
+
+
+async def check_redis(redis: Redis, settings: Settings) -> Check:
+    try:
+        await redis.ping()
+    except RedisError as exc:
+        return Check(
+            "redis", "FAIL", f"cannot reach {_where(settings.redis_url)}: {exc.__class__.__name__}"
+        )
+    return Check("redis", "OK", f"reachable at {_where(settings.redis_url)}")
+
+
+async def check_persistence(redis: Redis) -> Check:
+    try:
+        config: dict[Any, Any] = {
+            **await redis.config_get("appendonly"),
+            **await redis.config_get("maxmemory-policy"),
+        }
+    except ResponseError:
+        return Check(
+            "persistence",
+            "WARN",
+            "CONFIG is not allowed here; make sure appendonly is yes and "
+            "maxmemory-policy is noeviction",
+        )
+    text = {_text(k): _text(v) for k, v in config.items()}
+    problems = []
+    if text.get("appendonly") != "yes":
+        problems.append(
+            "appendonly is no: a Redis restart loses accepted upserts (set appendonly yes)"
+        )
+    policy = text.get("maxmemory-policy", "?")
+    if policy != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {policy}: Redis may evict pending entries (set noeviction)"
+        )
+    if problems:
+        return Check("persistence", "WARN", "; ".join(problems))
+    return Check("persistence", "OK", "appendonly yes, maxmemory-policy noeviction")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def check_shards(redis: Redis, settings: Settings) -> tuple[int, Check]:
+    stored = await stored_shards(redis, Keys(settings.key_prefix))
+    if stored is None:
+        return settings.shards, Check(
+            "shards",
+            "WARN",
+            f"no shard count stored yet; the first worker or producer stores {settings.shards}",
+        )
+    if stored != settings.shards:
+        return stored, Check(
+            "shards",
+            "WARN",
+            f"{stored} stored in Redis, {settings.shards} configured: everyone uses {stored}; "
+            "set LEADSYNC_SHARDS to match",
+        )
+    return stored, Check("shards", "OK", f"{stored} shards")
+
+
+async def check_groups(redis: Redis, keys: Keys, shards: int) -> Check:
+    pipe = redis.pipeline(transaction=False)
+    for shard in range(shards):
+        pipe.xinfo_groups(keys.stream(shard))
+    replies = await pipe.execute(raise_on_error=False)
+    missing = [
+        shard
+        for shard, reply in enumerate(replies)
+        if isinstance(reply, Exception)
+        or not any(_text(group["name"]) == Keys.GROUP for group in reply)
+    ]
+    if not missing:
+        return Check("consumer groups", "OK", f"group {Keys.GROUP!r} on all {shards} shards")
+    shown = ", ".join(str(s) for s in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    return Check(
+        "consumer groups",
+        "FAIL",
+        f"{len(missing)} of {shards} shard streams have no consumer group {Keys.GROUP!r} "
+        f"(shards {shown}): Redis lost its data or no worker has started yet. "
+        "Fix: start a worker; it recreates the groups at id 0, so no backlog is skipped",
+    )
+
+
+async def check_limits(redis: Redis, settings: Settings) -> Check:
+    state = await RedisLimiter(redis, settings).state()
+    if state.hold_reason:
+        since = f" for {time.time() - state.hold_since:.0f} s" if state.hold_since else ""
+        return Check(
+            "hold",
+            "FAIL",
+            f"on hold{since}: Marketo refused the credentials ({state.hold_reason}); "
+            "fix LEADSYNC_MARKETO_USER_ID / LEADSYNC_MARKETO_ENCRYPTION_KEY; "
+            f"a probe call every {settings.hold_probe_interval_s:.0f} s resumes by itself",
+        )
+    usage = f"quota {state.quota_used_today}/{state.quota_limit} today"
+    if state.quota_used_today >= state.quota_limit:
+        return Check("hold", "WARN", f"daily quota spent ({usage}); sending resumes at reset")
+    if state.cooldown_remaining_s > 0:
+        return Check(
+            "hold",
+            "WARN",
+            f"cooling down {state.cooldown_remaining_s:.0f} s ({state.cooldown_reason}); {usage}",
+        )
+    return Check("hold", "OK", f"not held; {usage}")
+
+
+async def check_dead_letters(redis: Redis, keys: Keys, shards: int) -> Check:
+    pipe = redis.pipeline(transaction=False)
+    for shard in range(shards):
+        pipe.xlen(keys.dead_letters(shard))
+    total = sum(int(n) for n in await pipe.execute())
+    if total:
+        return Check("dead letters", "WARN", f"{total} entries parked; see `leadsync dlq list`")
+    return Check("dead letters", "OK", "none")
+
+
+async def check_marketo(settings: Settings, timeout_s: float = 5.0) -> Check:
+    if not settings.marketo_user_id or not settings.marketo_encryption_key.get_secret_value():
+        return Check(
+            "marketo",
+            "FAIL",
+            "LEADSYNC_MARKETO_USER_ID and LEADSYNC_MARKETO_ENCRYPTION_KEY must both be set",
+        )
+    where = _where(settings.marketo_endpoint)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(settings.marketo_endpoint, params={"WSDL": ""}) as response,
+        ):
+            body = await response.content.read(1 << 20)
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Check("marketo", "FAIL", f"cannot reach {where}: {exc.__class__.__name__}")
+    if status != 200 or b"definitions" not in body:
+        return Check("marketo", "FAIL", f"{where} answered HTTP {status} without a WSDL")
+    return Check(
+        "marketo",
+        "OK",
+        f"WSDL served by {where}; credentials are verified by the first call "
+        "(a test call would spend quota)",
+    )
+
+
+async def _guarded(name: str, check: Awaitable[Check]) -> Check:
+    try:
+        return await check
+    except RedisError as exc:
+        return Check(name, "FAIL", f"Redis error: {exc.__class__.__name__}")
+
+
+async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list[Check]:
+    """Every check after settings; Redis-based ones are skipped when Redis is unreachable."""
+    keys = Keys(settings.key_prefix)
+    client = _client(settings)
+    try:
+        checks = [await check_redis(client, settings)]
+        if checks[0].level == "OK":
+            checks.append(await _guarded("persistence", check_persistence(client)))
+            shards, shard_check = await check_shards(client, settings)
+            checks.append(shard_check)
+            checks.append(await _guarded("consumer groups", check_groups(client, keys, shards)))
+            checks.append(await _guarded("hold", check_limits(client, settings)))
+            checks.append(await _guarded("dead letters", check_dead_letters(client, keys, shards)))
+    finally:
+        await client.aclose()
+    checks.append(await check_marketo(settings, http_timeout_s))
+    return checks
