@@ -170,9 +170,13 @@ class Drainer:
         if not queued:
             report.status = "idle" if not invalid else "sent"
             return
-        batch = plan_batches(queued, batch_size)[0]
-        oldest_s = min(entry_time_s(q.entry_id) for q in queued)
-        if len(batch) < batch_size and time.time() - oldest_s < self.settings.flush_interval_s:
+        batch = pick_batch(
+            plan_batches(queued, batch_size),
+            batch_size,
+            self.settings.flush_interval_s,
+            time.time(),
+        )
+        if batch is None:
             report.status = "waiting"  # a partial batch waits for more leads or for its age
             return
         batch = await self._dead_letter_exhausted(shard, batch, report)
@@ -206,10 +210,16 @@ class Drainer:
         invalid: list[tuple[RawEntry, InvalidLead]] = []
         keys: set[str] = set()
         origins = self._origins[shard] = {}
-        for _ in range(READ_FACTOR):
-            raw = await self.ledger.read(shard, self.consumer, batch_size)
+        seen: set[str] = set()
+        for round_number in range(READ_FACTOR):
+            raw = await self.ledger.read(
+                shard, self.consumer, batch_size, claim_pending=round_number == 0
+            )
             origins.update((e.entry_id, e.origin) for e in raw if e.origin)
             for entry in raw:
+                if entry.entry_id in seen:
+                    continue
+                seen.add(entry.entry_id)
                 try:
                     lead = decode_lead(entry.payload)
                 except InvalidLead as exc:
@@ -438,6 +448,23 @@ class Drainer:
             enqueued_at=entry_time_s(entry.entry_id),
             finished_at=time.time(),
         )
+
+
+def pick_batch(
+    batches: Sequence[Batch], batch_size: int, flush_interval_s: float, now_s: float
+) -> Batch | None:
+    """The call to make now: among full batches and partial ones whose oldest entry has
+    waited ``flush_interval_s``, the one holding the oldest entry (so a small dedup=false
+    batch is not starved by a stream of full ones). None when nothing is due."""
+    due = [
+        b
+        for b in batches
+        if len(b) >= batch_size
+        or now_s - min(entry_time_s(e) for e in b.entry_ids) >= flush_interval_s
+    ]
+    if not due:
+        return None
+    return min(due, key=lambda b: min(entry_order(e) for e in b.entry_ids))
 
 
 def _reason(exc: MarketoError) -> str:

@@ -136,14 +136,17 @@ class Ledger:
 
     # --- reading --------------------------------------------------------------------
 
-    async def read(self, shard: int, consumer: str, count: int) -> list[RawEntry]:
+    async def read(
+        self, shard: int, consumer: str, count: int, *, claim_pending: bool = True
+    ) -> list[RawEntry]:
         """Entries left pending by earlier cycles first (any consumer: the lease makes this
-        caller the only one working the shard), then never-delivered ones."""
+        caller the only one working the shard), then never-delivered ones. Claim pending
+        entries once per cycle: a second claim would return what this cycle already read."""
         stream = self.keys.stream(shard)
         entries: list[RawEntry] = []
         cursor = "0-0"
         try:
-            while len(entries) < count:
+            while claim_pending and len(entries) < count:
                 reply: Any = await self.redis.xautoclaim(
                     stream,
                     Keys.GROUP,

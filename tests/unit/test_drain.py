@@ -10,8 +10,9 @@ from pydantic import SecretStr
 
 from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from producers.contract import Keys, OutcomeStatus, encode_lead, key_digest, validate_lead
+from worker.batching import QueuedLead, plan_batches
 from worker.client import MarketoClient
-from worker.drain import Drainer
+from worker.drain import Drainer, pick_batch
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
 from worker.settings import Settings
@@ -227,3 +228,33 @@ async def test_a_second_drain_of_a_leased_shard_does_nothing(
     report = await drainer.drain(0)
     assert report.status == "busy"
     assert marketo.calls == []
+
+
+def test_pick_batch_prefers_the_oldest_due_batch_so_small_batches_are_not_starved() -> None:
+    full = plan_batches([queued_lead(f"2000-{i}", f"f{i}@x.com") for i in range(3)], 3)
+    small = plan_batches([queued_lead("1000-0", "old@x.com", dedup=False)], 3)
+    batches = [*full, *small]
+    assert (
+        pick_batch(batches, 3, flush_interval_s=5.0, now_s=1.5) is full[0]
+    )  # the small one is not due yet
+    assert pick_batch(batches, 3, flush_interval_s=0.1, now_s=1.5) is small[0]
+    assert pick_batch(small, 3, flush_interval_s=5.0, now_s=1.5) is None
+
+
+async def test_a_cycle_that_reads_twice_never_sees_an_entry_twice(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, batch_size=4)
+    # Eight upserts of two people: the first read coalesces to 2 records, so the cycle reads again.
+    ids = await enqueue(drainer, *(["a@x.com", "b@x.com"] * 4), "c@x.com", "d@x.com")
+    report = await drainer.drain(0)
+    assert report.entries == len(ids)
+    assert marketo.calls == [["a@x.com", "b@x.com", "c@x.com", "d@x.com"]]
+    assert await drainer.ledger.attempts(0, ids) == [0] * len(ids)  # committed: counters dropped
+    assert await statuses(drainer, ids) == ["CREATED"] * len(ids)
+
+
+def queued_lead(entry_id: str, email: str, dedup: bool = True) -> QueuedLead:
+    lead = validate_lead(email=email, dedup=dedup)
+    return QueuedLead(entry_id, key_digest(lead.key), lead)
