@@ -36,6 +36,7 @@ from worker.errors import (
     LimitReached,
     MarketoError,
     QuotaExceededError,
+    ResignError,
     ThrottledError,
     TransientError,
 )
@@ -196,7 +197,8 @@ class Drainer:
         except (ThrottledError, QuotaExceededError, AuthError) as exc:
             await self._refund_unanswered(shard, batch, results)
             report.status, report.reason = await self._apply_cluster_limit(exc)
-        except TransientError as exc:
+        except (TransientError, ResignError) as exc:
+            # ResignError here means re-signing did not help: a skewed clock, treated as transient.
             report.status, report.reason = "backoff", _reason(exc)
             await self._back_off(shard)
         finally:
@@ -361,15 +363,19 @@ class Drainer:
         return "held", _reason(exc)
 
     async def _back_off(self, shard: int) -> None:
-        """Transient faults outlasted the in-cycle retries: this shard rests a while."""
-        key = self.keys.control(f"backoff:{shard}")
-        streak = await self.ledger.redis.incr(self.keys.control(f"backoff-streak:{shard}"))
+        """Transient faults outlasted the in-cycle retries: this shard rests a while,
+        exponentially longer with each failed cycle in a row (capped, with jitter)."""
+        redis = self.ledger.redis
+        streak_key = self.keys.control(f"backoff-streak:{shard}")
+        pipe = redis.pipeline(transaction=False)
+        pipe.incr(streak_key)
+        pipe.expire(streak_key, 3600)
+        streak, _ = await pipe.execute()
         delay_s = min(
             self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** min(int(streak), 16)
         )
-        await self.ledger.redis.set(
-            key, 1, px=max(1, int(delay_s * (0.5 + random.random() / 2) * 1000))
-        )
+        jittered_ms = max(1, int(delay_s * (0.5 + random.random() / 2) * 1000))
+        await redis.set(self.keys.control(f"backoff:{shard}"), 1, px=jittered_ms)
 
     async def _refund_unanswered(
         self, shard: int, batch: Batch, results: Sequence[RecordResult]

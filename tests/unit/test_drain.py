@@ -258,3 +258,15 @@ async def test_a_cycle_that_reads_twice_never_sees_an_entry_twice(
 def queued_lead(entry_id: str, email: str, dedup: bool = True) -> QueuedLead:
     lead = validate_lead(email=email, dedup=dedup)
     return QueuedLead(entry_id, key_digest(lead.key), lead)
+
+
+async def test_a_signature_that_stays_expired_backs_off_instead_of_crashing(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    marketo = Marketo(fault(20016))
+    drainer = make(redis, marketo)
+    ids = await enqueue(drainer, "a@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "backoff"
+    assert len(marketo.calls) == 3  # first try + two immediate re-signs
+    assert await statuses(drainer, ids) == [None]
