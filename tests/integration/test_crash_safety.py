@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.support.invariants import (
     rewritten_finals,
 )
 from tests.support.pipeline import FAST_RECOVERY_ENV, Pipeline, running_pipeline, wait_for
+from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -103,3 +105,80 @@ def test_a_worker_killed_at_any_point_of_a_cycle_loses_nothing_and_a_fresh_worke
             "the crash comes after a commit"
         )
         assert verdict.redundant_sends == 0, "a committed batch was sent again"
+
+
+def test_a_graceful_sigterm_mid_run_leaves_nothing_half_done_and_a_restart_finishes(
+    redis_url: str,
+) -> None:
+    log = WriteLog()
+    with running_pipeline(
+        redis_url, sim_config=SimConfig(latency_s=0.3), settings_env=ENV, shards=SHARDS
+    ) as pipeline:
+        request_ids = log.upsert_many(pipeline.producer, numbered_records(600, people=450))
+        worker = pipeline.start_worker(concurrency=2)
+        assert wait_for(lambda: len(pipeline.sim.admin.calls()) >= 2, 30), "no call went out"
+        # What Kubernetes does: SIGTERM to the main process only; it lets running cycles end.
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=40)
+        assert worker.returncode == 0, "the warm shutdown did not finish on its own"
+        pipeline.stop_worker(worker, signal.SIGKILL)
+        stopped = snapshot(pipeline, request_ids)
+        residue = ledger_residue(redis_url, SHARDS)
+
+        pipeline.start_worker(concurrency=2)
+        outcomes = pipeline.wait_all(request_ids, timeout_s=60)
+        verdict = check(
+            log,
+            outcomes,
+            calls=pipeline.sim.admin.calls(),
+            leads=pipeline.sim.admin.leads(),
+            keys_in_concurrent_calls=pipeline.sim.admin.summary()["keys_in_concurrent_calls"],
+        )
+        assert wait_for(lambda: ledger_residue(redis_url, SHARDS).empty, LEASE_TTL_S + 5)
+
+    assert residue.leases == 0, "a stopped worker must release its shard leases"
+    assert all(o is not None for o in stopped.values()), "every request is final or PENDING"
+    assert any(o is not None and o.status.is_final for o in stopped.values())
+    assert not verdict.problems(), verdict.problems()
+    assert not rewritten_finals(stopped, outcomes)
+    assert verdict.redundant_sends == 0, "a graceful stop must not cut a call in half"
+
+
+def test_upserts_acknowledged_before_redis_is_killed_and_restarted_all_end_final() -> None:
+    """Redis runs with AOF (appendfsync everysec) and is killed with SIGKILL mid-run.
+
+    Redis write()s the AOF buffer before it replies, but fsyncs only once a second and may
+    postpone a write by up to ~2 s while a background fsync runs. So a kill could, in
+    theory, lose the last ~1 s of acknowledged writes; the test waits 1.5 s after the last
+    acknowledged upsert before the kill, so only a real loss fails it.
+    """
+    log = WriteLog()
+    server = RedisServer(appendonly=True).start()
+    env = {**ENV, "LEADSYNC_BATCH_SIZE": "50"}
+    try:
+        with running_pipeline(
+            server.url, sim_config=SimConfig(latency_s=0.5), settings_env=env, shards=SHARDS
+        ) as pipeline:
+            log.upsert_many(pipeline.producer, numbered_records(600, people=450, tag="early"))
+            worker = pipeline.start_worker(concurrency=1)
+            assert wait_for(lambda: len(applied_calls(pipeline.sim.admin.calls())) >= 2, 30)
+            # Single acknowledged XADDs while the worker drains.
+            for record in numbered_records(100, people=100, tag="during"):
+                log.upsert(pipeline.producer, record)
+            time.sleep(1.5)
+            backlog_at_kill = ledger_residue(server.url, SHARDS).entries
+            server.kill()
+            time.sleep(1.0)
+            server.start()
+            log.upsert_many(pipeline.producer, numbered_records(100, people=100, tag="after"))
+            outcomes = pipeline.wait_all(log.request_ids, timeout_s=60)
+            verdict = check(
+                log, outcomes, calls=pipeline.sim.admin.calls(), leads=pipeline.sim.admin.leads()
+            )
+            worker_alive = worker.poll() is None
+    finally:
+        server.cleanup()
+
+    assert backlog_at_kill > 0, "Redis must die mid-run"
+    assert not verdict.problems(), verdict.problems()
+    assert worker_alive, "the worker must ride out a Redis restart"
