@@ -426,8 +426,10 @@ def dlq_list(
     settings = _settings()
     letters = _run_with_redis(settings, _parked(settings, code, shard, limit))
     table = Table(title=f"dead letters ({len(letters)} shown)")
-    for column in ("dlq id", "request id", "shard", "key hash", "code", "error", "attempts"):
-        table.add_column(column)
+    for column in ("dlq id", "request id", "shard", "key hash", "code"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("error", overflow="fold")
+    table.add_column("attempts", no_wrap=True)
     for d in letters:
         table.add_row(
             d.dlq_id, d.request_id, str(d.shard), d.key_hash, d.code, d.error, str(d.attempts)

@@ -1,0 +1,212 @@
+"""Dead letters on real Redis: park, list without lead values, replay, and the ORIGINAL
+request id ends with the replayed entry's outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from marketo_sim.config import SimConfig
+from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
+from producers.contract import (
+    Keys,
+    OutcomeStatus,
+    encode_lead,
+    key_digest,
+    request_id,
+    validate_lead,
+)
+from producers.producer import LeadProducer
+from tests.support.pipeline import running_pipeline
+from worker.cli import app
+from worker.client import MarketoClient
+from worker.dead_letters import list_dead_letters, replay
+from worker.drain import Drainer
+from worker.ledger import Ledger
+from worker.limits import RedisLimiter
+from worker.settings import Settings
+from worker.transport import HttpReply, StubTransport
+
+pytestmark = pytest.mark.integration
+
+
+class Switch:
+    """A Marketo that faults 10001 until told to work."""
+
+    def __init__(self) -> None:
+        self.working = False
+
+    def __call__(self, body: bytes, _headers: object) -> HttpReply:
+        records = parse_request_bytes(body).records
+        if not self.working:
+            return HttpReply(500, "text/xml", render_fault(SimFault(10001)))
+        statuses = [SyncStatus(i + 1, "CREATED") for i in range(len(records))]
+        return HttpReply(200, "text/xml", render_success(statuses))
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis.from_url(redis_url)
+    yield connection
+    await connection.aclose()
+
+
+def drainer_for(client: redis.asyncio.Redis, marketo: Callable[..., HttpReply]) -> Drainer:
+    settings = Settings(
+        shards=1,
+        flush_interval_s=0.0,
+        backoff_initial_s=0.0,
+        backoff_max_s=0.01,
+        transient_retries=0,
+        max_attempts=1,
+        rate_limit_calls=1000,
+        max_concurrent_calls=100,
+    )
+    ledger = Ledger(client, Keys(settings.key_prefix), result_ttl_s=settings.result_ttl_s)
+    marketo_client = MarketoClient(
+        StubTransport(marketo),
+        endpoint="http://marketo.test/soap/mktows/2_2",
+        user_id="u",
+        encryption_key=SecretStr("k"),
+        max_response_bytes=1 << 20,
+    )
+    return Drainer(
+        ledger=ledger,
+        client=marketo_client,
+        limiter=RedisLimiter(client, settings),
+        settings=settings,
+        consumer="test",
+        shards=1,
+    )
+
+
+async def enqueue(drainer: Drainer, email: str, company: str = "A") -> str:
+    await drainer.ledger.ensure_groups(1)
+    lead = validate_lead(email=email, attributes={"Company": company})
+    entry = await drainer.ledger.redis.xadd(
+        drainer.keys.stream(0), {"k": key_digest(lead.key), "p": encode_lead(lead)}
+    )
+    return request_id(0, entry.decode())
+
+
+async def cycles(drainer: Drainer, n: int = 2) -> None:
+    """Drain ``n`` times, skipping the rest a shard takes after transient faults."""
+    for _ in range(n):
+        await drainer.ledger.redis.delete(drainer.keys.control("backoff:0"))
+        await drainer.drain(0)
+
+
+async def status_of(client: redis.asyncio.Redis, rid: str) -> str | None:
+    shard, entry_id = rid.split("-", 1)
+    value = await client.hget(Keys().outcome(int(shard), entry_id), "status")
+    return value.decode() if value else None
+
+
+async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_after_replay(
+    client: redis.asyncio.Redis,
+) -> None:
+    marketo = Switch()
+    drainer = drainer_for(client, marketo)
+    rid = await enqueue(drainer, "ann@example.com")
+    await cycles(drainer)
+    assert await status_of(client, rid) == OutcomeStatus.DEAD_LETTERED.value
+
+    for _round in range(2):
+        letters = await list_dead_letters(client, drainer.keys, 1)
+        assert [d.request_id for d in letters] == [rid], "the DLQ names the original request"
+        report = await replay(client, drainer.keys, letters, result_ttl_s=3600)
+        assert report.replayed == 1
+        assert await status_of(client, rid) == OutcomeStatus.PENDING.value
+        if _round == 0:  # still faulting: parked again, the original follows
+            await cycles(drainer)
+            assert await status_of(client, rid) == OutcomeStatus.DEAD_LETTERED.value
+
+    marketo.working = True
+    await cycles(drainer, 1)
+    assert await status_of(client, rid) == OutcomeStatus.CREATED.value
+    assert await client.xlen(drainer.keys.dead_letters(0)) == 0
+    assert await client.xlen(drainer.keys.stream(0)) == 0
+
+
+async def test_replay_leaves_an_entry_parked_when_a_newer_upsert_of_the_lead_went_through(
+    client: redis.asyncio.Redis,
+) -> None:
+    marketo = Switch()
+    drainer = drainer_for(client, marketo)
+    old = await enqueue(drainer, "ann@example.com", company="Old")
+    await cycles(drainer)
+    marketo.working = True
+    newer = await enqueue(drainer, "ann@example.com", company="New")
+    await cycles(drainer, 1)
+    assert await status_of(client, newer) == "CREATED"
+
+    letters = await list_dead_letters(client, drainer.keys, 1)
+    report = await replay(client, drainer.keys, letters, result_ttl_s=3600)
+    assert report.superseded == [old]
+    assert report.replayed == 0
+    assert await client.xlen(drainer.keys.dead_letters(0)) == 1, "still parked"
+
+    forced = await replay(client, drainer.keys, letters, result_ttl_s=3600, force=True)
+    assert forced.replayed == 1
+    again = await replay(client, drainer.keys, letters, result_ttl_s=3600, force=True)
+    assert again.gone == 1, "a record is replayed once"
+
+
+def test_dlq_list_and_replay_round_trip_through_a_real_worker(redis_url: str) -> None:
+    env = {
+        "LEADSYNC_MAX_ATTEMPTS": "1",
+        "LEADSYNC_TRANSIENT_RETRIES": "0",
+        "LEADSYNC_BACKOFF_INITIAL_S": "0.05",
+        "LEADSYNC_BACKOFF_MAX_S": "0.1",
+    }
+    sim_config = SimConfig(fault_internal_10001_rate=1.0)
+    with running_pipeline(redis_url, sim_config=sim_config, settings_env=env, shards=2) as pipe:
+        emails = [f"dead{i}@example.com" for i in range(5)]
+        ids = [str(r) for r in pipe.producer.upsert_many([{"email": e} for e in emails])]
+        pipe.start_worker(concurrency=1)
+        parked = pipe.wait_all(ids, timeout_s=60)
+        assert {o.status for o in parked.values() if o} == {OutcomeStatus.DEAD_LETTERED}
+
+        runner = CliRunner()
+        wide = {**pipe.env, "COLUMNS": "250"}
+        listed = runner.invoke(app, ["dlq", "list", "--code", "MAX_ATTEMPTS"], env=wide)
+        assert listed.exit_code == 0, listed.output
+        assert all(rid in listed.output for rid in ids), listed.output
+        assert "@example.com" not in listed.output, "no lead values on screen"
+
+        pipe.sim.admin.configure(fault_internal_10001_rate=0.0)
+        replayed = runner.invoke(app, ["dlq", "replay", "--code", "MAX_ATTEMPTS"], env=wide)
+        assert replayed.exit_code == 0, replayed.output
+        assert "replayed 5" in replayed.output
+        final = pipe.wait_all(ids, timeout_s=60)
+
+    assert {rid: o.status if o else None for rid, o in final.items()} == dict.fromkeys(
+        ids, OutcomeStatus.CREATED
+    )
+
+
+def test_the_producer_reads_a_replayed_request_as_pending(redis_url: str) -> None:
+    import asyncio
+
+    async def park_and_replay() -> str:
+        connection = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            drainer = drainer_for(connection, Switch())
+            rid = await enqueue(drainer, "bob@example.com")
+            await cycles(drainer)
+            letters = await list_dead_letters(connection, drainer.keys, 1)
+            await replay(connection, drainer.keys, letters, result_ttl_s=3600)
+            return rid
+        finally:
+            await connection.aclose()
+
+    rid = asyncio.run(park_and_replay())
+    with LeadProducer.from_url(redis_url, shards=1) as producer:
+        outcome = producer.outcome(rid)
+    assert outcome is not None
+    assert outcome.status is OutcomeStatus.PENDING
+    assert outcome.attempts == 0
