@@ -8,12 +8,18 @@ rings again). Settings follow docs/architecture.md ("Celery settings").
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 # prometheus_client picks its value store when first imported: every pool process must
 # write into one shared directory, so set it before anything imports the library.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="leadsync-metrics-")
+    # The `celery` command loads Flower's plugin, which imports prometheus_client before
+    # this module: pick the store again, so metrics made from now on are multiprocess.
+    if "prometheus_client.values" in sys.modules:
+        _values = sys.modules["prometheus_client.values"]
+        _values.ValueClass = _values.get_value_class()  # type: ignore[attr-defined]
 
 import logging
 from typing import Any
