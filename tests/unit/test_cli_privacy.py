@@ -13,7 +13,7 @@ from types import ModuleType
 
 import fakeredis
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, values
 
 from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from tests.integration.test_dead_letters import cycles, drainer_for, enqueue
@@ -48,6 +48,8 @@ def tasks_module() -> Iterator[ModuleType]:
     yield worker.tasks
     if saved is None:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        # worker.app switched the value store to multiprocess files; switch it back.
+        values.ValueClass = values.get_value_class()
 
 
 @pytest.fixture
