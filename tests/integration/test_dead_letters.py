@@ -3,49 +3,31 @@ request id ends with the replayed entry's outcome."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from marketo_sim.config import SimConfig
-from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from producers.contract import (
     Keys,
     OutcomeStatus,
-    encode_lead,
-    key_digest,
     request_id,
-    validate_lead,
 )
 from producers.producer import LeadProducer
+from tests.support.drain_kit import Marketo, enqueue, fault, make, ok
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
-from worker.client import MarketoClient
 from worker.dead_letters import list_dead_letters, replay
 from worker.drain import Drainer
-from worker.ledger import Ledger
-from worker.limits import RedisLimiter
-from worker.settings import Settings
-from worker.transport import HttpReply, StubTransport
 
 pytestmark = pytest.mark.integration
 
 
-class Switch:
-    """A Marketo that faults 10001 until told to work."""
-
-    def __init__(self) -> None:
-        self.working = False
-
-    def __call__(self, body: bytes, _headers: object) -> HttpReply:
-        records = parse_request_bytes(body).records
-        if not self.working:
-            return HttpReply(500, "text/xml", render_fault(SimFault(10001)))
-        statuses = [SyncStatus(i + 1, "CREATED") for i in range(len(records))]
-        return HttpReply(200, "text/xml", render_success(statuses))
+def switch() -> Marketo:
+    """A Marketo that faults 10001 until ``behaviours`` is set to ``[ok]``."""
+    return Marketo(fault(10001))
 
 
 @pytest.fixture
@@ -55,42 +37,14 @@ async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     await connection.aclose()
 
 
-def drainer_for(client: redis.asyncio.Redis, marketo: Callable[..., HttpReply]) -> Drainer:
-    settings = Settings(
-        shards=1,
-        flush_interval_s=0.0,
-        backoff_initial_s=0.0,
-        backoff_max_s=0.01,
-        transient_retries=0,
-        max_attempts=1,
-        rate_limit_calls=1000,
-        max_concurrent_calls=100,
-    )
-    ledger = Ledger(client, Keys(settings.key_prefix), result_ttl_s=settings.result_ttl_s)
-    marketo_client = MarketoClient(
-        StubTransport(marketo),
-        endpoint="http://marketo.test/soap/mktows/2_2",
-        user_id="u",
-        encryption_key=SecretStr("k"),
-        max_response_bytes=1 << 20,
-    )
-    return Drainer(
-        ledger=ledger,
-        client=marketo_client,
-        limiter=RedisLimiter(client, settings),
-        settings=settings,
-        consumer="test",
-        shards=1,
-    )
+def drainer_for(client: redis.asyncio.Redis, marketo: Marketo) -> Drainer:
+    """Every fault parks the entries: one attempt, no in-cycle retry."""
+    return make(client, marketo, max_attempts=1, transient_retries=0)
 
 
-async def enqueue(drainer: Drainer, email: str, company: str = "A") -> str:
-    await drainer.ledger.ensure_groups(1)
-    lead = validate_lead(email=email, attributes={"Company": company})
-    entry = await drainer.ledger.redis.xadd(
-        drainer.keys.stream(0), {"k": key_digest(lead.key), "p": encode_lead(lead)}
-    )
-    return request_id(0, entry.decode())
+async def enqueue_one(drainer: Drainer, email: str, company: str = "A") -> str:
+    (entry_id,) = await enqueue(drainer, email, Company=company)
+    return request_id(0, entry_id)
 
 
 async def cycles(drainer: Drainer, n: int = 2) -> None:
@@ -109,9 +63,9 @@ async def status_of(client: redis.asyncio.Redis, rid: str) -> str | None:
 async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_after_replay(
     client: redis.asyncio.Redis,
 ) -> None:
-    marketo = Switch()
+    marketo = switch()
     drainer = drainer_for(client, marketo)
-    rid = await enqueue(drainer, "ann@example.com")
+    rid = await enqueue_one(drainer, "ann@example.com")
     await cycles(drainer)
     assert await status_of(client, rid) == OutcomeStatus.DEAD_LETTERED.value
 
@@ -125,7 +79,7 @@ async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_a
             await cycles(drainer)
             assert await status_of(client, rid) == OutcomeStatus.DEAD_LETTERED.value
 
-    marketo.working = True
+    marketo.behaviours = [ok]
     await cycles(drainer, 1)
     assert await status_of(client, rid) == OutcomeStatus.CREATED.value
     assert await client.xlen(drainer.keys.dead_letters(0)) == 0
@@ -135,12 +89,12 @@ async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_a
 async def test_replay_leaves_an_entry_parked_when_a_newer_upsert_of_the_lead_went_through(
     client: redis.asyncio.Redis,
 ) -> None:
-    marketo = Switch()
+    marketo = switch()
     drainer = drainer_for(client, marketo)
-    old = await enqueue(drainer, "ann@example.com", company="Old")
+    old = await enqueue_one(drainer, "ann@example.com", company="Old")
     await cycles(drainer)
-    marketo.working = True
-    newer = await enqueue(drainer, "ann@example.com", company="New")
+    marketo.behaviours = [ok]
+    newer = await enqueue_one(drainer, "ann@example.com", company="New")
     await cycles(drainer, 1)
     assert await status_of(client, newer) == "CREATED"
 
@@ -195,8 +149,8 @@ def test_the_producer_reads_a_replayed_request_as_pending(redis_url: str) -> Non
     async def park_and_replay() -> str:
         connection = redis.asyncio.Redis.from_url(redis_url)
         try:
-            drainer = drainer_for(connection, Switch())
-            rid = await enqueue(drainer, "bob@example.com")
+            drainer = drainer_for(connection, switch())
+            rid = await enqueue_one(drainer, "bob@example.com")
             await cycles(drainer)
             letters = await list_dead_letters(connection, drainer.keys, 1)
             await replay(connection, drainer.keys, letters, result_ttl_s=3600)

@@ -15,8 +15,9 @@ import fakeredis
 import pytest
 from prometheus_client import REGISTRY, values
 
-from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
-from tests.integration.test_dead_letters import cycles, drainer_for, enqueue
+from marketo_sim.soap import SimFault, SyncStatus, render_fault, render_success
+from tests.support.drain_kit import Marketo, enqueue, make
+from worker.drain import Drainer
 from worker.logs import configure_logging
 from worker.settings import Settings
 from worker.transport import HttpReply
@@ -24,11 +25,9 @@ from worker.transport import HttpReply
 EMAILS = ["ann@example.com", "bob@example.com", "reject@example.com"]
 
 
-def marketo(body: bytes, _headers: object) -> HttpReply:
+def behave(emails: list[str | None]) -> HttpReply:
     """Rejects one record by name; faults every call that carries bob (then he is parked)."""
-    records = parse_request_bytes(body).records
-    emails = [r.email for r in records]
-    if "bob@example.com" in emails:
+    if EMAILS[1] in emails:
         return HttpReply(500, "text/xml", render_fault(SimFault(10001)))
     statuses = [
         SyncStatus(i + 1, "FAILED", "Invalid field value")
@@ -37,6 +36,16 @@ def marketo(body: bytes, _headers: object) -> HttpReply:
         for i, e in enumerate(emails)
     ]
     return HttpReply(200, "text/xml", render_success(statuses))
+
+
+def new_drainer() -> Drainer:
+    return make(fakeredis.FakeAsyncRedis(), Marketo(behave), max_attempts=1, transient_retries=0)
+
+
+async def cycles(drainer: Drainer, n: int) -> None:
+    for _ in range(n):
+        await drainer.ledger.redis.delete(drainer.keys.control("backoff:0"))
+        await drainer.drain(0)
 
 
 @pytest.fixture
@@ -85,7 +94,7 @@ def test_the_tick_takes_no_arguments(tasks_module: ModuleType) -> None:
 
 
 async def test_a_drain_report_holds_only_counts_and_status_names() -> None:
-    drainer = drainer_for(fakeredis.FakeAsyncRedis(), marketo)
+    drainer = new_drainer()
     for email in EMAILS:
         await enqueue(drainer, email)
     report = (await drainer.drain(0)).as_dict()
@@ -105,7 +114,7 @@ async def test_a_drain_report_holds_only_counts_and_status_names() -> None:
 
 
 async def test_drain_log_lines_are_json_and_never_carry_an_email(json_logs: io.StringIO) -> None:
-    drainer = drainer_for(fakeredis.FakeAsyncRedis(), marketo)
+    drainer = new_drainer()
     for email in (EMAILS[0], EMAILS[2]):
         await enqueue(drainer, email)
     report = await drainer.drain(0)
@@ -122,7 +131,7 @@ async def test_drain_log_lines_are_json_and_never_carry_an_email(json_logs: io.S
 
 
 async def test_metric_label_values_are_shards_statuses_and_codes_only() -> None:
-    drainer = drainer_for(fakeredis.FakeAsyncRedis(), marketo)
+    drainer = new_drainer()
     for email in EMAILS:
         await enqueue(drainer, email)
     await cycles(drainer, 3)
