@@ -1,0 +1,1 @@
+"""Baselines the benchmarks compare leadsync with: Celery + zeep, per lead and batched."""

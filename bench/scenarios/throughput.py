@@ -1,0 +1,213 @@
+"""``throughput``: leadsync against two Celery + zeep baselines, zero-latency simulator,
+no limits, backlog first. Also the single and bulk enqueue cost."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from bench.harness import SimProcess, machine_line, md_table, write_section
+from bench.systems import Measured, leadsync_env, make_leads, run_baseline, run_leadsync
+from producers.contract import Keys, validate_lead
+from producers.producer import LeadProducer, Route
+from worker.embedded import embedded_redis
+
+UNLIMITED = {
+    "latency_s": 0.0,
+    "rate_limit_calls": 1_000_000_000,
+    "max_concurrent": 1_000_000,
+    "daily_quota": 1_000_000_000,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SingleEnqueue:
+    upsert_us: list[float]
+    xadd_us: list[float]
+
+    @staticmethod
+    def p(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.upsert_us) / statistics.median(self.xadd_us)
+
+
+def measure_single_enqueue(redis_url: str, samples: int) -> SingleEnqueue:
+    """``LeadProducer.upsert`` and a bare ``XADD`` of the same entry, interleaved."""
+    leads = make_leads(samples + 200, seed=11)
+    bare_route = Route.build(Keys("bare"), 16)
+    bare = [bare_route.entry(validate_lead(**lead))[1] for lead in leads]
+    client = redis.Redis.from_url(redis_url)
+    upsert_us: list[float] = []
+    xadd_us: list[float] = []
+    with LeadProducer.from_url(redis_url, key_prefix="single", shards=16) as producer:
+        for index, (lead, command) in enumerate(zip(leads, bare, strict=True)):
+            started = time.perf_counter()
+            producer.upsert(**lead)
+            middle = time.perf_counter()
+            client.execute_command(*command)
+            ended = time.perf_counter()
+            if index >= 200:  # warm-up: connections, caches
+                upsert_us.append((middle - started) * 1e6)
+                xadd_us.append((ended - middle) * 1e6)
+    client.close()
+    return SingleEnqueue(upsert_us, xadd_us)
+
+
+def flush(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+
+
+def system_rows(results: Sequence[Measured]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for r in results:
+        per_call = r.leads_per_call
+        rows.append(
+            [
+                r.system,
+                r.concurrency,
+                r.leads,
+                r.leads_per_s,
+                r.drain_leads_per_s,
+                r.per_lead_us(r.enqueue_s),
+                r.per_lead_us(r.worker_cpu_s),
+                r.per_lead_us(r.sim_cpu_s),
+                r.per_lead_us(r.redis_cpu_s),
+                r.calls,
+                f"{per_call.get('mean', 0):.1f} ({per_call.get('min', 0)}-{per_call.get('max', 0)})",
+                "yes" if r.complete else f"NO {dict(r.statuses)}",
+            ]
+        )
+    return rows
+
+
+HEADERS = [
+    "system",
+    "worker procs",
+    "leads",
+    "leads/s end to end",
+    "leads/s drain only",
+    "enqueue µs/lead",
+    "worker CPU µs/lead",
+    "simulator CPU µs/lead",
+    "redis CPU µs/lead",
+    "calls",
+    "leads/call mean (min-max)",
+    "all outcomes stored",
+]
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run throughput")
+    parser.add_argument("--leads", type=int, default=20_000)
+    parser.add_argument("--baseline-a-leads", type=int, default=2_000)
+    parser.add_argument("--concurrency", default="2,3,4", help="leadsync worker processes to try")
+    parser.add_argument("--baseline-concurrency", type=int, default=4)
+    parser.add_argument("--flush-interval", type=float, default=1.0, help="celery-batches, s")
+    parser.add_argument("--single-samples", type=int, default=3000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    args = parser.parse_args(argv)
+
+    leads = make_leads(args.leads)
+    results: list[Measured] = []
+    with embedded_redis() as (redis_url, _), SimProcess(**UNLIMITED) as sim:
+        machine = machine_line(redis_url)
+        single = measure_single_enqueue(redis_url, args.single_samples)
+        flush(redis_url)
+        env = leadsync_env(
+            redis_url,
+            sim,
+            shards=args.shards,
+            rate_limit_calls=1_000_000_000,
+            max_concurrent_calls=10_000,
+            daily_quota=1_000_000_000,
+            flush_interval_s=0.5,
+        )
+        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            sim.admin.reset()
+            results.append(run_leadsync(redis_url, sim, leads, concurrency=concurrency, env=env))
+            flush(redis_url)
+            print(md_table(HEADERS, system_rows(results[-1:])), flush=True)
+        if not args.skip_baselines:
+            for batched, count in ((True, args.leads), (False, args.baseline_a_leads)):
+                sim.admin.reset()
+                results.append(
+                    run_baseline(
+                        redis_url,
+                        sim,
+                        leads[:count],
+                        batched=batched,
+                        concurrency=args.baseline_concurrency,
+                        flush_interval_s=args.flush_interval,
+                    )
+                )
+                flush(redis_url)
+                print(md_table(HEADERS, system_rows(results[-1:])), flush=True)
+
+    body = render(results, single)
+    print(body)
+    if not args.no_write:
+        write_section("throughput", "throughput", machine, body)
+
+
+def render(results: Sequence[Measured], single: SingleEnqueue) -> str:
+    ours = [r for r in results if r.system == "leadsync"]
+    best = max(ours, key=lambda r: r.leads_per_s)
+    batches = next((r for r in results if "(b)" in r.system), None)
+    single_rows = [
+        [
+            name,
+            statistics.median(values),
+            statistics.mean(values),
+            SingleEnqueue.p(values, 0.99),
+        ]
+        for name, values in (
+            ("LeadProducer.upsert", single.upsert_us),
+            ("bare XADD round trip", single.xadd_us),
+        )
+    ]
+    per_call = best.leads_per_call
+    targets: list[list[object]] = []
+    if batches is not None:
+        speedup = best.leads_per_s / batches.leads_per_s
+        targets.append(["end to end >= 15x baseline (b)", f"{speedup:.1f}x", _met(speedup >= 15)])
+    cpu_us = best.per_lead_us(best.worker_cpu_s)
+    bulk_us = best.per_lead_us(best.enqueue_s)
+    fill = per_call.get("mean", 0) / 300
+    targets += [
+        ["worker CPU <= 100 µs/lead", f"{cpu_us:.0f} µs", _met(cpu_us <= 100)],
+        [
+            "single enqueue <= 1.3x bare XADD (medians)",
+            f"{single.ratio:.2f}x",
+            _met(single.ratio <= 1.3),
+        ],
+        ["bulk enqueue <= 25 µs/lead", f"{bulk_us:.1f} µs", _met(bulk_us <= 25)],
+        ["leads/call >= 99% of 300 under a backlog", f"{fill:.1%}", _met(fill >= 0.99)],
+    ]
+    return "\n\n".join(
+        [
+            "End to end = first enqueue to last outcome stored; drain only = backlog released "
+            "to last outcome. CPU is user+sys of each process tree over the same span.",
+            md_table(HEADERS, system_rows(results)),
+            f"Single enqueue, {len(single.upsert_us):,} interleaved samples each (µs):",
+            md_table(["call", "median", "mean", "p99"], single_rows),
+            f"Targets (best leadsync run: {best.concurrency} worker processes):",
+            md_table(["target", "measured", "met"], targets),
+        ]
+    )
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
