@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from bench.harness import ENCRYPTION_KEY, USER_ID, SimProcess, Worker, redis_pid, tree_cpu_s
-from producers.contract import Keys
+from producers.contract import Keys, parse_request_id
 from producers.producer import LeadProducer
 from worker.demo import generate_leads
 
@@ -103,6 +103,17 @@ class Measured:
     statuses: Counter[str] = field(default_factory=Counter)
     summary: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
+    call_sizes: list[int] = field(default_factory=list)
+    # Fewest calls that can carry these leads when every call holds one shard's leads.
+    fewest_calls: int = 0
+
+    @property
+    def full_calls_share(self) -> float:
+        return (
+            sum(1 for n in self.call_sizes if n >= 300) / len(self.call_sizes)
+            if self.call_sizes
+            else 0.0
+        )
 
     @property
     def total_s(self) -> float:
@@ -127,6 +138,11 @@ class Measured:
     def leads_per_call(self) -> dict[str, float]:
         per_call: dict[str, float] = self.summary.get("leads_per_call") or {}
         return per_call
+
+
+def call_sizes(sim: SimProcess) -> list[int]:
+    """Leads in each call that the simulator answered."""
+    return [int(c["leads"]) for c in sim.admin.calls() if c["outcome"] == "ok"]
 
 
 class CpuMeter:
@@ -170,6 +186,7 @@ def run_leadsync(
     client = redis.Redis.from_url(redis_url)
     keys = Keys(env["LEADSYNC_KEY_PREFIX"])
     worker = leadsync_worker(env, concurrency)
+    request_ids: list[str] = []
     try:
         worker.start()
         worker.wait_ready()
@@ -198,6 +215,9 @@ def run_leadsync(
         worker.stop()
         client.close()
     result.summary = sim.admin.summary()
+    result.call_sizes = call_sizes(sim)
+    per_shard = Counter(parse_request_id(r)[0] for r in request_ids)
+    result.fewest_calls = sum(-(-n // 300) for n in per_shard.values())
     result.complete = sum(
         n for s, n in result.statuses.items() if s in ("CREATED", "UPDATED")
     ) == len(leads)
@@ -267,6 +287,8 @@ def run_baseline(
         worker.stop()
         client.close()
     result.summary = sim.admin.summary()
+    result.call_sizes = call_sizes(sim)
+    result.fewest_calls = -(-len(leads) // 300)
     result.complete = result.statuses.get("CREATED", 0) + result.statuses.get("UPDATED", 0) == len(
         leads
     )
