@@ -40,6 +40,10 @@ SLOT_MARGIN_S = 5.0
 CONCURRENCY_RETRY_S = 0.25
 #: Smallest wait ever suggested, so a full-jitter backoff never retries at once.
 MIN_RETRY_S = 0.01
+#: Marketo counts calls as they arrive, not as we grant them: a call granted exactly one
+#: window after an older one can arrive a few ms sooner than it and land inside Marketo's
+#: window. Each grant waits out this margin too (clock skew between pods counts here).
+WINDOW_MARGIN_S = 0.25
 #: Keys outlive the state they hold by this much; TTLs only collect garbage.
 GC_MARGIN_S = 60.0
 
@@ -242,7 +246,7 @@ class RedisLimiter:
                 self._slot_member(holder, token),
                 1 if probe else 0,
                 s.rate_limit_calls,
-                repr(s.rate_limit_window_s),
+                repr(s.rate_limit_window_s + WINDOW_MARGIN_S),
                 s.max_concurrent_calls,
                 repr(self._slot_ttl_s),
                 s.daily_quota,

@@ -15,6 +15,7 @@ from tests.unit.test_limits_clock import unix
 from worker.limits import (
     CONCURRENCY_RETRY_S,
     SLOT_MARGIN_S,
+    WINDOW_MARGIN_S,
     Denied,
     Permit,
     RedisLimiter,
@@ -93,9 +94,10 @@ async def test_exactly_n_calls_pass_in_a_window_then_the_next_waits_for_the_olde
         await take(limiter)
         clock.advance(1)
     denied = await refused(limiter)
-    # the first call was at T0; it leaves the window at T0 + 20, and now is T0 + 5
+    # the first call was at T0; it leaves the window (plus the arrival margin) at
+    # T0 + 20 + margin, and now is T0 + 5
     assert denied.reason == "rate"
-    assert denied.retry_after_s == pytest.approx(15)
+    assert denied.retry_after_s == pytest.approx(15 + WINDOW_MARGIN_S)
 
 
 async def test_the_window_slides_one_call_at_a_time(
@@ -106,8 +108,10 @@ async def test_the_window_slides_one_call_at_a_time(
         await take(limiter)
         clock.advance(5)
     clock.advance(4.9)  # T0 + 19.9: the first call is still in the window
-    assert (await refused(limiter)).retry_after_s == pytest.approx(0.1)
-    clock.advance(0.1)  # T0 + 20: it has left
+    assert (await refused(limiter)).retry_after_s == pytest.approx(0.1 + WINDOW_MARGIN_S)
+    clock.advance(0.1)  # T0 + 20: Marketo's window has let it go, ours keeps the margin
+    assert (await refused(limiter)).retry_after_s == pytest.approx(WINDOW_MARGIN_S)
+    clock.advance(WINDOW_MARGIN_S)
     await take(limiter)
     assert (await refused(limiter)).retry_after_s == pytest.approx(5)
     assert (await limiter.state()).calls_in_window == 3
