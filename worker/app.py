@@ -7,21 +7,8 @@ rings again). Settings follow docs/architecture.md ("Celery settings").
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-
-# prometheus_client picks its value store when first imported: every pool process must
-# write into one shared directory, so set it before anything imports the library.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="leadsync-metrics-")
-    # The `celery` command loads Flower's plugin, which imports prometheus_client before
-    # this module: pick the store again, so metrics made from now on are multiprocess.
-    if "prometheus_client.values" in sys.modules:
-        _values = sys.modules["prometheus_client.values"]
-        _values.ValueClass = _values.get_value_class()  # type: ignore[attr-defined]
-
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -31,8 +18,11 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
 )
 
+# metrics_dir must be imported before anything imports prometheus_client (see the module).
+from worker import metrics_dir
 from worker.logs import configure_logging
 from worker.settings import Settings
 
@@ -145,3 +135,9 @@ def _heartbeat(**_: object) -> None:
     if _main_heartbeat is None:
         _main_heartbeat = MainHeartbeat(settings)
     _main_heartbeat.beat()
+
+
+@worker_shutdown.connect
+def _remove_own_metrics_dir(**_: object) -> None:
+    """A directory this process made for itself goes with it (a configured one stays)."""
+    metrics_dir.remove_own()
