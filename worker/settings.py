@@ -189,7 +189,9 @@ def config_reference_markdown() -> str:
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "(empty)" if isinstance(default, SecretStr) or default in ("", None) else f"`{default}`"
+        shown = (
+            "(empty)" if isinstance(default, SecretStr) or default in ("", None) else f"`{default}`"
+        )
         rows.append(f"| `{env_name(name)}` | {shown} | {field.description} |")
     return "\n".join(rows)
 
