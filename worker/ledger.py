@@ -243,6 +243,23 @@ class Ledger:
         values = await self.redis.hmget(self.keys.attempts(shard), list(entry_ids))
         return [int(v or 0) for v in values]
 
+    async def prune_consumers(self, shards: int, idle_s: float) -> int:
+        """Delete consumers that hold nothing and were idle ``idle_s``: every worker process
+        joins the group under its own name, and dead names would pile up. A consumer with
+        pending entries is kept (deleting it would make them unclaimable)."""
+        removed = 0
+        for shard in range(shards):
+            stream = self.keys.stream(shard)
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, Keys.GROUP)
+            except ResponseError:
+                continue
+            for consumer in consumers:
+                if int(consumer["pending"]) == 0 and int(consumer["idle"]) >= idle_s * 1000:
+                    await self.redis.xgroup_delconsumer(stream, Keys.GROUP, consumer["name"])
+                    removed += 1
+        return removed
+
     # --- inspection ------------------------------------------------------------------
 
     async def backlogs(self, shards: int, now_s: float | None = None) -> list[ShardBacklog]:

@@ -15,6 +15,10 @@ from worker.scheduling import due_shards
 #: A ring marker stops the tick from queueing the same shard again while a drain
 #: message waits for a free worker; it expires so a lost message is rung again.
 RING_TTL_MS = 10_000
+#: Consumer names of processes gone this long (and holding nothing) are removed, at most
+#: once per PRUNE_EVERY_MS across the cluster.
+CONSUMER_IDLE_S = 3600.0
+PRUNE_EVERY_MS = 600_000
 
 
 def _ring(runtime: Runtime, shards: list[int]) -> int:
@@ -56,6 +60,8 @@ def tick() -> dict[str, int]:
         observe_backlogs(backlogs)
         observe_limiter(state)
         await write_heartbeat(runtime.redis, runtime.keys)
+        if await runtime.redis.set(runtime.keys.control("prune"), 1, nx=True, px=PRUNE_EVERY_MS):
+            await runtime.ledger.prune_consumers(runtime.shards, CONSUMER_IDLE_S)
         return due_shards(
             backlogs,
             state,
