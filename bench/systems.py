@@ -3,17 +3,20 @@ outcome is stored, and account for time, CPU and Marketo calls."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from bench.harness import ENCRYPTION_KEY, USER_ID, SimProcess, Worker, redis_pid, tree_cpu_s
+from bench.profile import py_spy
 from producers.contract import Keys, parse_request_id
 from producers.producer import LeadProducer
 from worker.demo import generate_leads
@@ -56,7 +59,7 @@ class Ticker:
         from worker.app import create_app
         from worker.settings import Settings
 
-        settings = Settings(
+        settings = Settings.from_env(
             redis_url=env["LEADSYNC_REDIS_URL"], key_prefix=env["LEADSYNC_KEY_PREFIX"]
         )
         self.app = create_app(settings)
@@ -179,6 +182,7 @@ def run_leadsync(
     env: Mapping[str, str],
     timeout_s: float = 600,
     label: str = "leadsync",
+    profile: Path | None = None,
 ) -> Measured:
     """Enqueue everything with ``upsert_many`` into idle workers, then tick until drained."""
     result = Measured(label, concurrency, len(leads))
@@ -197,7 +201,8 @@ def run_leadsync(
             started = time.perf_counter()
             ids = producer.upsert_many(leads)
             result.enqueue_s = time.perf_counter() - started
-            with Ticker(env):
+            sampling = py_spy(worker.pid, profile) if profile else contextlib.nullcontext()
+            with sampling, Ticker(env):
                 released = time.perf_counter()
                 deadline = time.monotonic() + timeout_s
                 while backlog(client, keys, shards) and time.monotonic() < deadline:

@@ -76,12 +76,12 @@ def write_outcomes(request_ids: Sequence[str], results: Sequence[LeadResult]) ->
     pipe.execute()
 
 
-@app.task(name="bench.sync_one", ignore_result=True)
+@app.task(name="bench.sync_one", ignore_result=True)  # type: ignore[untyped-decorator]
 def sync_one(request_id: str, lead: Mapping[str, Any]) -> None:
     write_outcomes([request_id], marketo().sync([lead]))
 
 
-@app.task(
+@app.task(  # type: ignore[untyped-decorator]
     name="bench.sync_batch", base=Batches, flush_every=FLUSH_EVERY, flush_interval=FLUSH_INTERVAL_S
 )
 def sync_batch(requests: Sequence[SimpleRequest]) -> None:

@@ -32,11 +32,10 @@ class ZeepMarketo:
 
     def __init__(self, endpoint: str, user_id: str, encryption_key: str, timeout_s: float = 60):
         session = requests.Session()
-        self._client = zeep.Client(
-            str(WSDL_PATH), transport=Transport(session=session, timeout=timeout_s)
-        )
-        self._service = self._client.create_service(BINDING, endpoint)
-        self._header = self._client.get_element("ns0:AuthenticationHeader")
+        transport = Transport(session=session, timeout=timeout_s)  # type: ignore[no-untyped-call]
+        self._client = zeep.Client(str(WSDL_PATH), transport=transport)  # type: ignore[no-untyped-call]
+        self._service = self._client.create_service(BINDING, endpoint)  # type: ignore[no-untyped-call]
+        self._header = self._client.get_element("ns0:AuthenticationHeader")  # type: ignore[no-untyped-call]
         self._user_id = user_id
         self._key = encryption_key
 

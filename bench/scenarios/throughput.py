@@ -8,10 +8,12 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
-from bench.harness import SimProcess, machine_line, md_table, write_section
+from bench.harness import SimProcess, machine_line, md_table, scratch_dir, write_section
+from bench.profile import hot_spots
 from bench.systems import Measured, leadsync_env, make_leads, run_baseline, run_leadsync
 from producers.contract import Keys, validate_lead
 from producers.producer import LeadProducer, Route
@@ -53,7 +55,7 @@ def measure_single_enqueue(redis_url: str, samples: int) -> SingleEnqueue:
             started = time.perf_counter()
             producer.upsert(**lead)
             middle = time.perf_counter()
-            client.execute_command(*command)
+            client.execute_command(*command)  # type: ignore[no-untyped-call]
             ended = time.perf_counter()
             if index >= 200:  # warm-up: connections, caches
                 upsert_us.append((middle - started) * 1e6)
@@ -121,6 +123,15 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--single-samples", type=int, default=3000)
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--big-leads",
+        type=int,
+        default=100_000,
+        help="one more leadsync run at the best concurrency (0: skip)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="one more leadsync run sampled by py-spy"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -144,6 +155,35 @@ def main(argv: Sequence[str]) -> None:
             results.append(run_leadsync(redis_url, sim, leads, concurrency=concurrency, env=env))
             flush(redis_url)
             print(md_table(HEADERS, system_rows(results[-1:])), flush=True)
+        best = max(results, key=lambda r: r.leads_per_s).concurrency
+        if args.big_leads:
+            sim.admin.reset()
+            results.append(
+                run_leadsync(
+                    redis_url,
+                    sim,
+                    make_leads(args.big_leads, seed=3),
+                    concurrency=best,
+                    env=env,
+                    label=f"leadsync, {args.big_leads // 1000}k leads",
+                )
+            )
+            flush(redis_url)
+            print(md_table(HEADERS, system_rows(results[-1:])), flush=True)
+        if args.profile:
+            sim.admin.reset()
+            samples_path = scratch_dir("profile-") / "leadsync.raw"
+            run_leadsync(
+                redis_url,
+                sim,
+                make_leads(args.big_leads or args.leads, seed=5),
+                concurrency=best,
+                env=env,
+                profile=samples_path,
+            )
+            flush(redis_url)
+            profile_md = render_profile(samples_path)
+            print(profile_md, flush=True)
         if not args.skip_baselines:
             for batched, count in ((True, args.leads), (False, args.baseline_a_leads)):
                 sim.admin.reset()
@@ -161,6 +201,8 @@ def main(argv: Sequence[str]) -> None:
                 print(md_table(HEADERS, system_rows(results[-1:])), flush=True)
 
     body = render(results, single)
+    if args.profile:
+        body += "\n\n" + profile_md
     print(body)
     if not args.no_write:
         write_section("throughput", "throughput", machine, body)
@@ -214,6 +256,23 @@ def render(results: Sequence[Measured], single: SingleEnqueue) -> str:
             md_table(["call", "median", "mean", "p99"], single_rows),
             f"Targets (best leadsync run: {best.concurrency} worker processes):",
             md_table(["target", "measured", "met"], targets),
+        ]
+    )
+
+
+def render_profile(samples_path: Path) -> str:
+    total, leaves, areas = hot_spots(samples_path)
+    if not total:
+        return "py-spy recorded no samples."
+    return "\n\n".join(
+        [
+            f"Where the leadsync worker's CPU goes (py-spy, {total:,} samples of busy threads "
+            "over a separate run; share of samples):",
+            md_table(["area (inclusive)", "share"], [[a, f"{n / total:.0%}"] for a, n in areas]),
+            md_table(
+                ["function (self)", "share"],
+                [[f.replace("|", "/"), f"{n / total:.1%}"] for f, n in leaves],
+            ),
         ]
     )
 
