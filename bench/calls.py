@@ -80,3 +80,15 @@ def sliding_counts(
         counts.append(sum(1 for s in starts if t <= s < t + width_s))
         t += 1.0
     return counts
+
+
+def bucket_counts(
+    calls: Sequence[dict[str, Any]], start_s: float, end_s: float, width_s: float
+) -> list[int]:
+    """Calls started in each consecutive bucket [start_s + k * width_s, ...) up to end_s."""
+    buckets = [0] * max(1, int((end_s - start_s) // width_s))
+    for call in calls:
+        index = int((call["start"] - start_s) // width_s)
+        if 0 <= index < len(buckets):
+            buckets[index] += 1
+    return buckets

@@ -85,6 +85,12 @@ def main(argv: Sequence[str]) -> None:
             _met(steady.leads_per_call >= 0.99 * 300),
         ],
         [
+            "calls started per 5 s in the window",
+            " ".join(str(n) for n in calllog.bucket_counts(log, start, end, 5.0)),
+            "even pacing: 25",
+            "",
+        ],
+        [
             "leads/s in the window",
             steady.leads_per_s,
             f"ceiling {RATE_CALLS * 300 / WINDOW_S:g}",
