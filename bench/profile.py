@@ -47,39 +47,37 @@ def py_spy(pid: int, output: Path, rate_hz: int = 200) -> Iterator[None]:
             process.wait()
 
 
-def _area(frame: str) -> str:
-    """A coarse owner of a frame: a leadsync module, or the library it lives in."""
+def _file(frame: str) -> str:
     match = _FRAME.match(frame)
-    path = match.group("file") if match else frame
-    if "site-packages/" in path:
-        return path.split("site-packages/", 1)[1].split("/", 1)[0]
-    for ours in ("worker/", "producers/"):
-        if ours in path:
-            return ours + path.split(ours, 1)[1]
-    return Path(path).name or path
+    return match.group("file") if match else ""
+
+
+def _ours(frame: str) -> bool:
+    # py-spy prints paths relative to sys.path, so leadsync's own start with its package.
+    return _file(frame).startswith(("worker/", "producers/"))
+
+
+def _name(frame: str) -> str:
+    match = _FRAME.match(frame)
+    return f"{match.group('func')} ({match.group('file')})" if match else frame
 
 
 def hot_spots(
     collapsed: Path, top: int = 15
 ) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
-    """(samples, busiest leaf functions, busiest areas inclusive) of a py-spy raw file
-    (py-spy leaves idle threads out unless asked)."""
-    leaves: Counter[str] = Counter()
-    areas: Counter[str] = Counter()
+    """(samples, innermost leadsync function of each sample (its library callees included),
+    library of the sampled frame) of a py-spy raw file; py-spy leaves idle threads out."""
+    ours: Counter[str] = Counter()
+    libraries: Counter[str] = Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         frames = stack.split(";")
-        leaf = frames[-1]
-        if any(
-            idle in leaf for idle in ("select (", "poll (", "epoll", "_recv (", "wait (", "sleep (")
-        ):
-            continue
         count = int(count_text)
         total += count
-        leaves[leaf] += count
-        for area in {_area(f) for f in frames[1:]}:
-            areas[area] += count
-    return total, leaves.most_common(top), areas.most_common(top)
+        mine = [f for f in frames if _ours(f)]
+        ours[_name(mine[-1]) if mine else "(Celery, kombu, billiard: no leadsync frame)"] += count
+        libraries[_file(frames[-1]).split("/", 1)[0].removesuffix(".py") or "?"] += count
+    return total, ours.most_common(top), libraries.most_common(top)

@@ -261,18 +261,20 @@ def render(results: Sequence[Measured], single: SingleEnqueue) -> str:
 
 
 def render_profile(samples_path: Path) -> str:
-    total, leaves, areas = hot_spots(samples_path)
+    total, functions, libraries = hot_spots(samples_path)
     if not total:
         return "py-spy recorded no samples."
     return "\n\n".join(
         [
-            f"Where the leadsync worker's CPU goes (py-spy, {total:,} samples of busy threads "
-            "over a separate run; share of samples):",
-            md_table(["area (inclusive)", "share"], [[a, f"{n / total:.0%}"] for a, n in areas]),
+            f"Where the leadsync worker's CPU goes: py-spy, {total:,} samples of busy threads "
+            "in a separate run (its figures are not in the table above). Each sample is "
+            "charged to the innermost leadsync function on its stack (library calls "
+            "included), and separately to the library of the frame that was running.",
             md_table(
-                ["function (self)", "share"],
-                [[f.replace("|", "/"), f"{n / total:.1%}"] for f, n in leaves],
+                ["innermost leadsync function", "share"],
+                [[f.replace("|", "/"), f"{n / total:.1%}"] for f, n in functions],
             ),
+            md_table(["running library", "share"], [[n, f"{c / total:.1%}"] for n, c in libraries]),
         ]
     )
 
