@@ -12,10 +12,12 @@ takes it, and the last value written by any process is the current one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import ParamSpec
 
 from prometheus_client import (
     REGISTRY,
@@ -96,31 +98,54 @@ def fault_label(exc: MarketoError) -> str:
     return str(exc.code) if exc.code is not None else type(exc).__name__
 
 
+P = ParamSpec("P")
+
+
+def never_raises(record: Callable[P, None]) -> Callable[P, None]:
+    """Metrics must never break the data path: a failing recorder (for example a vanished
+    multiprocess directory) is logged and ignored, so a sent batch still commits."""
+
+    @functools.wraps(record)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception:
+            logger.warning("could not record metric %s", record.__name__, exc_info=True)
+
+    return guarded
+
+
+@never_raises
 def record_call(leads: int, seconds: float) -> None:
     LEADS_PER_CALL.observe(leads)
     CALL_SECONDS.observe(seconds)
 
 
+@never_raises
 def record_fault(exc: MarketoError) -> None:
     FAULTS.labels(code=fault_label(exc)).inc()
 
 
+@never_raises
 def record_retry() -> None:
     RETRIES.inc()
 
 
+@never_raises
 def record_outcomes(counts: Mapping[str, int]) -> None:
     for status, count in counts.items():
         if count:
             OUTCOMES.labels(status=status).inc(count)
 
 
+@never_raises
 def observe_backlogs(backlogs: Iterable[ShardBacklog]) -> None:
     for backlog in backlogs:
         BACKLOG.labels(shard=str(backlog.shard)).set(backlog.entries)
         OLDEST_AGE.labels(shard=str(backlog.shard)).set(backlog.oldest_age_s or 0.0)
 
 
+@never_raises
 def observe_limiter(state: LimiterState) -> None:
     CALLS_IN_WINDOW.set(state.calls_in_window)
     SLOTS_IN_USE.set(state.slots_in_use)

@@ -4,6 +4,7 @@ results are counts, so Flower and the broker never see lead data."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from worker.app import QUEUE, app, settings
@@ -21,18 +22,25 @@ CONSUMER_IDLE_S = 3600.0
 PRUNE_EVERY_MS = 600_000
 
 
-def _ring(runtime: Runtime, shards: list[int]) -> int:
+#: A drain refused a permit for the rate window or a slot comes back by itself when the
+#: limiter says one frees (a countdown message holds no worker slot while it waits);
+#: longer waits (cooldown, quota, hold) are left to the tick.
+SELF_RETRY_MAX_S = 30.0
+
+
+def _ring(runtime: Runtime, shards: list[int], *, countdown_s: float = 0.0) -> int:
     """Queue a drain for each shard not already rung; return how many were queued."""
+    marker_ms = RING_TTL_MS + int(countdown_s * 1000)
 
     async def claim() -> list[int]:
         pipe = runtime.redis.pipeline(transaction=False)
         for shard in shards:
-            pipe.set(runtime.keys.control(f"ring:{shard}"), 1, nx=True, px=RING_TTL_MS)
+            pipe.set(runtime.keys.control(f"ring:{shard}"), 1, nx=True, px=marker_ms)
         return [shard for shard, ok in zip(shards, await pipe.execute(), strict=True) if ok]
 
     rung = runtime.run(claim()) if shards else []
     for shard in rung:
-        drain.apply_async((shard,), queue=QUEUE)
+        drain.apply_async((shard,), queue=QUEUE, countdown=countdown_s or None)
     return len(rung)
 
 
@@ -45,6 +53,14 @@ def drain(shard: int) -> dict[str, Any]:
     report = runtime.run(runtime.drainer.drain(shard))
     if report.status == "sent" and report.backlog > 0:
         _ring(runtime, [shard])
+    elif (
+        report.status == "limited"
+        and report.reason in ("rate", "concurrency")
+        and report.retry_after_s is not None
+        and report.retry_after_s <= SELF_RETRY_MAX_S
+    ):
+        # A little jitter so shards refused together do not all return in one instant.
+        _ring(runtime, [shard], countdown_s=report.retry_after_s + random.uniform(0.0, 0.05))
     return report.as_dict()
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from worker import metrics
@@ -98,3 +99,13 @@ def test_stale_value_files_of_an_earlier_run_are_removed_and_ours_kept(tmp_path:
         path.write_bytes(b"")
     assert metrics.remove_stale_files(tmp_path, keep_pid=os.getpid()) == 2
     assert [p.name for p in tmp_path.iterdir()] == [ours.name]
+
+
+def test_a_failing_recorder_never_breaks_the_data_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vanished multiprocess directory must not stop a sent batch from committing."""
+
+    def broken(*_: object, **__: object) -> None:
+        raise FileNotFoundError("metrics directory is gone")
+
+    monkeypatch.setattr(metrics.LEADS_PER_CALL, "observe", broken)
+    metrics.record_call(300, 0.5)  # logged, not raised
