@@ -55,6 +55,28 @@ def machine_line(redis_url: str) -> str:
     )
 
 
+def code_version() -> str:
+    """HEAD, and whether leadsync's code differs from it (other people edit this tree)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "worker", "producers", "marketo_sim"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} (+ uncommitted changes in worker/producers/marketo_sim)" if dirty else head
+
+
 def command_line() -> str:
     return "python -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -77,7 +99,7 @@ def write_section(name: str, title: str, machine: str, body: str) -> None:
     begin, end = f"<!-- BEGIN {name} (generated) -->", f"<!-- END {name} -->"
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
-        f"{begin}\n## {title}\n\n- date: {stamp}\n- machine: {machine}\n"
+        f"{begin}\n## {title}\n\n- date: {stamp}\n- code: {code_version()}\n- machine: {machine}\n"
         f"- command: `{command_line()}`\n\n{body.strip()}\n{end}"
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
