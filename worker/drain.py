@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -180,12 +180,13 @@ class Drainer:
         if batch is None:
             report.status = "waiting"  # a partial batch waits for more leads or for its age
             return
-        batch = await self._dead_letter_exhausted(shard, batch, report)
+        bumped = await self.ledger.bump_attempts(shard, batch.entry_ids)
+        attempts = dict(zip(batch.entry_ids, bumped, strict=True))
+        batch = await self._dead_letter_exhausted(shard, batch, attempts, report)
         if not batch.records:
             report.status = "sent"
             return
         report.entries = len(batch.entry_ids)
-        await self.ledger.bump_attempts(shard, batch.entry_ids)
         results: list[RecordResult] = []
         try:
             await self._send_isolating(shard, token, batch, results, report)
@@ -202,7 +203,7 @@ class Drainer:
             report.status, report.reason = "backoff", _reason(exc)
             await self._back_off(shard)
         finally:
-            await self._commit_results(shard, results, report)
+            await self._commit_results(shard, results, attempts, report)
 
     async def _read(
         self, shard: int, batch_size: int
@@ -233,14 +234,12 @@ class Drainer:
                 break
         return queued, invalid
 
-    async def _dead_letter_exhausted(self, shard: int, batch: Batch, report: DrainReport) -> Batch:
-        """Entries that already rode in LEADSYNC_MAX_ATTEMPTS calls leave for the dead-letter stream."""
-        attempts = await self.ledger.attempts(shard, batch.entry_ids)
-        exhausted = {
-            e
-            for e, n in zip(batch.entry_ids, attempts, strict=True)
-            if n >= self.settings.max_attempts
-        }
+    async def _dead_letter_exhausted(
+        self, shard: int, batch: Batch, attempts: Mapping[str, int], report: DrainReport
+    ) -> Batch:
+        """Entries that already rode in LEADSYNC_MAX_ATTEMPTS calls (this one would be one
+        more) leave for the dead-letter stream."""
+        exhausted = {e for e, n in attempts.items() if n > self.settings.max_attempts}
         if not exhausted:
             return batch
         now = time.time()
@@ -263,8 +262,18 @@ class Drainer:
         await self.ledger.commit(shard, self._origin_commits(shard, [(r, o) for r, o, _ in moved]))
         await self._count_outcomes(Counter(o.status.value for _, o, _ in moved))
         report.dead_lettered += len(moved)
-        # Merged records ride whole: if any of their entries is exhausted, the rest wait.
+        # Merged records ride whole: if any of their entries is exhausted, the rest wait
+        # (and get back the attempt just counted for them).
         kept = tuple(r for r in batch.records if not exhausted.intersection(r.entry_ids))
+        waiting = [
+            e
+            for r in batch.records
+            if exhausted.intersection(r.entry_ids)
+            for e in r.entry_ids
+            if e not in exhausted
+        ]
+        if waiting:
+            await self.ledger.refund_attempts(shard, waiting)
         return Batch(batch.dedup, kept)
 
     async def _send_isolating(
@@ -386,12 +395,14 @@ class Drainer:
     # --- commit ------------------------------------------------------------------------
 
     async def _commit_results(
-        self, shard: int, results: Sequence[RecordResult], report: DrainReport
+        self,
+        shard: int,
+        results: Sequence[RecordResult],
+        attempts: Mapping[str, int],
+        report: DrainReport,
     ) -> None:
         if not results:
             return
-        entry_ids = [e for r in results for e in r.record.entry_ids]
-        attempts = dict(zip(entry_ids, await self.ledger.attempts(shard, entry_ids), strict=True))
         now = time.time()
         items = []
         for result in results:
