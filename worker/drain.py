@@ -32,6 +32,7 @@ from worker.errors import (
     RECORD_FAULT_CODES,
     AuthError,
     BadRequestError,
+    CallTimeout,
     InvalidLead,
     LimitReached,
     MarketoError,
@@ -201,7 +202,10 @@ class Drainer:
         except (TransientError, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
             report.status, report.reason = "backoff", _reason(exc)
-            await self._back_off(shard)
+            # After a timeout Marketo may still be applying the call: the shard rests at
+            # least one more request timeout, so its keys are not in two calls at once.
+            floor_s = self.settings.request_timeout_s if isinstance(exc, CallTimeout) else 0.0
+            await self._back_off(shard, floor_s=floor_s)
         finally:
             await self._commit_results(shard, results, attempts, report)
 
@@ -371,7 +375,7 @@ class Drainer:
         )
         return "held", _reason(exc)
 
-    async def _back_off(self, shard: int) -> None:
+    async def _back_off(self, shard: int, *, floor_s: float = 0.0) -> None:
         """Transient faults outlasted the in-cycle retries: this shard rests a while,
         exponentially longer with each failed cycle in a row (capped, with jitter)."""
         redis = self.ledger.redis
@@ -383,7 +387,7 @@ class Drainer:
         delay_s = min(
             self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** min(int(streak), 16)
         )
-        jittered_ms = max(1, int(delay_s * (0.5 + random.random() / 2) * 1000))
+        jittered_ms = max(1, int((floor_s + delay_s * (0.5 + random.random() / 2)) * 1000))
         await redis.set(self.keys.control(f"backoff:{shard}"), 1, px=jittered_ms)
 
     async def _refund_unanswered(

@@ -8,7 +8,8 @@
     ├── LedgerError                the Redis ledger is not in the expected shape
     └── MarketoError               a syncMultipleLeads call did not succeed
         ├── TransientError         retry with backoff, bounded; then leave pending
-        │   ├── TransportError     timeout, connection reset, HTTP 5xx without fault
+        │   ├── TransportError     connection reset, HTTP 5xx without fault
+        │   │   └── CallTimeout    no answer in time: Marketo may still be applying it
         │   └── ProtocolError      unparseable, oversized or hostile response
         ├── ResignError            20016: sign again with a fresh timestamp, retry at once
         ├── ThrottledError         20023 / 20024: cooldown shared by every pod
@@ -58,6 +59,11 @@ class TransientError(MarketoError):
 
 class TransportError(TransientError):
     """Raised when the HTTP exchange failed: timeout, reset, or a 5xx page that is not a fault."""
+
+
+class CallTimeout(TransportError):
+    """Raised when Marketo did not answer in time. It may still be applying the call, so
+    the same leads are not sent again at once (that would put one key in two calls)."""
 
 
 class ProtocolError(TransientError):

@@ -1,7 +1,8 @@
 """The one retry policy for a syncMultipleLeads call (inside one drain cycle).
 
 Following the failure table: a transient fault backs off exponentially with
-jitter (never zero), a bounded number of times; 20016 re-signs and retries at
+jitter (never zero), a bounded number of times, except a timeout, which leaves the
+cycle (Marketo may still be applying that call); 20016 re-signs and retries at
 once. Everything else leaves the call: throttling, quota and credential errors
 are handled cluster-wide by the limiter, record faults by batch splitting.
 """
@@ -18,10 +19,11 @@ from tenacity import (
     RetryCallState,
     before_sleep_log,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     wait_exponential_jitter,
 )
 
-from worker.errors import ResignError, TransientError
+from worker.errors import CallTimeout, ResignError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ def call_policy(
         return failures[resign] > (RESIGN_RETRIES if resign else transient_retries)
 
     return AsyncRetrying(
-        retry=retry_if_exception_type((TransientError, ResignError)),
+        retry=retry_if_exception_type((TransientError, ResignError))
+        & retry_if_not_exception_type(CallTimeout),
         stop=stop,
         wait=wait,
         sleep=sleep,

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import aiohttp
 
-from worker.errors import ProtocolError, TransportError
+from worker.errors import CallTimeout, ProtocolError, TransportError
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class AiohttpTransport:
                     raise ProtocolError(f"response larger than {self.max_response_bytes} bytes")
                 return HttpReply(response.status, response.headers.get("Content-Type"), content)
         except TimeoutError:
-            raise TransportError("timed out waiting for Marketo") from None
+            raise CallTimeout("timed out waiting for Marketo") from None
         except aiohttp.ClientError as exc:
             raise TransportError(f"HTTP exchange failed: {exc.__class__.__name__}") from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.errors import AuthError, ResignError, ThrottledError, TransientError
+from worker.errors import AuthError, CallTimeout, ResignError, ThrottledError, TransientError
 from worker.retrying import RESIGN_RETRIES, call_policy
 
 
@@ -63,3 +63,11 @@ async def test_limits_and_credentials_are_not_retried_in_place(error: Exception)
     assert attempts == 1
     assert sleeps == []
     assert raised is error
+
+
+async def test_a_timeout_is_not_retried_in_place_because_marketo_may_still_apply_it() -> None:
+    timeout = CallTimeout("no answer")
+    attempts, sleeps, raised = await run([timeout])
+    assert attempts == 1
+    assert sleeps == []
+    assert raised is timeout
