@@ -93,10 +93,20 @@ class Pipeline:
         return process
 
     def stop_worker(
-        self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 40
+        self,
+        process: subprocess.Popen[bytes],
+        sig: int = signal.SIGTERM,
+        timeout_s: float = 40,
+        *,
+        main_only: bool = False,
     ) -> None:
+        """Signal the worker's process group, or (``main_only``, as Kubernetes does) only
+        its main process, which then stops its pool the way Celery means to."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+            if main_only:
+                os.kill(process.pid, sig)
+            else:
+                os.killpg(process.pid, sig)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
