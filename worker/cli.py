@@ -79,16 +79,28 @@ def sim(
         show_default=False,
     ),
     latency_ms: float = typer.Option(0.0, min=0, help="Added latency per call."),
+    lenient: bool = typer.Option(
+        False,
+        help="Ignore unknown or misplaced elements as Marketo does (the seed's Java and Ruby "
+        "samples send some), instead of faulting with 20012.",
+    ),
+    check_timestamp: bool = typer.Option(
+        True,
+        help="Refuse signatures older than 5 minutes with 20016 (off: replay recorded requests).",
+    ),
 ) -> None:
     """Run the Marketo simulator (SOAP at /soap/mktows/2_2, admin API at /admin)."""
     from marketo_sim.config import SimConfig
     from marketo_sim.server import run
 
-    run(
-        host,
-        port,
-        SimConfig(user_id=user_id, encryption_key=encryption_key, latency_s=latency_ms / 1000),
+    config = SimConfig(
+        user_id=user_id,
+        encryption_key=encryption_key,
+        latency_s=latency_ms / 1000,
+        unknown_elements="ignore" if lenient else "fault",
+        timestamp_window_s=SimConfig().timestamp_window_s if check_timestamp else None,
     )
+    run(host, port, config)
 
 
 # --- shared plumbing of the operations commands ---------------------------------------
@@ -525,3 +537,7 @@ def main() -> None:
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,9 +35,9 @@ def sim() -> Iterator[SimulatorThread]:
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers or dict(REQUEST_HEADERS))  # noqa: S310
+    request = urllib.request.Request(url, data=body, headers=headers or dict(REQUEST_HEADERS))
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers.get("Content-Type", ""), error.read()
@@ -409,9 +409,9 @@ def test_an_injected_doctype_response_is_refused_by_the_client(sim: SimulatorThr
 def test_an_injected_hang_outlasts_the_client_timeout(sim: SimulatorThread) -> None:
     sim.admin.configure(fault_hang_rate=1.0, hang_s=5.0)
     body = request_body([lead("a@example.com")])
-    request = urllib.request.Request(sim.endpoint, data=body, headers=dict(REQUEST_HEADERS))  # noqa: S310
+    request = urllib.request.Request(sim.endpoint, data=body, headers=dict(REQUEST_HEADERS))
     with pytest.raises((TimeoutError, urllib.error.URLError)):
-        urllib.request.urlopen(request, timeout=0.3)  # noqa: S310
+        urllib.request.urlopen(request, timeout=0.3)
     assert sim.admin.calls()[0]["outcome"] == "hang"
 
 
@@ -434,7 +434,7 @@ def test_fault_injection_is_reproducible_with_a_seed() -> None:
 def test_the_wsdl_is_served_with_its_address_pointing_at_the_simulator(
     sim: SimulatorThread,
 ) -> None:
-    with urllib.request.urlopen(f"{sim.endpoint}?WSDL", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{sim.endpoint}?WSDL", timeout=10) as response:
         wsdl = response.read()
     root = etree.fromstring(wsdl)
     (address,) = root.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address")
