@@ -93,6 +93,21 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
         server.server_close()
 
 
+def worker_command(
+    *, concurrency: int, name: str, loglevel: str = "INFO", beat_schedule: Path | None = None
+) -> list[str]:
+    """``celery -A worker.app worker`` as leadsync runs it (with an embedded beat when a
+    schedule file is given)."""
+    args = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", loglevel,
+        "-Q", "leadsync", "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+    ]  # fmt: skip
+    if beat_schedule is not None:
+        args += ["-B", "--schedule", str(beat_schedule)]
+    return args
+
+
 @contextlib.contextmanager
 def celery_worker(
     env: Mapping[str, str], *, concurrency: int, beat: bool = True, log_path: Path | None = None
@@ -100,28 +115,12 @@ def celery_worker(
     """Run ``celery -A worker.app worker`` (with an embedded beat) in its own process group;
     stop it with SIGTERM (a soft shutdown) and kill what is left."""
     workdir = tempfile.mkdtemp(prefix="leadsync-worker-")
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app",
-        "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "WARNING",
-        "-Q",
-        "leadsync",
-        "--without-gossip",
-        "--without-mingle",
-        "-n",
-        f"demo-{os.getpid()}@%h",
-    ]
-    if beat:
-        args += ["-B", "--schedule", str(Path(workdir) / "beat-schedule")]
+    args = worker_command(
+        concurrency=concurrency,
+        name=f"demo-{os.getpid()}",
+        loglevel="WARNING",
+        beat_schedule=Path(workdir) / "beat-schedule" if beat else None,
+    )
     output = open(log_path or Path(workdir) / "worker.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
         args,

@@ -8,7 +8,6 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +19,7 @@ from marketo_sim.config import SimConfig
 from marketo_sim.runner import SimulatorThread
 from producers.contract import Outcome
 from producers.producer import LeadProducer
+from worker.embedded import worker_command
 
 #: Small leases, timeouts and pauses, so that recovery from a fault takes seconds.
 FAST_RECOVERY_ENV: Mapping[str, str] = {
@@ -58,28 +58,11 @@ class Pipeline:
     ) -> subprocess.Popen[bytes]:
         """A real `celery -A worker.app worker` in its own process group."""
         name = name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "-Q",
-            "leadsync",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"{name}@%h",
-        ]
-        if beat:
-            args += ["-B", "--schedule", str(self.workdir / f"beat-{name}")]
+        args = worker_command(
+            concurrency=concurrency,
+            name=name,
+            beat_schedule=self.workdir / f"beat-{name}" if beat else None,
+        )
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             args,
