@@ -118,14 +118,12 @@ class Drainer:
         limiter: RedisLimiter,
         settings: Settings,
         consumer: str,
-        shards: int,
     ) -> None:
         self.ledger = ledger
         self.client = client
         self.limiter = limiter
         self.settings = settings
         self.consumer = consumer
-        self.shards = shards
         self.keys = ledger.keys
         # Per shard, for the cycle in progress: replayed entry id -> original entry id.
         self._origins: dict[int, dict[str, str]] = {}

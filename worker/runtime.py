@@ -58,7 +58,6 @@ class Runtime:
             limiter=self.limiter,
             settings=settings,
             consumer=self.consumer,
-            shards=self.shards,
         )
 
     async def _make_transport(self) -> Transport:

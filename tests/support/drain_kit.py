@@ -73,9 +73,7 @@ def make(redis: fakeredis.FakeAsyncRedis, marketo: Marketo, **overrides: object)
         max_response_bytes=1 << 20,
     )
     limiter = RedisLimiter(redis, settings)
-    return Drainer(
-        ledger=ledger, client=client, limiter=limiter, settings=settings, consumer="c1", shards=1
-    )
+    return Drainer(ledger=ledger, client=client, limiter=limiter, settings=settings, consumer="c1")
 
 
 async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str]:
