@@ -20,6 +20,7 @@ from tests.support.invariants import (
     WriteLog,
     applied_calls,
     check,
+    check_pipeline,
     ledger_residue,
     numbered_records,
     rewritten_finals,
@@ -131,13 +132,7 @@ def test_a_graceful_sigterm_mid_run_leaves_nothing_half_done_and_a_restart_finis
 
         pipeline.start_worker(concurrency=2)
         outcomes = pipeline.wait_all(request_ids, timeout_s=60)
-        verdict = check(
-            log,
-            outcomes,
-            calls=pipeline.sim.admin.calls(),
-            leads=pipeline.sim.admin.leads(),
-            keys_in_concurrent_calls=pipeline.sim.admin.summary()["keys_in_concurrent_calls"],
-        )
+        verdict = check_pipeline(pipeline, log, outcomes)
         assert wait_for(lambda: ledger_residue(redis_url, SHARDS).empty, LEASE_TTL_S + 5)
 
     assert residue.leases == 0, "a stopped worker must release its shard leases"

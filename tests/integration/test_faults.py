@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from marketo_sim.config import SimConfig
-from tests.support.invariants import WriteLog, check, ledger_residue, numbered_records
+from tests.support.invariants import WriteLog, check_pipeline, ledger_residue, numbered_records
 from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -45,13 +45,7 @@ def test_every_lead_ends_created_or_updated_when_thirty_percent_of_calls_fault(
         summary = pipeline.sim.admin.summary()
         # A hang holds its call open past the client's timeout; the shard rests one more
         # request timeout before it sends those keys again, so no key is in two calls.
-        verdict = check(
-            log,
-            outcomes,
-            calls=pipeline.sim.admin.calls(),
-            leads=pipeline.sim.admin.leads(),
-            keys_in_concurrent_calls=summary["keys_in_concurrent_calls"],
-        )
+        verdict = check_pipeline(pipeline, log, outcomes)
         assert wait_for(lambda: ledger_residue(redis_url, SHARDS).empty, 10)
 
     assert not verdict.problems(), verdict.problems()

@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio
 
 from marketo_sim.config import SimConfig
-from tests.support.invariants import WriteLog, check, numbered_records
+from tests.support.invariants import WriteLog, check_pipeline, numbered_records
 from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline
 from worker.limits import Denied, Permit, RedisLimiter
 from worker.settings import Settings
@@ -44,13 +44,7 @@ def test_three_workers_never_exceed_the_shared_rate_window_or_concurrency(
             pipeline.start_worker(concurrency=2, beat=True)
         outcomes = pipeline.wait_all(request_ids, timeout_s=80)
         summary = pipeline.sim.admin.summary()
-        verdict = check(
-            log,
-            outcomes,
-            calls=pipeline.sim.admin.calls(),
-            leads=pipeline.sim.admin.leads(),
-            keys_in_concurrent_calls=summary["keys_in_concurrent_calls"],
-        )
+        verdict = check_pipeline(pipeline, log, outcomes)
 
     assert not verdict.problems(), verdict.problems()
     assert summary["faults_by_code"].get("20023", 0) == 0, summary["faults_by_code"]

@@ -218,3 +218,22 @@ def ledger_residue(redis_url: str, shards: int, keys: Keys | None = None) -> Led
         return LedgerResidue(entries, pending, counters, leases, endless)
     finally:
         client.close()
+
+
+def check_pipeline(
+    pipeline: Any,
+    log: WriteLog,
+    outcomes: Mapping[str, Outcome | None],
+    *,
+    allowed: frozenset[OutcomeStatus] = SUCCESS,
+) -> Verdict:
+    """:func:`check` against everything the pipeline's simulator recorded."""
+    admin = pipeline.sim.admin
+    return check(
+        log,
+        outcomes,
+        calls=admin.calls(),
+        leads=admin.leads(),
+        keys_in_concurrent_calls=admin.summary()["keys_in_concurrent_calls"],
+        allowed=allowed,
+    )
