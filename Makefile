@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 demo: $(VENV)/.installed
+	scripts/ensure-redis --binary
 	$(BIN)/leadsync demo $(ARGS)
 
 # tests/conftest.py starts a private redis-server on a free port (or uses

@@ -179,6 +179,18 @@ def shard_for(key: str, shards: int) -> int:
 
 # --- wire form of a ledger entry ------------------------------------------------------
 
+#: How long the newest-enqueued id of a lead key is kept after its last write. A replay
+#: reads it to tell whether a newer upsert exists; dead-lettering extends it for as long
+#: as the dead letter is kept, so this only has to outlive a lead's quiet spell.
+NEWEST_ID_TTL_S: Final = 8 * 24 * 3600
+
+#: One atomic step per upsert: append the entry and record it as its lead's newest
+#: (ARGV[3] is the id's TTL; 0 for a dedup=false upsert, which creates a new lead).
+ENQUEUE_LUA: Final = (
+    "local i=redis.call('XADD',KEYS[1],'*','k',ARGV[1],'p',ARGV[2]) "
+    "if ARGV[3]~='0' then redis.call('SET',KEYS[2],i,'EX',ARGV[3]) end return i"
+)
+
 # One encoder for every entry: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -259,11 +271,24 @@ class Keys:
     def outcome(self, shard: int, entry_id: str) -> str:
         return f"{self.prefix}:{{{shard}}}:outcome:{entry_id}"
 
-    def latest(self, shard: int, key_hash: str) -> str:
-        return f"{self.prefix}:{{{shard}}}:lead:{key_hash}"
+    def newest(self, shard: int, key_hash: str) -> str:
+        """The id of the newest entry enqueued for a lead key (written with its XADD)."""
+        return f"{self.prefix}:{{{shard}}}:newest:{key_hash}"
 
     def dead_letters(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dlq"
+
+    def rest(self, shard: int) -> str:
+        """Until when the shard rests after transient faults (Unix seconds)."""
+        return f"{self.prefix}:{{{shard}}}:rest"
+
+    def rest_streak(self, shard: int) -> str:
+        """Failed cycles in a row of the shard (the rest grows with it)."""
+        return f"{self.prefix}:{{{shard}}}:rest-streak"
+
+    def groups_recreated(self) -> str:
+        """Shard -> when its consumer group was found missing and recreated."""
+        return f"{self.prefix}:groups-recreated"
 
     def config(self) -> str:
         return f"{self.prefix}:config"
@@ -279,8 +304,10 @@ class Keys:
 
 
 class OutcomeStatus(StrEnum):
-    """Where a request stands. CREATED, UPDATED and FAILED are terminal; DEAD_LETTERED is
-    parked in the dead-letter stream until ``leadsync dlq replay`` puts it back."""
+    """Where a request stands. CREATED, UPDATED and FAILED are terminal: written once,
+    never changed. DEAD_LETTERED is parked: the request waits in the dead-letter stream,
+    and only ``leadsync dlq replay`` reopens it (back to PENDING). This is the one
+    definition; the ledger's Lua scripts follow it too."""
 
     PENDING = "PENDING"
     CREATED = "CREATED"
@@ -289,8 +316,22 @@ class OutcomeStatus(StrEnum):
     DEAD_LETTERED = "DEAD_LETTERED"
 
     @property
+    def is_terminal(self) -> bool:
+        """Written once and never changed again."""
+        return self in _TERMINAL
+
+    @property
+    def is_parked(self) -> bool:
+        """Waiting in the dead-letter stream: only a replay moves it."""
+        return self is OutcomeStatus.DEAD_LETTERED
+
+    @property
     def is_final(self) -> bool:
+        """Nothing more happens without an operator: terminal or parked."""
         return self is not OutcomeStatus.PENDING
+
+
+_TERMINAL: Final = frozenset({OutcomeStatus.CREATED, OutcomeStatus.UPDATED, OutcomeStatus.FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +381,13 @@ class Outcome:
             enqueued_at=number("enqueued_at"),
             finished_at=number("finished_at"),
         )
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """Stream ids sort as (milliseconds, sequence), not as strings. The one ordering of
+    entries in Python; ``worker/ledger.lua`` has the same rule (``older``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def entry_time_s(entry_id: str) -> float:

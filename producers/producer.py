@@ -25,6 +25,8 @@ import redis
 import redis.asyncio
 
 from producers.contract import (
+    ENQUEUE_LUA,
+    NEWEST_ID_TTL_S,
     Keys,
     LeadUpsert,
     Outcome,
@@ -98,18 +100,21 @@ class Route:
     def build(cls, keys: Keys, shards: int) -> Route:
         return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)))
 
-    def entry(self, lead: LeadUpsert) -> tuple[int, tuple[str, ...]]:
-        """The shard and the XADD arguments of one validated lead."""
+    def entry(self, lead: LeadUpsert) -> tuple[int, tuple[str | int, ...]]:
+        """The shard and the command of one validated lead: XADD, and the lead's
+        newest-enqueued id, in one atomic step (a replay checks it for newer writes)."""
         key = lead_key(lead)
         shard = shard_for(key, self.shards)
+        digest = key_digest(key)
         return shard, (
-            "XADD",
+            "EVAL",
+            ENQUEUE_LUA,
+            2,
             self.streams[shard],
-            "*",
-            "k",
-            key_digest(key),
-            "p",
+            self.keys.newest(shard, digest),
+            digest,
             encode_lead(lead),
+            NEWEST_ID_TTL_S if lead.dedup else 0,
         )
 
     def locate(self, value: str) -> tuple[int, str] | None:

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+import redis.asyncio
 
 from tests.support.redis_server import RedisServer
 
@@ -31,3 +32,11 @@ def redis_url(redis_server_url: str) -> str:
     client.flushdb()
     client.close()
     return redis_server_url
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """An asyncio client of the private server (flushed), closed after the test."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

@@ -26,11 +26,12 @@ from worker import metrics_dir
 from worker.logs import configure_logging
 from worker.settings import Settings
 
-#: Longest a drain task may run. A cycle is bounded by its calls (each at most
-#: LEADSYNC_REQUEST_TIMEOUT_S) and renews its lease before each of them.
-TASK_TIME_LIMIT_S = 900
+#: Celery's limits sit above the drain's own bound (LEADSYNC_DRAIN_TIMEOUT_S, enforced
+#: with asyncio.timeout so the drain releases its lease and slot): they only catch a
+#: process that stopped running its event loop.
+TIME_LIMIT_MARGIN_S = 60
 #: Celery's visibility timeout must exceed the task time limit, or a long task
-#: is delivered again while it still runs.
+#: is delivered again while it still runs (LEADSYNC_DRAIN_TIMEOUT_S is capped to fit).
 VISIBILITY_TIMEOUT_S = 1800
 QUEUE = "leadsync"
 
@@ -41,8 +42,8 @@ def create_app(settings: Settings) -> Celery:
     transport_options: dict[str, Any] = {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "global_keyprefix": f"{settings.key_prefix}:celery:",
-        "socket_connect_timeout": 5,
-        "socket_timeout": 30,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": 25,
     }
@@ -55,8 +56,8 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_time_limit=TASK_TIME_LIMIT_S,
-        task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
+        task_time_limit=settings.drain_timeout_s + 2 * TIME_LIMIT_MARGIN_S,
+        task_soft_time_limit=settings.drain_timeout_s + TIME_LIMIT_MARGIN_S,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

@@ -11,16 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from producers.contract import LeadUpsert
+from producers.contract import LeadUpsert, entry_order
 
 
 @dataclass(frozen=True, slots=True)
 class QueuedLead:
-    """A decoded ledger entry."""
+    """A decoded ledger entry. ``origin`` is the id of the write a replayed entry
+    carries: merges order by it, so a replayed old write never beats a newer one."""
 
     entry_id: str
     key_hash: str
     lead: LeadUpsert
+    origin: str | None = None
+
+    @property
+    def order(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return entry_order(self.origin or self.entry_id), entry_order(self.entry_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +53,6 @@ class Batch:
         return len(self.records)
 
 
-def entry_order(entry_id: str) -> tuple[int, int]:
-    """Stream ids sort as (milliseconds, sequence), not as strings."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def merge_leads(older: LeadUpsert, newer: LeadUpsert) -> LeadUpsert:
     """The newer upsert wins per attribute; keys the newer one lacks are kept."""
     return replace(
@@ -66,10 +66,11 @@ def merge_leads(older: LeadUpsert, newer: LeadUpsert) -> LeadUpsert:
 
 
 def coalesce(entries: Iterable[QueuedLead]) -> list[BatchRecord]:
-    """Merge entries per lead key in stream order; dedup=false entries stay apart."""
+    """Merge entries per lead key in write order (a replayed entry at its original
+    place); dedup=false entries stay apart."""
     records: list[BatchRecord] = []
     index_by_key: dict[str, int] = {}
-    for entry in sorted(entries, key=lambda item: entry_order(item.entry_id)):
+    for entry in sorted(entries, key=lambda item: item.order):
         if not entry.lead.dedup:
             records.append(BatchRecord(entry.key_hash, entry.lead, (entry.entry_id,)))
             continue

@@ -393,12 +393,12 @@ def _shards_table(snap: StatsSnapshot, all_shards: bool) -> Table:
     for column in ("shard", "backlog", "oldest", "leased", "dead letters"):
         table.add_column(column, justify="right")
     for backlog, dead in zip(snap.backlogs, snap.dead_letters, strict=True):
-        if all_shards or backlog.entries or dead or backlog.leased:
+        if all_shards or backlog.entries or dead or backlog.busy:
             table.add_row(
                 str(backlog.shard),
                 str(backlog.entries),
                 _age(backlog.oldest_age_s),
-                "yes" if backlog.leased else "",
+                "yes" if backlog.busy else "",
                 str(dead),
             )
     return table
@@ -433,10 +433,30 @@ def dlq_list(
     code: str | None = typer.Option(None, "--code", help="Only this error code."),
     shard: int | None = typer.Option(None, "--shard", min=0, help="Only this shard."),
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many."),
+    cursor: str | None = typer.Option(
+        None, "--after", help="Continue after this cursor (printed under the previous page)."
+    ),
 ) -> None:
-    """Parked entries: ids, hashed lead key, code, error and attempts (never lead values)."""
+    """Parked entries, one page at a time: ids, hashed lead key, code, error and attempts
+    (never lead values)."""
+    from producers.contract import Keys
+    from worker.dead_letters import DeadLetterPage, list_page
+    from worker.stats import stored_shards
+
     settings = _settings()
-    letters = _run_with_redis(settings, _parked(settings, code, shard, limit))
+
+    async def work(redis: Redis) -> DeadLetterPage:
+        keys = Keys(settings.key_prefix)
+        shards = await stored_shards(redis, keys) or settings.shards
+        try:
+            return await list_page(
+                redis, keys, shards, code=code, shard=shard, limit=limit, cursor=cursor
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    page = _run_with_redis(settings, work)
+    letters = page.letters
     table = Table(title=f"dead letters ({len(letters)} shown)")
     for column in ("dlq id", "request id", "shard", "key hash", "code"):
         table.add_column(column, no_wrap=True)
@@ -447,6 +467,8 @@ def dlq_list(
             d.dlq_id, d.request_id, str(d.shard), d.key_hash, d.code, d.error, str(d.attempts)
         )
     console.print(table)
+    if page.next_cursor:
+        console.print(f"more: leadsync dlq list --after {page.next_cursor}")
 
 
 @dlq_app.command("replay")
@@ -483,10 +505,12 @@ def dlq_replay(
     if report.superseded:
         console.print(
             f"[yellow]{len(report.superseded)} left parked[/]: a newer upsert of the same lead "
-            "already went through, and replaying would overwrite it (--force to replay anyway)"
+            "was enqueued since, and replaying would overwrite it (--force to replay anyway)"
         )
     if report.gone:
         console.print(f"{report.gone} were replayed by someone else meanwhile")
+    if report.answered:
+        console.print(f"{report.answered} already have a final outcome and stay as they are")
 
 
 # --- doctor ------------------------------------------------------------------------------

@@ -1,20 +1,22 @@
 """The dead-letter streams: list what is parked and put it back to be retried.
 
-An entry that rode in LEADSYNC_MAX_ATTEMPTS calls is moved to its shard's dead-letter
-stream (``Keys.dead_letters(shard)``, fields entry_id, k, p, error, code, attempts) and
-its request gets the outcome DEAD_LETTERED. Replay, in one atomic step per entry:
+An entry that rode in LEADSYNC_MAX_ATTEMPTS cycles is moved to its shard's dead-letter
+stream (``Keys.dead_letters(shard)``, fields entry_id, o = the original entry id, k, p =
+the entry's OWN payload, error, code, attempts) and its request gets the outcome
+DEAD_LETTERED. Dead letters are kept LEADSYNC_DEAD_LETTER_TTL_S (trimmed by id age
+whenever one is added; the stream expires when none was added for that long).
 
-* adds a new entry to the shard stream with the same ``k`` and ``p`` plus ``o`` = the
-  original entry id, so the drain commit writes the outcome of the ORIGINAL request id
-  too (the one the web app holds); the new entry starts with no attempts;
-* sets the original outcome back to PENDING;
-* remembers new id -> original id in ``<dlq key>:origins``, so an entry that is
-  dead-lettered again and replayed again still answers the original request;
-* deletes the dead-letter record (a concurrent replay of the same record is a no-op).
+Replay (the ``replay`` step of ``ledger.lua``), atomically per dead letter:
 
-Last write wins: a parked entry whose lead was since written by a newer committed
-upsert is left parked (``superseded``) unless forced, because replaying it would
-overwrite newer values in Marketo.
+* only while the original request is still DEAD_LETTERED (``answered`` otherwise);
+* unless forced, only when no newer upsert of the lead was ENQUEUED since the dead
+  entry (``superseded``): the producer records the newest enqueued id per lead in the
+  same step as its XADD, so a newer upsert still waiting in the stream counts too;
+* adds a new entry with the same ``k`` and ``p`` plus ``o`` = the original entry id: the
+  drain merges it at the original write's place and also answers the original request
+  id (the one the web app holds); the new entry starts with no attempts;
+* sets the original outcome back to PENDING and deletes the dead-letter record (a
+  concurrent replay of the same record is a no-op: ``gone``).
 """
 
 from __future__ import annotations
@@ -23,47 +25,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from producers.contract import Keys, Outcome, OutcomeStatus, entry_time_s, request_id
+from producers.contract import (
+    NEWEST_ID_TTL_S,
+    Keys,
+    Outcome,
+    OutcomeStatus,
+    decode_lead,
+    entry_time_s,
+    request_id,
+)
+from worker.errors import InvalidLead
+from worker.ledger import load_scripts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 #: Dead-letter records read per XRANGE round trip.
 PAGE = 500
-
-_REPLAY_LUA = """
--- KEYS[1] stream, KEYS[2] dlq, KEYS[3] origins hash, KEYS[4] origin outcome, KEYS[5] latest
--- ARGV: dlq id, dead entry id, key hash, payload, origin id, ttl s, force (1/0),
---       outcome field/value pairs
-local function newer(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
-if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return 'gone' end
-if ARGV[7] ~= '1' and ARGV[3] ~= '' then
-  local seen = redis.call('HGET', KEYS[5], 'entry_id')
-  if seen and newer(seen, ARGV[5]) then return 'superseded' end
-end
-local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[3], 'p', ARGV[4], 'o', ARGV[5])
-local ttl = tonumber(ARGV[6])
-redis.call('HDEL', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[3], id, ARGV[5])
-redis.call('EXPIRE', KEYS[3], ttl)
-local fields = {}
-for j = 8, #ARGV do fields[#fields + 1] = ARGV[j] end
-redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[4], unpack(fields))
-redis.call('EXPIRE', KEYS[4], ttl)
-redis.call('XDEL', KEYS[2], ARGV[1])
-return id
-"""
-
-
-def origins_key(keys: Keys, shard: int) -> str:
-    """Replayed entry id -> original entry id (same hash tag as the shard's streams)."""
-    return f"{keys.dead_letters(shard)}:origins"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +63,28 @@ class DeadLetter:
         """The request id the web app holds."""
         return request_id(self.shard, self.origin)
 
+    @property
+    def dedup(self) -> bool:
+        try:
+            return decode_lead(self.payload).dedup
+        except InvalidLead:
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """One page of ``leadsync dlq list``; pass ``next_cursor`` back for the next one."""
+
+    letters: list[DeadLetter]
+    next_cursor: str | None
+
 
 @dataclass(slots=True)
 class ReplayReport:
     replayed: int = 0
     superseded: list[str] = field(default_factory=list)
     gone: int = 0
+    answered: int = 0
 
 
 def _text(value: bytes | str) -> str:
@@ -105,34 +99,66 @@ def _shards(shards: int, only: int | None) -> Iterable[int]:
     return (only,)
 
 
-async def _read_shard(redis: Redis, keys: Keys, shard: int) -> list[DeadLetter]:
-    stream = keys.dead_letters(shard)
-    raw: list[tuple[str, dict[str, str]]] = []
-    start = "-"
-    while True:
-        page: Any = await redis.xrange(stream, start, "+", count=PAGE)
-        raw.extend((_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in page)
-        if len(page) < PAGE:
-            break
-        start = "(" + raw[-1][0]
-    if not raw:
-        return []
-    entry_ids = [fields.get("entry_id", "") for _, fields in raw]
-    origins = await redis.hmget(origins_key(keys, shard), entry_ids)
-    return [
-        DeadLetter(
-            dlq_id=dlq_id,
-            shard=shard,
-            entry_id=entry_id,
-            origin=_text(origin) if origin else entry_id,
-            key_hash=fields.get("k", ""),
-            code=fields.get("code", ""),
-            error=fields.get("error", ""),
-            attempts=int(fields.get("attempts") or 0),
-            payload=fields.get("p", ""),
-        )
-        for (dlq_id, fields), entry_id, origin in zip(raw, entry_ids, origins, strict=True)
-    ]
+def _letter(shard: int, dlq_id: str, fields: dict[str, str]) -> DeadLetter:
+    entry_id = fields.get("entry_id", "")
+    return DeadLetter(
+        dlq_id=dlq_id,
+        shard=shard,
+        entry_id=entry_id,
+        origin=fields.get("o") or entry_id,
+        key_hash=fields.get("k", ""),
+        code=fields.get("code", ""),
+        error=fields.get("error", ""),
+        attempts=int(fields.get("attempts") or 0),
+        payload=fields.get("p", ""),
+    )
+
+
+def _cursor(shard: int, dlq_id: str) -> str:
+    return f"{shard}:{dlq_id}"
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, str]:
+    if not cursor:
+        return 0, "-"
+    shard, _, dlq_id = cursor.partition(":")
+    if not shard.isdigit() or not dlq_id:
+        raise ValueError(f"not a dead-letter cursor: {cursor!r}")
+    return int(shard), "(" + dlq_id
+
+
+async def list_page(
+    redis: Redis,
+    keys: Keys,
+    shards: int,
+    *,
+    code: str | None = None,
+    shard: int | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> DeadLetterPage:
+    """Up to ``limit`` parked entries from ``cursor`` on (shard by shard, oldest first),
+    read PAGE records per round trip: a big dead-letter stream is never read whole."""
+    first_shard, start = _parse_cursor(cursor)
+    found: list[DeadLetter] = []
+    for s in _shards(shards, shard):
+        if s < first_shard:
+            continue
+        if s > first_shard:
+            start = "-"
+        while True:
+            page: Any = await redis.xrange(keys.dead_letters(s), start, "+", count=PAGE)
+            for raw_id, raw_fields in page:
+                dlq_id = _text(raw_id)
+                start = "(" + dlq_id
+                letter = _letter(s, dlq_id, {_text(k): _text(v) for k, v in raw_fields.items()})
+                if code in (None, letter.code):
+                    found.append(letter)
+                    if len(found) >= limit:
+                        return DeadLetterPage(found, _cursor(s, dlq_id))
+            if len(page) < PAGE:
+                break
+    return DeadLetterPage(found, None)
 
 
 async def list_dead_letters(
@@ -145,12 +171,17 @@ async def list_dead_letters(
     limit: int | None = None,
 ) -> list[DeadLetter]:
     """Parked entries, oldest first per shard, filtered by error code and shard."""
-    found: list[DeadLetter] = []
-    for s in _shards(shards, shard):
-        found.extend(d for d in await _read_shard(redis, keys, s) if code in (None, d.code))
-        if limit is not None and len(found) >= limit:
-            return found[:limit]
-    return found
+    letters: list[DeadLetter] = []
+    cursor: str | None = None
+    while True:
+        want = PAGE if limit is None else min(PAGE, limit - len(letters))
+        page = await list_page(
+            redis, keys, shards, code=code, shard=shard, limit=want, cursor=cursor
+        )
+        letters.extend(page.letters)
+        cursor = page.next_cursor
+        if cursor is None or (limit is not None and len(letters) >= limit):
+            return letters
 
 
 async def replay(
@@ -162,7 +193,7 @@ async def replay(
     force: bool = False,
 ) -> ReplayReport:
     """Put ``letters`` back into their shard streams (see the module docstring)."""
-    script = redis.register_script(_REPLAY_LUA)
+    script = load_scripts(redis)["replay"]
     report = ReplayReport()
     for letter in letters:
         pending = Outcome(
@@ -175,9 +206,8 @@ async def replay(
             keys=[
                 keys.stream(letter.shard),
                 keys.dead_letters(letter.shard),
-                origins_key(keys, letter.shard),
                 keys.outcome(letter.shard, letter.origin),
-                keys.latest(letter.shard, letter.key_hash or "-"),
+                keys.newest(letter.shard, letter.key_hash or "-"),
             ],
             args=[
                 letter.dlq_id,
@@ -187,6 +217,7 @@ async def replay(
                 letter.origin,
                 result_ttl_s,
                 1 if force else 0,
+                NEWEST_ID_TTL_S if letter.key_hash and letter.dedup else 0,
                 *[x for pair in pending.to_fields().items() for x in pair],
             ],
         )
@@ -195,6 +226,8 @@ async def replay(
             report.gone += 1
         elif result == "superseded":
             report.superseded.append(letter.request_id)
+        elif result == "answered":
+            report.answered += 1
         else:
             report.replayed += 1
     return report

@@ -223,6 +223,17 @@ async def check_groups(redis: Redis, keys: Keys, shards: int) -> Check:
         or not any(_text(group["name"]) == Keys.GROUP for group in reply)
     ]
     if not missing:
+        recreated = await redis.hgetall(keys.groups_recreated())
+        if recreated:
+            lost = sorted(int(_text(s)) for s in recreated)
+            return Check(
+                "consumer groups",
+                "WARN",
+                f"groups of shards {', '.join(map(str, lost[:10]))} went missing in the last 7 days "
+                "and workers recreated them at id 0 (Redis lost its data: check persistence); "
+                f"upserts acknowledged before the loss may be gone. Clear with: "
+                f"redis-cli DEL {keys.groups_recreated()}",
+            )
         return Check("consumer groups", "OK", f"group {Keys.GROUP!r} on all {shards} shards")
     shown = ", ".join(str(s) for s in missing[:10]) + (" ..." if len(missing) > 10 else "")
     return Check(
@@ -230,7 +241,7 @@ async def check_groups(redis: Redis, keys: Keys, shards: int) -> Check:
         "FAIL",
         f"{len(missing)} of {shards} shard streams have no consumer group {Keys.GROUP!r} "
         f"(shards {shown}): Redis lost its data or no worker has started yet. "
-        "Fix: start a worker; it recreates the groups at id 0, so no backlog is skipped",
+        "Fix: start a worker; its next drain recreates the groups at id 0, so no backlog is skipped",
     )
 
 

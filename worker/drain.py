@@ -1,32 +1,40 @@
-"""One drain cycle of one shard: plain async code, no Celery.
+"""Drain cycles of one shard: plain async code, no Celery.
 
-lease the shard -> claim pending + read new entries -> coalesce -> for the fullest
-batch: count an attempt, take a limiter permit, sign and send (splitting the batch
-when a record faults the whole call) -> commit outcomes + XACK + XDEL atomically
--> release the lease. Anything that is not a per-lead answer (throttling, quota,
-credentials, transient faults) leaves the entries pending for a later cycle.
+A cycle is three fenced ledger steps around pure planning:
+
+claim (check the lease, renew it, claim EVERY pending entry of the shard before reading
+new ones) -> plan (coalesce in write order, pick the due batch, park exhausted entries)
+-> count attempts -> send (a limiter permit and a lease renewal before each call;
+split the batch when a record faults the whole call) -> settle (outcomes, XACK + XDEL,
+dead letters and refunds in one atomic step).
+
+A worker whose lease expired (a pause, a slow Redis) has every ledger write refused
+(:class:`~worker.errors.LeaseLost`) and drops its cycle; the entries stay pending for
+the new holder. Anything that is not a per-lead answer (throttling, quota, credentials,
+transient faults) leaves the entries pending for a later cycle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from producers.contract import (
     Outcome,
     OutcomeStatus,
     decode_lead,
-    encode_lead,
+    entry_order,
     entry_time_s,
     request_id,
 )
 from worker import metrics
-from worker.batching import Batch, BatchRecord, QueuedLead, entry_order, plan_batches
+from worker.batching import Batch, BatchRecord, QueuedLead, plan_batches
 from worker.client import MarketoClient
 from worker.errors import (
     RECORD_FAULT_CODES,
@@ -34,6 +42,7 @@ from worker.errors import (
     BadRequestError,
     CallTimeout,
     InvalidLead,
+    LeaseLost,
     LimitReached,
     MarketoError,
     QuotaExceededError,
@@ -42,7 +51,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.faultpoints import crash_if
-from worker.ledger import Committed, Ledger, RawEntry
+from worker.ledger import Ledger, RawEntry, Settlement
 from worker.limits import Denied, RedisLimiter
 from worker.retrying import call_policy
 from worker.settings import Settings
@@ -53,18 +62,21 @@ logger = logging.getLogger(__name__)
 
 DrainStatus = Literal["busy", "idle", "waiting", "sent", "limited", "held", "backoff"]
 
-#: A drain task keeps its shard for at most this many calls, and this long.
+#: A drain task keeps its shard for at most this many calls (and LEADSYNC_DRAIN_BUDGET_S).
 BATCHES_PER_DRAIN = 8
-DRAIN_BUDGET_S = 10.0
 
-#: How many entries one cycle reads at most, as a multiple of the batch size:
-#: merging duplicates can shrink a read, and we fill toward the cap.
+#: How many claim rounds one cycle makes at most, each of one batch size: merging
+#: duplicates can shrink a read, and we fill toward the cap.
 READ_FACTOR = 4
+
+#: Awaited at the points of a cycle where a crash is most interesting (tests pause there).
+Checkpoint = Callable[[str], Awaitable[None]]
 
 
 @dataclass(slots=True)
 class DrainReport:
-    """What one cycle did; counts only (it travels into Celery results and Flower)."""
+    """What one drain (up to BATCHES_PER_DRAIN cycles) did; counts only (it travels into
+    Celery results and Flower)."""
 
     shard: int
     status: DrainStatus = "idle"
@@ -103,8 +115,13 @@ class RecordResult:
     error_code: str | None = None
 
 
-class LeaseLost(Exception):
-    """The shard lease expired under us; another worker owns the entries now."""
+@dataclass(slots=True)
+class Claim:
+    """What one cycle claimed: decoded leads, undecodable entries, every raw entry."""
+
+    queued: list[QueuedLead] = field(default_factory=list)
+    invalid: list[tuple[RawEntry, InvalidLead]] = field(default_factory=list)
+    raw: dict[str, RawEntry] = field(default_factory=dict)
 
 
 class Drainer:
@@ -118,6 +135,8 @@ class Drainer:
         limiter: RedisLimiter,
         settings: Settings,
         consumer: str,
+        clock: Callable[[], float] = time.time,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -125,33 +144,39 @@ class Drainer:
         self.settings = settings
         self.consumer = consumer
         self.keys = ledger.keys
-        # Per shard, for the cycle in progress: replayed entry id -> original entry id.
-        self._origins: dict[int, dict[str, str]] = {}
+        self.clock = clock
+        self.checkpoint = checkpoint
 
     async def drain(self, shard: int) -> DrainReport:
         """Batch cycles of ``shard`` under one lease: while full batches keep going out,
-        up to BATCHES_PER_DRAIN of them or DRAIN_BUDGET_S, whichever comes first (so a
-        backlog does not pay a task dispatch per call, and other shards get their turn)."""
+        up to BATCHES_PER_DRAIN of them or LEADSYNC_DRAIN_BUDGET_S, whichever comes first
+        (so a backlog does not pay a task dispatch per call, and other shards get their
+        turn). The whole drain is bounded by LEADSYNC_DRAIN_TIMEOUT_S: past it the drain
+        stops where it is, releases its lease and slot, and its entries stay pending."""
         report = DrainReport(shard)
         token = await self.ledger.acquire_lease(shard, self.settings.lease_ttl_s)
         if token is None:
             report.status = "busy"
             return report
-        started_s = time.monotonic()
+        deadline_s = time.monotonic() + self.settings.drain_budget_s
+        bound = asyncio.timeout(self.settings.drain_timeout_s)
         try:
-            for _ in range(BATCHES_PER_DRAIN):
-                calls_before = report.calls
-                await self._cycle(shard, token, report)
-                if report.status != "sent" or report.calls == calls_before:
-                    break
-                if time.monotonic() - started_s > DRAIN_BUDGET_S:
-                    break
-            if report.calls and report.status in ("idle", "waiting"):
-                report.status = "sent"  # the last look found nothing due; earlier ones sent
-        except LeaseLost:
-            report.status = "busy"
-            report.reason = "lease lost"
-            logger.warning("shard %d: lease lost mid-cycle; entries stay pending", shard)
+            async with bound:
+                await self._cycles(shard, token, report, deadline_s)
+        except LeaseLost as exc:
+            report.status, report.reason = "busy", "lease lost"
+            metrics.record_lease_lost()
+            logger.warning("shard %d: %s; entries stay pending for the new holder", shard, exc)
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            report.status, report.reason = "backoff", "drain timeout"
+            metrics.record_drain_timeout()
+            logger.error(
+                "shard %d: drain stopped after LEADSYNC_DRAIN_TIMEOUT_S=%g s; entries stay pending",
+                shard,
+                self.settings.drain_timeout_s,
+            )
         finally:
             await self.ledger.release_lease(shard, token)
         (report.backlog,) = [b.entries for b in await self.ledger.backlogs_of([shard])]
@@ -170,47 +195,76 @@ class Drainer:
             )
         return report
 
+    async def _cycles(self, shard: int, token: str, report: DrainReport, deadline_s: float) -> None:
+        for _ in range(BATCHES_PER_DRAIN):
+            calls_before = report.calls
+            await self._cycle(shard, token, report, deadline_s)
+            if report.status != "sent" or report.calls == calls_before:
+                break
+            if time.monotonic() > deadline_s:
+                break
+        if report.calls and report.status in ("idle", "waiting"):
+            report.status = "sent"  # the last look found nothing due; earlier ones sent
+
     # --- the cycle ------------------------------------------------------------------
 
-    async def _cycle(self, shard: int, token: str, report: DrainReport) -> None:
+    async def _cycle(self, shard: int, token: str, report: DrainReport, deadline_s: float) -> None:
+        settlement = Settlement(shard)
+        try:
+            await self._plan_and_send(shard, token, report, deadline_s, settlement)
+        finally:
+            # Whatever was decided or answered is written, even when the cycle is cut short
+            # (a timeout, a refusal): an answer Marketo gave is never thrown away. A stale
+            # holder's settle is refused as a whole.
+            if settlement:
+                await self.ledger.settle(shard, token, settlement)
+                await self._count(settlement, report)
+        await self._pause_at("after_commit")
+        if report.status == "sent" and report.calls:
+            await self.ledger.clear_rest_streak(shard)
+
+    async def _plan_and_send(
+        self,
+        shard: int,
+        token: str,
+        report: DrainReport,
+        deadline_s: float,
+        settlement: Settlement,
+    ) -> None:
         batch_size = self.settings.batch_size
-        queued, invalid = await self._read(shard, batch_size)
-        crash_if("after_claim", self.settings.fault_point)
-        if invalid:
-            await self._commit(
-                shard,
-                [(entry, self._invalid_outcome(shard, entry, error)) for entry, error in invalid],
-                report,
-            )
-        if not queued:
-            report.status = "idle" if not invalid else "sent"
+        claim = await self._claim(shard, token, batch_size)
+        await self._pause_at("after_claim")
+        for entry, error in claim.invalid:
+            settlement.answer(entry, self._invalid_outcome(shard, entry, error))
+        if not claim.queued:
+            report.status = "idle" if not claim.invalid else "sent"
             return
         batch = pick_batch(
-            plan_batches(queued, batch_size),
+            plan_batches(claim.queued, batch_size),
             batch_size,
             self.settings.flush_interval_s,
-            time.time(),
+            self.clock(),
         )
         if batch is None:
             report.status = "waiting"  # a partial batch waits for more leads or for its age
             return
-        bumped = await self.ledger.bump_attempts(shard, batch.entry_ids)
+        bumped = await self.ledger.bump_attempts(shard, token, batch.entry_ids)
         attempts = dict(zip(batch.entry_ids, bumped, strict=True))
-        batch = await self._dead_letter_exhausted(shard, batch, attempts, report)
+        batch = self._park_exhausted(shard, batch, attempts, claim.raw, settlement, report)
         if not batch.records:
             report.status = "sent"
             return
         report.entries += len(batch.entry_ids)
         results: list[RecordResult] = []
         try:
-            await self._send_isolating(shard, token, batch, results, report)
+            await self._send_isolating(shard, token, batch, results, report, deadline_s)
             report.status = "sent"
         except LimitReached as exc:
-            await self._refund_unanswered(shard, batch, results)
+            settlement.refund(_unanswered(batch, results))
             report.status = "held" if exc.reason == "hold" else "limited"
             report.retry_after_s, report.reason = exc.retry_after_s, exc.reason
         except (ThrottledError, QuotaExceededError, AuthError) as exc:
-            await self._refund_unanswered(shard, batch, results)
+            settlement.refund(_unanswered(batch, results))
             report.status, report.reason = await self._apply_cluster_limit(exc)
         except (TransientError, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
@@ -220,90 +274,101 @@ class Drainer:
             floor_s = self.settings.request_timeout_s if isinstance(exc, CallTimeout) else 0.0
             await self._back_off(shard, floor_s=floor_s)
         finally:
-            await self._commit_results(shard, results, attempts, report)
+            self._answer(shard, results, attempts, claim.raw, settlement)
 
-    async def _read(
-        self, shard: int, batch_size: int
-    ) -> tuple[list[QueuedLead], list[tuple[RawEntry, InvalidLead]]]:
-        """Read until the coalesced records fill a batch or the shard has nothing more."""
-        queued: list[QueuedLead] = []
-        invalid: list[tuple[RawEntry, InvalidLead]] = []
+    async def _claim(self, shard: int, token: str, batch_size: int) -> Claim:
+        """Claim rounds until the coalesced records fill a batch or the shard has nothing
+        more. Every pending entry is claimed before any new one is read; when more are
+        pending than READ_FACTOR rounds hold, no new entry is read this cycle."""
+        claim = Claim()
         keys: set[str] = set()
-        origins = self._origins[shard] = {}
-        seen: set[str] = set()
-        for round_number in range(READ_FACTOR):
-            raw = await self.ledger.read(
-                shard, self.consumer, batch_size, claim_pending=round_number == 0
+        cursor = "0-0"
+        for _ in range(READ_FACTOR):
+            claimed = await self.ledger.claim(
+                shard,
+                token,
+                self.consumer,
+                count=batch_size,
+                lease_ttl_s=self.settings.lease_ttl_s,
+                cursor=cursor,
             )
-            origins.update((e.entry_id, e.origin) for e in raw if e.origin)
-            for entry in raw:
-                if entry.entry_id in seen:
+            if claimed.groups_recreated:
+                metrics.record_groups_recreated()
+            cursor = claimed.cursor
+            for entry in claimed.entries:
+                if entry.entry_id in claim.raw:
                     continue
-                seen.add(entry.entry_id)
+                claim.raw[entry.entry_id] = entry
                 try:
                     lead = decode_lead(entry.payload)
                 except InvalidLead as exc:
-                    invalid.append((entry, exc))
+                    claim.invalid.append((entry, exc))
                     continue
-                queued.append(QueuedLead(entry.entry_id, entry.key_hash, lead))
+                claim.queued.append(QueuedLead(entry.entry_id, entry.key_hash, lead, entry.origin))
                 keys.add(entry.key_hash if lead.dedup else entry.entry_id)
-            if len(raw) < batch_size or len(keys) >= batch_size:
+            if len(claimed.entries) < batch_size or len(keys) >= batch_size:
                 break
-        return queued, invalid
+        return claim
 
-    async def _dead_letter_exhausted(
-        self, shard: int, batch: Batch, attempts: Mapping[str, int], report: DrainReport
+    def _park_exhausted(
+        self,
+        shard: int,
+        batch: Batch,
+        attempts: Mapping[str, int],
+        raw: Mapping[str, RawEntry],
+        settlement: Settlement,
+        report: DrainReport,
     ) -> Batch:
-        """Entries that already rode in LEADSYNC_MAX_ATTEMPTS calls (this one would be one
-        more) leave for the dead-letter stream."""
+        """Entries that already rode in LEADSYNC_MAX_ATTEMPTS cycles (this one would be one
+        more) are parked in the dead-letter stream, each with its own payload."""
         exhausted = {e for e, n in attempts.items() if n > self.settings.max_attempts}
         if not exhausted:
             return batch
-        now = time.time()
-        moved = []
-        for record in batch.records:
-            for entry_id in record.entry_ids:
-                if entry_id in exhausted:
-                    outcome = Outcome(
-                        request_id(shard, entry_id),
-                        OutcomeStatus.DEAD_LETTERED,
-                        error=f"gave up after {self.settings.max_attempts} attempts",
-                        error_code="MAX_ATTEMPTS",
-                        attempts=self.settings.max_attempts,
-                        enqueued_at=entry_time_s(entry_id),
-                        finished_at=now,
-                    )
-                    raw = RawEntry(entry_id, record.key_hash, _payload(record))
-                    moved.append((raw, outcome, outcome.error or ""))
-        await self.ledger.dead_letter(shard, moved)
-        await self.ledger.commit(shard, self._origin_commits(shard, [(r, o) for r, o, _ in moved]))
-        await self._count_outcomes(Counter(o.status.value for _, o, _ in moved))
-        report.dead_lettered += len(moved)
+        now = self.clock()
+        for entry_id in sorted(exhausted, key=entry_order):
+            outcome = Outcome(
+                request_id(shard, entry_id),
+                OutcomeStatus.DEAD_LETTERED,
+                error=f"gave up after {self.settings.max_attempts} attempts",
+                error_code="MAX_ATTEMPTS",
+                attempts=self.settings.max_attempts,
+                enqueued_at=entry_time_s(entry_id),
+                finished_at=now,
+            )
+            settlement.park(raw[entry_id], outcome, outcome.error or "")
+            report.dead_lettered += 1
         # Merged records ride whole: if any of their entries is exhausted, the rest wait
         # (and get back the attempt just counted for them).
         kept = tuple(r for r in batch.records if not exhausted.intersection(r.entry_ids))
-        waiting = [
+        settlement.refund(
             e
             for r in batch.records
             if exhausted.intersection(r.entry_ids)
             for e in r.entry_ids
             if e not in exhausted
-        ]
-        if waiting:
-            await self.ledger.refund_attempts(shard, waiting)
+        )
         return Batch(batch.dedup, kept)
 
     async def _send_isolating(
-        self, shard: int, token: str, batch: Batch, results: list[RecordResult], report: DrainReport
+        self,
+        shard: int,
+        token: str,
+        batch: Batch,
+        results: list[RecordResult],
+        report: DrainReport,
+        deadline_s: float,
     ) -> None:
-        """Send the batch; when a record faults the whole call, split until it is alone."""
+        """Send the batch; when a record faults the whole call, split until it is alone.
+        Past the drain budget no further split goes out: the rest stays pending."""
         work: list[tuple[BatchRecord, ...]] = [batch.records]
         while work:
+            if results and time.monotonic() > deadline_s:
+                return
             records = work.pop(0)
             try:
                 answers = await self._call(shard, token, records, batch.dedup, report)
             except BadRequestError as exc:
-                if exc.code not in RECORD_FAULT_CODES and exc.code is not None:
+                if exc.code not in RECORD_FAULT_CODES:
                     raise TransientError(f"unexpected fault {exc.code}", code=exc.code) from exc
                 if len(records) == 1:
                     results.append(
@@ -336,7 +401,8 @@ class Drainer:
         dedup: bool,
         report: DrainReport,
     ) -> list[SyncResult]:
-        """One logical call with the retry policy; every attempt takes its own permit."""
+        """One logical call with the retry policy; every attempt renews the lease and
+        takes its own permit."""
         policy = call_policy(
             transient_retries=self.settings.transient_retries,
             backoff_initial_s=self.settings.backoff_initial_s,
@@ -345,8 +411,7 @@ class Drainer:
         leads = [record.lead for record in records]
         async for attempt in policy:
             with attempt:
-                if not await self.ledger.renew_lease(shard, token, self.settings.lease_ttl_s):
-                    raise LeaseLost()
+                await self.ledger.renew_lease(shard, token, self.settings.lease_ttl_s)
                 permit = await self.limiter.acquire(self.consumer, probe=True)
                 if isinstance(permit, Denied):
                     raise LimitReached(permit.reason, permit.retry_after_s)
@@ -363,11 +428,16 @@ class Drainer:
                 finally:
                     metrics.record_call(len(leads), time.perf_counter() - started_s)
                     await self.limiter.release(permit)
-                crash_if("after_send", self.settings.fault_point)
+                await self._pause_at("after_send")
                 if permit.probe:  # a probe went through: the credentials work again
                     await self.limiter.clear_hold()
                 return answers
         raise AssertionError("the retry policy re-raises its last error")  # pragma: no cover
+
+    async def _pause_at(self, point: str) -> None:
+        crash_if(point, self.settings.fault_point)
+        if self.checkpoint is not None:
+            await self.checkpoint(point)
 
     # --- failures that are not the leads' fault ------------------------------------------
 
@@ -391,85 +461,45 @@ class Drainer:
     async def _back_off(self, shard: int, *, floor_s: float = 0.0) -> None:
         """Transient faults outlasted the in-cycle retries: this shard rests a while,
         exponentially longer with each failed cycle in a row (capped, with jitter)."""
-        redis = self.ledger.redis
-        streak_key = self.keys.control(f"backoff-streak:{shard}")
-        pipe = redis.pipeline(transaction=False)
-        pipe.incr(streak_key)
-        pipe.expire(streak_key, 3600)
-        streak, _ = await pipe.execute()
+        streak = await self.ledger.rest_streak(shard)
         delay_s = min(
-            self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** min(int(streak), 16)
+            self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** min(streak, 16)
         )
-        jittered_ms = max(1, int((floor_s + delay_s * (0.5 + random.random() / 2)) * 1000))
-        await redis.set(self.keys.control(f"backoff:{shard}"), 1, px=jittered_ms)
+        await self.ledger.rest(shard, floor_s + delay_s * (0.5 + random.random() / 2), self.clock())
 
-    async def _refund_unanswered(
-        self, shard: int, batch: Batch, results: Sequence[RecordResult]
-    ) -> None:
-        answered = {e for r in results for e in r.record.entry_ids}
-        await self.ledger.refund_attempts(shard, [e for e in batch.entry_ids if e not in answered])
+    # --- settling ----------------------------------------------------------------------
 
-    # --- commit ------------------------------------------------------------------------
-
-    async def _commit_results(
+    def _answer(
         self,
         shard: int,
         results: Sequence[RecordResult],
         attempts: Mapping[str, int],
-        report: DrainReport,
+        raw: Mapping[str, RawEntry],
+        settlement: Settlement,
     ) -> None:
-        if not results:
-            return
-        now = time.time()
-        items = []
+        now = self.clock()
         for result in results:
             for entry_id in result.record.entry_ids:
-                outcome = Outcome(
-                    request_id(shard, entry_id),
-                    result.status,
-                    lead_id=result.lead_id,
-                    error=result.error,
-                    error_code=result.error_code,
-                    attempts=attempts[entry_id],
-                    enqueued_at=entry_time_s(entry_id),
-                    finished_at=now,
+                settlement.answer(
+                    raw[entry_id],
+                    Outcome(
+                        request_id(shard, entry_id),
+                        result.status,
+                        lead_id=result.lead_id,
+                        error=result.error,
+                        error_code=result.error_code,
+                        attempts=attempts[entry_id],
+                        enqueued_at=entry_time_s(entry_id),
+                        finished_at=now,
+                    ),
                 )
-                items.append((RawEntry(entry_id, result.record.key_hash, ""), outcome))
-        await self._commit(shard, items, report)
-        crash_if("after_commit", self.settings.fault_point)
-        if report.status == "sent":
-            await self.ledger.redis.delete(self.keys.control(f"backoff-streak:{shard}"))
 
-    async def _commit(
-        self, shard: int, items: Sequence[tuple[RawEntry, Outcome]], report: DrainReport
-    ) -> None:
-        ordered = sorted(items, key=lambda item: entry_order(item[0].entry_id))
-        committed = [Committed(e.entry_id, e.key_hash, o) for e, o in ordered]
-        await self.ledger.commit(shard, committed + self._origin_commits(shard, ordered))
-        report.outcomes.update(o.status.value for _, o in ordered)
-        await self._count_outcomes(Counter(o.status.value for _, o in ordered))
-
-    def _origin_commits(
-        self, shard: int, items: Sequence[tuple[RawEntry, Outcome]]
-    ) -> list[Committed]:
-        """A replayed entry answers its original request too (`leadsync dlq replay`). The
-        original id left the stream when it was dead-lettered: its XACK and XDEL are no-ops."""
-        origins = self._origins.get(shard, {})
-        return [
-            Committed(
-                origin,
-                "",
-                replace(
-                    outcome,
-                    request_id=request_id(shard, origin),
-                    enqueued_at=entry_time_s(origin),
-                ),
-            )
-            for entry, outcome in items
-            if (origin := entry.origin or origins.get(entry.entry_id))
-        ]
-
-    async def _count_outcomes(self, counts: Counter[str]) -> None:
+    async def _count(self, settlement: Settlement, report: DrainReport) -> None:
+        """Count the settled entries' outcomes (a replayed entry's original request
+        is the same upsert: it is not counted twice)."""
+        acked = {request_id(settlement.shard, e) for e in settlement.acks}
+        counts = Counter(o.status.value for o in settlement.outcomes if o.request_id in acked)
+        report.outcomes.update(counts)
         metrics.record_outcomes(counts)
         await count_outcomes(self.ledger.redis, self.keys, counts)
 
@@ -480,8 +510,13 @@ class Drainer:
             error=str(error),
             error_code="INVALID_LEAD",
             enqueued_at=entry_time_s(entry.entry_id),
-            finished_at=time.time(),
+            finished_at=self.clock(),
         )
+
+
+def _unanswered(batch: Batch, results: Sequence[RecordResult]) -> list[str]:
+    answered = {e for r in results for e in r.record.entry_ids}
+    return [e for e in batch.entry_ids if e not in answered]
 
 
 def pick_batch(
@@ -503,7 +538,3 @@ def pick_batch(
 
 def _reason(exc: MarketoError) -> str:
     return f"{exc.code} {exc.__class__.__name__}" if exc.code else exc.__class__.__name__
-
-
-def _payload(record: BatchRecord) -> str:
-    return encode_lead(record.lead)

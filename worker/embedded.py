@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,51 +45,44 @@ def _wait_for(url: str, timeout_s: float) -> None:
 
 @contextlib.contextmanager
 def embedded_redis() -> Iterator[tuple[str, str]]:
-    """Yield (url, kind): a private redis-server when the binary exists, else fakeredis's
-    TCP server (same protocol, in this process)."""
+    """Yield (url, kind): a private redis-server on a free port. The ledger's steps are
+    Redis Lua (XAUTOCLAIM, cjson), which no emulation runs faithfully, so a real
+    server is required (``scripts/ensure-redis`` installs one)."""
     binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server not found: run scripts/ensure-redis (or `make demo`, which does), "
+            "or set LEADSYNC_REDIS_URL to a Redis 7 server"
+        )
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    if binary:
-        workdir = tempfile.mkdtemp(prefix="leadsync-demo-redis-")
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_for(url, 10)
-            yield url, "redis-server"
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-            shutil.rmtree(workdir, ignore_errors=True)
-        return
-    from fakeredis import TcpFakeServer
-
-    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    workdir = tempfile.mkdtemp(prefix="leadsync-demo-redis-")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for(url, 10)
-        yield url, "fakeredis"
+        yield url, "redis-server"
     finally:
-        server.shutdown()
-        server.server_close()
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def worker_command(

@@ -6,6 +6,7 @@
     ├── ConfigError                settings are missing or malformed
     ├── InvalidLead                a lead value breaks the contract (field-level)
     ├── LedgerError                the Redis ledger is not in the expected shape
+    │   └── LeaseLost              a fenced write was refused: another worker owns the shard
     └── MarketoError               a syncMultipleLeads call did not succeed
         ├── TransientError         retry with backoff, bounded; then leave pending
         │   ├── TransportError     connection reset, HTTP 5xx without fault
@@ -42,6 +43,17 @@ class InvalidLead(LeadsyncError, ValueError):
 
 class LedgerError(LeadsyncError):
     """Raised when the Redis ledger is missing (for example after Redis lost its data)."""
+
+
+class LeaseLost(LedgerError):
+    """Raised when a ledger write is refused because this worker's shard lease expired
+    (a pause past the lease TTL): another worker owns the entries now, so this one must
+    drop everything it planned. Nothing it would have written is written."""
+
+    def __init__(self, shard: int, step: str) -> None:
+        super().__init__(f"shard {shard}: lease lost, {step} refused")
+        self.shard = shard
+        self.step = step
 
 
 class MarketoError(LeadsyncError):

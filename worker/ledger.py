@@ -1,34 +1,47 @@
 """The Redis Stream ledger: one stream per shard with consumer group ``workers``.
 
-An entry stays in its stream (and in the group's pending list once read) until
-its outcome is written: :meth:`Ledger.commit` writes outcomes, XACKs and XDELs
-in one Lua call, so nothing is acknowledged before its outcome exists. A lease
-per shard keeps at most one batch per shard in flight. The work stream is never
-trimmed with MAXLEN.
+An entry stays in its stream (and in the group's pending list once read) until its
+outcome is written. A lease per shard keeps at most one batch per shard in flight, and
+every ledger write is fenced by it: :meth:`Ledger.claim`, :meth:`Ledger.bump_attempts`
+and :meth:`Ledger.settle` check the caller's lease token inside their Lua step, so a
+worker paused past its lease can neither steal, count, commit nor dead-letter entries
+another worker now owns (it gets :class:`LeaseLost`). The work stream is never trimmed
+with MAXLEN. The scripts live in ``ledger.lua``, one section per step.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from producers.contract import Keys, Outcome
-from worker.errors import LedgerError
+from producers.contract import Keys, Outcome, entry_time_s, request_id
+from worker.errors import LeaseLost
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from worker.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 _LUA = resources.files("worker").joinpath("ledger.lua").read_text(encoding="utf-8")
-_SCRIPTS = dict(part.split("\n", 1) for part in _LUA.split("--@ ")[1:])
+_SECTIONS = dict(part.split("\n", 1) for part in _LUA.split("--@ ")[1:])
+#: Every step of ``ledger.lua``, each with the shared ``_lib`` section in front.
+SCRIPTS = {
+    name: _SECTIONS["_lib"] + body for name, body in _SECTIONS.items() if name != "_lib"
+}
+
+#: The claim cursor once a cycle has walked the whole pending list.
+CLAIMED_ALL = "done"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,57 +54,126 @@ class RawEntry:
     payload: str
     origin: str | None = None
 
+    @property
+    def first_id(self) -> str:
+        """The id of the write this entry carries: its origin's when it was replayed."""
+        return self.origin or self.entry_id
+
 
 @dataclass(frozen=True, slots=True)
-class Committed:
-    """One entry's final record: the outcome and the hashed lead key it belongs to."""
+class Claimed:
+    """One fenced read: the entries and where the walk of the pending list stands."""
 
-    entry_id: str
-    key_hash: str
-    outcome: Outcome
+    entries: list[RawEntry]
+    cursor: str
+    groups_recreated: bool = False
+
+    @property
+    def pending_done(self) -> bool:
+        """True once every pending entry was claimed (only then are new ones read)."""
+        return self.cursor == CLAIMED_ALL
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Everything one cycle decided for its shard, written by :meth:`Ledger.settle` in
+    one fenced atomic step: outcomes, acknowledgements, dead letters, refunds."""
+
+    shard: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    acks: list[str] = field(default_factory=list)
+    dead: list[tuple[RawEntry, str, str, int]] = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.acks or self.dead or self.refunds)
+
+    def answer(self, entry: RawEntry, outcome: Outcome) -> None:
+        """Record ``outcome`` for the entry (and for its original request, when the entry
+        was replayed) and acknowledge it."""
+        self.outcomes.append(outcome)
+        if entry.origin:
+            self.outcomes.append(
+                replace(
+                    outcome,
+                    request_id=request_id(self.shard, entry.origin),
+                    enqueued_at=entry_time_s(entry.origin),
+                )
+            )
+        self.acks.append(entry.entry_id)
+
+    def park(self, entry: RawEntry, outcome: Outcome, error: str) -> None:
+        """Move the entry, with its own payload, to the dead-letter stream."""
+        self.answer(entry, outcome)
+        self.dead.append((entry, error, outcome.error_code or "", outcome.attempts))
+
+    def refund(self, entry_ids: Iterable[str]) -> None:
+        """Give back attempts of calls that were refused before they were made."""
+        self.refunds.extend(entry_ids)
 
 
 @dataclass(frozen=True, slots=True)
 class ShardBacklog:
     """What a shard holds: entries not yet committed and the age of the oldest.
-    ``leased`` is true while a cycle holds the shard or the shard rests after faults."""
+    ``busy`` is true while a cycle holds the shard or the shard rests after faults."""
 
     shard: int
     entries: int
     oldest_age_s: float | None
-    leased: bool
+    busy: bool
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entries(raw: Sequence[Any]) -> list[RawEntry]:
-    """Decode [(id, {field: value})] pairs; ids whose entry was deleted come back empty."""
-    entries = []
-    for entry_id, fields in raw:
-        if not fields:
-            continue
-        decoded = {_text(k): _text(v) for k, v in fields.items()}
-        entries.append(
-            RawEntry(
-                _text(entry_id),
-                decoded.get("k", ""),
-                decoded.get("p", ""),
-                decoded.get("o") or None,
-            )
-        )
-    return entries
+def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
+    """Decode one entry: a field/value mapping (redis-py) or flat list (from Lua)."""
+    if not fields:
+        return None
+    pairs = (
+        fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
+    )
+    decoded = {_text(k): _text(v) for k, v in pairs}
+    return RawEntry(
+        _text(entry_id), decoded.get("k", ""), decoded.get("p", ""), decoded.get("o") or None
+    )
+
+
+def _outcome_key(keys: Keys, shard: int, outcome: Outcome) -> str:
+    return keys.outcome(shard, outcome.request_id.partition("-")[2])
+
+
+def load_scripts(redis: Redis) -> dict[str, AsyncScript]:
+    """Every ``ledger.lua`` step registered on ``redis`` (EVALSHA, loaded on demand)."""
+    return {name: redis.register_script(body) for name, body in SCRIPTS.items()}  # type: ignore[misc]
 
 
 class Ledger:
-    """Reads, leases and commits the shard streams of one key prefix."""
+    """Reads, leases and settles the shard streams of one key prefix."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        result_ttl_s: int,
+        dead_letter_ttl_s: int = 7 * 24 * 3600,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.result_ttl_s = result_ttl_s
-        self._scripts = {name: redis.register_script(body) for name, body in _SCRIPTS.items()}
+        self.dead_letter_ttl_s = dead_letter_ttl_s
+        self._scripts = load_scripts(redis)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> Ledger:
+        return cls(
+            redis,
+            Keys(settings.key_prefix),
+            result_ttl_s=settings.result_ttl_s,
+            dead_letter_ttl_s=settings.dead_letter_ttl_s,
+        )
 
     # --- setup --------------------------------------------------------------------
 
@@ -106,136 +188,148 @@ class Ledger:
             )
         return stored
 
-    async def ensure_groups(self, shards: int) -> None:
-        """Create every shard's consumer group at id 0 (never $: that would skip a backlog)."""
-        for shard in range(shards):
+    async def ensure_groups(self, shards: int | Iterable[int]) -> int:
+        """Create the consumer group of each shard at id 0 (never $: that would skip a
+        backlog); return how many were missing."""
+        created = 0
+        for shard in range(shards) if isinstance(shards, int) else shards:
             try:
                 await self.redis.xgroup_create(
                     self.keys.stream(shard), Keys.GROUP, id="0", mkstream=True
                 )
+                created += 1
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        return created
 
     # --- lease --------------------------------------------------------------------
 
     async def acquire_lease(self, shard: int, ttl_s: float) -> str | None:
         """A token when this caller now holds the shard, else None."""
         token = secrets.token_hex(8)
-        taken = await self.redis.set(self.keys.lease(shard), token, nx=True, px=int(ttl_s * 1000))
+        taken = await self.redis.set(self.keys.lease(shard), token, nx=True, px=_ms(ttl_s))
         return token if taken else None
 
-    async def renew_lease(self, shard: int, token: str, ttl_s: float) -> bool:
+    async def renew_lease(self, shard: int, token: str, ttl_s: float) -> None:
+        """Extend the lease; raise LeaseLost when it is no longer ours."""
         renewed = await self._scripts["renew_lease"](
-            keys=[self.keys.lease(shard)], args=[token, int(ttl_s * 1000)]
+            keys=[self.keys.lease(shard)], args=[token, _ms(ttl_s)]
         )
-        return bool(renewed)
+        if not renewed:
+            raise LeaseLost(shard, "renew")
 
     async def release_lease(self, shard: int, token: str) -> None:
         await self._scripts["release_lease"](keys=[self.keys.lease(shard)], args=[token])
 
     # --- reading --------------------------------------------------------------------
 
-    async def read(
-        self, shard: int, consumer: str, count: int, *, claim_pending: bool = True
-    ) -> list[RawEntry]:
-        """Entries left pending by earlier cycles first (any consumer: the lease makes this
-        caller the only one working the shard), then never-delivered ones. Claim pending
-        entries once per cycle: a second claim would return what this cycle already read."""
-        stream = self.keys.stream(shard)
-        entries: list[RawEntry] = []
-        cursor = "0-0"
+    async def claim(
+        self,
+        shard: int,
+        token: str,
+        consumer: str,
+        *,
+        count: int,
+        lease_ttl_s: float,
+        cursor: str = "0-0",
+    ) -> Claimed:
+        """Up to ``count`` entries for the lease holder: pending entries first (from
+        ``cursor`` on; any consumer's, since the lease makes this caller the only one
+        working the shard), and never-delivered ones only once the whole pending list
+        was claimed. Renews the lease. A consumer group lost with Redis's data is
+        recreated at id 0 (and reported in ``groups_recreated``)."""
+        recreated = False
         try:
-            while claim_pending and len(entries) < count:
-                reply: Any = await self.redis.xautoclaim(
-                    stream,
-                    Keys.GROUP,
-                    consumer,
-                    min_idle_time=0,
-                    start_id=cursor,
-                    count=count - len(entries),
-                )
-                cursor = _text(reply[0])
-                entries.extend(_entries(reply[1]))
-                if cursor == "0-0":
-                    break
-            if len(entries) < count:
-                fresh: Any = await self.redis.xreadgroup(
-                    Keys.GROUP, consumer, {stream: ">"}, count=count - len(entries)
-                )
-                for _stream, items in fresh or []:
-                    entries.extend(_entries(items))
+            reply = await self._claim(shard, token, consumer, count, lease_ttl_s, cursor)
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                raise LedgerError(
-                    f"shard {shard} has no consumer group: Redis lost its data or was never set up "
-                    "(run `leadsync doctor`)"
-                ) from None
-            raise
-        return entries
+            if "NOGROUP" not in str(exc):
+                raise
+            recreated = await self.ensure_groups([shard]) > 0
+            await self.redis.hset(self.keys.groups_recreated(), str(shard), f"{time.time():.3f}")
+            await self.redis.expire(self.keys.groups_recreated(), 7 * 24 * 3600)
+            logger.error(
+                "shard %d: consumer group was missing (Redis lost its data?); recreated at 0",
+                shard,
+            )
+            reply = await self._claim(shard, token, consumer, count, lease_ttl_s, cursor)
+        if int(reply[0]) != 1:
+            raise LeaseLost(shard, "claim")
+        entries = [e for e in (_entry(i, f) for i, f in reply[2]) if e is not None]
+        return Claimed(entries, _text(reply[1]), recreated)
+
+    async def _claim(
+        self, shard: int, token: str, consumer: str, count: int, ttl_s: float, cursor: str
+    ) -> Any:
+        return await self._scripts["claim"](
+            keys=[self.keys.lease(shard), self.keys.stream(shard)],
+            args=[token, _ms(ttl_s), Keys.GROUP, consumer, cursor, count],
+        )
 
     # --- writing ----------------------------------------------------------------------
 
-    async def commit(self, shard: int, committed: Sequence[Committed]) -> int:
-        """Write outcomes, XACK and XDEL in one atomic step. Idempotent: an outcome that is
-        already final is kept, and the latest state per lead only moves forward."""
-        if not committed:
-            return 0
-        keys = [self.keys.stream(shard), self.keys.attempts(shard)]
-        args: list[str | int] = [Keys.GROUP, self.result_ttl_s]
-        for item in committed:
-            fields = item.outcome.to_fields()
-            keys += [
-                self.keys.outcome(shard, item.entry_id),
-                self.keys.latest(shard, item.key_hash or "-"),
-            ]
-            args += [item.entry_id, 1 if item.key_hash else 0, len(fields)]
-            for name, value in fields.items():
-                args += [name, value]
-        written = await self._scripts["commit"](keys=keys, args=args)
-        return int(written)
+    async def bump_attempts(self, shard: int, token: str, entry_ids: Sequence[str]) -> list[int]:
+        """Count one more call for each entry (before it is sent: a crash counts too)."""
+        if not entry_ids:
+            return []
+        reply = await self._scripts["bump_attempts"](
+            keys=[self.keys.lease(shard), self.keys.attempts(shard)], args=[token, *entry_ids]
+        )
+        if int(reply[0]) != 1:
+            raise LeaseLost(shard, "attempt count")
+        return [int(n) for n in reply[1:]]
 
-    async def dead_letter(
-        self, shard: int, entries: Sequence[tuple[RawEntry, Outcome, str]]
-    ) -> None:
-        """Move entries to the shard's dead-letter stream with their last error, in the same
-        atomic step that records their DEAD_LETTERED outcome and acknowledges them."""
-        for entry, outcome, error in entries:
-            await self._scripts["dead_letter"](
-                keys=[
-                    self.keys.stream(shard),
-                    self.keys.dead_letters(shard),
-                    self.keys.attempts(shard),
-                    self.keys.outcome(shard, entry.entry_id),
-                ],
-                args=[
-                    Keys.GROUP,
+    async def settle(self, shard: int, token: str, settlement: Settlement) -> int:
+        """Write a cycle's outcomes, acknowledgements, dead letters and refunds in one
+        fenced atomic step; return how many outcomes were written (a terminal outcome
+        is never rewritten). Raise LeaseLost, writing nothing, when the lease is gone."""
+        if not settlement:
+            return 0
+        keys = [
+            self.keys.lease(shard),
+            self.keys.stream(shard),
+            self.keys.attempts(shard),
+            self.keys.dead_letters(shard),
+        ]
+
+        def index(key: str) -> int:
+            keys.append(key)
+            return len(keys)  # Lua's KEYS is 1-based
+
+        plan = {
+            "o": [
+                [index(_outcome_key(self.keys, shard, o)), _flat(o.to_fields())]
+                for o in settlement.outcomes
+            ],
+            "a": settlement.acks,
+            "d": [
+                [
                     entry.entry_id,
+                    entry.first_id,
                     entry.key_hash,
                     entry.payload,
                     error,
-                    outcome.error_code or "",
-                    outcome.attempts,
-                    self.result_ttl_s,
-                    *[x for pair in outcome.to_fields().items() for x in pair],
-                ],
-            )
-
-    async def bump_attempts(self, shard: int, entry_ids: Sequence[str]) -> list[int]:
-        """Count one more call for each entry (before it is sent: a crash counts too)."""
-        pipe = self.redis.pipeline(transaction=False)
-        key = self.keys.attempts(shard)
-        for entry_id in entry_ids:
-            pipe.hincrby(key, entry_id, 1)
-        return [int(n) for n in await pipe.execute()]
-
-    async def refund_attempts(self, shard: int, entry_ids: Sequence[str]) -> None:
-        """Give an attempt back when the call was refused for limits, quota or credentials."""
-        pipe = self.redis.pipeline(transaction=False)
-        key = self.keys.attempts(shard)
-        for entry_id in entry_ids:
-            pipe.hincrby(key, entry_id, -1)
-        await pipe.execute()
+                    code,
+                    attempts,
+                    index(self.keys.newest(shard, entry.key_hash)) if entry.key_hash else 0,
+                ]
+                for entry, error, code, attempts in settlement.dead
+            ],
+            "r": settlement.refunds,
+        }
+        written = await self._scripts["settle"](
+            keys=keys,
+            args=[
+                token,
+                Keys.GROUP,
+                self.result_ttl_s,
+                self.dead_letter_ttl_s,
+                json.dumps(plan, separators=(",", ":")),
+            ],
+        )
+        if int(written) < 0:
+            raise LeaseLost(shard, "settle")
+        return int(written)
 
     async def attempts(self, shard: int, entry_ids: Sequence[str]) -> list[int]:
         if not entry_ids:
@@ -252,7 +346,9 @@ class Ledger:
             stream = self.keys.stream(shard)
             try:
                 consumers = await self.redis.xinfo_consumers(stream, Keys.GROUP)
-            except ResponseError:
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
                 continue
             for consumer in consumers:
                 if int(consumer["pending"]) == 0 and int(consumer["idle"]) >= idle_s * 1000:
@@ -260,10 +356,30 @@ class Ledger:
                     removed += 1
         return removed
 
+    # --- resting after faults --------------------------------------------------------
+
+    async def rest(self, shard: int, delay_s: float, now_s: float) -> None:
+        """Keep the tick off the shard until ``now_s + delay_s`` (the stored time decides;
+        the key's expiry only collects it)."""
+        await self.redis.set(
+            self.keys.rest(shard), f"{now_s + delay_s:.6f}", px=_ms(delay_s + _REST_GC_S)
+        )
+
+    async def rest_streak(self, shard: int) -> int:
+        """One more failed cycle in a row for this shard; the new count."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(self.keys.rest_streak(shard))
+        pipe.expire(self.keys.rest_streak(shard), 3600)
+        streak, _ = await pipe.execute()
+        return int(streak)
+
+    async def clear_rest_streak(self, shard: int) -> None:
+        await self.redis.delete(self.keys.rest_streak(shard))
+
     # --- inspection ------------------------------------------------------------------
 
     async def backlogs(self, shards: int, now_s: float | None = None) -> list[ShardBacklog]:
-        """XLEN, oldest entry and lease of every shard in one round trip."""
+        """XLEN, oldest entry, lease and rest of every shard in one round trip."""
         return await self.backlogs_of(range(shards), now_s)
 
     async def backlogs_of(
@@ -275,14 +391,28 @@ class Ledger:
         for shard in shards:
             pipe.xlen(self.keys.stream(shard))
             pipe.xrange(self.keys.stream(shard), count=1)
-            pipe.exists(self.keys.lease(shard), self.keys.control(f"backoff:{shard}"))
+            pipe.exists(self.keys.lease(shard))
+            pipe.get(self.keys.rest(shard))
         replies = await pipe.execute()
         backlogs = []
         for position, shard in enumerate(shards):
-            length, oldest, leased = replies[3 * position : 3 * position + 3]
+            length, oldest, leased, rest_until = replies[4 * position : 4 * position + 4]
             age = None
             if oldest:
                 oldest_ms = int(_text(oldest[0][0]).partition("-")[0])
                 age = max(0.0, now_s - oldest_ms / 1000.0)
-            backlogs.append(ShardBacklog(shard, int(length), age, bool(leased)))
+            resting = rest_until is not None and float(_text(rest_until)) > now_s
+            backlogs.append(ShardBacklog(shard, int(length), age, bool(leased) or resting))
         return backlogs
+
+
+#: A rest key outlives its stored time by this much; the stored time decides.
+_REST_GC_S = 60.0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [x for pair in fields.items() for x in pair]

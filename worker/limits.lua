@@ -4,9 +4,9 @@
 -- slot. Nothing is written unless every check passes; then the call takes a window
 -- entry, a quota count and a slot together (and, while on hold, the probe turn).
 --
--- Time comes from the caller (ARGV[1]), never from Redis TIME, so that every pod and
--- every test drives the same clock. Key TTLs are only garbage collection: decisions
--- use the times stored in the values.
+-- Time is Redis's own clock (TIME), so every pod decides on one clock whatever its
+-- own says; a test may pass its clock in ARGV[1] instead. Key TTLs are only garbage
+-- collection: decisions use the times stored in the values.
 --
 -- KEYS[1] window    ZSET token -> call time
 -- KEYS[2] slots     ZSET slot member -> slot expiry
@@ -14,14 +14,18 @@
 -- KEYS[4] cooldown  HASH until, reason
 -- KEYS[5] hold      HASH reason, since, next_probe
 --
--- ARGV: now, token, slot_member, probe (0/1), rate_calls, window_s, max_slots,
---       slot_ttl_s, quota_limit, reset_in_s, probe_interval_s, concurrency_retry_s,
---       min_retry_s, gc_margin_s
+-- ARGV: now ('' for Redis TIME), token, slot_member, probe (0/1), rate_calls, window_s,
+--       max_slots, slot_ttl_s, quota_limit, reset_at (Unix s of the next quota reset),
+--       probe_interval_s, concurrency_retry_s, min_retry_s, gc_margin_s
 --
 -- Returns {1, 1 if the hold's probe turn was taken else 0} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
 -- would be truncated to integers on the way back).
 
 local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 local token = ARGV[2]
 local slot_member = ARGV[3]
 local probe = ARGV[4] == '1'
@@ -30,7 +34,7 @@ local window_s = tonumber(ARGV[6])
 local max_slots = tonumber(ARGV[7])
 local slot_ttl_s = tonumber(ARGV[8])
 local quota_limit = tonumber(ARGV[9])
-local reset_in_s = tonumber(ARGV[10])
+local reset_in_s = math.max(tonumber(ARGV[10]) - now, 1)
 local probe_interval_s = tonumber(ARGV[11])
 local concurrency_retry_s = tonumber(ARGV[12])
 local min_retry_s = tonumber(ARGV[13])

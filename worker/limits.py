@@ -5,8 +5,10 @@ daily quota > sliding-window rate > concurrency slot. When every check passes it
 window entry, a quota count and a slot together, so a refused call never leaves a
 half-taken permit behind, and no two pods can both take the last unit of anything.
 
-Every time is the caller's clock (passed into Lua), never Redis TIME, so tests can drive
-time and all pods share the same notion of "now" as long as their clocks agree (NTP).
+Every decision takes its time from Redis (``TIME`` inside the scripts), so pods with
+skewed clocks still share one window, one cooldown and one set of slots; tests may
+inject a clock instead. Only the quota DAY is named from the pod's clock (a skew moves
+the day change by that skew, no more).
 A slot carries an expiry (``request_timeout_s`` + :data:`SLOT_MARGIN_S`), so a pod that
 dies mid-call frees its slot by itself.
 
@@ -133,40 +135,43 @@ def next_quota_reset(now_s: float, tz: str) -> float:
 
 # --- small scripts (the admission step is in limits.lua) ------------------------------
 
-_COOLDOWN_LUA = """
-local until_s = tonumber(ARGV[1]) + tonumber(ARGV[2])
+#: Scripts start with this: ``now`` is ARGV[1] when a test injects a clock, else Redis TIME.
+_NOW_LUA = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+_COOLDOWN_LUA = (
+    _NOW_LUA
+    + """
+local until_s = now + tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', KEYS[1], 'until'))
 if current and current >= until_s then return 0 end
 redis.call('HSET', KEYS[1], 'until', string.format('%.6f', until_s), 'reason', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[2]) + tonumber(ARGV[4])) * 1000))
 return 1
 """
+)
+
+# The first hold sets since and next_probe; holding again only updates the reason.
+_HOLD_LUA = (
+    _NOW_LUA
+    + """
+local created = redis.call('HSETNX', KEYS[1], 'since', string.format('%.6f', now))
+redis.call('HSETNX', KEYS[1], 'next_probe', string.format('%.6f', now + tonumber(ARGV[2])))
+redis.call('HSET', KEYS[1], 'reason', ARGV[3])
+return created
+"""
+)
 
 _QUOTA_EXHAUSTED_LUA = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return used
-"""
-
-# An expired slot is not revived: another call may already have its place.
-_RENEW_LUA = """
-local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
-if not score or score <= tonumber(ARGV[2]) then return 0 end
-if tonumber(ARGV[3]) > score then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-return 1
-"""
-
-# The quota is given back only while the window entry is still there: refunding twice
-# is a no-op.
-_REFUND_LUA = """
-redis.call('ZREM', KEYS[3], ARGV[2])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
-return 1
 """
 
 
@@ -197,7 +202,7 @@ class RedisLimiter:
         redis: redis.asyncio.Redis,
         settings: Settings,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         try:
             ZoneInfo(settings.quota_timezone)
@@ -211,8 +216,7 @@ class RedisLimiter:
         self._acquire = redis.register_script(_load_acquire_script())
         self._cooldown = redis.register_script(_COOLDOWN_LUA)
         self._quota_exhausted = redis.register_script(_QUOTA_EXHAUSTED_LUA)
-        self._renew = redis.register_script(_RENEW_LUA)
-        self._refund = redis.register_script(_REFUND_LUA)
+        self._hold = redis.register_script(_HOLD_LUA)
 
     @property
     def keys(self) -> LimiterKeys:
@@ -223,6 +227,21 @@ class RedisLimiter:
 
     def _reset_in_s(self, now_s: float) -> float:
         return next_quota_reset(now_s, self._settings.quota_timezone) - now_s
+
+    def _local_now(self) -> float:
+        """The injected clock, else this pod's: only for naming the quota day."""
+        return self._clock() if self._clock is not None else time.time()
+
+    def _now_arg(self) -> str:
+        """``now`` for a script: the injected clock, or '' for Redis TIME."""
+        return repr(self._clock()) if self._clock is not None else ""
+
+    async def _now(self) -> float:
+        """The injected clock, else Redis's (for snapshots computed outside Lua)."""
+        if self._clock is not None:
+            return self._clock()
+        seconds, micros = await self._redis.time()
+        return float(seconds) + micros / 1_000_000
 
     @staticmethod
     def _slot_member(holder: str, token: str) -> str:
@@ -235,13 +254,13 @@ class RedisLimiter:
         ``hold_probe_interval_s`` across the cluster.
         """
         s = self._settings
-        now = self._clock()
+        local_now = self._local_now()
         token = secrets.token_hex(8)
         keys = self._keys
         result = await self._acquire(
-            keys=[keys.window, keys.slots, self._quota_key(now), keys.cooldown, keys.hold],
+            keys=[keys.window, keys.slots, self._quota_key(local_now), keys.cooldown, keys.hold],
             args=[
-                repr(now),
+                self._now_arg(),
                 token,
                 self._slot_member(holder, token),
                 1 if probe else 0,
@@ -250,7 +269,7 @@ class RedisLimiter:
                 s.max_concurrent_calls,
                 repr(self._slot_ttl_s),
                 s.daily_quota,
-                repr(self._reset_in_s(now)),
+                repr(next_quota_reset(local_now, s.quota_timezone)),
                 repr(s.hold_probe_interval_s),
                 repr(CONCURRENCY_RETRY_S),
                 repr(MIN_RETRY_S),
@@ -258,7 +277,9 @@ class RedisLimiter:
             ],
         )
         if int(result[0]) == 1:
-            return Permit(holder=holder, token=token, acquired_at=now, probe=bool(int(result[1])))
+            return Permit(
+                holder=holder, token=token, acquired_at=local_now, probe=bool(int(result[1]))
+            )
         reason = cast(DenyReason, _text(result[1]))
         return Denied(reason=reason, retry_after_s=max(float(_text(result[2]) or 0), MIN_RETRY_S))
 
@@ -266,38 +287,11 @@ class RedisLimiter:
         """Free the slot. The window entry and quota count stay: the call was made."""
         await self._redis.zrem(self._keys.slots, self._slot_member(permit.holder, permit.token))
 
-    async def renew(self, permit: Permit) -> bool:
-        """Push the slot's expiry out for a slow call; False if the slot had already expired."""
-        now = self._clock()
-        renewed = await self._renew(
-            keys=[self._keys.slots],
-            args=[
-                self._slot_member(permit.holder, permit.token),
-                repr(now),
-                repr(now + self._slot_ttl_s),
-                _ms(self._slot_ttl_s + GC_MARGIN_S),
-            ],
-        )
-        if not int(renewed):
-            logger.warning("limiter slot of %s expired before renewal", permit.holder)
-        return bool(int(renewed))
-
-    async def refund(self, permit: Permit) -> None:
-        """Give back the window entry, quota count and slot of a call Marketo did not count.
-
-        Only for answers Marketo documents as uncounted (REST 601, 602, 604, 605, 608,
-        611); when in doubt, do not refund: over-counting is the safe side.
-        """
-        await self._refund(
-            keys=[self._keys.window, self._quota_key(permit.acquired_at), self._keys.slots],
-            args=[permit.token, self._slot_member(permit.holder, permit.token)],
-        )
-
     async def cooldown(self, seconds: float, reason: str) -> None:
         """Stop every pod from calling for ``seconds``; a longer cooldown already set stays."""
         extended = await self._cooldown(
             keys=[self._keys.cooldown],
-            args=[repr(self._clock()), repr(seconds), reason, repr(GC_MARGIN_S)],
+            args=[self._now_arg(), repr(seconds), reason, repr(GC_MARGIN_S)],
         )
         if int(extended):
             logger.warning("limiter cooldown for %.1f s (%s)", seconds, reason)
@@ -308,7 +302,7 @@ class RedisLimiter:
         The quota is shared with other integrations, so Marketo's word beats our count:
         the day's counter is raised to the limit and expires after the day.
         """
-        now = self._clock()
+        now = self._local_now()
         reset_in_s = self._reset_in_s(now)
         await self._quota_exhausted(
             keys=[self._quota_key(now)],
@@ -322,14 +316,11 @@ class RedisLimiter:
         The first hold sets ``since`` and the first probe time; holding again only
         updates the reason, so repeated failures never bring the next probe closer.
         """
-        now = self._clock()
-        next_probe = now + self._settings.hold_probe_interval_s
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self._keys.hold, "since", repr(now))
-            pipe.hsetnx(self._keys.hold, "next_probe", repr(next_probe))
-            pipe.hset(self._keys.hold, "reason", reason)
-            created = await pipe.execute()
-        if int(created[0]):
+        created = await self._hold(
+            keys=[self._keys.hold],
+            args=[self._now_arg(), repr(self._settings.hold_probe_interval_s), reason],
+        )
+        if int(created):
             logger.error(
                 "limiter hold: nothing is sent but one probe per %.0f s (%s)",
                 self._settings.hold_probe_interval_s,
@@ -344,7 +335,7 @@ class RedisLimiter:
     async def state(self) -> LimiterState:
         """A snapshot of the shared limits, read in one transaction."""
         s = self._settings
-        now = self._clock()
+        now = await self._now()
         keys = self._keys
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zcount(keys.window, f"({now - s.rate_limit_window_s!r}", "+inf")

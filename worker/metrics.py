@@ -54,6 +54,18 @@ FAULTS = Counter(
     ["code"],
 )
 RETRIES = Counter("leadsync_retries", "In-cycle retries of a call after a transient fault.")
+LEASES_LOST = Counter(
+    "leadsync_leases_lost",
+    "Cycles cut short because the shard lease expired (a paused worker); the fenced writes were refused.",
+)
+GROUPS_RECREATED = Counter(
+    "leadsync_consumer_groups_recreated",
+    "Shard consumer groups found missing (Redis lost its data) and recreated at id 0.",
+)
+DRAIN_TIMEOUTS = Counter(
+    "leadsync_drain_timeouts",
+    "Drains stopped by LEADSYNC_DRAIN_TIMEOUT_S; their entries stay pending.",
+)
 BACKLOG = Gauge(
     "leadsync_backlog_entries",
     "Entries in a shard stream not yet committed.",
@@ -129,6 +141,21 @@ def record_fault(exc: MarketoError) -> None:
 @never_raises
 def record_retry() -> None:
     RETRIES.inc()
+
+
+@never_raises
+def record_lease_lost() -> None:
+    LEASES_LOST.inc()
+
+
+@never_raises
+def record_groups_recreated() -> None:
+    GROUPS_RECREATED.inc()
+
+
+@never_raises
+def record_drain_timeout() -> None:
+    DRAIN_TIMEOUTS.inc()
 
 
 @never_raises

@@ -35,12 +35,12 @@ class Runtime:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.redis = redis.asyncio.Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=5,
-            socket_timeout=30,
+            socket_connect_timeout=settings.redis_connect_timeout_s,
+            socket_timeout=settings.redis_socket_timeout_s,
             health_check_interval=25,
         )
         self.keys = Keys(settings.key_prefix)
-        self.ledger = Ledger(self.redis, self.keys, result_ttl_s=settings.result_ttl_s)
+        self.ledger = Ledger.for_settings(self.redis, settings)
         self.limiter = RedisLimiter(self.redis, settings)
         self.transport = transport or self.run(self._make_transport())
         self.client = MarketoClient(

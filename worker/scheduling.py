@@ -27,7 +27,7 @@ def due_shards(
     due = [
         b
         for b in backlogs
-        if not b.leased
+        if not b.busy
         and b.entries > 0
         and (b.entries >= batch_size or (b.oldest_age_s or 0.0) >= flush_interval_s)
     ]

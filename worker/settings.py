@@ -18,6 +18,9 @@ from worker.errors import ConfigError
 
 ENV_PREFIX = "LEADSYNC_"
 
+#: Slack in the lease for scheduling and GC pauses short of a real stall.
+LEASE_MARGIN_S = 1.0
+
 #: Marketo documents 300 as the largest supported batch for syncMultipleLeads.
 MAX_BATCH_SIZE = 300
 
@@ -38,6 +41,15 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         None, description="Celery broker; defaults to LEADSYNC_REDIS_URL."
+    )
+    redis_socket_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=60,
+        description="Longest a worker waits on one Redis command (it counts against the lease).",
+    )
+    redis_connect_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest a worker waits to connect to Redis."
     )
     key_prefix: str = Field(
         "leadsync",
@@ -92,7 +104,9 @@ class Settings(BaseSettings):
 
     # Retries and delivery
     max_attempts: int = Field(
-        8, ge=1, description="Calls an entry may ride in before it moves to the dead-letter stream."
+        8,
+        ge=1,
+        description="Drain cycles an entry may be sent in (each with its in-cycle retries) before it is dead-lettered.",
     )
     request_timeout_s: float = Field(
         60.0, gt=0, description="Total time allowed for one HTTP call to Marketo."
@@ -118,9 +132,27 @@ class Settings(BaseSettings):
         description="While on hold (bad credentials), how often one probe call is tried.",
     )
     lease_ttl_s: float = Field(
-        120.0, gt=0, description="Lifetime of a shard lease; renewed while a batch is in flight."
+        120.0,
+        gt=0,
+        description="Lifetime of a shard lease, renewed before each call; every ledger write checks it.",
+    )
+    drain_budget_s: float = Field(
+        10.0,
+        gt=0,
+        description="A drain starts no new call on its shard after this long (others get their turn).",
+    )
+    drain_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=1500,
+        description="Hard bound of one drain task; on expiry it stops and its entries stay pending.",
     )
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long outcomes stay readable.")
+    dead_letter_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long dead letters are kept for `leadsync dlq replay`.",
+    )
     max_response_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest Marketo response body accepted."
     )
@@ -141,10 +173,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:
-        if self.lease_ttl_s <= self.request_timeout_s:
+        # Between a lease renewal and a cycle's last ledger write lie a permit, the call,
+        # the permit's release and the settle step: the lease must outlast all of them,
+        # or a slow cycle's writes are refused (safe, but wasted calls).
+        needed_s = self.request_timeout_s + 3 * self.redis_socket_timeout_s + LEASE_MARGIN_S
+        if self.lease_ttl_s <= needed_s:
             raise ValueError(
-                "LEADSYNC_LEASE_TTL_S must be larger than LEADSYNC_REQUEST_TIMEOUT_S "
-                f"({self.lease_ttl_s} <= {self.request_timeout_s})"
+                "LEADSYNC_LEASE_TTL_S must be larger than LEADSYNC_REQUEST_TIMEOUT_S + "
+                f"3 x LEADSYNC_REDIS_SOCKET_TIMEOUT_S + {LEASE_MARGIN_S:g} s "
+                f"({self.lease_ttl_s:g} <= {needed_s:g})"
+            )
+        if self.drain_timeout_s <= self.drain_budget_s:
+            raise ValueError(
+                "LEADSYNC_DRAIN_TIMEOUT_S must be larger than LEADSYNC_DRAIN_BUDGET_S "
+                f"({self.drain_timeout_s:g} <= {self.drain_budget_s:g})"
             )
         return self
 

@@ -91,7 +91,7 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
     now_s = time.time() if now_s is None else now_s
     keys = Keys(settings.key_prefix)
     shards = await stored_shards(redis, keys) or settings.shards
-    ledger = Ledger(redis, keys, result_ttl_s=settings.result_ttl_s)
+    ledger = Ledger.for_settings(redis, settings)
     backlogs = await ledger.backlogs(shards, now_s)
     limiter = await RedisLimiter(redis, settings, clock=lambda: now_s).state()
     pipe = redis.pipeline(transaction=False)

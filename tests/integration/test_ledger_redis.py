@@ -1,76 +1,179 @@
-"""The ledger against a real Redis: commit atomicity and idempotence, claims, consumers."""
+"""The ledger against a real Redis: the fenced claim, bump and settle steps, their
+ordering rules, dead-letter retention, consumers and lost consumer groups."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
 
 from producers.contract import Keys, Outcome, OutcomeStatus
-from worker.ledger import Committed, Ledger
+from worker.errors import LeaseLost
+from worker.ledger import Ledger, RawEntry, Settlement
 
 pytestmark = pytest.mark.integration
 
+TTL_S = 30.0
 
-async def make_ledger(redis_url: str) -> Ledger:
+
+@pytest.fixture
+async def ledger(redis_url: str) -> AsyncIterator[Ledger]:
     client = redis.asyncio.Redis.from_url(redis_url)
-    ledger = Ledger(client, Keys("t"), result_ttl_s=3600)
+    ledger = Ledger(client, Keys("t"), result_ttl_s=3600, dead_letter_ttl_s=600)
     await ledger.ensure_groups(1)
-    return ledger
+    yield ledger
+    await client.aclose()
 
 
-def outcome(entry_id: str, status: OutcomeStatus) -> Committed:
-    return Committed(entry_id, "kh", Outcome(f"0-{entry_id}", status, lead_id=7))
+async def add(ledger: Ledger, key_hash: str = "kh") -> str:
+    reply = await ledger.redis.xadd(ledger.keys.stream(0), {"k": key_hash, "p": "{}"})
+    return str(reply.decode())
 
 
-async def test_commit_writes_outcomes_then_acks_and_deletes_and_never_rewrites_a_final_one(
-    redis_url: str,
+async def lease(ledger: Ledger) -> str:
+    token = await ledger.acquire_lease(0, TTL_S)
+    assert token is not None
+    return token
+
+
+def answered(entry_id: str, status: OutcomeStatus) -> tuple[RawEntry, Outcome]:
+    return RawEntry(entry_id, "kh", "{}"), Outcome(f"0-{entry_id}", status, lead_id=7)
+
+
+async def status(ledger: Ledger, entry_id: str) -> bytes | None:
+    value: bytes | None = await ledger.redis.hget(ledger.keys.outcome(0, entry_id), "status")
+    return value
+
+
+async def test_settle_writes_outcomes_then_acks_and_never_rewrites_a_terminal_one(
+    ledger: Ledger,
 ) -> None:
-    ledger = await make_ledger(redis_url)
-    entry = (await ledger.redis.xadd(ledger.keys.stream(0), {"k": "kh", "p": "{}"})).decode()
-    read = await ledger.read(0, "c1", 10)
-    assert [e.entry_id for e in read] == [entry]
-    assert await ledger.commit(0, [outcome(entry, OutcomeStatus.CREATED)]) == 1
+    token = await lease(ledger)
+    entry = await add(ledger)
+    claimed = await ledger.claim(0, token, "c1", count=10, lease_ttl_s=TTL_S)
+    assert [e.entry_id for e in claimed.entries] == [entry]
+    settlement = Settlement(0)
+    settlement.answer(*answered(entry, OutcomeStatus.CREATED))
+    assert await ledger.settle(0, token, settlement) == 1
     assert await ledger.redis.xlen(ledger.keys.stream(0)) == 0
     assert (await ledger.redis.xpending(ledger.keys.stream(0), Keys.GROUP))["pending"] == 0
-    # A second delivery of the same entry leaves the first final outcome alone.
-    assert await ledger.commit(0, [outcome(entry, OutcomeStatus.UPDATED)]) == 0
-    assert await ledger.redis.hget(ledger.keys.outcome(0, entry), "status") == b"CREATED"
-    assert await ledger.redis.hget(ledger.keys.latest(0, "kh"), "entry_id") == entry.encode()
-    await ledger.redis.aclose()
+    again = Settlement(0)
+    again.answer(*answered(entry, OutcomeStatus.UPDATED))
+    assert await ledger.settle(0, token, again) == 0
+    assert await status(ledger, entry) == b"CREATED"
 
 
-async def test_the_latest_state_of_a_lead_only_moves_forward(redis_url: str) -> None:
-    ledger = await make_ledger(redis_url)
-    await ledger.commit(0, [outcome("5-0", OutcomeStatus.UPDATED)])
-    await ledger.commit(0, [outcome("3-0", OutcomeStatus.CREATED)])  # a late, older delivery
-    assert await ledger.redis.hget(ledger.keys.latest(0, "kh"), "entry_id") == b"5-0"
-    await ledger.redis.aclose()
-
-
-async def test_pending_entries_of_a_dead_consumer_are_claimed_once_per_cycle(
-    redis_url: str,
+async def test_a_cycle_claims_every_pending_entry_before_it_reads_a_new_one(
+    ledger: Ledger,
 ) -> None:
-    ledger = await make_ledger(redis_url)
-    ids = [
-        (await ledger.redis.xadd(ledger.keys.stream(0), {"k": "kh", "p": "{}"})).decode()
-        for _ in range(3)
-    ]
-    assert len(await ledger.read(0, "dead", 2)) == 2  # the dead consumer took two
-    claimed = await ledger.read(0, "alive", 10)
-    assert sorted(e.entry_id for e in claimed) == sorted(ids)
-    again = await ledger.read(0, "alive", 10, claim_pending=False)
-    assert again == []
-    await ledger.redis.aclose()
+    ids = [await add(ledger) for _ in range(6)]
+    token = await lease(ledger)
+    first = await ledger.claim(0, token, "c1", count=6, lease_ttl_s=TTL_S)
+    assert [e.entry_id for e in first.entries] == ids  # all six now pending
+    newer = [await add(ledger) for _ in range(2)]
+    # Two pending at a time: three rounds walk the pending list, and only then is a
+    # never-delivered (newer) entry read.
+    cursor, seen = "0-0", []
+    for _ in range(3):
+        claimed = await ledger.claim(0, token, "c2", count=2, lease_ttl_s=TTL_S, cursor=cursor)
+        seen += [e.entry_id for e in claimed.entries]
+        cursor = claimed.cursor
+    assert seen == ids
+    last = await ledger.claim(0, token, "c2", count=2, lease_ttl_s=TTL_S, cursor=cursor)
+    assert last.pending_done
+    assert [e.entry_id for e in last.entries] == newer
 
 
-async def test_idle_consumers_holding_nothing_are_pruned_and_busy_ones_kept(redis_url: str) -> None:
-    ledger = await make_ledger(redis_url)
-    await ledger.redis.xadd(ledger.keys.stream(0), {"k": "kh", "p": "{}"})
-    await ledger.read(0, "busy", 10)
+async def test_no_new_entry_is_read_while_pending_ones_remain_unclaimed(ledger: Ledger) -> None:
+    token = await lease(ledger)
+    await add(ledger)
+    await add(ledger)
+    await ledger.claim(0, token, "c1", count=2, lease_ttl_s=TTL_S)
+    await add(ledger)
+    claimed = await ledger.claim(0, token, "c1", count=1, lease_ttl_s=TTL_S)
+    assert len(claimed.entries) == 1
+    assert not claimed.pending_done, "the pending list is not walked yet: no new reads"
+
+
+async def test_every_ledger_write_is_refused_to_a_holder_whose_lease_expired(
+    ledger: Ledger,
+) -> None:
+    entry = await add(ledger)
+    stale = await lease(ledger)
+    await ledger.claim(0, stale, "zombie", count=10, lease_ttl_s=TTL_S)
+    await ledger.redis.delete(ledger.keys.lease(0))  # the TTL passed while it was paused
+    fresh = await lease(ledger)
+    with pytest.raises(LeaseLost):
+        await ledger.claim(0, stale, "zombie", count=10, lease_ttl_s=TTL_S)
+    with pytest.raises(LeaseLost):
+        await ledger.bump_attempts(0, stale, [entry])
+    with pytest.raises(LeaseLost):
+        await ledger.renew_lease(0, stale, TTL_S)
+    settlement = Settlement(0)
+    raw, outcome = answered(entry, OutcomeStatus.DEAD_LETTERED)
+    settlement.park(raw, outcome, "gave up")
+    with pytest.raises(LeaseLost):
+        await ledger.settle(0, stale, settlement)
+    assert await status(ledger, entry) is None
+    assert await ledger.redis.xlen(ledger.keys.dead_letters(0)) == 0
+    assert await ledger.attempts(0, [entry]) == [0]
+    # The new holder still finds the entry and can settle it.
+    claimed = await ledger.claim(0, fresh, "alive", count=10, lease_ttl_s=TTL_S)
+    assert [e.entry_id for e in claimed.entries] == [entry]
+
+
+async def test_a_dead_letter_keeps_the_entry_payload_and_the_newest_id_outlives_it(
+    ledger: Ledger,
+) -> None:
+    token = await lease(ledger)
+    entry = await add(ledger)
+    newest = ledger.keys.newest(0, "kh")
+    await ledger.redis.set(newest, entry, ex=5)
+    settlement = Settlement(0)
+    outcome = Outcome(f"0-{entry}", OutcomeStatus.DEAD_LETTERED, error_code="MAX_ATTEMPTS")
+    settlement.park(RawEntry(entry, "kh", '{"e":"a@x.com"}', origin="1-0"), outcome, "gave up")
+    await ledger.settle(0, token, settlement)
+    (record,) = await ledger.redis.xrange(ledger.keys.dead_letters(0))
+    fields = record[1]
+    assert fields[b"p"] == b'{"e":"a@x.com"}'
+    assert fields[b"o"] == b"1-0"
+    assert 590 <= await ledger.redis.ttl(ledger.keys.dead_letters(0)) <= 600
+    assert await ledger.redis.ttl(newest) >= 590
+    assert await status(ledger, "1-0") == b"DEAD_LETTERED", "the original request is parked too"
+
+
+async def test_a_refund_never_leaves_a_counter_behind(ledger: Ledger) -> None:
+    token = await lease(ledger)
+    entry = await add(ledger)
+    assert await ledger.bump_attempts(0, token, [entry]) == [1]
+    settlement = Settlement(0)
+    settlement.refund([entry, "9-9"])  # 9-9 was never counted
+    await ledger.settle(0, token, settlement)
+    assert await ledger.redis.hlen(ledger.keys.attempts(0)) == 0
+
+
+async def test_a_lost_consumer_group_is_recreated_and_the_backlog_still_drains(
+    ledger: Ledger,
+) -> None:
+    await ledger.redis.delete(ledger.keys.stream(0))  # Redis restarted without its data
+    entry = await add(ledger)  # a producer writes again: the stream exists, the group not
+    token = await lease(ledger)
+    claimed = await ledger.claim(0, token, "c1", count=10, lease_ttl_s=TTL_S)
+    assert claimed.groups_recreated
+    assert [e.entry_id for e in claimed.entries] == [entry]
+    assert await ledger.redis.hexists(ledger.keys.groups_recreated(), "0")
+
+
+async def test_idle_consumers_holding_nothing_are_pruned_and_busy_ones_kept(
+    ledger: Ledger,
+) -> None:
+    token = await lease(ledger)
+    await add(ledger)
+    await ledger.claim(0, token, "busy", count=10, lease_ttl_s=TTL_S)
     await ledger.redis.xgroup_createconsumer(ledger.keys.stream(0), Keys.GROUP, "empty")
     assert await ledger.prune_consumers(1, idle_s=0) == 1
     names = {
         c["name"] for c in await ledger.redis.xinfo_consumers(ledger.keys.stream(0), Keys.GROUP)
     }
     assert names == {b"busy"}
-    await ledger.redis.aclose()

@@ -160,31 +160,6 @@ async def test_a_dead_holders_slot_frees_itself_after_its_expiry(
     await take(limiter, "waits")
 
 
-async def test_renew_keeps_a_slow_calls_slot_and_never_revives_an_expired_one(
-    make_limiter: MakeLimiter, clock: FakeClock
-) -> None:
-    limiter = make_limiter(max_concurrent_calls=1, request_timeout_s=30)
-    slot_s = 30 + SLOT_MARGIN_S
-    slow = await take(limiter, "slow")
-    clock.advance(slot_s - 1)
-    assert await limiter.renew(slow)
-    clock.advance(slot_s - 1)  # past the first expiry, inside the renewed one
-    assert (await refused(limiter)).reason == "concurrency"
-    clock.advance(2)
-    assert not await limiter.renew(slow)
-    await take(limiter, "next")
-
-
-async def test_refund_gives_back_window_quota_and_slot_once(make_limiter: MakeLimiter) -> None:
-    limiter = make_limiter(rate_limit_calls=1, max_concurrent_calls=1, daily_quota=5)
-    permit = await take(limiter)
-    await limiter.refund(permit)
-    await limiter.refund(permit)
-    state = await limiter.state()
-    assert (state.calls_in_window, state.slots_in_use, state.quota_used_today) == (0, 0, 0)
-    await take(limiter)
-
-
 # --- daily quota ----------------------------------------------------------------------
 
 
@@ -370,5 +345,30 @@ async def test_a_client_that_decodes_responses_works_the_same(
         await limiter.hold("20014")
         state = await limiter.state()
         assert (state.cooldown_reason, state.hold_reason) == ("20023", "20014")
+    finally:
+        await client.aclose()
+
+
+async def test_pods_with_skewed_clocks_share_one_cooldown_window_and_slot_set(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every decision takes Redis's TIME: a pod 25 s fast still sees another pod's 20 s
+    cooldown, and a pod 70 s fast does not free the slots of calls still in flight."""
+    import time as real_time
+
+    settings = Settings(rate_limit_calls=1000, max_concurrent_calls=1)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        limiter = RedisLimiter(client, settings)  # no injected clock: Redis TIME
+        in_flight = await take(limiter, "correct-pod")
+        now = real_time.time()
+        monkeypatch.setattr("worker.limits.time.time", lambda: now + 70.0)
+        assert (await refused(limiter, "fast-pod")).reason == "concurrency"
+        await limiter.release(in_flight)
+        await limiter.cooldown(20.0, "20023 ThrottledError")
+        monkeypatch.setattr("worker.limits.time.time", lambda: now + 25.0)
+        denied = await refused(limiter, "fast-pod")
+        assert denied.reason == "cooldown"
+        assert 15 < denied.retry_after_s <= 20
     finally:
         await client.aclose()

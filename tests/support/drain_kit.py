@@ -1,14 +1,21 @@
-"""Drive drain cycles directly: fakeredis, a scripted Marketo behind a StubTransport."""
+"""Drive drain cycles directly: a real Redis, a scripted Marketo behind a StubTransport."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-import fakeredis
+import redis.asyncio
 from pydantic import SecretStr
 
 from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
-from producers.contract import Keys, encode_lead, key_digest, validate_lead
+from producers.contract import (
+    ENQUEUE_LUA,
+    NEWEST_ID_TTL_S,
+    encode_lead,
+    key_digest,
+    validate_lead,
+)
 from worker.client import MarketoClient
 from worker.drain import Drainer
 from worker.ledger import Ledger
@@ -51,7 +58,27 @@ class Marketo:
         return behaviour(emails)
 
 
-def make(redis: fakeredis.FakeAsyncRedis, marketo: Marketo, **overrides: object) -> Drainer:
+class Clock:
+    """Real time plus an offset the test moves by hand (so entry ids, which carry Redis's
+    time, still compare sensibly with it)."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_s
+
+    def advance(self, seconds: float) -> None:
+        self.offset_s += seconds
+
+
+def make(
+    redis: redis.asyncio.Redis,
+    marketo: Marketo,
+    *,
+    clock: Clock | None = None,
+    **overrides: object,
+) -> Drainer:
     settings = Settings(
         **{
             "shards": 1,
@@ -64,7 +91,7 @@ def make(redis: fakeredis.FakeAsyncRedis, marketo: Marketo, **overrides: object)
             **overrides,
         }  # type: ignore[arg-type]
     )
-    ledger = Ledger(redis, Keys(settings.key_prefix), result_ttl_s=settings.result_ttl_s)
+    ledger = Ledger.for_settings(redis, settings)
     client = MarketoClient(
         StubTransport(marketo),
         endpoint="http://marketo.test/soap/mktows/2_2",
@@ -73,7 +100,14 @@ def make(redis: fakeredis.FakeAsyncRedis, marketo: Marketo, **overrides: object)
         max_response_bytes=1 << 20,
     )
     limiter = RedisLimiter(redis, settings)
-    return Drainer(ledger=ledger, client=client, limiter=limiter, settings=settings, consumer="c1")
+    return Drainer(
+        ledger=ledger,
+        client=client,
+        limiter=limiter,
+        settings=settings,
+        consumer="c1",
+        clock=clock or Clock(),
+    )
 
 
 async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str]:
@@ -81,8 +115,15 @@ async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str
     ids = []
     for email in emails:
         lead = validate_lead(email=email, attributes=attributes or None)
-        entry_id = await drainer.ledger.redis.xadd(
-            drainer.keys.stream(0), {"k": key_digest(lead.key), "p": encode_lead(lead)}
+        digest = key_digest(lead.key)
+        entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
+            ENQUEUE_LUA,
+            2,
+            drainer.keys.stream(0),
+            drainer.keys.newest(0, digest),
+            digest,
+            encode_lead(lead),
+            NEWEST_ID_TTL_S,
         )
         ids.append(entry_id.decode())
     return ids

@@ -23,7 +23,8 @@ from worker.embedded import worker_command
 
 #: Small leases, timeouts and pauses, so that recovery from a fault takes seconds.
 FAST_RECOVERY_ENV: Mapping[str, str] = {
-    "LEADSYNC_LEASE_TTL_S": "6",
+    "LEADSYNC_LEASE_TTL_S": "8",
+    "LEADSYNC_REDIS_SOCKET_TIMEOUT_S": "1",
     "LEADSYNC_REQUEST_TIMEOUT_S": "3",
     "LEADSYNC_CONNECT_TIMEOUT_S": "2",
     "LEADSYNC_FLUSH_INTERVAL_S": "0.2",

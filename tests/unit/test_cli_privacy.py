@@ -11,9 +11,9 @@ import re
 from collections.abc import Iterator
 from types import ModuleType
 
-import fakeredis
 import pytest
 from prometheus_client import REGISTRY, values
+from redis.asyncio import Redis
 
 from marketo_sim.soap import SimFault, SyncStatus, render_fault, render_success
 from tests.support.drain_kit import Marketo, enqueue, make
@@ -38,13 +38,12 @@ def behave(emails: list[str | None]) -> HttpReply:
     return HttpReply(200, "text/xml", render_success(statuses))
 
 
-def new_drainer() -> Drainer:
-    return make(fakeredis.FakeAsyncRedis(), Marketo(behave), max_attempts=1, transient_retries=0)
+def new_drainer(redis: Redis) -> Drainer:
+    return make(redis, Marketo(behave), max_attempts=1, transient_retries=0)
 
 
 async def cycles(drainer: Drainer, n: int) -> None:
     for _ in range(n):
-        await drainer.ledger.redis.delete(drainer.keys.control("backoff:0"))
         await drainer.drain(0)
 
 
@@ -93,8 +92,8 @@ def test_the_tick_takes_no_arguments(tasks_module: ModuleType) -> None:
     assert message.body[:2] == ((), {})
 
 
-async def test_a_drain_report_holds_only_counts_and_status_names() -> None:
-    drainer = new_drainer()
+async def test_a_drain_report_holds_only_counts_and_status_names(aredis: Redis) -> None:
+    drainer = new_drainer(aredis)
     for email in EMAILS:
         await enqueue(drainer, email)
     report = (await drainer.drain(0)).as_dict()
@@ -113,8 +112,10 @@ async def test_a_drain_report_holds_only_counts_and_status_names() -> None:
         assert "@" not in json.dumps(item)
 
 
-async def test_drain_log_lines_are_json_and_never_carry_an_email(json_logs: io.StringIO) -> None:
-    drainer = new_drainer()
+async def test_drain_log_lines_are_json_and_never_carry_an_email(
+    json_logs: io.StringIO, aredis: Redis
+) -> None:
+    drainer = new_drainer(aredis)
     for email in (EMAILS[0], EMAILS[2]):
         await enqueue(drainer, email)
     report = await drainer.drain(0)
@@ -130,8 +131,8 @@ async def test_drain_log_lines_are_json_and_never_carry_an_email(json_logs: io.S
         assert "example" not in line, line
 
 
-async def test_metric_label_values_are_shards_statuses_and_codes_only() -> None:
-    drainer = new_drainer()
+async def test_metric_label_values_are_shards_statuses_and_codes_only(aredis: Redis) -> None:
+    drainer = new_drainer(aredis)
     for email in EMAILS:
         await enqueue(drainer, email)
     await cycles(drainer, 3)

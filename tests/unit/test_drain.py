@@ -1,23 +1,24 @@
-"""The drain cycle's decisions, driven directly: fakeredis, a stub transport, no Celery."""
+"""The drain cycle's decisions, driven directly: a real Redis (its Lua, not an
+emulation), a stub transport, no Celery."""
 
 from __future__ import annotations
 
-import fakeredis
 import pytest
+from redis.asyncio import Redis
 
 from producers.contract import OutcomeStatus, key_digest, validate_lead
-from tests.support.drain_kit import Marketo, enqueue, fault, make, ok, poison_on, statuses
+from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
 from worker.batching import QueuedLead, plan_batches
 from worker.drain import pick_batch
 
 
 @pytest.fixture
-def redis() -> fakeredis.FakeAsyncRedis:
-    return fakeredis.FakeAsyncRedis()
+def redis(aredis: Redis) -> Redis:
+    return aredis
 
 
 async def test_a_cycle_sends_one_call_and_commits_every_outcome(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(ok)
     drainer = make(redis, marketo)
@@ -32,7 +33,7 @@ async def test_a_cycle_sends_one_call_and_commits_every_outcome(
 
 
 async def test_a_partial_batch_waits_for_its_flush_interval(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(ok)
     drainer = make(redis, marketo, flush_interval_s=60.0)
@@ -44,7 +45,7 @@ async def test_a_partial_batch_waits_for_its_flush_interval(
 
 
 async def test_throttling_fails_no_lead_and_cools_every_pod_down(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(fault(20023))
     drainer = make(redis, marketo)
@@ -62,7 +63,7 @@ async def test_throttling_fails_no_lead_and_cools_every_pod_down(
 
 
 async def test_bad_credentials_hold_the_pipeline_and_keep_leads_pending(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(fault(20014), ok)
     drainer = make(redis, marketo, hold_probe_interval_s=60.0)
@@ -76,7 +77,7 @@ async def test_bad_credentials_hold_the_pipeline_and_keep_leads_pending(
 
 
 async def test_a_poison_record_is_isolated_and_the_rest_are_sent(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     emails = [f"p{i}@x.com" for i in range(9)]
     marketo = Marketo(poison_on("p5@x.com"))
@@ -92,22 +93,27 @@ async def test_a_poison_record_is_isolated_and_the_rest_are_sent(
 
 
 async def test_transient_faults_leave_entries_pending_and_rest_the_shard(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(fault(10001))
-    drainer = make(redis, marketo)
+    clock = Clock()
+    # The rest lasts 5-10 s of the drainer's clock (a wall-clock window this short is
+    # never asserted: the test moves the clock itself).
+    drainer = make(redis, marketo, clock=clock, backoff_initial_s=5.0, backoff_max_s=10.0)
     ids = await enqueue(drainer, "a@x.com")
     report = await drainer.drain(0)
     assert report.status == "backoff"
     assert len(marketo.calls) == 2  # one try plus LEADSYNC_TRANSIENT_RETRIES=1
     assert await statuses(drainer, ids) == [None]
     assert await drainer.ledger.attempts(0, ids) == [1]
-    (backlog,) = await drainer.ledger.backlogs(1)
-    assert backlog.leased, "the shard rests before the next cycle"
+    (backlog,) = await drainer.ledger.backlogs(1, now_s=clock())
+    assert backlog.busy, "the shard rests before the next cycle"
+    (backlog,) = await drainer.ledger.backlogs(1, now_s=clock() + 10.01)
+    assert not backlog.busy, "the rest is over once its time has passed"
 
 
 async def test_an_entry_past_max_attempts_moves_to_the_dead_letter_stream(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(fault(10001))
     drainer = make(redis, marketo, max_attempts=2, transient_retries=0)
@@ -120,7 +126,7 @@ async def test_an_entry_past_max_attempts_moves_to_the_dead_letter_stream(
     assert await redis.xlen(drainer.keys.stream(0)) == 0
 
 
-async def test_an_unreadable_payload_fails_alone(redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_an_unreadable_payload_fails_alone(redis: Redis) -> None:
     marketo = Marketo(ok)
     drainer = make(redis, marketo)
     good = await enqueue(drainer, "a@x.com")
@@ -130,7 +136,7 @@ async def test_an_unreadable_payload_fails_alone(redis: fakeredis.FakeAsyncRedis
 
 
 async def test_a_second_drain_of_a_leased_shard_does_nothing(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(ok)
     drainer = make(redis, marketo)
@@ -154,7 +160,7 @@ def test_pick_batch_prefers_the_oldest_due_batch_so_small_batches_are_not_starve
 
 
 async def test_a_cycle_that_reads_twice_never_sees_an_entry_twice(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(ok)
     drainer = make(redis, marketo, batch_size=4)
@@ -173,7 +179,7 @@ def queued_lead(entry_id: str, email: str, dedup: bool = True) -> QueuedLead:
 
 
 async def test_a_signature_that_stays_expired_backs_off_instead_of_crashing(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: Redis,
 ) -> None:
     marketo = Marketo(fault(20016))
     drainer = make(redis, marketo)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import fakeredis
 import pytest
+from redis.asyncio import Redis
 
 from producers.contract import validate_lead
 from tests.support.drain_kit import Marketo, enqueue, fault, make, ok, poison_on
@@ -44,10 +44,10 @@ def test_invalid_lead_errors_name_the_field_not_the_value() -> None:
     "behaviour", [ok, fault(20023), fault(20014), fault(10001), poison_on(EMAIL)]
 )
 async def test_drain_logs_carry_no_email_attribute_value_or_secret(
-    behaviour: object, caplog: pytest.LogCaptureFixture
+    behaviour: object, caplog: pytest.LogCaptureFixture, aredis: Redis
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    drainer = make(fakeredis.FakeAsyncRedis(), Marketo(behaviour), marketo_encryption_key=SECRET)  # type: ignore[arg-type]
+    drainer = make(aredis, Marketo(behaviour), marketo_encryption_key=SECRET)  # type: ignore[arg-type]
     await enqueue(drainer, EMAIL, "other@example.com", Company=VALUE)
     await drainer.drain(0)
     text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
