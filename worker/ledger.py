@@ -36,9 +36,7 @@ logger = logging.getLogger(__name__)
 _LUA = resources.files("worker").joinpath("ledger.lua").read_text(encoding="utf-8")
 _SECTIONS = dict(part.split("\n", 1) for part in _LUA.split("--@ ")[1:])
 #: Every step of ``ledger.lua``, each with the shared ``_lib`` section in front.
-SCRIPTS = {
-    name: _SECTIONS["_lib"] + body for name, body in _SECTIONS.items() if name != "_lib"
-}
+SCRIPTS = {name: _SECTIONS["_lib"] + body for name, body in _SECTIONS.items() if name != "_lib"}
 
 #: The claim cursor once a cycle has walked the whole pending list.
 CLAIMED_ALL = "done"
