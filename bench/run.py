@@ -10,6 +10,7 @@ SCENARIOS = {
     "latency": "bench.scenarios.latency",
     "marketo-bound": "bench.scenarios.marketo_bound",
     "soak": "bench.scenarios.soak",
+    "memory": "bench.scenarios.memory",
 }
 
 

@@ -348,16 +348,20 @@ class Outcome:
     finished_at: float | None = None
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis hash stored at Keys.outcome (empty values are left out)."""
+        """The Redis hash stored at Keys.outcome (empty values are left out; times to the
+        millisecond). Workers leave ``enqueued_at`` out: readers take it from the request
+        id, and an outcome is kept a week per upsert, so every byte counts."""
         fields = {"status": self.status.value, "attempts": str(self.attempts)}
-        optional = {
+        optional: dict[str, object] = {
             "lead_id": self.lead_id,
             "error": self.error,
             "error_code": self.error_code,
             "enqueued_at": self.enqueued_at,
             "finished_at": self.finished_at,
         }
-        fields.update({name: str(value) for name, value in optional.items() if value is not None})
+        for name, value in optional.items():
+            if value is not None:
+                fields[name] = f"{value:.3f}" if isinstance(value, float) else str(value)
         return fields
 
     @classmethod

@@ -31,7 +31,6 @@ from producers.contract import (
     Outcome,
     OutcomeStatus,
     decode_lead,
-    entry_time_s,
     request_id,
 )
 from worker.errors import InvalidLead
@@ -200,7 +199,6 @@ async def replay(
             letter.request_id,
             OutcomeStatus.PENDING,
             attempts=0,
-            enqueued_at=entry_time_s(letter.origin),
         )
         answer = await script(
             keys=[

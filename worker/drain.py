@@ -332,7 +332,6 @@ class Drainer:
                 error=f"gave up after {self.settings.max_attempts} attempts",
                 error_code="MAX_ATTEMPTS",
                 attempts=self.settings.max_attempts,
-                enqueued_at=entry_time_s(entry_id),
                 finished_at=now,
             )
             settlement.park(raw[entry_id], outcome, outcome.error or "")
@@ -489,7 +488,6 @@ class Drainer:
                         error=result.error,
                         error_code=result.error_code,
                         attempts=attempts[entry_id],
-                        enqueued_at=entry_time_s(entry_id),
                         finished_at=now,
                     ),
                 )
@@ -509,7 +507,6 @@ class Drainer:
             OutcomeStatus.FAILED,
             error=str(error),
             error_code="INVALID_LEAD",
-            enqueued_at=entry_time_s(entry.entry_id),
             finished_at=self.clock(),
         )
 

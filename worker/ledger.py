@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from producers.contract import Keys, Outcome, entry_time_s, request_id
+from producers.contract import Keys, Outcome, request_id
 from worker.errors import LeaseLost
 
 if TYPE_CHECKING:
@@ -91,13 +91,7 @@ class Settlement:
         was replayed) and acknowledge it."""
         self.outcomes.append(outcome)
         if entry.origin:
-            self.outcomes.append(
-                replace(
-                    outcome,
-                    request_id=request_id(self.shard, entry.origin),
-                    enqueued_at=entry_time_s(entry.origin),
-                )
-            )
+            self.outcomes.append(replace(outcome, request_id=request_id(self.shard, entry.origin)))
         self.acks.append(entry.entry_id)
 
     def park(self, entry: RawEntry, outcome: Outcome, error: str) -> None:
