@@ -78,6 +78,19 @@ async def test_missing_consumer_groups_are_named_with_the_fix() -> None:
     assert "start a worker" in check.detail
 
 
+async def test_groups_recreated_after_a_data_loss_are_reported_until_cleared() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    keys = Keys()
+    for shard in range(2):
+        await redis.xgroup_create(keys.stream(shard), Keys.GROUP, id="0", mkstream=True)
+    assert (await check_groups(redis, keys, 2)).level == "OK"
+    await redis.hset(keys.groups_recreated(), "1", "1796000000.000")
+    check = await check_groups(redis, keys, 2)
+    assert check.level == "WARN"
+    assert "shards 1 " in check.detail
+    assert keys.groups_recreated() in check.detail, "the way to clear it is shown"
+
+
 def test_the_main_process_heartbeat_is_written_at_most_every_ten_seconds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -3,6 +3,8 @@ emulation), a stub transport, no Celery."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
@@ -10,6 +12,7 @@ from producers.contract import OutcomeStatus, key_digest, validate_lead
 from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
 from worker.batching import QueuedLead, plan_batches
 from worker.drain import pick_batch
+from worker.transport import HttpReply, StubTransport
 
 
 @pytest.fixture
@@ -188,3 +191,38 @@ async def test_a_signature_that_stays_expired_backs_off_instead_of_crashing(
     assert report.status == "backoff"
     assert len(marketo.calls) == 3  # first try + two immediate re-signs
     assert await statuses(drainer, ids) == [None]
+
+
+async def test_a_drain_past_its_timeout_stops_and_releases_its_lease_and_slot(
+    redis: Redis,
+) -> None:
+    """R9: a drain cut short (here by LEADSYNC_DRAIN_TIMEOUT_S; under Celery by the soft
+    time limit) must not stay suspended holding its lease and limiter slot."""
+
+    async def hangs(_body: bytes, _headers: object) -> HttpReply:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    drainer = make(redis, Marketo(ok), drain_budget_s=0.05, drain_timeout_s=0.2)
+    drainer.client.transport = StubTransport(hangs)
+    ids = await enqueue(drainer, "a@x.com")
+    report = await drainer.drain(0)
+    assert (report.status, report.reason) == ("backoff", "drain timeout")
+    assert not await redis.exists(drainer.keys.lease(0))
+    assert (await drainer.limiter.state()).slots_in_use == 0
+    assert await statuses(drainer, ids) == [None], "the entry stays pending"
+
+
+async def test_isolation_stops_at_the_drain_budget_and_leaves_the_rest_pending(
+    redis: Redis,
+) -> None:
+    """R9/R3: when every record faults the call, splitting stops once the drain budget is
+    spent (after the first answer), instead of walking the whole tree in one drain."""
+    marketo = Marketo(fault(20105))
+    drainer = make(redis, marketo, drain_budget_s=0.001)
+    ids = await enqueue(drainer, *(f"p{i}@x.com" for i in range(16)))
+    await drainer.drain(0)
+    result = await statuses(drainer, ids)
+    assert result.count("FAILED") == 1
+    assert result.count(None) == 15
+    assert len(marketo.calls) == 5, "one path down the tree: 16, 8, 4, 2, 1"

@@ -1,0 +1,647 @@
+"""Model-based testing kit: a scripted Marketo, a reference model of what the pipeline
+promises, and ONE adapter (:class:`System`) through which every call into leadsync's
+internals goes.
+
+When the ledger API changes, only :class:`System` (and the two key-name helpers it uses)
+should need porting; the scripted Marketo and the reference model only speak SOAP bytes
+and request ids.
+
+Every upsert the test enqueues carries two attributes: ``Seq`` (a number that grows with
+every enqueue, so it orders the writes of one lead) and ``Val``. A poisoned upsert also
+carries ``Bad``, which the scripted Marketo rejects with a record fault (20105).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, get_args
+
+import redis.asyncio
+from pydantic import SecretStr
+
+from marketo_sim.soap import (
+    SimFault,
+    SyncStatus,
+    parse_request_bytes,
+    render_fault,
+    render_success,
+    render_truncated,
+)
+from producers.contract import Keys, OutcomeStatus, parse_request_id
+from producers.producer import AsyncLeadProducer
+from worker.client import MarketoClient
+from worker.dead_letters import list_dead_letters, replay
+from worker.drain import Drainer, DrainReport
+from worker.errors import CallTimeout
+from worker.ledger import Ledger
+from worker.limits import RedisLimiter
+from worker.settings import Settings
+from worker.transport import HttpReply, StubTransport
+
+SEQ: Final = "Seq"
+VAL: Final = "Val"
+BAD: Final = "Bad"
+
+#: The outcomes that say Marketo applied the write.
+SUCCESS: Final = frozenset({OutcomeStatus.CREATED, OutcomeStatus.UPDATED})
+#: Outcomes that never change once written.
+TERMINAL: Final = frozenset({OutcomeStatus.CREATED, OutcomeStatus.UPDATED, OutcomeStatus.FAILED})
+
+PausePoint = Literal["after_claim", "after_send", "after_commit"]
+PAUSE_POINTS: Final[tuple[PausePoint, ...]] = ("after_claim", "after_send", "after_commit")
+
+
+# --- the scripted Marketo ----------------------------------------------------------------
+
+#: What the next call does. "ok" applies and answers; the "fault_*" / "page_502" /
+#: throttle / quota / auth behaviours answer before processing anything; the "lost_*"
+#: behaviours apply the call and then lose the answer.
+Behaviour = Literal[
+    "ok",
+    "fault_10001",
+    "page_502",
+    "lost_truncated",
+    "lost_timeout",
+    "throttle_20023",
+    "throttle_20024",
+    "quota_20015",
+    "auth_20014",
+]
+BEHAVIOURS: Final[tuple[Behaviour, ...]] = get_args(Behaviour)
+_FAULT_BEFORE: Final[dict[str, int]] = {
+    "fault_10001": 10001,
+    "throttle_20023": 20023,
+    "throttle_20024": 20024,
+    "quota_20015": 20015,
+    "auth_20014": 20014,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call Marketo received, and what it did with it."""
+
+    dedup: bool
+    keys: tuple[str, ...]
+    seqs: tuple[int, ...]
+    behaviour: str
+    applied: bool
+
+
+@dataclass
+class ScriptedMarketo:
+    """An async StubTransport handler. Keeps, per lead (dedup=true records, by lead key),
+    the attributes it holds and the Seq of every write it applied, in order."""
+
+    script: list[Behaviour] = field(default_factory=list)
+    leads: dict[str, dict[str, str]] = field(default_factory=dict)
+    applied: dict[str, list[int]] = field(default_factory=dict)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    #: Invariant 1: a lead's applied Seq went back.
+    order_violations: list[str] = field(default_factory=list)
+    #: Invariant 4: a lead key was in two calls at once.
+    overlap_violations: list[str] = field(default_factory=list)
+    _ids: dict[str, int] = field(default_factory=dict)
+    _next_id: int = 1
+
+    def _lead_id(self, key: str | None) -> tuple[int, bool]:
+        if key is not None and key in self._ids:
+            return self._ids[key], False
+        lead_id, self._next_id = self._next_id, self._next_id + 1
+        if key is not None:
+            self._ids[key] = lead_id
+        return lead_id, True
+
+    async def __call__(self, body: bytes, _headers: Mapping[str, str]) -> HttpReply:
+        request = parse_request_bytes(body)
+        dedup = request.dedup is not False
+        records = [
+            (record.key or "?", {a.name: a.value for a in record.attributes})
+            for record in request.records
+        ]
+        keys = tuple(key for key, _ in records) if dedup else ()
+        busy = [k for k in keys if self.in_flight[k]]
+        if busy:
+            self.overlap_violations.append(f"keys {busy} are already in a call in flight")
+        self.in_flight.update(keys)
+        try:
+            await asyncio.sleep(0)  # a concurrent caller may run here
+            return self._answer(dedup, records)
+        finally:
+            self.in_flight.subtract(keys)
+
+    def _answer(self, dedup: bool, records: list[tuple[str, dict[str, str]]]) -> HttpReply:
+        behaviour: Behaviour = self.script.pop(0) if self.script else "ok"
+        keys = tuple(k for k, _ in records)
+        seqs = tuple(int(attrs.get(SEQ, "-1")) for _, attrs in records)
+        if behaviour in _FAULT_BEFORE:
+            self.calls.append(Call(dedup, keys, seqs, behaviour, applied=False))
+            return HttpReply(500, "text/xml", render_fault(SimFault(_FAULT_BEFORE[behaviour])))
+        if behaviour == "page_502":
+            self.calls.append(Call(dedup, keys, seqs, behaviour, applied=False))
+            return HttpReply(502, "text/html", b"<html><body>502 Bad Gateway</body></html>")
+        if any(BAD in attrs for _, attrs in records):
+            self.calls.append(Call(dedup, keys, seqs, "record_fault_20105", applied=False))
+            fault = SimFault(20105, f"unknown fields for import: {BAD}")
+            return HttpReply(500, "text/xml", render_fault(fault))
+        statuses = [self._apply(dedup, key, attrs) for key, attrs in records]
+        self.calls.append(Call(dedup, keys, seqs, behaviour, applied=True))
+        if behaviour == "lost_truncated":
+            return HttpReply(200, "text/xml", render_truncated(statuses))
+        if behaviour == "lost_timeout":
+            raise CallTimeout("scripted: Marketo applied the call, the answer never came")
+        return HttpReply(200, "text/xml", render_success(statuses))
+
+    def _apply(self, dedup: bool, key: str, attrs: dict[str, str]) -> SyncStatus:
+        if not dedup:
+            self.duplicates.append(dict(attrs))
+            lead_id, _ = self._lead_id(None)
+            return SyncStatus(lead_id, "CREATED")
+        seq = int(attrs.get(SEQ, "-1"))
+        history = self.applied.setdefault(key, [])
+        if history and seq < history[-1]:
+            self.order_violations.append(
+                f"{key}: applied Seq {seq} after Seq {history[-1]} (history {[*history, seq]})"
+            )
+        history.append(seq)
+        self.leads.setdefault(key, {}).update(attrs)
+        lead_id, created = self._lead_id(key)
+        return SyncStatus(lead_id, "CREATED" if created else "UPDATED")
+
+
+# --- the reference model -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One accepted upsert, as the test asked for it."""
+
+    request_id: str
+    key: str  # the lead key, "email:<address>"
+    seq: int
+    attributes: Mapping[str, str]
+    dedup: bool
+
+    @property
+    def poisoned(self) -> bool:
+        return BAD in self.attributes
+
+
+@dataclass
+class Reference:
+    """What the pipeline promises, fed with every write and every outcome observed."""
+
+    writes: dict[str, Write] = field(default_factory=dict)
+    status: dict[str, OutcomeStatus | None] = field(default_factory=dict)
+    #: Parked requests that a replay reopened (they may go PENDING, then terminal).
+    reopened: set[str] = field(default_factory=set)
+    next_seq: int = 1
+
+    def new_write(self, key: str, value: str, *, dedup: bool, poisoned: bool) -> Write:
+        attributes = {SEQ: str(self.next_seq), VAL: value}
+        if poisoned:
+            attributes[BAD] = "x"
+        write = Write("", key, self.next_seq, attributes, dedup)
+        self.next_seq += 1
+        return write
+
+    def accept(self, write: Write) -> None:
+        self.writes[write.request_id] = write
+        self.status[write.request_id] = None
+
+    def observe(self, outcomes: Mapping[str, OutcomeStatus | None]) -> list[str]:
+        """Invariant 3: a terminal outcome never changes; a parked one only reopens by
+        replay; an outcome once seen never disappears."""
+        problems = []
+        for rid, now in outcomes.items():
+            before = self.status.get(rid)
+            if before is not None and now is None:
+                problems.append(f"{rid}: outcome {before} disappeared")
+            elif before in TERMINAL and now != before:
+                problems.append(f"{rid}: terminal outcome {before} was rewritten to {now}")
+            elif (
+                before is OutcomeStatus.DEAD_LETTERED
+                and now is not OutcomeStatus.DEAD_LETTERED
+                and rid not in self.reopened
+            ):
+                problems.append(f"{rid}: parked outcome became {now} without a replay")
+            if now is OutcomeStatus.FAILED and not self._may_fail(rid):
+                problems.append(f"{rid}: FAILED but neither it nor a write it merges with is bad")
+            if now is not OutcomeStatus.DEAD_LETTERED and now is not None:
+                self.reopened.discard(rid)
+            if now is not None:
+                self.status[rid] = now
+        return problems
+
+    def _may_fail(self, rid: str) -> bool:
+        write = self.writes[rid]
+        if write.poisoned:
+            return True
+        return write.dedup and any(
+            w.poisoned and w.dedup and w.key == write.key for w in self.writes.values()
+        )
+
+    def expected_vs_marketo(self, marketo: ScriptedMarketo) -> list[str]:
+        """Invariant 2 (after settling): per lead, Marketo holds the newest write whose
+        outcome says it was applied. A newer write may show instead only if Marketo did
+        apply it but its answer was lost (its outcome is then not a success)."""
+        problems = []
+        keys = {w.key for w in self.writes.values() if w.dedup}
+        for key in sorted(keys):
+            writes = sorted(
+                (w for w in self.writes.values() if w.dedup and w.key == key),
+                key=lambda w: w.seq,
+            )
+            accepted = [w for w in writes if self.status.get(w.request_id) in SUCCESS]
+            expected = dict(accepted[-1].attributes) if accepted else None
+            actual = marketo.leads.get(key)
+            if actual == expected:
+                continue
+            if actual is not None:
+                shown = next((w for w in writes if str(w.seq) == actual.get(SEQ)), None)
+                unconfirmed = (
+                    shown is not None
+                    and self.status.get(shown.request_id) not in SUCCESS
+                    and (not accepted or shown.seq > accepted[-1].seq)
+                    and dict(shown.attributes) == actual
+                )
+                if unconfirmed:
+                    continue
+            problems.append(
+                f"{key}: Marketo holds {actual}, expected {expected} "
+                f"(writes: {[(w.seq, self.status.get(w.request_id)) for w in writes]})"
+            )
+        return problems
+
+    def unsettled(self, superseded: Iterable[str]) -> list[str]:
+        """After settling every request is terminal, or parked because a replay would
+        overwrite a newer committed write."""
+        skipped = set(superseded)
+        return [
+            f"{rid}: {status} after settling"
+            for rid, status in self.status.items()
+            if status not in TERMINAL
+            and not (status is OutcomeStatus.DEAD_LETTERED and rid in skipped)
+        ]
+
+
+# --- the adapter: every call into leadsync internals is below this line -----------------------
+
+
+#: Invariant 5: the kinds of key that may live without a TTL. Anything else must expire.
+ALLOWED_WITHOUT_TTL: Final = frozenset(
+    {
+        "shard stream",  # pending work; entries leave on commit
+        "attempts hash",  # bounded: its fields must be pending entry ids
+        "config hash",  # one small hash
+        "limiter hold",  # cleared by a probe or an operator
+        "dead-letter stream",  # bounded: every record is a parked request
+    }
+)
+
+
+@dataclass
+class Worker:
+    """One Drainer and its pause switch."""
+
+    name: str
+    drainer: Drainer
+    armed: PausePoint | None = None
+    paused_at: PausePoint | None = None
+    shard: int | None = None
+    task: asyncio.Task[DrainReport] | None = None
+    gate: asyncio.Future[None] | None = None
+    paused: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    replayed: list[str]
+    superseded: list[str]
+
+
+class System:
+    """The system under test behind one small surface (see the module docstring)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        marketo: ScriptedMarketo,
+        *,
+        workers: int = 3,
+        shards: int = 2,
+        batch_size: int = 3,
+        max_attempts: int = 2,
+        transient_retries: int = 0,
+        prefix: str = "model",
+    ) -> None:
+        self.marketo = marketo
+        self.shards = shards
+        self.settings = Settings.from_env(
+            key_prefix=prefix,
+            shards=shards,
+            batch_size=batch_size,
+            flush_interval_s=0.0,
+            max_attempts=max_attempts,
+            transient_retries=transient_retries,
+            backoff_initial_s=0.0,
+            backoff_max_s=0.001,
+            rate_limit_calls=1_000_000,
+            max_concurrent_calls=1000,
+            daily_quota=1_000_000,
+            throttle_cooldown_s=3600.0,  # cleared by the test, never by the clock
+            hold_probe_interval_s=3600.0,  # no probe passes until the test clears the hold
+            lease_ttl_s=3600.0,  # expired by the test, never by the clock
+            result_ttl_s=3600,
+        )
+        self.keys = Keys(prefix)
+        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
+        self.ledger = Ledger.for_settings(self.redis, self.settings)
+        self.limiter = RedisLimiter(self.redis, self.settings)
+        self.client = MarketoClient(
+            StubTransport(marketo),
+            endpoint="http://marketo.test/soap/mktows/2_2",
+            user_id="u",
+            encryption_key=SecretStr("k"),
+            max_response_bytes=1 << 20,
+        )
+        self.producer = AsyncLeadProducer(self.redis, key_prefix=prefix, shards=shards)
+        self._generation = 0
+        self.workers = [self._new_worker(i) for i in range(workers)]
+        self.abandoned: list[asyncio.Task[DrainReport]] = []
+
+    async def start(self) -> None:
+        await self.redis.flushdb()
+        await self.ledger.agree_shards(self.shards)
+        await self.ledger.ensure_groups(self.shards)
+
+    async def close(self) -> None:
+        tasks = [t for t in self.abandoned if not t.done()]
+        tasks += [w.task for w in self.workers if w.task is not None and not w.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.redis.aclose()
+
+    # --- workers -------------------------------------------------------------------------
+
+    def _new_worker(self, index: int) -> Worker:
+        self._generation += 1
+        name = f"w{index}.{self._generation}"
+        drainer = Drainer(
+            ledger=self.ledger,
+            client=self.client,
+            limiter=self.limiter,
+            settings=self.settings,
+            consumer=name,
+        )
+        worker = Worker(name, drainer)
+
+        async def checkpoint(point: str) -> None:
+            armed = worker.armed
+            if armed is None or armed != point:
+                return
+            worker.armed = None
+            worker.paused_at = armed
+            worker.gate = asyncio.get_running_loop().create_future()
+            worker.paused.set()
+            await worker.gate
+
+        drainer.checkpoint = checkpoint
+        return worker
+
+    async def _until_paused_or_done(self, workers: Sequence[Worker]) -> None:
+        waits: list[asyncio.Future[Any]] = []
+        for worker in workers:
+            assert worker.task is not None
+            pause = asyncio.ensure_future(worker.paused.wait())
+            waits.append(pause)
+            done, _ = await asyncio.wait({worker.task, pause}, return_when="FIRST_COMPLETED")
+            if worker.task in done:
+                worker.task.result()  # an exception out of drain() fails the test
+                worker.task = None
+                worker.armed = None
+                worker.shard = None
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+    def _start(self, worker: Worker, shard: int, pause_at: PausePoint | None) -> None:
+        worker.armed = pause_at
+        worker.paused_at = None
+        worker.paused.clear()
+        worker.shard = shard
+        worker.task = asyncio.ensure_future(worker.drainer.drain(shard))
+
+    async def drain(self, index: int, shard: int, pause_at: PausePoint | None = None) -> bool:
+        """Run one ``Drainer.drain(shard)`` on worker ``index`` until it returns, or until
+        it reaches ``pause_at`` (then True: the worker stays paused there)."""
+        worker = self.workers[index]
+        assert worker.idle, f"worker {index} is busy"
+        await self._time_passes(shard)
+        self._start(worker, shard, pause_at)
+        await self._until_paused_or_done([worker])
+        return not worker.idle
+
+    async def resume(self, index: int, *, along_with: int | None = None) -> None:
+        """Expire the paused worker's lease (its TTL passed), then let it go on. With
+        ``along_with``, that idle worker drains the same shard at the same time."""
+        worker = self.workers[index]
+        assert worker.gate is not None
+        assert worker.shard is not None
+        shard = worker.shard
+        await self.expire_lease(shard)
+        running = [worker]
+        if along_with is not None:
+            other = self.workers[along_with]
+            assert other.idle
+            await self._time_passes(shard)
+            self._start(other, shard, None)
+            running.append(other)
+        worker.paused.clear()
+        worker.gate.set_result(None)
+        worker.gate = None
+        worker.paused_at = None
+        await self._until_paused_or_done(running)
+
+    async def abandon(self, index: int) -> None:
+        """The paused worker crashed: it never releases its lease and never runs again. The
+        lease expires; a fresh worker takes its place."""
+        worker = self.workers[index]
+        assert worker.task is not None
+        assert worker.shard is not None
+        self.abandoned.append(worker.task)
+        await self.expire_lease(worker.shard)
+        self.workers[index] = self._new_worker(index)
+
+    def paused(self) -> list[int]:
+        return [i for i, w in enumerate(self.workers) if not w.idle]
+
+    def idle(self) -> list[int]:
+        return [i for i, w in enumerate(self.workers) if w.idle]
+
+    def consumer(self, index: int) -> str:
+        return self.workers[index].name
+
+    # --- producer side ---------------------------------------------------------------------
+
+    async def enqueue(self, email: str, attributes: Mapping[str, str], *, dedup: bool) -> str:
+        return await self.producer.upsert(email=email, attributes=attributes, dedup=dedup)
+
+    async def outcomes(self, request_ids: Sequence[str]) -> dict[str, OutcomeStatus | None]:
+        found = await self.producer.outcomes(request_ids)
+        return {
+            rid: (o.status if o is not None else None)
+            for rid, o in zip(request_ids, found, strict=True)
+        }
+
+    # --- time, limits, leases ---------------------------------------------------------------
+
+    async def _time_passes(self, shard: int) -> None:
+        """The shard's rest after transient faults is over (Drainer._back_off's key)."""
+        await self.redis.delete(self.keys.rest(shard))
+
+    async def expire_lease(self, shard: int) -> None:
+        await self.redis.delete(self.keys.lease(shard))
+
+    async def refuse_calls(self, on: bool) -> None:
+        """Another pod was throttled: the limiter refuses every call until cleared."""
+        if on:
+            await self.limiter.cooldown(3600.0, "model")
+        else:
+            await self.redis.delete(self.limiter.keys.cooldown)
+
+    async def clear_hold(self) -> None:
+        await self.limiter.clear_hold()
+
+    async def clear_quota(self) -> None:
+        """The quota day rolled over."""
+        pattern = self.limiter.keys.quota("*")
+        async for key in self.redis.scan_iter(match=pattern):
+            await self.redis.delete(key)
+
+    async def clear_limits(self) -> None:
+        await self.refuse_calls(False)
+        await self.clear_hold()
+        await self.clear_quota()
+
+    # --- dead letters -----------------------------------------------------------------------
+
+    async def dead_letters(self) -> list[str]:
+        """The request ids of the parked records, one per record."""
+        letters = await list_dead_letters(self.redis, self.keys, self.shards)
+        return [d.request_id for d in letters]
+
+    async def replay_all(self) -> Replayed:
+        letters = await list_dead_letters(self.redis, self.keys, self.shards)
+        report = await replay(
+            self.redis, self.keys, letters, result_ttl_s=self.settings.result_ttl_s
+        )
+        skipped = set(report.superseded)
+        replayed = [d.request_id for d in letters if d.request_id not in skipped]
+        return Replayed(replayed, list(report.superseded))
+
+    # --- ledger inspection --------------------------------------------------------------------
+
+    async def backlog(self) -> dict[int, int]:
+        """Entries not yet committed, per shard."""
+        return {s: int(await self.redis.xlen(self.keys.stream(s))) for s in range(self.shards)}
+
+    async def pending_owners(self, shard: int) -> dict[str, str]:
+        """Entry id -> the consumer that holds it in the group's pending list."""
+        rows: Any = await self.redis.xpending_range(
+            self.keys.stream(shard), Keys.GROUP, min="-", max="+", count=10_000
+        )
+        return {_text(r["message_id"]): _text(r["consumer"]) for r in rows}
+
+    async def attempts(self, shard: int) -> dict[str, int]:
+        raw: Any = await self.redis.hgetall(self.keys.attempts(shard))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def lease_token(self, shard: int) -> str | None:
+        value: Any = await self.redis.get(self.keys.lease(shard))
+        return _text(value) if value is not None else None
+
+    def entry_of(self, rid: str) -> tuple[int, str]:
+        """(shard, entry id) of a request id."""
+        return parse_request_id(rid)
+
+    def _kind(self, key: str) -> str:
+        k = self.keys
+        for s in range(self.shards):
+            exact = {
+                k.stream(s): "shard stream",
+                k.attempts(s): "attempts hash",
+                k.dead_letters(s): "dead-letter stream",
+                k.lease(s): "lease",
+                k.rest(s): "shard rest",
+                k.rest_streak(s): "shard rest streak",
+            }
+            if key in exact:
+                return exact[key]
+            if key.startswith(k.outcome(s, "")):
+                return "outcome"
+            if key.startswith(k.newest(s, "")):
+                return "newest id"
+        if key == k.config():
+            return "config hash"
+        if key == k.groups_recreated():
+            return "groups recreated"
+        if key == self.limiter.keys.hold:
+            return "limiter hold"
+        if key.startswith(k.control("")):
+            return "control"
+        if key.startswith(k.stats("")):
+            return "stats"
+        return "other"
+
+    async def key_audit(self, parked: Mapping[str, OutcomeStatus | None]) -> list[str]:
+        """Invariant 5: every key without a TTL is of an allowed kind, and the allowed ones
+        are bounded: attempts fields are pending entry ids, dead-letter records are parked
+        requests (``parked``: the current outcome of every request id), one each."""
+        problems = []
+        keys = [_text(key) async for key in self.redis.scan_iter(match="*")]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+        ttls = await pipe.execute()
+        for key, ttl in zip(keys, ttls, strict=True):
+            kind = self._kind(key)
+            if int(ttl) == -1 and kind not in ALLOWED_WITHOUT_TTL:
+                problems.append(f"{key} ({kind}) has no TTL")
+        for s in range(self.shards):
+            pending = set(await self.pending_owners(s))
+            extra = sorted(set(await self.attempts(s)) - pending)
+            if extra:
+                problems.append(f"shard {s}: attempts kept for entries not pending: {extra}")
+        letters = Counter(await self.dead_letters())
+        for rid, n in sorted(letters.items()):
+            if n > 1:
+                problems.append(f"{rid}: {n} dead-letter records")
+            if rid in parked and parked[rid] is not OutcomeStatus.DEAD_LETTERED:
+                problems.append(f"{rid}: dead-letter record but outcome {parked[rid]}")
+        return problems
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def run_until(
+    condition: Callable[[], Awaitable[bool]], step: Callable[[], Awaitable[object]], rounds: int
+) -> bool:
+    """Run ``step`` until ``condition`` holds, at most ``rounds`` times."""
+    for _ in range(rounds):
+        if await condition():
+            return True
+        await step()
+    return await condition()
