@@ -51,6 +51,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.faultpoints import crash_if
+from worker.isolation import isolation_budget, split_after_fault
 from worker.ledger import Ledger, RawEntry, Settlement
 from worker.limits import Denied, RedisLimiter
 from worker.retrying import call_policy
@@ -357,40 +358,59 @@ class Drainer:
         report: DrainReport,
         deadline_s: float,
     ) -> None:
-        """Send the batch; when a record faults the whole call, split until it is alone.
-        Past the drain budget no further split goes out: the rest stays pending."""
+        """Send the batch; when a record faults the whole call, fail the records carrying
+        the fields 20105 names, or split until the faulting record is alone, within
+        :func:`~worker.isolation.isolation_budget` extra calls (what is left then is
+        dead-lettered). Past the drain budget no further call goes out: the rest stays
+        pending."""
         work: list[tuple[BatchRecord, ...]] = [batch.records]
-        while work:
-            if results and time.monotonic() > deadline_s:
-                return
-            records = work.pop(0)
-            try:
-                answers = await self._call(shard, token, records, batch.dedup, report)
-            except BadRequestError as exc:
-                if exc.code not in RECORD_FAULT_CODES:
-                    raise TransientError(f"unexpected fault {exc.code}", code=exc.code) from exc
-                if len(records) == 1:
-                    results.append(
+        budget = isolation_budget(len(batch.records))
+        calls = 0
+        try:
+            while work:
+                if results and time.monotonic() > deadline_s:
+                    return
+                records = work.pop(0)
+                if calls > budget:
+                    results.extend(
                         RecordResult(
-                            records[0],
+                            r,
+                            OutcomeStatus.DEAD_LETTERED,
+                            error=f"isolation budget of {budget} calls spent; replay to retry",
+                            error_code="ISOLATION_BUDGET",
+                        )
+                        for r in records
+                    )
+                    continue
+                calls += 1
+                try:
+                    answers = await self._call(shard, token, records, batch.dedup, report)
+                except BadRequestError as exc:
+                    if exc.code not in RECORD_FAULT_CODES:
+                        raise TransientError(f"unexpected fault {exc.code}", code=exc.code) from exc
+                    split = split_after_fault(records, exc.fields)
+                    results.extend(
+                        RecordResult(
+                            r,
                             OutcomeStatus.FAILED,
                             error=exc.detail[:500],
                             error_code=str(exc.code) if exc.code else None,
                         )
+                        for r in split.failed
                     )
+                    work[:0] = split.next_calls
                     continue
-                middle = len(records) // 2
-                work[:0] = [records[:middle], records[middle:]]
-                continue
-            for record, answer in zip(records, answers, strict=True):
-                results.append(
+                results.extend(
                     RecordResult(
                         record,
                         OutcomeStatus(answer.status.value),
                         lead_id=answer.lead_id,
                         error=answer.error,
                     )
+                    for record, answer in zip(records, answers, strict=True)
                 )
+        finally:
+            metrics.record_isolation_calls(max(0, calls - 1))
 
     async def _call(
         self,
@@ -479,18 +499,19 @@ class Drainer:
         now = self.clock()
         for result in results:
             for entry_id in result.record.entry_ids:
-                settlement.answer(
-                    raw[entry_id],
-                    Outcome(
-                        request_id(shard, entry_id),
-                        result.status,
-                        lead_id=result.lead_id,
-                        error=result.error,
-                        error_code=result.error_code,
-                        attempts=attempts[entry_id],
-                        finished_at=now,
-                    ),
+                outcome = Outcome(
+                    request_id(shard, entry_id),
+                    result.status,
+                    lead_id=result.lead_id,
+                    error=result.error,
+                    error_code=result.error_code,
+                    attempts=attempts[entry_id],
+                    finished_at=now,
                 )
+                if result.status is OutcomeStatus.DEAD_LETTERED:
+                    settlement.park(raw[entry_id], outcome, result.error or "")
+                else:
+                    settlement.answer(raw[entry_id], outcome)
 
     async def _count(self, settlement: Settlement, report: DrainReport) -> None:
         """Count the settled entries' outcomes (a replayed entry's original request

@@ -99,7 +99,16 @@ class AuthError(MarketoError):
 
 
 class BadRequestError(MarketoError):
-    """Raised when some record made the whole call fault (20105, 20017, 20110, 20114, ...)."""
+    """Raised when some record made the whole call fault (20105, 20017, 20110, 20114, ...).
+
+    ``fields`` holds the attribute names Marketo named as unknown (20105), case-folded:
+    the records carrying them are the faulty ones, no bisection needed."""
+
+    def __init__(
+        self, message: str, *, code: int | None = None, fields: frozenset[str] = frozenset()
+    ) -> None:
+        super().__init__(message, code=code)
+        self.fields = fields
 
 
 #: Every Marketo SOAP fault code we know, mapped once to the branch that handles it.
@@ -140,9 +149,13 @@ RECORD_FAULT_CODES = frozenset(
 )
 
 
-def fault_error(code: int | None, message: str) -> MarketoError:
+def fault_error(
+    code: int | None, message: str, *, fields: frozenset[str] = frozenset()
+) -> MarketoError:
     """The error for a SOAP fault. Unknown codes are transient: bounded retries, then dead letters."""
     error_type = FAULT_CODES.get(code, TransientError) if code is not None else TransientError
+    if error_type is BadRequestError:
+        return BadRequestError(message, code=code, fields=fields)
     return error_type(message, code=code)
 
 

@@ -62,6 +62,10 @@ GROUPS_RECREATED = Counter(
     "leadsync_consumer_groups_recreated",
     "Shard consumer groups found missing (Redis lost its data) and recreated at id 0.",
 )
+ISOLATION_CALLS = Counter(
+    "leadsync_isolation_calls",
+    "Calls spent isolating records that made a whole call fault (beyond each batch's first).",
+)
 DRAIN_TIMEOUTS = Counter(
     "leadsync_drain_timeouts",
     "Drains stopped by LEADSYNC_DRAIN_TIMEOUT_S; their entries stay pending.",
@@ -151,6 +155,12 @@ def record_lease_lost() -> None:
 @never_raises
 def record_groups_recreated() -> None:
     GROUPS_RECREATED.inc()
+
+
+@never_raises
+def record_isolation_calls(calls: int) -> None:
+    if calls:
+        ISOLATION_CALLS.inc(calls)
 
 
 @never_raises

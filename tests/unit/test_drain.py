@@ -8,10 +8,12 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
 from producers.contract import OutcomeStatus, key_digest, validate_lead
 from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
 from worker.batching import QueuedLead, plan_batches
 from worker.drain import pick_batch
+from worker.isolation import isolation_budget
 from worker.transport import HttpReply, StubTransport
 
 
@@ -226,3 +228,67 @@ async def test_isolation_stops_at_the_drain_budget_and_leaves_the_rest_pending(
     assert result.count("FAILED") == 1
     assert result.count(None) == 15
     assert len(marketo.calls) == 5, "one path down the tree: 16, 8, 4, 2, 1"
+
+
+def unknown_field_marketo(known: frozenset[str]) -> tuple[list[int], StubTransport]:
+    """A Marketo that faults 20105 naming every unknown attribute of the call, as
+    Marketo does; returns (the size of every call, its transport)."""
+    sizes: list[int] = []
+
+    def handle(body: bytes, _headers: object) -> HttpReply:
+        records = parse_request_bytes(body).records
+        sizes.append(len(records))
+        unknown = sorted({a.name for r in records for a in r.attributes} - known)
+        if unknown:
+            message = f"syncMultipleLeads operation failed: unknown fields for import: {', '.join(unknown)}"
+            return HttpReply(500, "text/xml", render_fault(SimFault(20105, message)))
+        return ok([r.email for r in records])
+
+    return sizes, StubTransport(handle)
+
+
+async def test_a_batch_whose_every_record_has_an_unknown_field_costs_one_call(
+    redis: Redis,
+) -> None:
+    """R3: one app deploy ahead of the Marketo admin used to cost 2n-1 calls (599 for 300)."""
+    sizes, transport = unknown_field_marketo(frozenset({"FirstName"}))
+    drainer = make(redis, Marketo(ok), batch_size=300)
+    drainer.client.transport = transport
+    ids = await enqueue(drainer, *(f"p{i}@x.com" for i in range(300)), NewField="x")
+    await drainer.drain(0)
+    assert sizes == [300]
+    assert await statuses(drainer, ids) == ["FAILED"] * 300
+    error = await redis.hget(drainer.keys.outcome(0, ids[0]), "error")
+    assert b"NewField" in error
+
+
+async def test_three_records_with_unknown_fields_among_good_ones_cost_two_calls(
+    redis: Redis,
+) -> None:
+    sizes, transport = unknown_field_marketo(frozenset({"FirstName"}))
+    drainer = make(redis, Marketo(ok), batch_size=300)
+    drainer.client.transport = transport
+    good = await enqueue(drainer, *(f"g{i}@x.com" for i in range(297)), FirstName="Ann")
+    bad = []
+    for field in ("Pants", "Shoes", "Hats"):
+        bad += await enqueue(drainer, f"{field}@x.com", **{field: "x"})
+    await drainer.drain(0)
+    assert sizes == [300, 297]
+    assert await statuses(drainer, bad) == ["FAILED"] * 3
+    assert await statuses(drainer, good) == ["CREATED"] * 297
+
+
+async def test_isolation_past_its_call_budget_dead_letters_the_rest_instead_of_spending_calls(
+    redis: Redis,
+) -> None:
+    """A record fault that names no field (20110 here) on every record: bisection stops at
+    the stated budget, and what is unresolved is parked for replay, not failed."""
+    marketo = Marketo(fault(20110))
+    drainer = make(redis, marketo, batch_size=300)
+    ids = await enqueue(drainer, *(f"p{i}@x.com" for i in range(300)))
+    await drainer.drain(0)
+    assert len(marketo.calls) == 1 + isolation_budget(300)
+    result = await statuses(drainer, ids)
+    assert result.count("DEAD_LETTERED") + result.count("FAILED") == 300
+    assert result.count("DEAD_LETTERED") > 250
+    assert await redis.xlen(drainer.keys.dead_letters(0)) == result.count("DEAD_LETTERED")

@@ -128,7 +128,37 @@ def parse_fault(root: etree._Element) -> MarketoError | None:
         code = int(match.group(1)) if match else None
 
     message = (faultstring or "SOAP fault without a faultstring")[:MAX_FAULT_CHARS]
-    return fault_error(code, message)
+    fields: frozenset[str] = frozenset()
+    names: tuple[str, ...] = ()
+    if code == UNKNOWN_FIELD_CODE:
+        for element in fault.iter("{*}message"):
+            parent = element.getparent()
+            if parent is not None and _local(parent) == "serviceException":
+                names = unknown_field_names(_text(element) or "")
+                fields = frozenset(n.casefold() for n in names)
+                break
+        if fields:
+            # Field names are schema, not lead data: they may show in outcomes and logs.
+            message = f"{message}: unknown fields {', '.join(names)}"[:MAX_FAULT_CHARS]
+    return fault_error(code, message, fields=fields)
+
+
+#: Marketo's "Lead Attribute Bad": its message names the unknown fields.
+UNKNOWN_FIELD_CODE = 20105
+
+_UNKNOWN_FIELDS = re.compile(r"unknown fields? for import:\s*(?P<names>.+?)\s*(?:\(\d+\))?\s*$")
+
+
+def unknown_field_names(message: str) -> tuple[str, ...]:
+    """The field names of a 20105 message, as written; empty when none can be read.
+
+    >>> unknown_field_names("syncLead operation failed: unknown fields for import: pants (20105)")
+    ('pants',)
+    """
+    match = _UNKNOWN_FIELDS.search(message)
+    if match is None:
+        return ()
+    return tuple(n.strip() for n in match.group("names").split(",") if n.strip())
 
 
 def _looks_like_xml(body: bytes, content_type: str | None) -> bool:

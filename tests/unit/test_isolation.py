@@ -1,0 +1,53 @@
+"""Isolation planning, driven directly: which records fail, what goes out next."""
+
+from __future__ import annotations
+
+from producers.contract import key_digest, validate_lead
+from worker.batching import BatchRecord
+from worker.isolation import carrying, isolation_budget, split_after_fault
+from worker.soap.response import unknown_field_names
+
+
+def record(n: int, **attributes: str) -> BatchRecord:
+    lead = validate_lead(email=f"p{n}@x.com", attributes=attributes or None)
+    return BatchRecord(key_digest(lead.key), lead, (f"{n}-0",))
+
+
+def test_the_field_names_of_a_20105_message_are_read_as_marketo_writes_them() -> None:
+    message = (
+        "syncMultipleLeads operation failed: unknown fields for import: Pants, shoeSize (20105)"
+    )
+    assert unknown_field_names(message) == ("Pants", "shoeSize")
+    assert unknown_field_names("unknown field for import: x") == ("x",)
+    assert unknown_field_names("Lead Attribute Bad") == ()
+
+
+def test_records_carrying_a_named_field_fail_at_once_and_the_rest_go_out_together() -> None:
+    records = [record(0, FirstName="A"), record(1, PANTS="x"), record(2), record(3, pants="y")]
+    split = split_after_fault(records, frozenset({"pants"}))
+    assert split.failed == (records[1], records[3])
+    assert split.next_calls == ((records[0], records[2]),)
+
+
+def test_a_fault_naming_no_carried_field_splits_the_batch_in_halves() -> None:
+    records = [record(n) for n in range(5)]
+    split = split_after_fault(records, frozenset({"other"}))
+    assert split.failed == ()
+    assert split.next_calls == (tuple(records[:2]), tuple(records[2:]))
+    alone = split_after_fault(records[:1], frozenset())
+    assert alone.failed == (records[0],)
+    assert alone.next_calls == ()
+
+
+def test_every_record_carrying_the_field_leaves_nothing_to_send() -> None:
+    records = [record(n, NewField="x") for n in range(300)]
+    split = split_after_fault(records, frozenset({"newfield"}))
+    assert len(split.failed) == 300
+    assert split.next_calls == ()
+    assert carrying(records[:1], frozenset()) == []
+
+
+def test_the_isolation_budget_grows_with_the_logarithm_of_the_batch() -> None:
+    assert isolation_budget(1) == 6
+    assert isolation_budget(300) == 2 * 9 + 4
+    assert isolation_budget(300) < 300 // 10
