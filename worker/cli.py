@@ -379,6 +379,7 @@ def _limits_table(snap: StatsSnapshot, settings: Settings) -> Table:
             f"per {settings.rate_limit_window_s:g} s",
         ),
         ("quota used today", f"{state.quota_used_today} of {state.quota_limit}"),
+        ("quota pace", snap.pace.describe()),
         ("hold", hold),
         ("cooldown", cooldown),
         ("outcomes, last minute", outcomes or "none"),

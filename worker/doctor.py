@@ -22,7 +22,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from producers.contract import Keys
 from worker.errors import ConfigError
+from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.scheduling import pace_report
 from worker.settings import Settings
 from worker.stats import stored_shards
 
@@ -265,6 +267,16 @@ async def check_limits(redis: Redis, settings: Settings) -> Check:
             "WARN",
             f"cooling down {state.cooldown_remaining_s:.0f} s ({state.cooldown_reason}); {usage}",
         )
+    ledger = Ledger.for_settings(redis, settings)
+    shards = await stored_shards(redis, ledger.keys) or settings.shards
+    pace = pace_report(
+        await ledger.backlogs(shards),
+        state,
+        batch_size=settings.batch_size,
+        flush_interval_s=settings.flush_interval_s,
+    )
+    if pace.short:
+        return Check("hold", "WARN", f"not held; {usage}; {pace.describe()}")
     return Check("hold", "OK", f"not held; {usage}")
 
 

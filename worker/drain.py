@@ -365,6 +365,8 @@ class Drainer:
         pending."""
         work: list[tuple[BatchRecord, ...]] = [batch.records]
         budget = isolation_budget(len(batch.records))
+        # A full batch is the best use of a call; a partial one waits for the quota pace.
+        paced = len(batch) < self.settings.batch_size
         calls = 0
         try:
             while work:
@@ -384,7 +386,9 @@ class Drainer:
                     continue
                 calls += 1
                 try:
-                    answers = await self._call(shard, token, records, batch.dedup, report)
+                    answers = await self._call(
+                        shard, token, records, batch.dedup, report, paced=paced
+                    )
                 except BadRequestError as exc:
                     if exc.code not in RECORD_FAULT_CODES:
                         raise TransientError(f"unexpected fault {exc.code}", code=exc.code) from exc
@@ -419,6 +423,8 @@ class Drainer:
         records: Sequence[BatchRecord],
         dedup: bool,
         report: DrainReport,
+        *,
+        paced: bool = False,
     ) -> list[SyncResult]:
         """One logical call with the retry policy; every attempt renews the lease and
         takes its own permit."""
@@ -431,7 +437,7 @@ class Drainer:
         async for attempt in policy:
             with attempt:
                 await self.ledger.renew_lease(shard, token, self.settings.lease_ttl_s)
-                permit = await self.limiter.acquire(self.consumer, probe=True)
+                permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
                 if isinstance(permit, Denied):
                     raise LimitReached(permit.reason, permit.retry_after_s)
                 report.calls += 1

@@ -16,7 +16,8 @@
 --
 -- ARGV: now ('' for Redis TIME), token, slot_member, probe (0/1), rate_calls, window_s,
 --       max_slots, slot_ttl_s, quota_limit, reset_at (Unix s of the next quota reset),
---       probe_interval_s, concurrency_retry_s, min_retry_s, gc_margin_s
+--       probe_interval_s, concurrency_retry_s, min_retry_s, gc_margin_s,
+--       paced (0/1: a partial batch), day_length_s (of this quota day), pace_burst_calls
 --
 -- Returns {1, 1 if the hold's probe turn was taken else 0} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
 -- would be truncated to integers on the way back).
@@ -39,6 +40,9 @@ local probe_interval_s = tonumber(ARGV[11])
 local concurrency_retry_s = tonumber(ARGV[12])
 local min_retry_s = tonumber(ARGV[13])
 local gc_margin_s = tonumber(ARGV[14])
+local paced = ARGV[15] == '1'
+local day_length_s = tonumber(ARGV[16])
+local pace_burst = tonumber(ARGV[17])
 
 local function deny(reason, retry_s)
   return {0, reason, string.format('%.6f', math.max(retry_s, min_retry_s))}
@@ -68,6 +72,18 @@ end
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
 if used >= quota_limit then
   return deny('quota', reset_in_s)
+end
+
+-- pace: a partial batch goes only while the day's calls stay under a line rising from
+-- pace_burst at 00:00 to quota_limit + pace_burst at the reset, so the share lasts the
+-- day (full batches are the best use of a call and skip this check). Mirrors
+-- pace_wait_s in limits.py.
+if paced then
+  local day_start = tonumber(ARGV[10]) - day_length_s
+  local allowed = quota_limit * (now - day_start) / day_length_s + pace_burst
+  if used + 1 > allowed then
+    return deny('pace', day_start + (used + 1 - pace_burst) * day_length_s / quota_limit - now)
+  end
 end
 
 -- sliding window: at most rate_calls calls in any window_s seconds

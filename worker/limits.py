@@ -34,7 +34,7 @@ from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DenyReason: TypeAlias = Literal["hold", "cooldown", "quota", "rate", "concurrency"]
+DenyReason: TypeAlias = Literal["hold", "cooldown", "quota", "pace", "rate", "concurrency"]
 
 #: Added to ``request_timeout_s`` for a slot's lifetime: the HTTP call is over by then.
 SLOT_MARGIN_S = 5.0
@@ -80,6 +80,7 @@ class LimiterState:
     slots_in_use: int
     quota_used_today: int
     quota_limit: int
+    pace_wait_s: float
     cooldown_remaining_s: float
     cooldown_reason: str | None
     hold_reason: str | None
@@ -131,6 +132,30 @@ def next_quota_reset(now_s: float, tz: str) -> float:
     # Wall-clock arithmetic on the date, then zoneinfo picks the offset valid at that
     # midnight; a midnight skipped by DST maps to the instant the day starts.
     return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone).timestamp()
+
+
+def quota_day_length_s(now_s: float, tz: str) -> float:
+    """Length of the quota day ``now_s`` falls in (23, 24 or 25 h around DST changes)."""
+    zone = ZoneInfo(tz)
+    today = datetime.fromtimestamp(now_s, zone).date()
+    start = datetime(today.year, today.month, today.day, tzinfo=zone).timestamp()
+    return next_quota_reset(now_s, tz) - start
+
+
+def pace_wait_s(
+    used: int, now_s: float, *, quota: int, reset_at_s: float, day_length_s: float, burst: int
+) -> float:
+    """How long a partial batch waits for the pace line (0: it may go now).
+
+    The day's calls may reach ``burst`` at the day's start and rise evenly to ``quota +
+    burst`` at the reset, so a steady trickle never spends the share before the day ends.
+    The admission step in ``limits.lua`` applies the same rule atomically.
+    """
+    day_start_s = reset_at_s - day_length_s
+    allowed = quota * (now_s - day_start_s) / day_length_s + burst
+    if used + 1 <= allowed:
+        return 0.0
+    return day_start_s + (used + 1 - burst) * day_length_s / quota - now_s
 
 
 # --- small scripts (the admission step is in limits.lua) ------------------------------
@@ -247,11 +272,14 @@ class RedisLimiter:
     def _slot_member(holder: str, token: str) -> str:
         return f"{holder}|{token}"
 
-    async def acquire(self, holder: str, *, probe: bool = False) -> Permit | Denied:
+    async def acquire(
+        self, holder: str, *, probe: bool = False, paced: bool = False
+    ) -> Permit | Denied:
         """Take leave for one call, or say why not and for how long.
 
         While on hold only ``probe=True`` callers can pass, and only one per
-        ``hold_probe_interval_s`` across the cluster.
+        ``hold_probe_interval_s`` across the cluster. ``paced=True`` (a partial batch)
+        also waits for the pace line (:func:`pace_wait_s`).
         """
         s = self._settings
         local_now = self._local_now()
@@ -274,6 +302,9 @@ class RedisLimiter:
                 repr(CONCURRENCY_RETRY_S),
                 repr(MIN_RETRY_S),
                 repr(GC_MARGIN_S),
+                1 if paced else 0,
+                repr(quota_day_length_s(local_now, s.quota_timezone)),
+                s.pace_burst_calls,
             ],
         )
         if int(result[0]) == 1:
@@ -352,6 +383,14 @@ class RedisLimiter:
             slots_in_use=int(slots),
             quota_used_today=int(used or 0),
             quota_limit=s.daily_quota,
+            pace_wait_s=pace_wait_s(
+                int(used or 0),
+                now,
+                quota=s.daily_quota,
+                reset_at_s=next_quota_reset(now, s.quota_timezone),
+                day_length_s=quota_day_length_s(now, s.quota_timezone),
+                burst=s.pace_burst_calls,
+            ),
             cooldown_remaining_s=cooldown_left_s,
             cooldown_reason=_text(cooldown[1]) if cooldown_left_s > 0 else None,
             hold_reason=hold_reason,

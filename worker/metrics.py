@@ -62,6 +62,16 @@ GROUPS_RECREATED = Counter(
     "leadsync_consumer_groups_recreated",
     "Shard consumer groups found missing (Redis lost its data) and recreated at id 0.",
 )
+PACE_WAIT = Gauge(
+    "leadsync_pace_wait_seconds",
+    "How long a partial batch waits for the daily-quota pace now (0: partial batches go when due).",
+    multiprocess_mode="mostrecent",
+)
+PACE_WAITING_BATCHES = Gauge(
+    "leadsync_pace_waiting_batches",
+    "Partial batches due but held back by the quota pace: the inflow needs more calls than the share.",
+    multiprocess_mode="mostrecent",
+)
 ISOLATION_CALLS = Counter(
     "leadsync_isolation_calls",
     "Calls spent isolating records that made a whole call fault (beyond each batch's first).",
@@ -189,6 +199,12 @@ def observe_limiter(state: LimiterState) -> None:
     QUOTA_USED.set(state.quota_used_today)
     HOLD.set(1 if state.hold_reason else 0)
     COOLDOWN.set(state.cooldown_remaining_s)
+    PACE_WAIT.set(state.pace_wait_s)
+
+
+@never_raises
+def observe_pace(waiting_batches: int) -> None:
+    PACE_WAITING_BATCHES.set(waiting_batches)
 
 
 # --- process hooks (connected to Celery signals in worker.app) ------------------------

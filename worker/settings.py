@@ -82,7 +82,13 @@ class Settings(BaseSettings):
         description="Most leads per syncMultipleLeads call.",
     )
     flush_interval_s: float = Field(
-        2.0, ge=0, le=3600, description="Send a partial batch once its oldest entry is this old."
+        30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Latency target: a partial batch goes once its oldest entry is this old (and "
+            "the quota pace allows); lower it for fresher data at more calls."
+        ),
     )
 
     # Limits shared by every pod (Adobe advises 50 calls / 20 s and 5 at once per integration)
@@ -97,6 +103,14 @@ class Settings(BaseSettings):
         10_000,
         ge=1,
         description="Calls per day; the day resets at 00:00 in LEADSYNC_QUOTA_TIMEZONE.",
+    )
+    pace_burst_calls: int = Field(
+        100,
+        ge=0,
+        description=(
+            "Partial-batch calls allowed ahead of the even pace that makes "
+            "LEADSYNC_DAILY_QUOTA last until its reset."
+        ),
     )
     quota_timezone: str = Field(
         "America/Chicago", description="Time zone of Marketo's daily quota reset."

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from producers.contract import Keys
 from worker.ledger import Ledger, ShardBacklog
 from worker.limits import LimiterState, RedisLimiter
+from worker.scheduling import PaceReport, pace_report
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class StatsSnapshot:
     dead_letters: tuple[int, ...]
     limiter: LimiterState
     outcomes_last_minute: Mapping[str, int]
+    pace: PaceReport
 
     @property
     def backlog_total(self) -> int:
@@ -111,4 +113,10 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
         dead_letters=tuple(int(n) for n in replies[:shards]),
         limiter=limiter,
         outcomes_last_minute=dict(outcomes),
+        pace=pace_report(
+            backlogs,
+            limiter,
+            batch_size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_s,
+        ),
     )

@@ -9,9 +9,9 @@ from typing import Any
 
 from worker.app import QUEUE, app, settings
 from worker.doctor import write_heartbeat
-from worker.metrics import observe_backlogs, observe_limiter
+from worker.metrics import observe_backlogs, observe_limiter, observe_pace
 from worker.runtime import Runtime, get_runtime
-from worker.scheduling import due_shards
+from worker.scheduling import due_shards, pace_report
 
 #: A ring marker stops the tick from queueing the same shard again while a drain
 #: message waits for a free worker; it expires so a lost message is rung again.
@@ -75,6 +75,13 @@ def tick() -> dict[str, int]:
         state = await runtime.limiter.state()
         observe_backlogs(backlogs)
         observe_limiter(state)
+        pace = pace_report(
+            backlogs,
+            state,
+            batch_size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_s,
+        )
+        observe_pace(pace.waiting_batches)
         await write_heartbeat(runtime.redis, runtime.keys)
         if await runtime.redis.set(runtime.keys.control("prune"), 1, nx=True, px=PRUNE_EVERY_MS):
             await runtime.ledger.prune_consumers(runtime.shards, CONSUMER_IDLE_S)

@@ -66,8 +66,10 @@ async def make_limiter(redis_url: str, clock: FakeClock) -> AsyncIterator[MakeLi
         await client.aclose()
 
 
-async def take(limiter: RedisLimiter, holder: str = "pod-a", *, probe: bool = False) -> Permit:
-    result = await limiter.acquire(holder, probe=probe)
+async def take(
+    limiter: RedisLimiter, holder: str = "pod-a", *, probe: bool = False, paced: bool = False
+) -> Permit:
+    result = await limiter.acquire(holder, probe=probe, paced=paced)
     assert isinstance(result, Permit), result
     return result
 
@@ -372,3 +374,21 @@ async def test_pods_with_skewed_clocks_share_one_cooldown_window_and_slot_set(
         assert 15 < denied.retry_after_s <= 20
     finally:
         await client.aclose()
+
+
+async def test_partial_batches_wait_for_the_pace_line_and_full_ones_do_not(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """At noon of a 1,000-call day, 500 calls (plus a burst of 2) are allowed to partial
+    batches; the next waits one pace interval. Full batches go on regardless."""
+    limiter = make_limiter(daily_quota=1000, pace_burst_calls=2)
+    for _ in range(502):
+        await take(limiter)  # full batches: not paced
+    denied = await limiter.acquire("pod-a", paced=True)
+    assert isinstance(denied, Denied)
+    assert denied.reason == "pace"
+    state = await limiter.state()
+    assert state.pace_wait_s == pytest.approx(denied.retry_after_s, abs=0.01)
+    clock.advance(denied.retry_after_s + 0.01)
+    await take(limiter, paced=True)
+    await take(limiter)  # a full batch still goes

@@ -54,6 +54,7 @@ def test_the_limiter_snapshot_sets_hold_to_one_while_held() -> None:
         calls_in_window=7,
         slots_in_use=2,
         quota_used_today=99,
+        pace_wait_s=0.0,
         quota_limit=10_000,
         cooldown_remaining_s=4.0,
         cooldown_reason="20023 ThrottledError",

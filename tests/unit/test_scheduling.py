@@ -1,0 +1,103 @@
+"""The tick's decision and the quota pace, driven directly (pure functions)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.unit.test_limits_clock import unix
+from worker.ledger import ShardBacklog
+from worker.limits import LimiterState, pace_wait_s, quota_day_length_s
+from worker.scheduling import due_shards, pace_report
+
+IDLE = LimiterState(
+    calls_in_window=0,
+    slots_in_use=0,
+    quota_used_today=0,
+    quota_limit=10_000,
+    pace_wait_s=0.0,
+    cooldown_remaining_s=0.0,
+    cooldown_reason=None,
+    hold_reason=None,
+    hold_since=None,
+    next_probe_in_s=None,
+)
+
+BACKLOGS = [
+    ShardBacklog(0, 300, 1.0, False),  # a full batch
+    ShardBacklog(1, 5, 40.0, False),  # a partial batch past the flush interval
+    ShardBacklog(2, 5, 3.0, False),  # a partial batch not due yet
+    ShardBacklog(3, 900, 99.0, True),  # leased or resting
+]
+
+
+def due(state: LimiterState = IDLE) -> list[int]:
+    return due_shards(BACKLOGS, state, batch_size=300, flush_interval_s=30.0)
+
+
+def test_full_batches_and_partial_ones_past_the_flush_interval_are_due() -> None:
+    assert due() == [0, 1]
+
+
+def test_while_the_pace_holds_partial_batches_back_only_full_ones_are_rung() -> None:
+    assert due(dataclasses.replace(IDLE, pace_wait_s=12.0)) == [0]
+
+
+def test_nothing_is_due_in_a_cooldown_or_once_the_quota_is_used() -> None:
+    assert due(dataclasses.replace(IDLE, cooldown_remaining_s=3.0)) == []
+    assert due(dataclasses.replace(IDLE, quota_used_today=10_000)) == []
+
+
+MIDNIGHT = unix("2026-12-01T00:00:00", "America/Chicago")
+DAY_S = 86_400.0
+
+
+def wait(used: int, now_s: float, burst: int = 100) -> float:
+    return pace_wait_s(
+        used, now_s, quota=10_000, reset_at_s=MIDNIGHT + DAY_S, day_length_s=DAY_S, burst=burst
+    )
+
+
+def test_the_pace_line_rises_evenly_from_the_burst_to_the_share_over_the_day() -> None:
+    assert wait(99, MIDNIGHT) == 0.0, "the burst allowance goes at once"
+    assert wait(100, MIDNIGHT) == pytest.approx(DAY_S / 10_000)
+    noon = MIDNIGHT + DAY_S / 2
+    assert wait(5_099, noon) == 0.0
+    assert wait(5_100, noon) == pytest.approx(DAY_S / 10_000)
+    assert wait(6_100, noon) == pytest.approx(1_001 * DAY_S / 10_000)
+
+
+def test_a_steady_trickle_paced_by_the_line_never_spends_more_than_the_share() -> None:
+    """Simulate partial batches asking every second all day: the calls made end at the
+    share plus the burst, never more."""
+    used, now = 0, MIDNIGHT
+    while now < MIDNIGHT + DAY_S:
+        if wait(used, now) == 0.0:
+            used += 1
+        now += 1.0
+    assert 10_000 <= used <= 10_100
+
+
+def test_quota_days_are_23_and_25_hours_long_around_dst_changes() -> None:
+    assert (
+        quota_day_length_s(unix("2026-03-08T12:00:00", "America/Chicago"), "America/Chicago")
+        == 23 * 3600
+    )
+    assert (
+        quota_day_length_s(unix("2026-11-01T12:00:00", "America/Chicago"), "America/Chicago")
+        == 25 * 3600
+    )
+    assert quota_day_length_s(MIDNIGHT + 3600, "America/Chicago") == DAY_S
+
+
+def test_the_pace_report_says_how_many_calls_the_inflow_needs_when_it_binds() -> None:
+    held = dataclasses.replace(IDLE, pace_wait_s=40.0)
+    report = pace_report(BACKLOGS, held, batch_size=300, flush_interval_s=30.0)
+    assert report.short
+    assert report.waiting_batches == 1  # shard 1; shard 3 is over a batch, shard 2 not due
+    # 4 shards with work, one call each per 30 s, plus 1 + 3 full batches
+    assert report.calls_needed_per_day == 4 * 2880 + 4
+    assert "11,524 calls a day" in report.describe()
+    assert "share is 10,000" in report.describe()
+    assert not pace_report(BACKLOGS, IDLE, batch_size=300, flush_interval_s=30.0).short
