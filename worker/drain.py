@@ -125,6 +125,23 @@ class Claim:
     raw: dict[str, RawEntry] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Lane:
+    """One leased shard's part of a cycle: what it claimed, the part of the call it
+    sends, the attempts counted for that part, and what it will settle."""
+
+    shard: int
+    token: str
+    settlement: Settlement
+    claim: Claim = field(default_factory=Claim)
+    part: Batch | None = None
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, shard: int, token: str) -> Lane:
+        return cls(shard, token, Settlement(shard))
+
+
 class Drainer:
     """Runs drain cycles for one worker process."""
 
@@ -160,24 +177,8 @@ class Drainer:
             report.status = "busy"
             return report
         deadline_s = time.monotonic() + self.settings.drain_budget_s
-        bound = asyncio.timeout(self.settings.drain_timeout_s)
         try:
-            async with bound:
-                await self._cycles(shard, token, report, deadline_s)
-        except LeaseLost as exc:
-            report.status, report.reason = "busy", "lease lost"
-            metrics.record_lease_lost()
-            logger.warning("shard %d: %s; entries stay pending for the new holder", shard, exc)
-        except TimeoutError:
-            if not bound.expired():
-                raise
-            report.status, report.reason = "backoff", "drain timeout"
-            metrics.record_drain_timeout()
-            logger.error(
-                "shard %d: drain stopped after LEADSYNC_DRAIN_TIMEOUT_S=%g s; entries stay pending",
-                shard,
-                self.settings.drain_timeout_s,
-            )
+            await self._bounded(self._cycles(shard, token, report, deadline_s), report)
         finally:
             await self.ledger.release_lease(shard, token)
         (report.backlog,) = [b.entries for b in await self.ledger.backlogs_of([shard])]
@@ -199,7 +200,7 @@ class Drainer:
     async def _cycles(self, shard: int, token: str, report: DrainReport, deadline_s: float) -> None:
         for _ in range(BATCHES_PER_DRAIN):
             calls_before = report.calls
-            await self._cycle(shard, token, report, deadline_s)
+            await self._cycle([Lane.of(shard, token)], report, deadline_s)
             if report.status != "sent" or report.calls == calls_before:
                 break
             if time.monotonic() > deadline_s:
@@ -207,75 +208,154 @@ class Drainer:
         if report.calls and report.status in ("idle", "waiting"):
             report.status = "sent"  # the last look found nothing due; earlier ones sent
 
+    async def drain_together(self, shards: Sequence[int]) -> DrainReport:
+        """One call filled from several shards' due partial batches (light traffic over
+        many shards fills one call, not one per shard). Every shard whose records ride in
+        the call is leased for the whole cycle, so each key's shard is in one call at a
+        time and the last write wins; shards another worker holds are left out."""
+        report = DrainReport(shards[0] if shards else -1)
+        leased: list[Lane] = []
+        for shard in shards:
+            token = await self.ledger.acquire_lease(shard, self.settings.lease_ttl_s)
+            if token is not None:
+                leased.append(Lane.of(shard, token))
+        if not leased:
+            report.status = "busy"
+            return report
+        deadline_s = time.monotonic() + self.settings.drain_budget_s
+        try:
+            await self._bounded(self._cycle(leased, report, deadline_s), report)
+        finally:
+            for lane in leased:
+                await self.ledger.release_lease(lane.shard, lane.token)
+        report.backlog = sum(
+            b.entries for b in await self.ledger.backlogs_of(lane.shard for lane in leased)
+        )
+        if report.calls or report.status in ("limited", "held", "backoff"):
+            logger.info(
+                "shards=%s status=%s calls=%d leads=%d entries=%d outcomes=%s backlog=%d%s",
+                ",".join(str(lane.shard) for lane in leased),
+                report.status,
+                report.calls,
+                report.leads_sent,
+                report.entries,
+                dict(report.outcomes),
+                report.backlog,
+                f" reason={report.reason}" if report.reason else "",
+            )
+        return report
+
+    async def _bounded(self, work: Awaitable[None], report: DrainReport) -> None:
+        """Run a drain's cycles within LEADSYNC_DRAIN_TIMEOUT_S; a lost lease or the
+        timeout ends them, and the entries stay pending (the caller releases leases)."""
+        bound = asyncio.timeout(self.settings.drain_timeout_s)
+        try:
+            async with bound:
+                await work
+        except LeaseLost as exc:
+            report.status, report.reason = "busy", "lease lost"
+            metrics.record_lease_lost()
+            logger.warning("%s; entries stay pending for the new holder", exc)
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            report.status, report.reason = "backoff", "drain timeout"
+            metrics.record_drain_timeout()
+            logger.error(
+                "shard %d: drain stopped after LEADSYNC_DRAIN_TIMEOUT_S=%g s; entries stay pending",
+                report.shard,
+                self.settings.drain_timeout_s,
+            )
+
     # --- the cycle ------------------------------------------------------------------
 
-    async def _cycle(self, shard: int, token: str, report: DrainReport, deadline_s: float) -> None:
-        settlement = Settlement(shard)
+    async def _cycle(self, lanes: Sequence[Lane], report: DrainReport, deadline_s: float) -> None:
         try:
-            await self._plan_and_send(shard, token, report, deadline_s, settlement)
+            await self._plan_and_send(lanes, report, deadline_s)
         finally:
             # Whatever was decided or answered is written, even when the cycle is cut short
             # (a timeout, a refusal): an answer Marketo gave is never thrown away. A stale
-            # holder's settle is refused as a whole.
-            if settlement:
-                await self.ledger.settle(shard, token, settlement)
-                await self._count(settlement, report)
+            # holder's settle is refused as a whole, shard by shard.
+            lost: LeaseLost | None = None
+            for lane in lanes:
+                if not lane.settlement:
+                    continue
+                try:
+                    await self.ledger.settle(lane.shard, lane.token, lane.settlement)
+                except LeaseLost as exc:
+                    lost = exc
+                    continue
+                await self._count(lane.settlement, report)
+            if lost is not None:
+                raise lost
         await self._pause_at("after_commit")
         if report.status == "sent" and report.calls:
-            await self.ledger.clear_rest_streak(shard)
+            for lane in lanes:
+                await self.ledger.clear_rest_streak(lane.shard)
 
     async def _plan_and_send(
-        self,
-        shard: int,
-        token: str,
-        report: DrainReport,
-        deadline_s: float,
-        settlement: Settlement,
+        self, lanes: Sequence[Lane], report: DrainReport, deadline_s: float
     ) -> None:
         batch_size = self.settings.batch_size
-        claim = await self._claim(shard, token, batch_size)
+        for lane in lanes:
+            lane.claim = await self._claim(lane.shard, lane.token, batch_size)
         await self._pause_at("after_claim")
-        for entry, error in claim.invalid:
-            settlement.answer(entry, self._invalid_outcome(shard, entry, error))
-        if not claim.queued:
-            report.status = "idle" if not claim.invalid else "sent"
+        now_s = self.clock()
+        due: list[tuple[Lane, Batch]] = []
+        for lane in lanes:
+            for entry, error in lane.claim.invalid:
+                lane.settlement.answer(entry, self._invalid_outcome(lane.shard, entry, error))
+            if lane.claim.queued:
+                batches = plan_batches(lane.claim.queued, batch_size)
+                batch = pick_batch(batches, batch_size, self.settings.flush_interval_s, now_s)
+                if batch is not None:
+                    due.append((lane, batch))
+        if not due:
+            anything = any(lane.claim.queued for lane in lanes)
+            invalid = any(lane.claim.invalid for lane in lanes)
+            report.status = "waiting" if anything else ("sent" if invalid else "idle")
             return
-        batch = pick_batch(
-            plan_batches(claim.queued, batch_size),
-            batch_size,
-            self.settings.flush_interval_s,
-            self.clock(),
-        )
-        if batch is None:
-            report.status = "waiting"  # a partial batch waits for more leads or for its age
-            return
-        bumped = await self.ledger.bump_attempts(shard, token, batch.entry_ids)
-        attempts = dict(zip(batch.entry_ids, bumped, strict=True))
-        batch = self._park_exhausted(shard, batch, attempts, claim.raw, settlement, report)
-        if not batch.records:
+        parts: list[tuple[Lane, Batch]] = []
+        for lane, part in fill_call(due, batch_size):
+            bumped = await self.ledger.bump_attempts(lane.shard, lane.token, part.entry_ids)
+            lane.attempts = dict(zip(part.entry_ids, bumped, strict=True))
+            lane.part = self._park_exhausted(lane, part, report)
+            if lane.part.records:
+                parts.append((lane, lane.part))
+        if not parts:
             report.status = "sent"
             return
+        riding = [lane for lane, _ in parts]
+        batch = Batch(parts[0][1].dedup, tuple(r for _, part in parts for r in part.records))
+        owner = {id(r): lane for lane, part in parts for r in part.records}
         report.entries += len(batch.entry_ids)
         results: list[RecordResult] = []
         try:
-            await self._send_isolating(shard, token, batch, results, report, deadline_s)
+            await self._send_isolating(riding, batch, results, report, deadline_s)
             report.status = "sent"
         except LimitReached as exc:
-            settlement.refund(_unanswered(batch, results))
+            self._refund_unanswered(riding, results)
             report.status = "held" if exc.reason == "hold" else "limited"
             report.retry_after_s, report.reason = exc.retry_after_s, exc.reason
         except (ThrottledError, QuotaExceededError, AuthError) as exc:
-            settlement.refund(_unanswered(batch, results))
+            self._refund_unanswered(riding, results)
             report.status, report.reason = await self._apply_cluster_limit(exc)
         except (TransientError, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
             report.status, report.reason = "backoff", _reason(exc)
-            # After a timeout Marketo may still be applying the call: the shard rests at
-            # least one more request timeout, so its keys are not in two calls at once.
+            # After a timeout Marketo may still be applying the call: the shards rest at
+            # least one more request timeout, so their keys are not in two calls at once.
             floor_s = self.settings.request_timeout_s if isinstance(exc, CallTimeout) else 0.0
-            await self._back_off(shard, floor_s=floor_s)
+            for lane in riding:
+                await self._back_off(lane.shard, floor_s=floor_s)
         finally:
-            self._answer(shard, results, attempts, claim.raw, settlement)
+            self._answer(results, owner)
+
+    def _refund_unanswered(self, lanes: Sequence[Lane], results: Sequence[RecordResult]) -> None:
+        answered = {e for r in results for e in r.record.entry_ids}
+        for lane in lanes:
+            assert lane.part is not None
+            lane.settlement.refund(e for e in lane.part.entry_ids if e not in answered)
 
     async def _claim(self, shard: int, token: str, batch_size: int) -> Claim:
         """Claim rounds until the coalesced records fill a batch or the shard has nothing
@@ -311,18 +391,11 @@ class Drainer:
                 break
         return claim
 
-    def _park_exhausted(
-        self,
-        shard: int,
-        batch: Batch,
-        attempts: Mapping[str, int],
-        raw: Mapping[str, RawEntry],
-        settlement: Settlement,
-        report: DrainReport,
-    ) -> Batch:
+    def _park_exhausted(self, lane: Lane, batch: Batch, report: DrainReport) -> Batch:
         """Entries that already rode in LEADSYNC_MAX_ATTEMPTS cycles (this one would be one
         more) are parked in the dead-letter stream, each with its own payload."""
-        exhausted = {e for e, n in attempts.items() if n > self.settings.max_attempts}
+        shard, raw, settlement = lane.shard, lane.claim.raw, lane.settlement
+        exhausted = {e for e, n in lane.attempts.items() if n > self.settings.max_attempts}
         if not exhausted:
             return batch
         now = self.clock()
@@ -351,8 +424,7 @@ class Drainer:
 
     async def _send_isolating(
         self,
-        shard: int,
-        token: str,
+        lanes: Sequence[Lane],
         batch: Batch,
         results: list[RecordResult],
         report: DrainReport,
@@ -386,9 +458,7 @@ class Drainer:
                     continue
                 calls += 1
                 try:
-                    answers = await self._call(
-                        shard, token, records, batch.dedup, report, paced=paced
-                    )
+                    answers = await self._call(lanes, records, batch.dedup, report, paced=paced)
                 except BadRequestError as exc:
                     if exc.code not in RECORD_FAULT_CODES:
                         raise TransientError(f"unexpected fault {exc.code}", code=exc.code) from exc
@@ -418,8 +488,7 @@ class Drainer:
 
     async def _call(
         self,
-        shard: int,
-        token: str,
+        lanes: Sequence[Lane],
         records: Sequence[BatchRecord],
         dedup: bool,
         report: DrainReport,
@@ -436,7 +505,8 @@ class Drainer:
         leads = [record.lead for record in records]
         async for attempt in policy:
             with attempt:
-                await self.ledger.renew_lease(shard, token, self.settings.lease_ttl_s)
+                for lane in lanes:
+                    await self.ledger.renew_lease(lane.shard, lane.token, self.settings.lease_ttl_s)
                 permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
                 if isinstance(permit, Denied):
                     raise LimitReached(permit.reason, permit.retry_after_s)
@@ -494,16 +564,16 @@ class Drainer:
 
     # --- settling ----------------------------------------------------------------------
 
-    def _answer(
-        self,
-        shard: int,
-        results: Sequence[RecordResult],
-        attempts: Mapping[str, int],
-        raw: Mapping[str, RawEntry],
-        settlement: Settlement,
-    ) -> None:
+    def _answer(self, results: Sequence[RecordResult], owner: Mapping[int, Lane]) -> None:
         now = self.clock()
         for result in results:
+            lane = owner[id(result.record)]
+            shard, attempts, raw, settlement = (
+                lane.shard,
+                lane.attempts,
+                lane.claim.raw,
+                lane.settlement,
+            )
             for entry_id in result.record.entry_ids:
                 outcome = Outcome(
                     request_id(shard, entry_id),
@@ -538,9 +608,22 @@ class Drainer:
         )
 
 
-def _unanswered(batch: Batch, results: Sequence[RecordResult]) -> list[str]:
-    answered = {e for r in results for e in r.record.entry_ids}
-    return [e for e in batch.entry_ids if e not in answered]
+def fill_call(due: Sequence[tuple[Lane, Batch]], batch_size: int) -> list[tuple[Lane, Batch]]:
+    """The parts of the next call: the due batch holding the oldest entry first, then
+    other shards' due batches of the same dedup kind while they fit (the last one cut to
+    fill the call; its other records stay pending). One shard's records never split a
+    lead: a lead is one record."""
+    ordered = sorted(due, key=lambda item: min(entry_order(e) for e in item[1].entry_ids))
+    dedup = ordered[0][1].dedup
+    parts: list[tuple[Lane, Batch]] = []
+    room = batch_size
+    for lane, batch in ordered:
+        if batch.dedup is not dedup or room <= 0:
+            continue
+        part = Batch(dedup, batch.records[:room])
+        parts.append((lane, part))
+        room -= len(part)
+    return parts
 
 
 def pick_batch(

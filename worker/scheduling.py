@@ -43,6 +43,33 @@ def due_shards(
     return [b.shard for b in due]
 
 
+def call_groups(
+    backlogs: Sequence[ShardBacklog], due: Sequence[int], *, batch_size: int
+) -> list[list[int]]:
+    """How to drain the due shards: a shard holding a full batch alone (the shard count
+    sets the parallel calls under a backlog); shards with partial batches together, as
+    few calls as their entries fill (first fit, fullest first), so light traffic over
+    many shards fills one call instead of one per shard."""
+    entries = {b.shard: b.entries for b in backlogs}
+    groups: list[list[int]] = []
+    room: list[int] = []
+    for shard in due:
+        n = entries.get(shard, 0)
+        if n >= batch_size:
+            groups.append([shard])
+            room.append(0)
+            continue
+        for index, left in enumerate(room):
+            if n <= left:
+                groups[index].append(shard)
+                room[index] = left - n
+                break
+        else:
+            groups.append([shard])
+            room.append(batch_size - n)
+    return groups
+
+
 @dataclass(frozen=True, slots=True)
 class PaceReport:
     """Whether the quota pace holds partial batches back, and what the inflow would need."""

@@ -11,7 +11,7 @@ from worker.app import QUEUE, app, settings
 from worker.doctor import write_heartbeat
 from worker.metrics import observe_backlogs, observe_limiter, observe_pace
 from worker.runtime import Runtime, get_runtime
-from worker.scheduling import due_shards, pace_report
+from worker.scheduling import call_groups, due_shards, pace_report
 
 #: A ring marker stops the tick from queueing the same shard again while a drain
 #: message waits for a free worker; it expires so a lost message is rung again.
@@ -28,20 +28,29 @@ PRUNE_EVERY_MS = 600_000
 SELF_RETRY_MAX_S = 30.0
 
 
-def _ring(runtime: Runtime, shards: list[int], *, countdown_s: float = 0.0) -> int:
-    """Queue a drain for each shard not already rung; return how many were queued."""
+def _ring(runtime: Runtime, groups: list[list[int]], *, countdown_s: float = 0.0) -> int:
+    """Queue a drain for each group of shards not already rung (one shard: ``drain``;
+    several: ``drain_together``, one call filled from all of them); return how many
+    drains were queued."""
     marker_ms = RING_TTL_MS + int(countdown_s * 1000)
+    shards = [shard for group in groups for shard in group]
 
-    async def claim() -> list[int]:
+    async def claim() -> set[int]:
         pipe = runtime.redis.pipeline(transaction=False)
         for shard in shards:
             pipe.set(runtime.keys.control(f"ring:{shard}"), 1, nx=True, px=marker_ms)
-        return [shard for shard, ok in zip(shards, await pipe.execute(), strict=True) if ok]
+        return {shard for shard, ok in zip(shards, await pipe.execute(), strict=True) if ok}
 
-    rung = runtime.run(claim()) if shards else []
-    for shard in rung:
-        drain.apply_async((shard,), queue=QUEUE, countdown=countdown_s or None)
-    return len(rung)
+    rung = runtime.run(claim()) if shards else set()
+    queued = 0
+    for group in groups:
+        members = [shard for shard in group if shard in rung]
+        if len(members) == 1:
+            drain.apply_async((members[0],), queue=QUEUE, countdown=countdown_s or None)
+        elif members:
+            drain_together.apply_async((members,), queue=QUEUE, countdown=countdown_s or None)
+        queued += bool(members)
+    return queued
 
 
 @app.task(name="leadsync.drain", acks_late=True, reject_on_worker_lost=True)
@@ -52,7 +61,7 @@ def drain(shard: int) -> dict[str, Any]:
     runtime.run(write_heartbeat(runtime.redis, runtime.keys))
     report = runtime.run(runtime.drainer.drain(shard))
     if report.status == "sent" and report.backlog > 0:
-        _ring(runtime, [shard])
+        _ring(runtime, [[shard]])
     elif (
         report.status == "limited"
         and report.reason in ("rate", "concurrency")
@@ -60,8 +69,17 @@ def drain(shard: int) -> dict[str, Any]:
         and report.retry_after_s <= SELF_RETRY_MAX_S
     ):
         # A little jitter so shards refused together do not all return in one instant.
-        _ring(runtime, [shard], countdown_s=report.retry_after_s + random.uniform(0.0, 0.05))
+        _ring(runtime, [[shard]], countdown_s=report.retry_after_s + random.uniform(0.0, 0.05))
     return report.as_dict()
+
+
+@app.task(name="leadsync.drain_together", acks_late=True, reject_on_worker_lost=True)
+def drain_together(shards: list[int]) -> dict[str, Any]:
+    """One call filled from the partial batches of several shards (all leased)."""
+    runtime = get_runtime(settings)
+    runtime.run(runtime.redis.delete(*(runtime.keys.control(f"ring:{s}") for s in shards)))
+    runtime.run(write_heartbeat(runtime.redis, runtime.keys))
+    return runtime.run(runtime.drainer.drain_together(shards)).as_dict()
 
 
 @app.task(name="leadsync.tick", ignore_result=True)
@@ -70,7 +88,7 @@ def tick() -> dict[str, int]:
     harmless: the ring markers and leases let only one drain per shard through."""
     runtime = get_runtime(settings)
 
-    async def decide() -> list[int]:
+    async def decide() -> list[list[int]]:
         backlogs = await runtime.ledger.backlogs(runtime.shards)
         state = await runtime.limiter.state()
         observe_backlogs(backlogs)
@@ -85,11 +103,12 @@ def tick() -> dict[str, int]:
         await write_heartbeat(runtime.redis, runtime.keys)
         if await runtime.redis.set(runtime.keys.control("prune"), 1, nx=True, px=PRUNE_EVERY_MS):
             await runtime.ledger.prune_consumers(runtime.shards, CONSUMER_IDLE_S)
-        return due_shards(
+        due = due_shards(
             backlogs,
             state,
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
         )
+        return call_groups(backlogs, due, batch_size=settings.batch_size)
 
     return {"rung": _ring(runtime, runtime.run(decide()))}

@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 from producers.contract import OutcomeStatus
 from tests.support.model import (
     BEHAVIOURS,
+    EVERY_SHARD,
     PAUSE_POINTS,
     SEQ,
     VAL,
@@ -150,10 +151,11 @@ class DrainMachine(RuleBasedStateMachine):
 
     @rule(
         worker=st.integers(0, 2),
-        shard=st.integers(0, 1),
+        shard=st.sampled_from((0, 1, EVERY_SHARD)),
         pause_at=st.sampled_from((None, None, None, *PAUSE_POINTS)),
     )
     def drain(self, worker: int, shard: int, pause_at: PausePoint | None) -> None:
+        """One shard's drain, or (EVERY_SHARD) one call filled from both shards."""
         self._drain(worker, shard, pause_at)
 
     @rule(worker=st.integers(0, 2), shard=st.integers(0, 1), times=st.integers(1, 3))

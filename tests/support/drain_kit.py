@@ -110,8 +110,9 @@ def make(
     )
 
 
-async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str]:
-    await drainer.ledger.ensure_groups(1)
+async def enqueue(drainer: Drainer, *emails: str, shard: int = 0, **attributes: str) -> list[str]:
+    """XADD one upsert per email to ``shard``'s stream (as the producer would)."""
+    await drainer.ledger.ensure_groups([shard])
     ids = []
     for email in emails:
         lead = validate_lead(email=email, attributes=attributes or None)
@@ -119,8 +120,8 @@ async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str
         entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
             ENQUEUE_LUA,
             2,
-            drainer.keys.stream(0),
-            drainer.keys.newest(0, digest),
+            drainer.keys.stream(shard),
+            drainer.keys.newest(shard, digest),
             digest,
             encode_lead(lead),
             NEWEST_ID_TTL_S,
@@ -129,8 +130,8 @@ async def enqueue(drainer: Drainer, *emails: str, **attributes: str) -> list[str
     return ids
 
 
-async def statuses(drainer: Drainer, entry_ids: list[str]) -> list[str | None]:
+async def statuses(drainer: Drainer, entry_ids: list[str], shard: int = 0) -> list[str | None]:
     values = [
-        await drainer.ledger.redis.hget(drainer.keys.outcome(0, e), "status") for e in entry_ids
+        await drainer.ledger.redis.hget(drainer.keys.outcome(shard, e), "status") for e in entry_ids
     ]
     return [v.decode() if v else None for v in values]

@@ -292,6 +292,9 @@ class Reference:
 
 # --- the adapter: every call into leadsync internals is below this line -----------------------
 
+#: A drain over every shard at once: one call filled from all of them, all leased.
+EVERY_SHARD: Final = -1
+
 
 #: Invariant 5: the kinds of key that may live without a TTL. Anything else must expire.
 ALLOWED_WITHOUT_TTL: Final = frozenset(
@@ -436,11 +439,18 @@ class System:
         await asyncio.gather(*waits, return_exceptions=True)
 
     def _start(self, worker: Worker, shard: int, pause_at: PausePoint | None) -> None:
+        """``shard`` = EVERY_SHARD: one call filled from every shard (``drain_together``)."""
         worker.armed = pause_at
         worker.paused_at = None
         worker.paused.clear()
         worker.shard = shard
-        worker.task = asyncio.ensure_future(worker.drainer.drain(shard))
+        drainer = worker.drainer
+        work = (
+            drainer.drain_together(range(self.shards))
+            if shard == EVERY_SHARD
+            else drainer.drain(shard)
+        )
+        worker.task = asyncio.ensure_future(work)
 
     async def drain(self, index: int, shard: int, pause_at: PausePoint | None = None) -> bool:
         """Run one ``Drainer.drain(shard)`` on worker ``index`` until it returns, or until
@@ -506,12 +516,15 @@ class System:
 
     # --- time, limits, leases ---------------------------------------------------------------
 
+    def _shards(self, shard: int) -> list[int]:
+        return list(range(self.shards)) if shard == EVERY_SHARD else [shard]
+
     async def _time_passes(self, shard: int) -> None:
         """The shard's rest after transient faults is over (Drainer._back_off's key)."""
-        await self.redis.delete(self.keys.rest(shard))
+        await self.redis.delete(*(self.keys.rest(s) for s in self._shards(shard)))
 
     async def expire_lease(self, shard: int) -> None:
-        await self.redis.delete(self.keys.lease(shard))
+        await self.redis.delete(*(self.keys.lease(s) for s in self._shards(shard)))
 
     async def refuse_calls(self, on: bool) -> None:
         """Another pod was throttled: the limiter refuses every call until cleared."""

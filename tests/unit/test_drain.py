@@ -292,3 +292,47 @@ async def test_isolation_past_its_call_budget_dead_letters_the_rest_instead_of_s
     assert result.count("DEAD_LETTERED") + result.count("FAILED") == 300
     assert result.count("DEAD_LETTERED") > 250
     assert await redis.xlen(drainer.keys.dead_letters(0)) == result.count("DEAD_LETTERED")
+
+
+async def test_partial_batches_of_several_shards_ride_in_one_call(redis: Redis) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, shards=3, batch_size=10)
+    ids = {s: await enqueue(drainer, f"a{s}@x.com", f"b{s}@x.com", shard=s) for s in range(3)}
+    report = await drainer.drain_together([0, 1, 2])
+    assert report.status == "sent"
+    assert len(marketo.calls) == 1
+    assert sorted(marketo.calls[0]) == sorted(f"{p}{s}@x.com" for s in range(3) for p in "ab")
+    for shard, entry_ids in ids.items():
+        assert await statuses(drainer, entry_ids, shard) == ["CREATED", "CREATED"]
+        assert not await redis.exists(drainer.keys.lease(shard)), "every lease is released"
+
+
+async def test_a_shared_call_leaves_out_a_shard_another_worker_holds_and_fills_to_the_cap(
+    redis: Redis,
+) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, shards=3, batch_size=3)
+    first = await enqueue(drainer, "a0@x.com", "b0@x.com", shard=0)
+    second = await enqueue(drainer, "a1@x.com", "b1@x.com", shard=1)
+    held = await enqueue(drainer, "a2@x.com", shard=2)
+    assert await drainer.ledger.acquire_lease(2, 60) is not None  # another worker's
+    await drainer.drain_together([0, 1, 2])
+    assert marketo.calls == [["a0@x.com", "b0@x.com", "a1@x.com"]], "oldest first, cut at 3"
+    assert await statuses(drainer, first) == ["CREATED", "CREATED"]
+    assert await statuses(drainer, second, 1) == ["CREATED", None], "the rest stays pending"
+    assert await statuses(drainer, held, 2) == [None]
+
+
+async def test_a_refused_shared_call_refunds_every_shard_and_leaves_everything_pending(
+    redis: Redis,
+) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, shards=2, batch_size=10)
+    ids = [await enqueue(drainer, f"p{s}@x.com", shard=s) for s in range(2)]
+    await drainer.limiter.cooldown(60, "test")
+    report = await drainer.drain_together([0, 1])
+    assert report.status == "limited"
+    assert marketo.calls == []
+    for shard in range(2):
+        assert await statuses(drainer, ids[shard], shard) == [None]
+        assert await drainer.ledger.attempts(shard, ids[shard]) == [0]

@@ -9,7 +9,7 @@ import pytest
 from tests.unit.test_limits_clock import unix
 from worker.ledger import ShardBacklog
 from worker.limits import LimiterState, pace_wait_s, quota_day_length_s
-from worker.scheduling import due_shards, pace_report
+from worker.scheduling import call_groups, due_shards, pace_report
 
 IDLE = LimiterState(
     calls_in_window=0,
@@ -101,3 +101,18 @@ def test_the_pace_report_says_how_many_calls_the_inflow_needs_when_it_binds() ->
     assert "11,524 calls a day" in report.describe()
     assert "share is 10,000" in report.describe()
     assert not pace_report(BACKLOGS, IDLE, batch_size=300, flush_interval_s=30.0).short
+
+
+def test_full_batches_drain_alone_and_partial_ones_share_as_few_calls_as_they_fill() -> None:
+    backlogs = [
+        ShardBacklog(0, 700, 1.0, False),
+        ShardBacklog(1, 120, 40.0, False),
+        ShardBacklog(2, 200, 40.0, False),
+        ShardBacklog(3, 90, 40.0, False),
+        ShardBacklog(4, 5, 40.0, False),
+    ]
+    groups = call_groups(backlogs, [0, 2, 1, 3, 4], batch_size=300)
+    assert groups == [[0], [2, 3, 4], [1]]
+    assert call_groups(backlogs, [], batch_size=300) == []
+    sixteen = [ShardBacklog(s, 2, 40.0, False) for s in range(16)]
+    assert call_groups(sixteen, list(range(16)), batch_size=300) == [list(range(16))]
