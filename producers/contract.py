@@ -154,6 +154,20 @@ def validate_lead(
     )
 
 
+def check_known_fields(lead: LeadUpsert, known: frozenset[str] | None) -> LeadUpsert:
+    """Refuse an attribute Marketo would not know (``known``: case-folded names from
+    LEADSYNC_KNOWN_FIELDS; None accepts any). One unknown name would otherwise fault the
+    whole call (20105) in the worker, long after the app could have been told."""
+    if known:
+        for name in lead.attributes:
+            if name.casefold() not in known:
+                raise InvalidLead(
+                    f"attributes.{name}",
+                    "is not a field of this Marketo instance (LEADSYNC_KNOWN_FIELDS)",
+                )
+    return lead
+
+
 def lead_key(lead: LeadUpsert) -> str:
     """Marketo Id > ForeignSysPersonId (+type) > email (trimmed, lower-cased)."""
     if lead.marketo_id is not None:

@@ -31,6 +31,7 @@ from producers.contract import (
     LeadUpsert,
     Outcome,
     OutcomeStatus,
+    check_known_fields,
     encode_lead,
     entry_time_s,
     key_digest,
@@ -58,15 +59,20 @@ LEAD_FIELDS: Final = frozenset(
 # --- pure helpers shared by the sync and async producers ----------------------------
 
 
-def resolve_config(key_prefix: str | None, shards: int | None) -> tuple[str, int]:
-    """Explicit values win; the rest come from ``Settings`` (defaults or LEADSYNC_ env)."""
-    if key_prefix is None or shards is None:
+def resolve_config(
+    key_prefix: str | None, shards: int | None, known_fields: Iterable[str] | None = None
+) -> tuple[str, int, frozenset[str] | None]:
+    """Explicit values win; the rest come from ``Settings`` (defaults or LEADSYNC_ env).
+    The known fields come back case-folded, or None when any attribute is accepted."""
+    if key_prefix is None or shards is None or known_fields is None:
         settings = Settings.from_env()
         key_prefix = settings.key_prefix if key_prefix is None else key_prefix
         shards = settings.shards if shards is None else shards
+        known_fields = settings.known_field_names if known_fields is None else known_fields
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ConfigError("shards must be a positive integer")
-    return key_prefix, shards
+    known = frozenset(name.strip().casefold() for name in known_fields if name.strip())
+    return key_prefix, shards, known or None
 
 
 def adopt_shards(stored: bytes | str | None, wanted: int, config_key: str) -> int:
@@ -126,7 +132,7 @@ class Route:
         return (shard, entry_id) if shard < self.shards else None
 
 
-def record_lead(record: object) -> LeadUpsert:
+def record_lead(record: object, known: frozenset[str] | None = None) -> LeadUpsert:
     """Validate one ``upsert_many`` record; unknown keys are InvalidLead naming the key."""
     if not isinstance(record, Mapping):
         raise InvalidLead("record", "must be a mapping of lead fields")
@@ -135,7 +141,7 @@ def record_lead(record: object) -> LeadUpsert:
             # Names only, never values; a non-string key is reported by its type.
             shown = name if isinstance(name, str) else type(name).__name__
             raise InvalidLead(shown, "is not a lead field")
-    return validate_lead(**record)
+    return check_known_fields(validate_lead(**record), known)
 
 
 def as_text(value: bytes | str) -> str:
@@ -160,12 +166,14 @@ def read_outcome(
     return None
 
 
-def bulk_chunks(records: Iterable[object]) -> Iterator[list[LeadUpsert | InvalidLead]]:
+def bulk_chunks(
+    records: Iterable[object], known: frozenset[str] | None = None
+) -> Iterator[list[LeadUpsert | InvalidLead]]:
     """Validated records (or their InvalidLead) in chunks of BULK_CHUNK."""
     chunk: list[LeadUpsert | InvalidLead] = []
     for record in records:
         try:
-            chunk.append(record_lead(record))
+            chunk.append(record_lead(record, known))
         except InvalidLead as exc:
             chunk.append(exc)
         if len(chunk) >= BULK_CHUNK:
@@ -263,9 +271,11 @@ class LeadProducer:
         key_prefix: str | None = None,
         shards: int | None = None,
         owns_client: bool = False,
+        known_fields: Iterable[str] | None = None,
     ) -> None:
-        """Wrap ``client`` and agree on the shard count now (one round trip)."""
-        prefix, wanted = resolve_config(key_prefix, shards)
+        """Wrap ``client`` and agree on the shard count now (one round trip).
+        ``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names."""
+        prefix, wanted, self._known = resolve_config(key_prefix, shards, known_fields)
         keys = Keys(prefix)
         self._client = client
         self._owns_client = owns_client
@@ -318,6 +328,7 @@ class LeadProducer:
             attributes=attributes,
             dedup=dedup,
         )
+        check_known_fields(lead, self._known)
         shard, command = self._route.entry(lead)
         reply = self._client.execute_command(*command)  # type: ignore[no-untyped-call]
         return request_id(shard, as_text(reply))
@@ -331,7 +342,7 @@ class LeadProducer:
         records of earlier chunks stay enqueued.
         """
         results: list[str | InvalidLead] = []
-        for chunk in bulk_chunks(records):
+        for chunk in bulk_chunks(records, self._known):
             pipe = self._client.pipeline(transaction=False)
             shards = queue_chunk(pipe, self._route, chunk)
             replies = pipe.execute() if shards else []
@@ -403,8 +414,9 @@ class AsyncLeadProducer:
         key_prefix: str | None = None,
         shards: int | None = None,
         owns_client: bool = False,
+        known_fields: Iterable[str] | None = None,
     ) -> None:
-        prefix, self._wanted = resolve_config(key_prefix, shards)
+        prefix, self._wanted, self._known = resolve_config(key_prefix, shards, known_fields)
         self._keys = Keys(prefix)
         self._client = client
         self._owns_client = owns_client
@@ -455,6 +467,7 @@ class AsyncLeadProducer:
             attributes=attributes,
             dedup=dedup,
         )
+        check_known_fields(lead, self._known)
         shard, command = (self._route or await self.route()).entry(lead)
         reply = await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
         return request_id(shard, as_text(reply))
@@ -463,7 +476,7 @@ class AsyncLeadProducer:
         """See :meth:`LeadProducer.upsert_many`: the valid records ARE enqueued."""
         route = self._route or await self.route()
         results: list[str | InvalidLead] = []
-        for chunk in bulk_chunks(records):
+        for chunk in bulk_chunks(records, self._known):
             pipe = self._client.pipeline(transaction=False)
             shards = queue_chunk(pipe, route, chunk)
             replies = await pipe.execute() if shards else []

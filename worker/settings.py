@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         SecretStr(""), description="Encryption key from Admin > Web Services (secret)."
     )
 
+    known_fields: str = Field(
+        "",
+        description=(
+            "Comma-separated attribute names the Marketo instance knows; when set, producers "
+            "refuse any other attribute at enqueue (InvalidLead) instead of a 20105 later."
+        ),
+    )
+
     # Batching
     batch_size: int = Field(
         MAX_BATCH_SIZE,
@@ -203,6 +211,11 @@ class Settings(BaseSettings):
                 f"({self.drain_timeout_s:g} <= {self.drain_budget_s:g})"
             )
         return self
+
+    @cached_property
+    def known_field_names(self) -> tuple[str, ...]:
+        """LEADSYNC_KNOWN_FIELDS as a tuple of names (empty: any attribute is accepted)."""
+        return tuple(name.strip() for name in self.known_fields.split(",") if name.strip())
 
     @cached_property
     def effective_broker_url(self) -> str:

@@ -370,3 +370,38 @@ async def test_async_producer_validates_enqueues_and_reports_outcomes(
         assert await producer.outcome("0-1-0") is None
         with pytest.raises(TimeoutError):
             await producer.wait_outcome("0-1-0", 0.02, poll_s=0.01)
+
+
+def test_with_known_fields_an_unknown_attribute_is_refused_at_enqueue_by_name(
+    client: fakeredis.FakeRedis,
+) -> None:
+    producer = LeadProducer(client, shards=SHARDS, known_fields=["FirstName", "Company"])
+    rid = producer.upsert(email="ann@example.com", attributes={"firstname": "Ann"})
+    assert rid
+    with pytest.raises(InvalidLead) as refused:
+        producer.upsert(email="bob@example.com", attributes={"Pants": "blue"})
+    assert refused.value.field == "attributes.Pants"
+    assert "blue" not in str(refused.value)
+    results = producer.upsert_many(
+        [
+            {"email": "cat@example.com", "attributes": {"Company": "C"}},
+            {"email": "dan@example.com", "attributes": {"Shoes": "red"}},
+        ]
+    )
+    assert isinstance(results[0], str)
+    assert isinstance(results[1], InvalidLead)
+    assert results[1].field == "attributes.Shoes"
+    assert total_entries(client, producer.keys) == 2
+
+
+def test_known_fields_come_from_the_environment_when_not_given(
+    client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEADSYNC_KNOWN_FIELDS", "FirstName, LastName")
+    producer = LeadProducer(client, shards=SHARDS)
+    with pytest.raises(InvalidLead):
+        producer.upsert(email="ann@example.com", attributes={"Title": "CTO"})
+    monkeypatch.delenv("LEADSYNC_KNOWN_FIELDS")
+    assert LeadProducer(client, shards=SHARDS).upsert(
+        email="ann@example.com", attributes={"Title": "CTO"}
+    )
