@@ -11,6 +11,7 @@ SCENARIOS = {
     "marketo-bound": "bench.scenarios.marketo_bound",
     "soak": "bench.scenarios.soak",
     "memory": "bench.scenarios.memory",
+    "lww": "bench.scenarios.lww",
 }
 
 

@@ -74,6 +74,8 @@ def main(argv: Sequence[str]) -> None:
             flush_interval_s=1.0,
             request_timeout_s=args.request_timeout_s,
             lease_ttl_s=args.lease_ttl_s,
+            # The lease must outlast a call plus three Redis commands (settings check).
+            redis_socket_timeout_s=3,
         )
         client = redis.Redis.from_url(redis_url)
         keys = Keys(env["LEADSYNC_KEY_PREFIX"])
