@@ -302,6 +302,7 @@ class Drainer:
         await self._pause_at("after_claim")
         now_s = self.clock()
         due: list[tuple[Lane, Batch]] = []
+        riders: list[tuple[Lane, Batch]] = []
         for lane in lanes:
             for entry, error in lane.claim.invalid:
                 lane.settlement.answer(entry, self._invalid_outcome(lane.shard, entry, error))
@@ -310,6 +311,11 @@ class Drainer:
                 batch = pick_batch(batches, batch_size, self.settings.flush_interval_s, now_s)
                 if batch is not None:
                     due.append((lane, batch))
+                elif len(lanes) > 1:
+                    # Not due yet, but a call is going anyway: it rides along.
+                    riders.append((lane, pick_batch(batches, batch_size, 0.0, now_s) or batches[0]))
+        if due:
+            due += riders
         if not due:
             anything = any(lane.claim.queued for lane in lanes)
             invalid = any(lane.claim.invalid for lane in lanes)

@@ -49,10 +49,23 @@ def call_groups(
     """How to drain the due shards: a shard holding a full batch alone (the shard count
     sets the parallel calls under a backlog); shards with partial batches together, as
     few calls as their entries fill (first fit, fullest first), so light traffic over
-    many shards fills one call instead of one per shard."""
+    many shards fills one call instead of one per shard. Shards whose partial batch is
+    not due yet ride along where there is room: under an even inflow every shard comes
+    due at a different moment, and without riders each would still make its own call
+    one tick after the other."""
     entries = {b.shard: b.entries for b in backlogs}
     groups: list[list[int]] = []
     room: list[int] = []
+    due_set = set(due)
+    riders = sorted(
+        (
+            b
+            for b in backlogs
+            if b.shard not in due_set and not b.busy and 0 < b.entries < batch_size
+        ),
+        key=lambda b: b.entries,
+        reverse=True,
+    )
     for shard in due:
         n = entries.get(shard, 0)
         if n >= batch_size:
@@ -67,6 +80,12 @@ def call_groups(
         else:
             groups.append([shard])
             room.append(batch_size - n)
+    for rider in riders:
+        for index, left in enumerate(room):
+            if 0 < rider.entries <= left:
+                groups[index].append(rider.shard)
+                room[index] = left - rider.entries
+                break
     return groups
 
 

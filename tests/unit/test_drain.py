@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
-from producers.contract import OutcomeStatus, key_digest, validate_lead
+from producers.contract import OutcomeStatus, encode_lead, key_digest, validate_lead
 from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
 from worker.batching import QueuedLead, plan_batches
 from worker.drain import pick_batch
@@ -336,3 +336,32 @@ async def test_a_refused_shared_call_refunds_every_shard_and_leaves_everything_p
     for shard in range(2):
         assert await statuses(drainer, ids[shard], shard) == [None]
         assert await drainer.ledger.attempts(shard, ids[shard]) == [0]
+
+
+async def test_a_shard_not_due_yet_rides_along_in_a_shared_call(redis: Redis) -> None:
+    """Under an even inflow shards come due one after the other; a shared call takes
+    the not-yet-due partial batches too instead of leaving each its own call."""
+    marketo = Marketo(ok)
+    clock = Clock()
+    drainer = make(redis, marketo, clock=clock, shards=2, batch_size=10, flush_interval_s=30.0)
+    (old,) = await enqueue(drainer, "due@x.com", shard=0)
+    clock.advance(31)  # shard 0's entry is due now
+    await drainer.ledger.ensure_groups([1])
+    young = f"{int(clock() * 1000)}-0"  # enqueued just now by the drainer's clock
+    lead = validate_lead(email="young@x.com")
+    await redis.xadd(
+        drainer.keys.stream(1), {"k": key_digest(lead.key), "p": encode_lead(lead)}, id=young
+    )
+    await drainer.drain_together([0, 1])
+    assert marketo.calls == [["due@x.com", "young@x.com"]]
+    assert await statuses(drainer, [old]) == ["CREATED"]
+    assert await statuses(drainer, [young], 1) == ["CREATED"]
+
+
+async def test_a_single_shard_drain_still_waits_for_the_flush_interval(redis: Redis) -> None:
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, flush_interval_s=30.0)
+    await enqueue(drainer, "young@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "waiting"
+    assert marketo.calls == []

@@ -116,3 +116,14 @@ def test_full_batches_drain_alone_and_partial_ones_share_as_few_calls_as_they_fi
     assert call_groups(backlogs, [], batch_size=300) == []
     sixteen = [ShardBacklog(s, 2, 40.0, False) for s in range(16)]
     assert call_groups(sixteen, list(range(16)), batch_size=300) == [list(range(16))]
+
+
+def test_partial_batches_not_due_yet_ride_along_with_a_due_one() -> None:
+    backlogs = [
+        ShardBacklog(0, 40, 31.0, False),  # due
+        ShardBacklog(1, 30, 5.0, False),  # not due: rides
+        ShardBacklog(2, 290, 2.0, False),  # too big to fit
+        ShardBacklog(3, 20, 1.0, True),  # busy
+    ]
+    assert call_groups(backlogs, [0], batch_size=300) == [[0, 1]]
+    assert call_groups(backlogs, [], batch_size=300) == [], "riders alone never make a call"
