@@ -12,6 +12,8 @@ SCENARIOS = {
     "soak": "bench.scenarios.soak",
     "memory": "bench.scenarios.memory",
     "lww": "bench.scenarios.lww",
+    "steady": "bench.scenarios.steady",
+    "unknown-field": "bench.scenarios.unknown_field",
 }
 
 
