@@ -473,7 +473,7 @@ class Drainer:
                         RecordResult(
                             r,
                             OutcomeStatus.FAILED,
-                            error=exc.detail[:500],
+                            error=_record_error(r, exc),
                             error_code=str(exc.code) if exc.code else None,
                         )
                         for r in split.failed
@@ -647,6 +647,14 @@ def pick_batch(
     if not due:
         return None
     return min(due, key=lambda b: min(entry_order(e) for e in b.entry_ids))
+
+
+def _record_error(record: BatchRecord, exc: BadRequestError) -> str:
+    """The fault as this record's reason: with 20105, only the unknown fields it carries."""
+    own = sorted(name for name in record.lead.attributes if name.casefold() in exc.fields)
+    if own:
+        return f"{exc.code} unknown field{'s' if len(own) > 1 else ''} {', '.join(own)}"[:500]
+    return exc.detail[:500]
 
 
 def _reason(exc: MarketoError) -> str:

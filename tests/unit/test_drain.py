@@ -275,6 +275,8 @@ async def test_three_records_with_unknown_fields_among_good_ones_cost_two_calls(
     await drainer.drain(0)
     assert sizes == [300, 297]
     assert await statuses(drainer, bad) == ["FAILED"] * 3
+    error = await redis.hget(drainer.keys.outcome(0, bad[0]), "error")
+    assert error == b"20105 unknown field Pants", "a lead's reason names only its own fields"
     assert await statuses(drainer, good) == ["CREATED"] * 297
 
 
