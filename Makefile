@@ -32,7 +32,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The benches need the bench extra (psutil, the baselines' zeep and celery-batches).
 bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:

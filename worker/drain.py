@@ -127,14 +127,13 @@ class Claim:
 
 @dataclass(slots=True)
 class Lane:
-    """One leased shard's part of a cycle: what it claimed, the part of the call it
-    sends, the attempts counted for that part, and what it will settle."""
+    """One leased shard's part of a cycle: what it claimed, the attempts counted for
+    what it sends, and what it will settle."""
 
     shard: int
     token: str
     settlement: Settlement
     claim: Claim = field(default_factory=Claim)
-    part: Batch | None = None
     attempts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -325,9 +324,9 @@ class Drainer:
         for lane, part in fill_call(due, batch_size):
             bumped = await self.ledger.bump_attempts(lane.shard, lane.token, part.entry_ids)
             lane.attempts = dict(zip(part.entry_ids, bumped, strict=True))
-            lane.part = self._park_exhausted(lane, part, report)
-            if lane.part.records:
-                parts.append((lane, lane.part))
+            kept = self._park_exhausted(lane, part, report)
+            if kept.records:
+                parts.append((lane, kept))
         if not parts:
             report.status = "sent"
             return
@@ -340,11 +339,11 @@ class Drainer:
             await self._send_isolating(riding, batch, results, report, deadline_s)
             report.status = "sent"
         except LimitReached as exc:
-            self._refund_unanswered(riding, results)
+            self._refund_unanswered(parts, results)
             report.status = "held" if exc.reason == "hold" else "limited"
             report.retry_after_s, report.reason = exc.retry_after_s, exc.reason
         except (ThrottledError, QuotaExceededError, AuthError) as exc:
-            self._refund_unanswered(riding, results)
+            self._refund_unanswered(parts, results)
             report.status, report.reason = await self._apply_cluster_limit(exc)
         except (TransientError, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
@@ -357,11 +356,12 @@ class Drainer:
         finally:
             self._answer(results, owner)
 
-    def _refund_unanswered(self, lanes: Sequence[Lane], results: Sequence[RecordResult]) -> None:
+    def _refund_unanswered(
+        self, parts: Sequence[tuple[Lane, Batch]], results: Sequence[RecordResult]
+    ) -> None:
         answered = {e for r in results for e in r.record.entry_ids}
-        for lane in lanes:
-            assert lane.part is not None
-            lane.settlement.refund(e for e in lane.part.entry_ids if e not in answered)
+        for lane, part in parts:
+            lane.settlement.refund(e for e in part.entry_ids if e not in answered)
 
     async def _claim(self, shard: int, token: str, batch_size: int) -> Claim:
         """Claim rounds until the coalesced records fill a batch or the shard has nothing

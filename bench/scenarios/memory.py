@@ -43,6 +43,7 @@ import redis
 import redis.asyncio
 from pydantic import SecretStr
 
+from bench.harness import machine_line, md_table, write_section
 from marketo_sim.soap import SyncStatus, parse_request_bytes, render_success
 from producers.contract import Keys, parse_request_id
 from producers.producer import LeadProducer
@@ -467,21 +468,6 @@ def measure_retention(
 # --- reporting ------------------------------------------------------------------------------
 
 
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """As ``bench.harness.md_table``, which needs the bench extra (psutil) to import."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:,.1f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def redis_version(url: str) -> str:
     client = redis.Redis.from_url(url)
     try:
@@ -615,12 +601,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     )
     print(body)
     if not args.no_write:
-        try:
-            from bench.harness import machine_line, write_section
-        except ModuleNotFoundError as exc:  # the bench extra (psutil) is not installed
-            print(f"\nRESULTS.md not written ({exc}); install '.[bench]' or pass --no-write")
-        else:
-            with embedded_redis() as (url, _):
-                machine = machine_line(url)
-            write_section("memory", f"memory ({n:,} upserts)", machine, body)
+        with embedded_redis() as (url, _):
+            machine = machine_line(url)
+        write_section("memory", f"memory ({n:,} upserts)", machine, body)
     return results
