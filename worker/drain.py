@@ -53,7 +53,7 @@ from worker.errors import (
 from worker.faultpoints import crash_if
 from worker.isolation import isolation_budget, split_after_fault
 from worker.ledger import Ledger, RawEntry, Settlement
-from worker.limits import Denied, RedisLimiter
+from worker.limits import Permit, RedisLimiter
 from worker.retrying import call_policy
 from worker.settings import Settings
 from worker.soap.response import SyncResult
@@ -65,6 +65,10 @@ DrainStatus = Literal["busy", "idle", "waiting", "sent", "limited", "held", "bac
 
 #: A drain task keeps its shard for at most this many calls (and LEADSYNC_DRAIN_BUDGET_S).
 BATCHES_PER_DRAIN = 8
+
+#: A call waits this long in all, inside the drain, for its evenly spaced limiter turn
+#: (one per rate window / rate calls: 0.4 s at the defaults) before leaving the cycle.
+SPACING_WAIT_MAX_S = 2.0
 
 #: How many claim rounds one cycle makes at most, each of one batch size: merging
 #: duplicates can shrink a read, and we fill toward the cap.
@@ -208,8 +212,9 @@ class Drainer:
             report.status = "sent"  # the last look found nothing due; earlier ones sent
 
     async def drain_together(self, shards: Sequence[int]) -> DrainReport:
-        """One call filled from several shards' due partial batches (light traffic over
-        many shards fills one call, not one per shard). Every shard whose records ride in
+        """One call filled from several shards' partial batches (light traffic over many
+        shards fills one call, not one per shard). The call goes when one of them is due
+        or together they fill a call; it takes the oldest entries first. Every shard whose records ride in
         the call is leased for the whole cycle, so each key's shard is in one call at a
         time and the last write wins; shards another worker holds are left out."""
         report = DrainReport(shards[0] if shards else -1)
@@ -315,6 +320,8 @@ class Drainer:
                     riders.append((lane, pick_batch(batches, batch_size, 0.0, now_s) or batches[0]))
         if due:
             due += riders
+        elif riders and sum(len(part) for _, part in fill_call(riders, batch_size)) >= batch_size:
+            due = riders  # none is due alone, but together they fill a call: it goes now
         if not due:
             anything = any(lane.claim.queued for lane in lanes)
             invalid = any(lane.claim.invalid for lane in lanes)
@@ -511,11 +518,7 @@ class Drainer:
         leads = [record.lead for record in records]
         async for attempt in policy:
             with attempt:
-                for lane in lanes:
-                    await self.ledger.renew_lease(lane.shard, lane.token, self.settings.lease_ttl_s)
-                permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
-                if isinstance(permit, Denied):
-                    raise LimitReached(permit.reason, permit.retry_after_s)
+                permit = await self._permit(lanes, paced=paced)
                 report.calls += 1
                 report.leads_sent += len(leads)
                 if attempt.retry_state.attempt_number > 1:
@@ -534,6 +537,23 @@ class Drainer:
                     await self.limiter.clear_hold()
                 return answers
         raise AssertionError("the retry policy re-raises its last error")  # pragma: no cover
+
+    async def _permit(self, lanes: Sequence[Lane], *, paced: bool) -> Permit:
+        """Leave for one call, renewing every lease first. The next evenly spaced turn
+        is usually a fraction of a second away: that wait is taken here, with the call
+        ready, up to SPACING_WAIT_MAX_S in all. Any other refusal leaves the cycle
+        (LimitReached) for the task or the tick to come back later."""
+        waited_s = 0.0
+        while True:
+            for lane in lanes:
+                await self.ledger.renew_lease(lane.shard, lane.token, self.settings.lease_ttl_s)
+            permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
+            if isinstance(permit, Permit):
+                return permit
+            if permit.reason != "rate" or waited_s + permit.retry_after_s > SPACING_WAIT_MAX_S:
+                raise LimitReached(permit.reason, permit.retry_after_s)
+            waited_s += permit.retry_after_s
+            await asyncio.sleep(permit.retry_after_s)
 
     async def _pause_at(self, point: str) -> None:
         crash_if(point, self.settings.fault_point)

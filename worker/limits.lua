@@ -1,8 +1,9 @@
 -- One atomic admission step for a Marketo call, shared by every worker pod.
 --
--- Checks, in order: hold > cooldown > daily quota > sliding-window rate > concurrency
--- slot. Nothing is written unless every check passes; then the call takes a window
--- entry, a quota count and a slot together (and, while on hold, the probe turn).
+-- Checks, in order: hold > cooldown > daily quota > pace > sliding-window rate > even
+-- spacing > concurrency slot. Nothing is written unless every check passes; then the
+-- call takes a window entry, a quota count, its spacing turn and a slot together (and,
+-- while on hold, the probe turn).
 --
 -- Time is Redis's own clock (TIME), so every pod decides on one clock whatever its
 -- own says; a test may pass its clock in ARGV[1] instead. Key TTLs are only garbage
@@ -13,11 +14,13 @@
 -- KEYS[3] quota     counter of calls in the current quota day
 -- KEYS[4] cooldown  HASH until, reason
 -- KEYS[5] hold      HASH reason, since, next_probe
+-- KEYS[6] spacing   theoretical time of the next evenly spaced grant (GCRA)
 --
 -- ARGV: now ('' for Redis TIME), token, slot_member, probe (0/1), rate_calls, window_s,
 --       max_slots, slot_ttl_s, quota_limit, reset_at (Unix s of the next quota reset),
 --       probe_interval_s, concurrency_retry_s, min_retry_s, gc_margin_s,
---       paced (0/1: a partial batch), day_length_s (of this quota day), pace_burst_calls
+--       paced (0/1: a partial batch), day_length_s (of this quota day), pace_burst_calls,
+--       rate_burst_calls
 --
 -- Returns {1, 1 if the hold's probe turn was taken else 0} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
 -- would be truncated to integers on the way back).
@@ -43,6 +46,7 @@ local gc_margin_s = tonumber(ARGV[14])
 local paced = ARGV[15] == '1'
 local day_length_s = tonumber(ARGV[16])
 local pace_burst = tonumber(ARGV[17])
+local rate_burst = tonumber(ARGV[18])
 
 local function deny(reason, retry_s)
   return {0, reason, string.format('%.6f', math.max(retry_s, min_retry_s))}
@@ -93,6 +97,18 @@ if redis.call('ZCARD', KEYS[1]) >= rate_calls then
   return deny('rate', tonumber(oldest[2]) + window_s - now)
 end
 
+-- even spacing (GCRA): one grant per window_s / rate_calls on average, at most
+-- rate_burst back to back after a quiet spell. Marketo counts calls as they arrive, so
+-- a burst that fills the window at once leaves every later call waiting for the whole
+-- window; spaced grants keep the calls flowing at the full rate. The sliding window
+-- above stays the hard bound.
+local interval = window_s / rate_calls
+local tat = math.max(tonumber(redis.call('GET', KEYS[6])) or 0, now)
+local grant_at = tat - (rate_burst - 1) * interval
+if now < grant_at then
+  return deny('rate', grant_at - now)
+end
+
 -- concurrency: expired slots belong to dead holders and free themselves
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if redis.call('ZCARD', KEYS[2]) >= max_slots then
@@ -104,6 +120,7 @@ redis.call('ZADD', KEYS[1], now, token)
 redis.call('PEXPIRE', KEYS[1], ttl_ms(window_s))
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ttl_ms(reset_in_s))
+redis.call('SET', KEYS[6], string.format('%.6f', tat + interval), 'PX', ttl_ms(tat + interval - now))
 redis.call('ZADD', KEYS[2], now + slot_ttl_s, slot_member)
 redis.call('PEXPIRE', KEYS[2], ttl_ms(slot_ttl_s))
 if probe_taken then

@@ -1,8 +1,9 @@
 """Marketo limits shared by every worker pod, kept atomically in Redis.
 
 One Lua step (``limits.lua``) decides whether a call may go out now: hold > cooldown >
-daily quota > sliding-window rate > concurrency slot. When every check passes it takes a
-window entry, a quota count and a slot together, so a refused call never leaves a
+daily quota > quota pace > sliding-window rate > even spacing (GCRA) > concurrency slot.
+When every check passes it takes a window entry, a quota count, a spacing turn and a
+slot together, so a refused call never leaves a
 half-taken permit behind, and no two pods can both take the last unit of anything.
 
 Every decision takes its time from Redis (``TIME`` inside the scripts), so pods with
@@ -112,6 +113,10 @@ class LimiterKeys:
     @property
     def hold(self) -> str:
         return self._key("hold")
+
+    @property
+    def spacing(self) -> str:
+        return self._key("spacing")
 
     def quota(self, day: str) -> str:
         return self._key(f"quota:{day}")
@@ -286,7 +291,14 @@ class RedisLimiter:
         token = secrets.token_hex(8)
         keys = self._keys
         result = await self._acquire(
-            keys=[keys.window, keys.slots, self._quota_key(local_now), keys.cooldown, keys.hold],
+            keys=[
+                keys.window,
+                keys.slots,
+                self._quota_key(local_now),
+                keys.cooldown,
+                keys.hold,
+                keys.spacing,
+            ],
             args=[
                 self._now_arg(),
                 token,
@@ -305,6 +317,7 @@ class RedisLimiter:
                 1 if paced else 0,
                 repr(quota_day_length_s(local_now, s.quota_timezone)),
                 s.pace_burst_calls,
+                s.rate_burst_calls,
             ],
         )
         if int(result[0]) == 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,48 +45,55 @@ def due_shards(
 
 
 def call_groups(
-    backlogs: Sequence[ShardBacklog], due: Sequence[int], *, batch_size: int
+    backlogs: Sequence[ShardBacklog],
+    state: LimiterState,
+    *,
+    batch_size: int,
+    flush_interval_s: float,
 ) -> list[list[int]]:
-    """How to drain the due shards: a shard holding a full batch alone (the shard count
-    sets the parallel calls under a backlog); shards with partial batches together, as
-    few calls as their entries fill (first fit, fullest first), so light traffic over
-    many shards fills one call instead of one per shard. Shards whose partial batch is
-    not due yet ride along where there is room: under an even inflow every shard comes
-    due at a different moment, and without riders each would still make its own call
-    one tick after the other."""
-    entries = {b.shard: b.entries for b in backlogs}
-    groups: list[list[int]] = []
-    room: list[int] = []
-    due_set = set(due)
-    riders = sorted(
-        (
-            b
-            for b in backlogs
-            if b.shard not in due_set and not b.busy and 0 < b.entries < batch_size
-        ),
-        key=lambda b: b.entries,
-        reverse=True,
+    """The drains to ring now, each a group of shards whose records share one call.
+
+    - A shard holding a full batch drains alone, whatever the pace (the shard count
+      sets the parallel calls under a backlog).
+    - The other shards with work, oldest entry first, are packed into groups that
+      each hold at least a full call: such a call goes at once, whatever the entries'
+      age, since a full call is the best use of the quota. The drain cuts the last
+      shard's part to fill the call; the rest stays pending.
+    - What is left goes in one more call only when it holds an entry that has waited
+      ``flush_interval_s`` and the quota pace lets a partial call go.
+
+    So under a steady inflow a call goes when a full batch has gathered across all
+    shards or the oldest entry has waited the flush interval, whichever comes first,
+    and the leftover of a full call waits for the next one instead of going out half
+    empty. Nothing goes during a cooldown or once the quota is used; on hold only the
+    probe's shard is rung.
+    """
+    if state.hold_reason is not None:
+        return [
+            [shard]
+            for shard in due_shards(
+                backlogs, state, batch_size=batch_size, flush_interval_s=flush_interval_s
+            )
+        ]
+    if state.cooldown_remaining_s > 0 or state.quota_used_today >= state.quota_limit:
+        return []
+    free = [b for b in backlogs if not b.busy and b.entries > 0]
+    full = sorted((b for b in free if b.entries >= batch_size), key=lambda b: -b.entries)
+    groups = [[b.shard] for b in full]
+    partial = sorted(
+        (b for b in free if b.entries < batch_size), key=lambda b: -(b.oldest_age_s or 0.0)
     )
-    for shard in due:
-        n = entries.get(shard, 0)
-        if n >= batch_size:
-            groups.append([shard])
-            room.append(0)
-            continue
-        for index, left in enumerate(room):
-            if n <= left:
-                groups[index].append(shard)
-                room[index] = left - n
-                break
-        else:
-            groups.append([shard])
-            room.append(batch_size - n)
-    for rider in riders:
-        for index, left in enumerate(room):
-            if 0 < rider.entries <= left:
-                groups[index].append(rider.shard)
-                room[index] = left - rider.entries
-                break
+    group: list[int] = []
+    filled, due = 0, False
+    for backlog in partial:
+        group.append(backlog.shard)
+        filled += backlog.entries
+        due = due or (backlog.oldest_age_s or 0.0) >= flush_interval_s
+        if filled >= batch_size:
+            groups.append(group)
+            group, filled, due = [], 0, False
+    if group and due and state.pace_wait_s <= 0:
+        groups.append(group)
     return groups
 
 
@@ -123,16 +131,19 @@ def pace_report(
     flush_interval_s: float,
 ) -> PaceReport:
     """Partial batches due but held by the pace, and an estimate of the calls a day the
-    inflow needs: one per shard with work per flush interval, plus one per full batch."""
+    inflow needs: its rate is read off the backlog (entries over the oldest one's age);
+    light inflow needs one call per flush interval, heavy inflow one per full batch."""
     partial_due = [
         b
         for b in backlogs
         if 0 < b.entries < batch_size and (b.oldest_age_s or 0.0) >= flush_interval_s
     ]
     with_work = [b for b in backlogs if b.entries > 0]
-    per_day = 86_400 / max(flush_interval_s, 1.0)
-    full = sum(b.entries // batch_size for b in with_work)
-    needed = int(len(with_work) * per_day + full)
+    total = sum(b.entries for b in with_work)
+    span_s = max((b.oldest_age_s or 0.0 for b in with_work), default=0.0)
+    rate = total / max(span_s, flush_interval_s, 1.0)
+    calls_per_s = max(1 / max(flush_interval_s, 1.0), rate / batch_size) if total else 0.0
+    needed = math.ceil(86_400 * calls_per_s)
     return PaceReport(
         waiting_batches=len(partial_due) if state.pace_wait_s > 0 else 0,
         wait_s=state.pace_wait_s,

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         50, ge=1, description="Calls allowed per rate window, across all pods."
     )
     rate_limit_window_s: float = Field(20.0, gt=0, description="Length of the rate window.")
+    rate_burst_calls: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Calls that may go back to back after a quiet spell; past them grants are "
+            "spaced evenly, one per LEADSYNC_RATE_LIMIT_WINDOW_S / LEADSYNC_RATE_LIMIT_CALLS."
+        ),
+    )
     max_concurrent_calls: int = Field(
         5, ge=1, description="Calls in flight at once, across all pods."
     )

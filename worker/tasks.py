@@ -11,7 +11,7 @@ from worker.app import QUEUE, app, settings
 from worker.doctor import write_heartbeat
 from worker.metrics import observe_backlogs, observe_limiter, observe_pace
 from worker.runtime import Runtime, get_runtime
-from worker.scheduling import call_groups, due_shards, pace_report
+from worker.scheduling import call_groups, pace_report
 
 #: A ring marker stops the tick from queueing the same shard again while a drain
 #: message waits for a free worker; it expires so a lost message is rung again.
@@ -103,12 +103,11 @@ def tick() -> dict[str, int]:
         await write_heartbeat(runtime.redis, runtime.keys)
         if await runtime.redis.set(runtime.keys.control("prune"), 1, nx=True, px=PRUNE_EVERY_MS):
             await runtime.ledger.prune_consumers(runtime.shards, CONSUMER_IDLE_S)
-        due = due_shards(
+        return call_groups(
             backlogs,
             state,
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
         )
-        return call_groups(backlogs, due, batch_size=settings.batch_size)
 
     return {"rung": _ring(runtime, runtime.run(decide()))}

@@ -9,7 +9,7 @@ import redis.asyncio
 from marketo_sim.config import SimConfig
 from tests.support.invariants import WriteLog, check_pipeline, numbered_records
 from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline
-from worker.limits import Denied, Permit, RedisLimiter
+from worker.limits import WINDOW_MARGIN_S, Denied, Permit, RedisLimiter
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -35,7 +35,7 @@ def test_three_workers_never_exceed_the_shared_rate_window_or_concurrency(
         rate_limit_calls=RATE_CALLS,
         rate_window_s=WINDOW_S,
         max_concurrent=MAX_CONCURRENT,
-        latency_s=0.2,
+        latency_s=0.5,  # longer than the spacing, so calls overlap up to the slots
     )
     with running_pipeline(redis_url, sim_config=sim, settings_env=env, shards=8) as pipeline:
         # 40 calls of 10: without the shared limits, six pool processes would go far faster.
@@ -51,8 +51,11 @@ def test_three_workers_never_exceed_the_shared_rate_window_or_concurrency(
     assert summary["faults_by_code"].get("20024", 0) == 0, summary["faults_by_code"]
     assert summary["max_calls_in_window"] <= RATE_CALLS
     assert summary["max_concurrency"] <= MAX_CONCURRENT
-    # The limits were reached, not merely left alone.
-    assert summary["max_calls_in_window"] == RATE_CALLS
+    # The limits were reached, not merely left alone: grants are spaced one per
+    # (window + margin) / calls, so the margin may cost one call of the window.
+    assert summary["max_calls_in_window"] >= int(
+        RATE_CALLS * WINDOW_S / (WINDOW_S + WINDOW_MARGIN_S)
+    )
     assert summary["max_concurrency"] == MAX_CONCURRENT
 
 
@@ -65,6 +68,7 @@ async def test_a_permit_at_the_window_edge_waits_out_a_margin_for_transport_jitt
         rate_limit_calls=RATE_CALLS,
         rate_limit_window_s=WINDOW_S,
         max_concurrent_calls=100,
+        rate_burst_calls=RATE_CALLS,  # the whole window at once: the sliding log decides
     )
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
     try:

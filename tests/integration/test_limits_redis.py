@@ -4,6 +4,7 @@ and no over-grant under many asyncio tasks or several processes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -53,6 +54,8 @@ async def make_limiter(redis_url: str, clock: FakeClock) -> AsyncIterator[MakeLi
     def make(**overrides: Any) -> RedisLimiter:
         values: dict[str, Any] = {
             "rate_limit_calls": 1000,
+            # The sliding log is tested here; even spacing has its own tests.
+            "rate_burst_calls": 1000,
             "max_concurrent_calls": 1000,
             "daily_quota": 100_000,
         }
@@ -117,6 +120,64 @@ async def test_the_window_slides_one_call_at_a_time(
     await take(limiter)
     assert (await refused(limiter)).retry_after_s == pytest.approx(5)
     assert (await limiter.state()).calls_in_window == 3
+
+
+# --- even spacing ---------------------------------------------------------------------
+
+
+async def test_spaced_grants_use_the_whole_window_and_never_exceed_it(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Workers asking every 10 ms for 200 s: grants come one per interval, every window
+    holds the calls Marketo allows less at most one for the margin, and never more."""
+    limiter = make_limiter(rate_limit_calls=50, rate_limit_window_s=20, rate_burst_calls=1)
+    interval_s = (20 + WINDOW_MARGIN_S) / 50
+    granted: list[float] = []
+    start = clock()
+    while clock() < start + 200:
+        result = await limiter.acquire("pod-a")
+        if isinstance(result, Permit):
+            granted.append(clock())
+            await limiter.release(result)
+        else:
+            assert result.reason == "rate"
+            assert result.retry_after_s <= interval_s + 1e-6
+        clock.advance(0.01)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert min(gaps) >= interval_s - 0.011, "no bursts"
+    windows = [sum(1 for t in granted if w <= t < w + 20) for w in granted if w + 20 <= granted[-1]]
+    assert max(windows) <= 50
+    assert min(windows) >= 49, "at least 98% of the window's calls"
+
+
+async def test_a_burst_allowance_goes_back_to_back_then_grants_are_spaced(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=10, rate_limit_window_s=20, rate_burst_calls=3)
+    interval_s = (20 + WINDOW_MARGIN_S) / 10
+    for _ in range(3):
+        await take(limiter)
+    denied = await refused(limiter)
+    assert denied.reason == "rate"
+    assert denied.retry_after_s == pytest.approx(interval_s)
+    clock.advance(interval_s)
+    await take(limiter)
+    assert (await refused(limiter)).retry_after_s == pytest.approx(interval_s)
+    clock.advance(10 * interval_s)  # a quiet spell earns the burst back, no more
+    for _ in range(3):
+        await take(limiter)
+    assert (await refused(limiter)).reason == "rate"
+
+
+async def test_a_call_refused_for_another_limit_takes_no_spacing_turn(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=10, rate_burst_calls=1, max_concurrent_calls=1)
+    in_flight = await take(limiter)
+    clock.advance(30)
+    assert (await refused(limiter)).reason == "concurrency"
+    await limiter.release(in_flight)
+    await take(limiter)  # the refused ask did not push the next turn out
 
 
 async def test_a_refused_call_takes_nothing(make_limiter: MakeLimiter) -> None:
@@ -289,6 +350,7 @@ async def test_many_tasks_never_get_more_than_the_limits(
 PROCESS_LIMITS: dict[str, Any] = {
     "rate_limit_calls": 30,
     "rate_limit_window_s": 60,  # nothing slides out during the test
+    "rate_burst_calls": 30,  # the whole window at once: the sliding log is the bound here
     "max_concurrent_calls": 3,
     "daily_quota": 100_000,
 }
@@ -358,7 +420,7 @@ async def test_pods_with_skewed_clocks_share_one_cooldown_window_and_slot_set(
     cooldown, and a pod 70 s fast does not free the slots of calls still in flight."""
     import time as real_time
 
-    settings = Settings(rate_limit_calls=1000, max_concurrent_calls=1)
+    settings = Settings(rate_limit_calls=1000, rate_burst_calls=1000, max_concurrent_calls=1)
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         limiter = RedisLimiter(client, settings)  # no injected clock: Redis TIME

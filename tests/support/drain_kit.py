@@ -87,6 +87,7 @@ def make(
             "backoff_max_s": 0.01,
             "transient_retries": 1,
             "rate_limit_calls": 1000,
+            "rate_burst_calls": 1000,  # spacing is the limiter's tests' business
             "max_concurrent_calls": 100,
             **overrides,
         }  # type: ignore[arg-type]

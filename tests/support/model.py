@@ -359,6 +359,7 @@ class System:
             backoff_initial_s=0.0,
             backoff_max_s=0.001,
             rate_limit_calls=1_000_000,
+            rate_burst_calls=1_000_000,
             max_concurrent_calls=1000,
             daily_quota=1_000_000,
             throttle_cooldown_s=3600.0,  # cleared by the test, never by the clock

@@ -4,6 +4,8 @@ emulation), a stub transport, no Celery."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +16,7 @@ from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, po
 from worker.batching import QueuedLead, plan_batches
 from worker.drain import pick_batch
 from worker.isolation import isolation_budget
+from worker.limits import WINDOW_MARGIN_S
 from worker.transport import HttpReply, StubTransport
 
 
@@ -367,3 +370,48 @@ async def test_a_single_shard_drain_still_waits_for_the_flush_interval(redis: Re
     report = await drainer.drain(0)
     assert report.status == "waiting"
     assert marketo.calls == []
+
+
+async def test_young_partial_batches_that_fill_a_call_together_go_at_once(redis: Redis) -> None:
+    """A full call is the best use of the quota: it does not wait for the flush
+    interval, and its leftover waits for the next call instead of going half empty."""
+    marketo = Marketo(ok)
+    drainer = make(redis, marketo, shards=3, batch_size=4, flush_interval_s=30.0)
+    first = await enqueue(drainer, "a0@x.com", "b0@x.com", shard=0)
+    second = await enqueue(drainer, "a1@x.com", shard=1)
+    third = await enqueue(drainer, "a2@x.com", "b2@x.com", shard=2)
+    report = await drainer.drain_together([0, 1, 2])
+    assert report.status == "sent"
+    assert marketo.calls == [["a0@x.com", "b0@x.com", "a1@x.com", "a2@x.com"]]
+    assert await statuses(drainer, first) == ["CREATED", "CREATED"]
+    assert await statuses(drainer, second, 1) == ["CREATED"]
+    assert await statuses(drainer, third, 2) == ["CREATED", None]
+    report = await drainer.drain_together([0, 1, 2])
+    assert report.status == "waiting", "the leftover is young and alone: it waits"
+    assert len(marketo.calls) == 1
+
+
+async def test_a_drain_waits_for_its_evenly_spaced_turn_instead_of_leaving(redis: Redis) -> None:
+    """Grants are spaced one per (window + margin) / calls: the next turn is a fraction
+    of a second away, so the drain waits for it with the call ready and sends every full
+    batch in one drain, evenly spaced."""
+    sent_at: list[float] = []
+
+    def timed(emails: list[str | None]) -> HttpReply:
+        sent_at.append(time.monotonic())
+        return ok(emails)
+
+    marketo = Marketo(timed)
+    drainer = make(
+        redis,
+        marketo,
+        batch_size=2,
+        rate_limit_calls=20,
+        rate_limit_window_s=1.0,
+        rate_burst_calls=1,
+    )
+    await enqueue(drainer, *(f"p{i}@x.com" for i in range(6)))
+    report = await drainer.drain(0)
+    assert (report.status, report.calls) == ("sent", 3)
+    interval_s = (1.0 + WINDOW_MARGIN_S) / 20
+    assert min(b - a for a, b in itertools.pairwise(sent_at)) >= interval_s * 0.9

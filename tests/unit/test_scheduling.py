@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -96,34 +97,53 @@ def test_the_pace_report_says_how_many_calls_the_inflow_needs_when_it_binds() ->
     report = pace_report(BACKLOGS, held, batch_size=300, flush_interval_s=30.0)
     assert report.short
     assert report.waiting_batches == 1  # shard 1; shard 3 is over a batch, shard 2 not due
-    # 4 shards with work, one call each per 30 s, plus 1 + 3 full batches
-    assert report.calls_needed_per_day == 4 * 2880 + 4
-    assert "11,524 calls a day" in report.describe()
+    # 1,210 entries gathered over 99 s: 12.2 leads/s, one full call every 24.5 s
+    assert report.calls_needed_per_day == math.ceil(86_400 * 1_210 / 99 / 300)
+    assert "3,520 calls a day" in report.describe()
     assert "share is 10,000" in report.describe()
     assert not pace_report(BACKLOGS, IDLE, batch_size=300, flush_interval_s=30.0).short
+    light = [ShardBacklog(0, 3, 40.0, False)]
+    assert pace_report(light, held, batch_size=300, flush_interval_s=30.0).calls_needed_per_day == (
+        2_880
+    ), "light inflow needs one call per flush interval"
 
 
-def test_full_batches_drain_alone_and_partial_ones_share_as_few_calls_as_they_fill() -> None:
+def groups(backlogs: list[ShardBacklog], state: LimiterState = IDLE) -> list[list[int]]:
+    return call_groups(backlogs, state, batch_size=300, flush_interval_s=30.0)
+
+
+def test_full_batches_drain_alone_and_the_rest_goes_in_full_calls_oldest_first() -> None:
     backlogs = [
-        ShardBacklog(0, 700, 1.0, False),
-        ShardBacklog(1, 120, 40.0, False),
-        ShardBacklog(2, 200, 40.0, False),
-        ShardBacklog(3, 90, 40.0, False),
-        ShardBacklog(4, 5, 40.0, False),
+        ShardBacklog(0, 700, 1.0, False),  # full: alone
+        ShardBacklog(1, 120, 20.0, False),
+        ShardBacklog(2, 200, 25.0, False),
+        ShardBacklog(3, 90, 10.0, False),
+        ShardBacklog(4, 5, 5.0, False),
     ]
-    groups = call_groups(backlogs, [0, 2, 1, 3, 4], batch_size=300)
-    assert groups == [[0], [2, 3, 4], [1]]
-    assert call_groups(backlogs, [], batch_size=300) == []
-    sixteen = [ShardBacklog(s, 2, 40.0, False) for s in range(16)]
-    assert call_groups(sixteen, list(range(16)), batch_size=300) == [list(range(16))]
+    # 2 then 1 hold 320: a full call although none has waited 30 s; 3 and 4 (95) wait
+    assert groups(backlogs) == [[0], [2, 1]]
+    assert groups(backlogs, dataclasses.replace(IDLE, pace_wait_s=60.0)) == [[0], [2, 1]], (
+        "full calls go whatever the pace"
+    )
+    assert groups([]) == []
 
 
-def test_partial_batches_not_due_yet_ride_along_with_a_due_one() -> None:
+def test_a_leftover_goes_only_once_its_oldest_entry_is_due_and_the_pace_allows() -> None:
+    sixteen = [ShardBacklog(s, 2, 40.0 if s == 7 else 3.0, False) for s in range(16)]
+    assert groups(sixteen) == [[7, *[s for s in range(16) if s != 7]]], "one call, not 16"
+    assert groups(sixteen, dataclasses.replace(IDLE, pace_wait_s=5.0)) == []
+    young = [ShardBacklog(s, 2, 29.0, False) for s in range(16)]
+    assert groups(young) == [], "nothing due and no full call: wait"
+
+
+def test_busy_shards_are_left_out_and_a_hold_rings_only_the_probe() -> None:
     backlogs = [
         ShardBacklog(0, 40, 31.0, False),  # due
         ShardBacklog(1, 30, 5.0, False),  # not due: rides
-        ShardBacklog(2, 290, 2.0, False),  # too big to fit
         ShardBacklog(3, 20, 1.0, True),  # busy
     ]
-    assert call_groups(backlogs, [0], batch_size=300) == [[0, 1]]
-    assert call_groups(backlogs, [], batch_size=300) == [], "riders alone never make a call"
+    assert groups(backlogs) == [[0, 1]]
+    held = dataclasses.replace(IDLE, hold_reason="20014", next_probe_in_s=0.0)
+    assert groups(backlogs, held) == [[0]]
+    assert groups(backlogs, dataclasses.replace(held, next_probe_in_s=9.0)) == []
+    assert groups(backlogs, dataclasses.replace(IDLE, cooldown_remaining_s=3.0)) == []
