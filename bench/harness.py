@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import redis
 
+from marketo_sim.embedded import free_port
 from marketo_sim.runner import AdminClient
-from worker.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

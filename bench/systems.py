@@ -17,9 +17,9 @@ import redis
 
 from bench.harness import ENCRYPTION_KEY, USER_ID, SimProcess, Worker, redis_pid, tree_cpu_s
 from bench.profile import py_spy
+from marketo_sim.demo import generate_leads
 from producers.contract import Keys, parse_request_id
 from producers.producer import LeadProducer
-from worker.demo import generate_leads
 
 LEADSYNC_PREFIX = "ls"
 

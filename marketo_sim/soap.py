@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from worker.errors import ProtocolError
-from worker.soap.response import parse_xml
+from worker.marketo.soap.response import parse_xml
 
 SOAP_ENV_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 MKTOWS_NS: Final = "http://www.marketo.com/mktows/"

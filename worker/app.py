@@ -22,8 +22,8 @@ from celery.signals import (
 )
 
 # metrics_dir must be imported before anything imports prometheus_client (see the module).
-from worker import metrics_dir
-from worker.logs import configure_logging
+from worker.obs import metrics_dir
+from worker.obs.logs import configure_logging
 from worker.settings import Settings
 
 #: Celery's limits sit above the drain's own bound (LEADSYNC_DRAIN_TIMEOUT_S, enforced
@@ -104,14 +104,14 @@ def _close_runtime(**_: object) -> None:
 
 @worker_process_shutdown.connect
 def _mark_metrics_dead(pid: int | None = None, **_: object) -> None:
-    from worker import metrics
+    from worker.obs import metrics
 
     metrics.mark_process_dead(pid or os.getpid())
 
 
 @worker_init.connect
 def _clear_stale_metrics(**_: object) -> None:
-    from worker import metrics
+    from worker.obs import metrics
 
     directory = metrics.multiproc_dir()
     if directory is not None:
@@ -120,7 +120,7 @@ def _clear_stale_metrics(**_: object) -> None:
 
 @worker_ready.connect
 def _serve_metrics(**_: object) -> None:
-    from worker import metrics
+    from worker.obs import metrics
 
     metrics.serve(settings.metrics_port)
 
@@ -131,7 +131,7 @@ _main_heartbeat: Any = None
 @heartbeat_sent.connect
 def _heartbeat(**_: object) -> None:
     global _main_heartbeat
-    from worker.doctor import MainHeartbeat
+    from worker.ops.doctor import MainHeartbeat
 
     if _main_heartbeat is None:
         _main_heartbeat = MainHeartbeat(settings)

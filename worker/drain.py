@@ -33,11 +33,10 @@ from producers.contract import (
     entry_time_s,
     request_id,
 )
-from worker import metrics
-from worker.batching import Batch, BatchRecord, QueuedLead, plan_batches
-from worker.client import MarketoClient
+from worker.core.batching import Batch, BatchRecord, QueuedLead, plan_batches
+from worker.core.isolation import isolation_budget, split_after_fault
+from worker.core.retrying import call_policy
 from worker.errors import (
-    RECORD_FAULT_CODES,
     AuthError,
     BadRequestError,
     CallTimeout,
@@ -51,13 +50,12 @@ from worker.errors import (
     TransientError,
 )
 from worker.faultpoints import crash_if
-from worker.isolation import isolation_budget, split_after_fault
 from worker.ledger import Ledger, RawEntry, Settlement
 from worker.limits import Permit, RedisLimiter
-from worker.retrying import call_policy
+from worker.marketo import MarketoApi, SyncResult
+from worker.obs import metrics
+from worker.obs.stats import count_outcomes
 from worker.settings import Settings
-from worker.soap.response import SyncResult
-from worker.stats import count_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +150,7 @@ class Drainer:
         self,
         *,
         ledger: Ledger,
-        client: MarketoClient,
+        api: MarketoApi,
         limiter: RedisLimiter,
         settings: Settings,
         consumer: str,
@@ -160,7 +158,7 @@ class Drainer:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.ledger = ledger
-        self.client = client
+        self.api = api
         self.limiter = limiter
         self.settings = settings
         self.consumer = consumer
@@ -445,7 +443,7 @@ class Drainer:
     ) -> None:
         """Send the batch; when a record faults the whole call, fail the records carrying
         the fields 20105 names, or split until the faulting record is alone, within
-        :func:`~worker.isolation.isolation_budget` extra calls (what is left then is
+        :func:`~worker.core.isolation.isolation_budget` extra calls (what is left then is
         dead-lettered). Past the drain budget no further call goes out: the rest stays
         pending."""
         work: list[tuple[BatchRecord, ...]] = [batch.records]
@@ -473,8 +471,6 @@ class Drainer:
                 try:
                     answers = await self._call(lanes, records, batch.dedup, report, paced=paced)
                 except BadRequestError as exc:
-                    if exc.code not in RECORD_FAULT_CODES:
-                        raise TransientError(f"unexpected fault {exc.code}", code=exc.code) from exc
                     split = split_after_fault(records, exc.fields)
                     results.extend(
                         RecordResult(
@@ -525,7 +521,7 @@ class Drainer:
                     metrics.record_retry()
                 started_s = time.perf_counter()
                 try:
-                    answers = await self.client.sync(leads, dedup=dedup)
+                    answers = await self.api.sync(leads, dedup=dedup)
                 except MarketoError as exc:
                     metrics.record_fault(exc)
                     raise

@@ -12,7 +12,7 @@
         │   ├── TransportError     connection reset, HTTP 5xx without fault
         │   │   └── CallTimeout    no answer in time: Marketo may still be applying it
         │   └── ProtocolError      unparseable, oversized or hostile response
-        ├── ResignError            20016: sign again with a fresh timestamp, retry at once
+        ├── ResignError            20016: sign again (or re-authenticate), retry at once
         ├── ThrottledError         20023 / 20024: cooldown shared by every pod
         ├── QuotaExceededError     20015: pause until the daily quota resets
         ├── AuthError              20013 / 20014: hold the pipeline, keep leads pending
@@ -57,7 +57,8 @@ class LeaseLost(LedgerError):
 
 
 class MarketoError(LeadsyncError):
-    """A syncMultipleLeads call did not succeed. ``code`` is Marketo's fault code, if any."""
+    """A Marketo call did not succeed. ``code`` is Marketo's fault code, if any. Each
+    protocol maps its own codes onto these branches (``worker.marketo.soap.faults``)."""
 
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message if code is None else f"{code}: {message}")
@@ -83,7 +84,8 @@ class ProtocolError(TransientError):
 
 
 class ResignError(MarketoError):
-    """Raised on 20016: the signature is too old; sign again and retry at once."""
+    """Raised when the credentials' proof expired (SOAP 20016: the signature is too old):
+    sign again, or fetch a new token, and retry at once."""
 
 
 class ThrottledError(MarketoError):
@@ -109,54 +111,6 @@ class BadRequestError(MarketoError):
     ) -> None:
         super().__init__(message, code=code)
         self.fields = fields
-
-
-#: Every Marketo SOAP fault code we know, mapped once to the branch that handles it.
-FAULT_CODES: dict[int, type[MarketoError]] = {
-    10001: TransientError,  # Internal Error: severe system failure
-    20011: TransientError,  # Internal Error: API service failure
-    20012: BadRequestError,  # Request Not Understood
-    20013: AuthError,  # Access Denied
-    20014: AuthError,  # Authentication failed
-    20015: QuotaExceededError,  # Request Limit Exceeded (daily quota)
-    20016: ResignError,  # Request Expired
-    20017: BadRequestError,  # Invalid Request: missing expected parameter
-    20018: BadRequestError,  # Bad encoding
-    20019: BadRequestError,  # Unsupported Operation
-    20022: BadRequestError,  # Time range exceeded limit
-    20023: ThrottledError,  # Rate Limit Exceeded
-    20024: ThrottledError,  # Concurrency Limit Exceeded
-    20101: BadRequestError,  # Lead Key Required
-    20102: BadRequestError,  # Lead Key Bad
-    20103: BadRequestError,  # Lead Not Found
-    20104: BadRequestError,  # Lead Detail Required
-    20105: BadRequestError,  # Lead Attribute Bad
-    20106: BadRequestError,  # Lead Sync Failed
-    20107: BadRequestError,  # Activity Key Bad
-    20108: BadRequestError,  # Lead Owner Not Found
-    20109: BadRequestError,  # Parameter Required
-    20110: BadRequestError,  # Bad Parameter
-    20111: BadRequestError,  # List Not Found
-    20113: BadRequestError,  # Campaign Not Found
-    20114: BadRequestError,  # Bad Parameter
-    20122: BadRequestError,  # Bad Stream Position
-    20123: BadRequestError,  # Stream at End
-}
-
-#: Fault codes that a single record can cause: the batch is split to find it.
-RECORD_FAULT_CODES = frozenset(
-    {20012, 20017, 20018, 20101, 20102, 20103, 20104, 20105, 20106, 20109, 20110, 20114}
-)
-
-
-def fault_error(
-    code: int | None, message: str, *, fields: frozenset[str] = frozenset()
-) -> MarketoError:
-    """The error for a SOAP fault. Unknown codes are transient: bounded retries, then dead letters."""
-    error_type = FAULT_CODES.get(code, TransientError) if code is not None else TransientError
-    if error_type is BadRequestError:
-        return BadRequestError(message, code=code, fields=fields)
-    return error_type(message, code=code)
 
 
 class LimitReached(LeadsyncError):

@@ -14,10 +14,10 @@ from typing import TypeVar
 import redis.asyncio
 
 from producers.contract import Keys
-from worker.client import MarketoClient
 from worker.drain import Drainer
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.marketo import SoapApi
 from worker.settings import Settings
 from worker.transport import AiohttpTransport, Transport
 
@@ -43,7 +43,7 @@ class Runtime:
         self.ledger = Ledger.for_settings(self.redis, settings)
         self.limiter = RedisLimiter(self.redis, settings)
         self.transport = transport or self.run(self._make_transport())
-        self.client = MarketoClient(
+        self.client = SoapApi(
             self.transport,
             endpoint=settings.marketo_endpoint,
             user_id=settings.marketo_user_id,
@@ -54,7 +54,7 @@ class Runtime:
         self.run(self.ledger.ensure_groups(self.shards))
         self.drainer = Drainer(
             ledger=self.ledger,
-            client=self.client,
+            api=self.client,
             limiter=self.limiter,
             settings=settings,
             consumer=self.consumer,

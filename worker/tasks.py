@@ -8,8 +8,8 @@ import random
 from typing import Any
 
 from worker.app import QUEUE, app, settings
-from worker.doctor import write_heartbeat
-from worker.metrics import observe_backlogs, observe_limiter, observe_pace
+from worker.obs.metrics import observe_backlogs, observe_limiter, observe_pace
+from worker.ops.doctor import write_heartbeat
 from worker.runtime import Runtime, get_runtime
 from worker.scheduling import call_groups, pace_report
 

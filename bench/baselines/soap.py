@@ -1,5 +1,5 @@
 """A zeep client for ``syncMultipleLeads``: the WSDL the simulator serves, the endpoint
-overridden, every call signed with a fresh header (worker.soap.signing)."""
+overridden, every call signed with a fresh header (worker.marketo.soap.signing)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import requests
 import zeep
 from zeep.transports import Transport
 
-from worker.soap.signing import make_auth_header
+from worker.marketo.soap.signing import make_auth_header
 
 WSDL_PATH = Path(__file__).resolve().parents[2] / "marketo_sim" / "mktows.wsdl"
 BINDING = "{http://www.marketo.com/mktows/}MktowsApiSoapBinding"

@@ -10,7 +10,7 @@ from bench import calls as calllog
 from bench.harness import SimProcess, machine_line, md_table, write_section
 from bench.scenarios.throughput import UNLIMITED, flush
 from bench.systems import leadsync_env, make_leads, run_leadsync
-from worker.embedded import embedded_redis
+from marketo_sim.embedded import embedded_redis
 
 HEADERS = [
     "N in flight allowed",

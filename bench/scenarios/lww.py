@@ -51,9 +51,9 @@ from bench.harness import (
     write_section,
 )
 from bench.systems import Ticker, backlog, leadsync_env, leadsync_worker
+from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys
 from producers.producer import LeadProducer
-from worker.embedded import embedded_redis
 
 MODES = ("faults", "kills", "refusals")
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from bench import calls as calllog
 from bench.harness import SimProcess, machine_line, md_table, write_section
 from bench.systems import leadsync_env, make_leads, run_leadsync
-from worker.embedded import embedded_redis
+from marketo_sim.embedded import embedded_redis
 
 RATE_CALLS = 100
 WINDOW_S = 20.0

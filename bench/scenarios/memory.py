@@ -3,7 +3,7 @@
 Each phase runs on its own private ``redis-server`` (never a shared one), warmed up first
 (Lua scripts loaded, a throw-away prefix enqueued, drained and deleted), so the baseline
 already holds the fixed costs. Leads go in through the real ``LeadProducer`` and out through
-the real ``Drainer``, whose Marketo is a ``StubTransport`` answering every call OK.
+the real ``Drainer``, whose Marketo is a ``MockTransport`` answering every call OK.
 
 Figures are ``INFO memory`` ``used_memory`` deltas divided by the item count, cross-checked
 with ``MEMORY USAGE <key> SAMPLES 0`` summed over ``SCAN`` per key class. Classes come
@@ -44,16 +44,16 @@ import redis.asyncio
 from pydantic import SecretStr
 
 from bench.harness import machine_line, md_table, write_section
+from marketo_sim.embedded import embedded_redis
 from marketo_sim.soap import SyncStatus, parse_request_bytes, render_success
 from producers.contract import Keys, parse_request_id
 from producers.producer import LeadProducer
-from worker.client import MarketoClient
 from worker.drain import Drainer, DrainReport
-from worker.embedded import embedded_redis
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.marketo import SoapApi
 from worker.settings import Settings
-from worker.transport import HttpReply, StubTransport
+from worker.transport import HttpReply, MockTransport
 
 #: Key class -> glob pattern, tried in this order; the first match wins. Edit here when
 #: key names change (for example a per-shard "newest enqueued id per lead" hash).
@@ -137,8 +137,8 @@ def make_drainer(client: redis.asyncio.Redis, prefix: str, shards: int) -> Drain
         backoff_max_s=0.01,
     )
     ledger = Ledger(client, Keys(prefix), result_ttl_s=settings.result_ttl_s)
-    marketo = MarketoClient(
-        StubTransport(ok_marketo()),
+    marketo = SoapApi(
+        MockTransport(ok_marketo()),
         endpoint="http://marketo.test/soap/mktows/2_2",
         user_id="bench_user",
         encryption_key=SecretStr("bench-key"),
@@ -146,7 +146,7 @@ def make_drainer(client: redis.asyncio.Redis, prefix: str, shards: int) -> Drain
     )
     limiter = RedisLimiter(client, settings)
     return Drainer(
-        ledger=ledger, client=marketo, limiter=limiter, settings=settings, consumer=CONSUMER
+        ledger=ledger, api=marketo, limiter=limiter, settings=settings, consumer=CONSUMER
     )
 
 

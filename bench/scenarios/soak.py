@@ -14,9 +14,9 @@ import redis
 
 from bench.harness import SimProcess, machine_line, md_table, write_section
 from bench.systems import Ticker, backlog, leadsync_env, leadsync_worker, make_leads
+from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys
 from producers.producer import LeadProducer
-from worker.embedded import embedded_redis
 
 FAULTS = {
     "fault_http_502_rate": 0.05,

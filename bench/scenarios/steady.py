@@ -44,9 +44,9 @@ from bench.harness import (
     write_section,
 )
 from bench.systems import LEADSYNC_PREFIX, Ticker, backlog, leadsync_env, leadsync_worker
+from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys, entry_time_s, parse_request_id
 from producers.producer import LeadProducer
-from worker.embedded import embedded_redis
 from worker.settings import Settings
 
 FIRST_NAMES = ("Ana", "Bo", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Jun")

@@ -15,9 +15,9 @@ import redis
 from bench.harness import SimProcess, machine_line, md_table, scratch_dir, write_section
 from bench.profile import hot_spots
 from bench.systems import Measured, leadsync_env, make_leads, run_baseline, run_leadsync
+from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys, validate_lead
 from producers.producer import LeadProducer, Route
-from worker.embedded import embedded_redis
 
 UNLIMITED = {
     "latency_s": 0.0,

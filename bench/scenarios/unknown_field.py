@@ -33,9 +33,9 @@ from bench.harness import (
 )
 from bench.systems import LEADSYNC_PREFIX, Ticker, backlog, leadsync_env, leadsync_worker
 from marketo_sim.config import STANDARD_LEAD_FIELDS
+from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys
 from producers.producer import LeadProducer
-from worker.embedded import embedded_redis
 
 LEADS = 300
 #: Attribute names the simulator does not know (not in STANDARD_LEAD_FIELDS).

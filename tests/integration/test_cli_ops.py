@@ -18,8 +18,8 @@ from marketo_sim.runner import SimulatorThread
 from producers.contract import Keys
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
-from worker.doctor import write_heartbeat
 from worker.ledger import Ledger
+from worker.ops.doctor import write_heartbeat
 
 pytestmark = pytest.mark.integration
 

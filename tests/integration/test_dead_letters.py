@@ -19,8 +19,8 @@ from producers.producer import LeadProducer
 from tests.support.drain_kit import Marketo, enqueue, fault, make, ok
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
-from worker.dead_letters import list_dead_letters, list_page, replay
 from worker.drain import Drainer
+from worker.ops.dead_letters import list_dead_letters, list_page, replay
 
 pytestmark = pytest.mark.integration
 

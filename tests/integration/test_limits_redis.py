@@ -426,11 +426,11 @@ async def test_pods_with_skewed_clocks_share_one_cooldown_window_and_slot_set(
         limiter = RedisLimiter(client, settings)  # no injected clock: Redis TIME
         in_flight = await take(limiter, "correct-pod")
         now = real_time.time()
-        monkeypatch.setattr("worker.limits.time.time", lambda: now + 70.0)
+        monkeypatch.setattr("worker.limits.redis.time.time", lambda: now + 70.0)
         assert (await refused(limiter, "fast-pod")).reason == "concurrency"
         await limiter.release(in_flight)
         await limiter.cooldown(20.0, "20023 ThrottledError")
-        monkeypatch.setattr("worker.limits.time.time", lambda: now + 25.0)
+        monkeypatch.setattr("worker.limits.redis.time.time", lambda: now + 25.0)
         denied = await refused(limiter, "fast-pod")
         assert denied.reason == "cooldown"
         assert 15 < denied.retry_after_s <= 20

@@ -16,9 +16,10 @@ from marketo_sim import SimConfig, SimulatorThread
 from producers.contract import LeadUpsert
 from tests.support.wsdl_schema import MKTOWS_NS, SOAP_ENV_NS, assert_valid_element
 from worker.errors import MarketoError, ProtocolError, TransportError
-from worker.soap.envelope import REQUEST_HEADERS, build_sync_multiple_leads
-from worker.soap.response import SyncResult, parse_sync_response
-from worker.soap.signing import make_auth_header
+from worker.marketo.base import SyncResult
+from worker.marketo.soap.envelope import REQUEST_HEADERS, build_sync_multiple_leads
+from worker.marketo.soap.response import parse_sync_response
+from worker.marketo.soap.signing import make_auth_header
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Drive drain cycles directly: a real Redis, a scripted Marketo behind a StubTransport."""
+"""Drive drain cycles directly: a real Redis, a scripted Marketo behind a MockTransport."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from producers.contract import (
     key_digest,
     validate_lead,
 )
-from worker.client import MarketoClient
 from worker.drain import Drainer
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.marketo import SoapApi
 from worker.settings import Settings
-from worker.transport import HttpReply, StubTransport
+from worker.transport import HttpReply, MockTransport
 
 Behaviour = Callable[[list[str | None]], HttpReply]
 
@@ -93,8 +93,8 @@ def make(
         }  # type: ignore[arg-type]
     )
     ledger = Ledger.for_settings(redis, settings)
-    client = MarketoClient(
-        StubTransport(marketo),
+    client = SoapApi(
+        MockTransport(marketo),
         endpoint="http://marketo.test/soap/mktows/2_2",
         user_id="u",
         encryption_key=SecretStr("k"),
@@ -103,7 +103,7 @@ def make(
     limiter = RedisLimiter(redis, settings)
     return Drainer(
         ledger=ledger,
-        client=client,
+        api=client,
         limiter=limiter,
         settings=settings,
         consumer="c1",

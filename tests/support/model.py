@@ -32,14 +32,14 @@ from marketo_sim.soap import (
 )
 from producers.contract import Keys, OutcomeStatus, parse_request_id
 from producers.producer import AsyncLeadProducer
-from worker.client import MarketoClient
-from worker.dead_letters import list_dead_letters, replay
 from worker.drain import Drainer, DrainReport
 from worker.errors import CallTimeout
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.marketo import SoapApi
+from worker.ops.dead_letters import list_dead_letters, replay
 from worker.settings import Settings
-from worker.transport import HttpReply, StubTransport
+from worker.transport import HttpReply, MockTransport
 
 SEQ: Final = "Seq"
 VAL: Final = "Val"
@@ -93,7 +93,7 @@ class Call:
 
 @dataclass
 class ScriptedMarketo:
-    """An async StubTransport handler. Keeps, per lead (dedup=true records, by lead key),
+    """An async MockTransport handler. Keeps, per lead (dedup=true records, by lead key),
     the attributes it holds and the Seq of every write it applied, in order."""
 
     script: list[Behaviour] = field(default_factory=list)
@@ -371,8 +371,8 @@ class System:
         self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
         self.ledger = Ledger.for_settings(self.redis, self.settings)
         self.limiter = RedisLimiter(self.redis, self.settings)
-        self.client = MarketoClient(
-            StubTransport(marketo),
+        self.client = SoapApi(
+            MockTransport(marketo),
             endpoint="http://marketo.test/soap/mktows/2_2",
             user_id="u",
             encryption_key=SecretStr("k"),
@@ -403,7 +403,7 @@ class System:
         name = f"w{index}.{self._generation}"
         drainer = Drainer(
             ledger=self.ledger,
-            client=self.client,
+            api=self.client,
             limiter=self.limiter,
             settings=self.settings,
             consumer=name,

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marketo_sim.config import SimConfig
+from marketo_sim.embedded import worker_command
 from marketo_sim.runner import SimulatorThread
 from producers.contract import Outcome
 from producers.producer import LeadProducer
-from worker.embedded import worker_command
 
 #: Small leases, timeouts and pauses, so that recovery from a fault takes seconds.
 FAST_RECOVERY_ENV: Mapping[str, str] = {

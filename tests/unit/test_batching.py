@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from producers.contract import key_digest, validate_lead
-from worker.batching import QueuedLead, chunk, coalesce, entry_order, plan_batches
+from worker.core.batching import QueuedLead, chunk, coalesce, entry_order, plan_batches
 
 
 def queued(n: int, email: str, dedup: bool = True, **attributes: str) -> QueuedLead:

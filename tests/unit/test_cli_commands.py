@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from producers.contract import Keys
 from worker.cli import app
-from worker.doctor import (
+from worker.errors import ConfigError
+from worker.obs.stats import OUTCOME_BUCKET_S, count_outcomes, outcome_bucket_key, window_buckets
+from worker.ops.doctor import (
     MAIN_HEARTBEAT_EVERY_S,
     Check,
     MainHeartbeat,
@@ -20,9 +22,7 @@ from worker.doctor import (
     failed,
     heartbeat_age_s,
 )
-from worker.errors import ConfigError
 from worker.settings import Settings
-from worker.stats import OUTCOME_BUCKET_S, count_outcomes, outcome_bucket_key, window_buckets
 
 runner = CliRunner()
 

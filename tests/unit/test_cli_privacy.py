@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from marketo_sim.soap import SimFault, SyncStatus, render_fault, render_success
 from tests.support.drain_kit import Marketo, enqueue, make
 from worker.drain import Drainer
-from worker.logs import configure_logging
+from worker.obs.logs import configure_logging
 from worker.settings import Settings
 from worker.transport import HttpReply
 

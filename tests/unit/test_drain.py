@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
 from producers.contract import OutcomeStatus, encode_lead, key_digest, validate_lead
 from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
-from worker.batching import QueuedLead, plan_batches
+from worker.core.batching import QueuedLead, plan_batches
+from worker.core.isolation import isolation_budget
 from worker.drain import pick_batch
-from worker.isolation import isolation_budget
 from worker.limits import WINDOW_MARGIN_S
-from worker.transport import HttpReply, StubTransport
+from worker.transport import HttpReply, MockTransport
 
 
 @pytest.fixture
@@ -209,7 +209,7 @@ async def test_a_drain_past_its_timeout_stops_and_releases_its_lease_and_slot(
         raise AssertionError("unreachable")
 
     drainer = make(redis, Marketo(ok), drain_budget_s=0.05, drain_timeout_s=0.2)
-    drainer.client.transport = StubTransport(hangs)
+    drainer.api.transport = MockTransport(hangs)
     ids = await enqueue(drainer, "a@x.com")
     report = await drainer.drain(0)
     assert (report.status, report.reason) == ("backoff", "drain timeout")
@@ -233,7 +233,7 @@ async def test_isolation_stops_at_the_drain_budget_and_leaves_the_rest_pending(
     assert len(marketo.calls) == 5, "one path down the tree: 16, 8, 4, 2, 1"
 
 
-def unknown_field_marketo(known: frozenset[str]) -> tuple[list[int], StubTransport]:
+def unknown_field_marketo(known: frozenset[str]) -> tuple[list[int], MockTransport]:
     """A Marketo that faults 20105 naming every unknown attribute of the call, as
     Marketo does; returns (the size of every call, its transport)."""
     sizes: list[int] = []
@@ -247,7 +247,7 @@ def unknown_field_marketo(known: frozenset[str]) -> tuple[list[int], StubTranspo
             return HttpReply(500, "text/xml", render_fault(SimFault(20105, message)))
         return ok([r.email for r in records])
 
-    return sizes, StubTransport(handle)
+    return sizes, MockTransport(handle)
 
 
 async def test_a_batch_whose_every_record_has_an_unknown_field_costs_one_call(
@@ -256,7 +256,7 @@ async def test_a_batch_whose_every_record_has_an_unknown_field_costs_one_call(
     """R3: one app deploy ahead of the Marketo admin used to cost 2n-1 calls (599 for 300)."""
     sizes, transport = unknown_field_marketo(frozenset({"FirstName"}))
     drainer = make(redis, Marketo(ok), batch_size=300)
-    drainer.client.transport = transport
+    drainer.api.transport = transport
     ids = await enqueue(drainer, *(f"p{i}@x.com" for i in range(300)), NewField="x")
     await drainer.drain(0)
     assert sizes == [300]
@@ -270,7 +270,7 @@ async def test_three_records_with_unknown_fields_among_good_ones_cost_two_calls(
 ) -> None:
     sizes, transport = unknown_field_marketo(frozenset({"FirstName"}))
     drainer = make(redis, Marketo(ok), batch_size=300)
-    drainer.client.transport = transport
+    drainer.api.transport = transport
     good = await enqueue(drainer, *(f"g{i}@x.com" for i in range(297)), FirstName="Ann")
     bad = []
     for field in ("Pants", "Shoes", "Hats"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.ingest import Row, count_lines, detect_format, parse_mapping, read_rows
+from worker.ops.ingest import Row, count_lines, detect_format, parse_mapping, read_rows
 
 
 def rows(text: str, kind: str = "csv", mapping: dict[str, str] | None = None) -> list[Row]:

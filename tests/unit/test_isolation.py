@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from producers.contract import key_digest, validate_lead
-from worker.batching import BatchRecord
-from worker.isolation import carrying, isolation_budget, split_after_fault
-from worker.soap.response import unknown_field_names
+from worker.core.batching import BatchRecord
+from worker.core.isolation import carrying, isolation_budget, split_after_fault
+from worker.marketo.soap.response import unknown_field_names
 
 
 def record(n: int, **attributes: str) -> BatchRecord:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from worker import metrics
 from worker.errors import ThrottledError, TransportError
 from worker.ledger import ShardBacklog
 from worker.limits import LimiterState
+from worker.obs import metrics
 
 
 def sample(name: str, **labels: str) -> float:
@@ -75,9 +75,9 @@ def test_port_zero_serves_nothing() -> None:
 
 
 _CHILD = """
-from worker import metrics
+from worker.obs import metrics
 metrics.record_outcomes({"CREATED": 2})
-metrics.observe_backlogs([__import__("worker.ledger").ledger.ShardBacklog(5, 40, 1.0, False)])
+metrics.observe_backlogs([__import__("worker.ledger.redis").ledger.redis.ShardBacklog(5, 40, 1.0, False)])
 """
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from worker.core.retrying import RESIGN_RETRIES, call_policy
 from worker.errors import AuthError, CallTimeout, ResignError, ThrottledError, TransientError
-from worker.retrying import RESIGN_RETRIES, call_policy
 
 
 async def run(

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from marketo_sim.soap import parse_request_bytes
 from producers.contract import LeadUpsert
-from worker.soap.envelope import build_sync_multiple_leads
-from worker.soap.signing import make_auth_header
+from worker.marketo.soap.envelope import build_sync_multiple_leads
+from worker.marketo.soap.signing import make_auth_header
 
 # XML 1.0 Char: no C0 controls except tab/newline/CR, no surrogates, no U+FFFE/U+FFFF.
 _ILLEGAL = "".join(chr(c) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)) + "\ufffe\uffff"

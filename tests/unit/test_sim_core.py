@@ -12,7 +12,7 @@ from marketo_sim.config import SimConfig
 from marketo_sim.limits import Limits, quota_day
 from marketo_sim.soap import ParsedAttribute, ParsedAuth, ParsedRecord, SimFault
 from marketo_sim.state import LeadDatabase
-from worker.soap.signing import sign
+from worker.marketo.soap.signing import sign
 
 
 def test_the_signature_matches_marketos_documented_test_vector() -> None:

@@ -18,7 +18,7 @@ from marketo_sim.soap import (
 )
 from tests.support.wsdl_schema import assert_valid_element
 from worker.errors import BadRequestError, ProtocolError
-from worker.soap.response import parse_sync_response
+from worker.marketo.soap.response import parse_sync_response
 
 AUTH = (
     "<ns1:AuthenticationHeader><mktowsUserId>u</mktowsUserId>"

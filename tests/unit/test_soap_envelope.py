@@ -11,8 +11,8 @@ from lxml import etree
 from producers.contract import LeadUpsert, validate_lead
 from tests.support.wsdl_schema import assert_valid_request
 from worker.errors import ConfigError, InvalidLead
-from worker.soap.envelope import REQUEST_HEADERS, SOAP_ACTION, build_sync_multiple_leads
-from worker.soap.signing import AuthHeader
+from worker.marketo.soap.envelope import REQUEST_HEADERS, SOAP_ACTION, build_sync_multiple_leads
+from worker.marketo.soap.signing import AuthHeader
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 SEED_AUTH = AuthHeader(

@@ -8,7 +8,6 @@ import pytest
 
 from tests.support.wsdl_schema import MKTOWS_NS, assert_valid_element
 from worker.errors import (
-    FAULT_CODES,
     AuthError,
     BadRequestError,
     MarketoError,
@@ -16,9 +15,9 @@ from worker.errors import (
     TransientError,
     TransportError,
 )
-from worker.soap.response import (
-    SyncResult,
-    SyncStatus,
+from worker.marketo.base import SyncResult, SyncStatus
+from worker.marketo.soap.faults import FAULT_CODES
+from worker.marketo.soap.response import (
     parse_fault,
     parse_sync_response,
     parse_xml,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from worker.soap.signing import AuthHeader, make_auth_header, sign, w3c_timestamp
+from worker.marketo.soap.signing import AuthHeader, make_auth_header, sign, w3c_timestamp
 
 SEED_USER = "demo17_1_809934544BFABAE58E5D27"
 SEED_KEY = "27272727aa"

@@ -24,9 +24,9 @@ from producers.contract import Keys
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.obs.stats import stored_shards
 from worker.scheduling import pace_report
 from worker.settings import Settings
-from worker.stats import stored_shards
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -22,10 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from marketo_sim.config import SimConfig
+from marketo_sim.embedded import celery_worker, embedded_redis, redis_answers
 from marketo_sim.runner import SimulatorThread
 from producers.contract import Outcome
 from producers.producer import LeadProducer
-from worker.embedded import celery_worker, embedded_redis, redis_answers
 
 DEMO_USER_ID = "leadsync_demo_user"
 DEMO_ENCRYPTION_KEY = "leadsync-demo-key"  # the simulator's, not a real secret

@@ -25,11 +25,7 @@
 -- Returns {1, 1 if the hold's probe turn was taken else 0} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
 -- would be truncated to integers on the way back).
 
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+-- (now: from now.lua, prepended)
 local token = ARGV[2]
 local slot_member = ARGV[3]
 local probe = ARGV[4] == '1'

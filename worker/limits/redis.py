@@ -1,10 +1,9 @@
 """Marketo limits shared by every worker pod, kept atomically in Redis.
 
-One Lua step (``limits.lua``) decides whether a call may go out now: hold > cooldown >
-daily quota > quota pace > sliding-window rate > even spacing (GCRA) > concurrency slot.
-When every check passes it takes a window entry, a quota count, a spacing turn and a
-slot together, so a refused call never leaves a
-half-taken permit behind, and no two pods can both take the last unit of anything.
+One Lua step (``scripts/acquire.lua``) decides whether a call may go out now: hold >
+cooldown > daily quota > quota pace > sliding-window rate > even spacing (GCRA) >
+concurrency slot. When every check passes it takes a window entry, a quota count, a
+spacing turn and a slot together, so a refused call never leaves a half-taken permit behind, and no two pods can both take the last unit of anything.
 
 Every decision takes its time from Redis (``TIME`` inside the scripts), so pods with
 skewed clocks still share one window, one cooldown and one set of slots; tests may
@@ -22,191 +21,40 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from importlib import resources
-from typing import Literal, TypeAlias, cast
+from typing import cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio
 
 from worker.errors import ConfigError
+from worker.limits.base import (
+    CONCURRENCY_RETRY_S,
+    GC_MARGIN_S,
+    MIN_RETRY_S,
+    SLOT_MARGIN_S,
+    WINDOW_MARGIN_S,
+    Denied,
+    DenyReason,
+    LimiterKeys,
+    LimiterState,
+    Permit,
+)
+from worker.limits.quota_day import next_quota_reset, pace_wait_s, quota_day, quota_day_length_s
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DenyReason: TypeAlias = Literal["hold", "cooldown", "quota", "pace", "rate", "concurrency"]
-
-#: Added to ``request_timeout_s`` for a slot's lifetime: the HTTP call is over by then.
-SLOT_MARGIN_S = 5.0
-#: Wait suggested when every slot is taken; a slot frees when some call returns.
-CONCURRENCY_RETRY_S = 0.25
-#: Smallest wait ever suggested, so a full-jitter backoff never retries at once.
-MIN_RETRY_S = 0.01
-#: Marketo counts calls as they arrive, not as we grant them: a call granted exactly one
-#: window after an older one can arrive a few ms sooner than it and land inside Marketo's
-#: window. Each grant waits out this margin too (clock skew between pods counts here).
-WINDOW_MARGIN_S = 0.25
-#: Keys outlive the state they hold by this much; TTLs only collect garbage.
-GC_MARGIN_S = 60.0
+# --- the scripts (one per step in scripts/) ------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """Leave to make one call. Release it when the call is over.
-
-    ``probe`` is True when this call is the hold's probe: if Marketo accepts it, call
-    :meth:`RedisLimiter.clear_hold`.
-    """
-
-    holder: str
-    token: str
-    acquired_at: float
-    probe: bool = False
+_SCRIPT_DIR = resources.files("worker.limits").joinpath("scripts")
 
 
-@dataclass(frozen=True, slots=True)
-class Denied:
-    """No call now; ``retry_after_s`` is always > 0."""
-
-    reason: DenyReason
-    retry_after_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class LimiterState:
-    """A consistent snapshot of the shared limits (for metrics, the CLI and health)."""
-
-    calls_in_window: int
-    slots_in_use: int
-    quota_used_today: int
-    quota_limit: int
-    pace_wait_s: float
-    cooldown_remaining_s: float
-    cooldown_reason: str | None
-    hold_reason: str | None
-    hold_since: float | None
-    next_probe_in_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class LimiterKeys:
-    """Key names of the limiter. One hash tag for all: one Lua step touches them all."""
-
-    prefix: str
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}:{{limits}}:{name}"
-
-    @property
-    def window(self) -> str:
-        return self._key("window")
-
-    @property
-    def slots(self) -> str:
-        return self._key("slots")
-
-    @property
-    def cooldown(self) -> str:
-        return self._key("cooldown")
-
-    @property
-    def hold(self) -> str:
-        return self._key("hold")
-
-    @property
-    def spacing(self) -> str:
-        return self._key("spacing")
-
-    def quota(self, day: str) -> str:
-        return self._key(f"quota:{day}")
-
-
-# --- quota day (pure) -----------------------------------------------------------------
-
-
-def quota_day(now_s: float, tz: str) -> str:
-    """The quota day ``now_s`` falls in, as 'YYYY-MM-DD' in ``tz``."""
-    return datetime.fromtimestamp(now_s, ZoneInfo(tz)).date().isoformat()
-
-
-def next_quota_reset(now_s: float, tz: str) -> float:
-    """The next 00:00 in ``tz`` after ``now_s``, as Unix time (23 or 25 h days on DST changes)."""
-    zone = ZoneInfo(tz)
-    tomorrow = datetime.fromtimestamp(now_s, zone).date() + timedelta(days=1)
-    # Wall-clock arithmetic on the date, then zoneinfo picks the offset valid at that
-    # midnight; a midnight skipped by DST maps to the instant the day starts.
-    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone).timestamp()
-
-
-def quota_day_length_s(now_s: float, tz: str) -> float:
-    """Length of the quota day ``now_s`` falls in (23, 24 or 25 h around DST changes)."""
-    zone = ZoneInfo(tz)
-    today = datetime.fromtimestamp(now_s, zone).date()
-    start = datetime(today.year, today.month, today.day, tzinfo=zone).timestamp()
-    return next_quota_reset(now_s, tz) - start
-
-
-def pace_wait_s(
-    used: int, now_s: float, *, quota: int, reset_at_s: float, day_length_s: float, burst: int
-) -> float:
-    """How long a partial batch waits for the pace line (0: it may go now).
-
-    The day's calls may reach ``burst`` at the day's start and rise evenly to ``quota +
-    burst`` at the reset, so a steady trickle never spends the share before the day ends.
-    The admission step in ``limits.lua`` applies the same rule atomically.
-    """
-    day_start_s = reset_at_s - day_length_s
-    allowed = quota * (now_s - day_start_s) / day_length_s + burst
-    if used + 1 <= allowed:
-        return 0.0
-    return day_start_s + (used + 1 - burst) * day_length_s / quota - now_s
-
-
-# --- small scripts (the admission step is in limits.lua) ------------------------------
-
-#: Scripts start with this: ``now`` is ARGV[1] when a test injects a clock, else Redis TIME.
-_NOW_LUA = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-"""
-
-_COOLDOWN_LUA = (
-    _NOW_LUA
-    + """
-local until_s = now + tonumber(ARGV[2])
-local current = tonumber(redis.call('HGET', KEYS[1], 'until'))
-if current and current >= until_s then return 0 end
-redis.call('HSET', KEYS[1], 'until', string.format('%.6f', until_s), 'reason', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[2]) + tonumber(ARGV[4])) * 1000))
-return 1
-"""
-)
-
-# The first hold sets since and next_probe; holding again only updates the reason.
-_HOLD_LUA = (
-    _NOW_LUA
-    + """
-local created = redis.call('HSETNX', KEYS[1], 'since', string.format('%.6f', now))
-redis.call('HSETNX', KEYS[1], 'next_probe', string.format('%.6f', now + tonumber(ARGV[2])))
-redis.call('HSET', KEYS[1], 'reason', ARGV[3])
-return created
-"""
-)
-
-_QUOTA_EXHAUSTED_LUA = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return used
-"""
-
-
-def _load_acquire_script() -> str:
-    return resources.files("worker").joinpath("limits.lua").read_text(encoding="utf-8")
+def _script(name: str) -> str:
+    """One limiter step, with ``now.lua`` in front."""
+    now = _SCRIPT_DIR.joinpath("now.lua").read_text(encoding="utf-8")
+    return now + _SCRIPT_DIR.joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -243,10 +91,10 @@ class RedisLimiter:
         self._clock = clock
         self._keys = LimiterKeys(settings.key_prefix)
         self._slot_ttl_s = settings.request_timeout_s + SLOT_MARGIN_S
-        self._acquire = redis.register_script(_load_acquire_script())
-        self._cooldown = redis.register_script(_COOLDOWN_LUA)
-        self._quota_exhausted = redis.register_script(_QUOTA_EXHAUSTED_LUA)
-        self._hold = redis.register_script(_HOLD_LUA)
+        self._acquire = redis.register_script(_script("acquire"))
+        self._cooldown = redis.register_script(_script("cooldown"))
+        self._quota_exhausted = redis.register_script(_script("quota_exhausted"))
+        self._hold = redis.register_script(_script("hold"))
 
     @property
     def keys(self) -> LimiterKeys:
@@ -350,7 +198,7 @@ class RedisLimiter:
         reset_in_s = self._reset_in_s(now)
         await self._quota_exhausted(
             keys=[self._quota_key(now)],
-            args=[self._settings.daily_quota, _ms(reset_in_s + GC_MARGIN_S)],
+            args=[self._now_arg(), self._settings.daily_quota, _ms(reset_in_s + GC_MARGIN_S)],
         )
         logger.warning("daily quota spent; calls resume in %.0f s", reset_in_s)
 

@@ -1,4 +1,5 @@
-"""MarketoClient: one signed syncMultipleLeads exchange = codec + transport.
+"""SoapApi: the MarketoApi over SOAP. One signed syncMultipleLeads exchange = codec +
+transport.
 
 Each call builds a fresh AuthenticationHeader (a header is never reused, so a
 retry after 20016 carries a new timestamp and signature)."""
@@ -12,13 +13,14 @@ from pydantic import SecretStr
 
 from producers.contract import LeadUpsert
 from worker.errors import ConfigError
-from worker.soap.envelope import REQUEST_HEADERS, build_sync_multiple_leads
-from worker.soap.response import SyncResult, parse_sync_response
-from worker.soap.signing import make_auth_header
+from worker.marketo.base import SyncResult
+from worker.marketo.soap.envelope import REQUEST_HEADERS, build_sync_multiple_leads
+from worker.marketo.soap.response import parse_sync_response
+from worker.marketo.soap.signing import make_auth_header
 from worker.transport import Transport
 
 
-class MarketoClient:
+class SoapApi:
     """Sends one batch of leads and returns one SyncResult per lead, in order."""
 
     def __init__(

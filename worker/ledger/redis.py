@@ -6,7 +6,7 @@ every ledger write is fenced by it: :meth:`Ledger.claim`, :meth:`Ledger.bump_att
 and :meth:`Ledger.settle` check the caller's lease token inside their Lua step, so a
 worker paused past its lease can neither steal, count, commit nor dead-letter entries
 another worker now owns (it gets :class:`LeaseLost`). The work stream is never trimmed
-with MAXLEN. The scripts live in ``ledger.lua``, one section per step.
+with MAXLEN. The scripts live in ``scripts/``, one file per step.
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_LUA = resources.files("worker").joinpath("ledger.lua").read_text(encoding="utf-8")
-_SECTIONS = dict(part.split("\n", 1) for part in _LUA.split("--@ ")[1:])
-#: Every step of ``ledger.lua``, each with the shared ``_lib`` section in front.
-SCRIPTS = {name: _SECTIONS["_lib"] + body for name, body in _SECTIONS.items() if name != "_lib"}
+_SCRIPT_DIR = resources.files("worker.ledger").joinpath("scripts")
+_LIB = _SCRIPT_DIR.joinpath("lib.lua").read_text(encoding="utf-8")
+#: Every step of the ledger (one file each in ``scripts/``), with ``lib.lua`` in front.
+SCRIPTS = {
+    path.name.removesuffix(".lua"): _LIB + path.read_text(encoding="utf-8")
+    for path in sorted(_SCRIPT_DIR.iterdir(), key=lambda p: p.name)
+    if path.name.endswith(".lua") and path.name != "lib.lua"
+}
 
 #: The claim cursor once a cycle has walked the whole pending list.
 CLAIMED_ALL = "done"
@@ -137,7 +141,7 @@ def _outcome_key(keys: Keys, shard: int, outcome: Outcome) -> str:
 
 
 def load_scripts(redis: Redis) -> dict[str, AsyncScript]:
-    """Every ``ledger.lua`` step registered on ``redis`` (EVALSHA, loaded on demand)."""
+    """Every ledger step registered on ``redis`` (EVALSHA, loaded on demand)."""
     return {name: redis.register_script(body) for name, body in SCRIPTS.items()}  # type: ignore[misc]
 
 

@@ -6,7 +6,7 @@ the entry's OWN payload, error, code, attempts) and its request gets the outcome
 DEAD_LETTERED. Dead letters are kept LEADSYNC_DEAD_LETTER_TTL_S (trimmed by id age
 whenever one is added; the stream expires when none was added for that long).
 
-Replay (the ``replay`` step of ``ledger.lua``), atomically per dead letter:
+Replay (the ledger's ``scripts/replay.lua``), atomically per dead letter:
 
 * only while the original request is still DEAD_LETTERED (``answered`` otherwise);
 * unless forced, only when no newer upsert of the lead was ENQUEUED since the dead
@@ -34,7 +34,7 @@ from producers.contract import (
     request_id,
 )
 from worker.errors import InvalidLead
-from worker.ledger import load_scripts
+from worker.ledger.redis import load_scripts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

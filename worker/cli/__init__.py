@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 
     from producers.contract import Outcome
     from producers.producer import LeadProducer
-    from worker.dead_letters import DeadLetter, ReplayReport
-    from worker.doctor import Check
+    from worker.obs.stats import StatsSnapshot
+    from worker.ops.dead_letters import DeadLetter, ReplayReport
+    from worker.ops.doctor import Check
     from worker.settings import Settings
-    from worker.stats import StatsSnapshot
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ def demo(
     shards: int = typer.Option(16, min=1, help="Shard streams."),
 ) -> None:
     """Run the whole pipeline end to end: Redis, the Marketo simulator, a real worker."""
-    from worker.demo import render_summary, run_demo
+    from marketo_sim.demo import render_summary, run_demo
 
     result = run_demo(
         leads=leads,
@@ -189,7 +189,7 @@ def enqueue(
     Exits 1 when a row was skipped or (with --wait) a lead did not end CREATED or UPDATED.
     """
     from producers.producer import BULK_CHUNK
-    from worker.ingest import Row, count_lines, detect_format, parse_mapping, read_rows
+    from worker.ops.ingest import Row, count_lines, detect_format, parse_mapping, read_rows
 
     try:
         mapping = parse_mapping(maps)
@@ -351,7 +351,7 @@ def stats(
     all_shards: bool = typer.Option(False, "--all", help="List shards with nothing in them too."),
 ) -> None:
     """Backlog and oldest age per shard, the shared limits and the outcomes of the last minute."""
-    from worker.stats import snapshot
+    from worker.obs.stats import snapshot
 
     settings = _settings()
     snap = _run_with_redis(settings, lambda r: snapshot(r, settings))
@@ -415,8 +415,8 @@ def _parked(
     settings: Settings, code: str | None, shard: int | None, limit: int | None
 ) -> Callable[[Redis], Awaitable[list[DeadLetter]]]:
     from producers.contract import Keys
-    from worker.dead_letters import list_dead_letters
-    from worker.stats import stored_shards
+    from worker.obs.stats import stored_shards
+    from worker.ops.dead_letters import list_dead_letters
 
     async def work(redis: Redis) -> list[DeadLetter]:
         keys = Keys(settings.key_prefix)
@@ -441,8 +441,8 @@ def dlq_list(
     """Parked entries, one page at a time: ids, hashed lead key, code, error and attempts
     (never lead values)."""
     from producers.contract import Keys
-    from worker.dead_letters import DeadLetterPage, list_page
-    from worker.stats import stored_shards
+    from worker.obs.stats import stored_shards
+    from worker.ops.dead_letters import DeadLetterPage, list_page
 
     settings = _settings()
 
@@ -486,7 +486,7 @@ def dlq_replay(
     The original request ids get the outcome when the replayed entries complete.
     """
     from producers.contract import Keys
-    from worker.dead_letters import replay
+    from worker.ops.dead_letters import replay
 
     settings = _settings()
     finder = _parked(settings, code, shard, limit)
@@ -530,8 +530,8 @@ def doctor(
 
     Exits 1 when a check FAILs.
     """
-    from worker.doctor import check_settings, failed, run_checks
-    from worker.doctor import liveness as check_liveness
+    from worker.ops.doctor import check_settings, failed, run_checks
+    from worker.ops.doctor import liveness as check_liveness
 
     settings, first = check_settings()
     if liveness:

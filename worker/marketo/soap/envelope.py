@@ -17,7 +17,7 @@ from lxml import etree
 
 from producers.contract import FOREIGN_SYS_TYPES, LeadUpsert, check_xml_text
 from worker.errors import ConfigError, InvalidLead
-from worker.soap.signing import AuthHeader
+from worker.marketo.soap.signing import AuthHeader
 
 SOAP_ENV_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 MKTOWS_NS: Final = "http://www.marketo.com/mktows/"

@@ -8,13 +8,13 @@ any DOCTYPE is refused, as SOAP 1.1 forbids one anyway.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 from lxml import etree
 
-from worker.errors import MarketoError, ProtocolError, TransportError, fault_error
+from worker.errors import MarketoError, ProtocolError, TransportError
+from worker.marketo.base import SyncResult, SyncStatus
+from worker.marketo.soap.faults import fault_error
 
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 #: Marketo's faultstring travels into exception messages; keep it short.
@@ -25,23 +25,6 @@ MAX_ERROR_CHARS: Final = 2000
 _XSI_NIL: Final = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 _LEADING_CODE = re.compile(r"\s*(\d{3,6})\b")
 _HTML_START = re.compile(rb"\s*(<!doctype\s+html|<html)", re.IGNORECASE)
-
-
-class SyncStatus(StrEnum):
-    """LeadSyncStatus of the WSDL."""
-
-    CREATED = "CREATED"
-    UPDATED = "UPDATED"
-    FAILED = "FAILED"
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    """What Marketo did with one lead; ``error`` is set only for FAILED."""
-
-    lead_id: int | None
-    status: SyncStatus
-    error: str | None
 
 
 def _parser() -> etree.XMLParser:

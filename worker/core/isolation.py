@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from worker.batching import BatchRecord
+from worker.core.batching import BatchRecord
 
 
 def carrying(records: Iterable[BatchRecord], fields: frozenset[str]) -> list[BatchRecord]:

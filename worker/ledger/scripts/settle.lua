@@ -1,0 +1,58 @@
+-- Fenced: everything a cycle decided, in one atomic step. Outcomes are written before
+-- the XACK + XDEL of their entries, so nothing is acknowledged before its outcome
+-- exists. An outcome is written only over nothing or PENDING: a terminal outcome
+-- (CREATED, UPDATED, FAILED) never changes and a parked one (DEAD_LETTERED) changes
+-- only by a replay.
+-- KEYS[1] lease, KEYS[2] stream, KEYS[3] attempts hash, KEYS[4] dead-letter stream,
+-- then the outcome and newest-id keys the plan refers to by index.
+-- ARGV: token, group, result ttl s, dead-letter ttl s, plan (JSON):
+--   o: [[outcome key index, [field, value, ...]], ...]   outcomes to write
+--   a: [entry id, ...]                                     entries to acknowledge
+--   d: [[entry id, origin, key hash, payload, error, code, attempts, newest key index], ...]
+--   r: [entry id, ...]                                     attempts to give back
+-- Returns -1 when the lease is not ours, else the number of outcomes written.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local group, ttl, dlq_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local plan = cjson.decode(ARGV[5])
+local written = 0
+for _, item in ipairs(plan.o or {}) do
+  local key = KEYS[item[1]]
+  local status = redis.call('HGET', key, 'status')
+  if not status or status == 'PENDING' then
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(item[2]))
+    redis.call('EXPIRE', key, ttl)
+    written = written + 1
+  end
+end
+if plan.d and #plan.d > 0 then
+  local now = redis.call('TIME')
+  local min_id = math.max(0, tonumber(now[1]) - dlq_ttl) * 1000
+  for _, d in ipairs(plan.d) do
+    redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', 'entry_id', d[1], 'o', d[2],
+      'k', d[3], 'p', d[4], 'error', d[5], 'code', d[6], 'attempts', d[7])
+    if d[8] > 0 then
+      -- A replay compares with the newest id: keep it as long as the dead letter.
+      local newest_key = KEYS[d[8]]
+      local newest = redis.call('GET', newest_key)
+      if not newest or older(newest, d[1]) then newest = d[1] end
+      local left = redis.call('TTL', newest_key)
+      redis.call('SET', newest_key, newest, 'EX', math.max(dlq_ttl, left))
+    end
+  end
+  redis.call('EXPIRE', KEYS[4], dlq_ttl)
+end
+for _, entry_id in ipairs(plan.a or {}) do
+  redis.call('XACK', KEYS[2], group, entry_id)
+  redis.call('XDEL', KEYS[2], entry_id)
+  redis.call('HDEL', KEYS[3], entry_id)
+end
+for _, entry_id in ipairs(plan.r or {}) do
+  local n = tonumber(redis.call('HGET', KEYS[3], entry_id))
+  if n and n > 1 then
+    redis.call('HINCRBY', KEYS[3], entry_id, -1)
+  elseif n then
+    redis.call('HDEL', KEYS[3], entry_id)
+  end
+end
+return written

@@ -1,0 +1,93 @@
+"""The limiter's vocabulary: what a permit, a refusal and a snapshot of the shared
+limits are, and the margins every limiter keeps. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+DenyReason: TypeAlias = Literal["hold", "cooldown", "quota", "pace", "rate", "concurrency"]
+
+#: Added to ``request_timeout_s`` for a slot's lifetime: the HTTP call is over by then.
+SLOT_MARGIN_S = 5.0
+#: Wait suggested when every slot is taken; a slot frees when some call returns.
+CONCURRENCY_RETRY_S = 0.25
+#: Smallest wait ever suggested, so a full-jitter backoff never retries at once.
+MIN_RETRY_S = 0.01
+#: Marketo counts calls as they arrive, not as we grant them: a call granted exactly one
+#: window after an older one can arrive a few ms sooner than it and land inside Marketo's
+#: window. Each grant waits out this margin too (clock skew between pods counts here).
+WINDOW_MARGIN_S = 0.25
+#: Keys outlive the state they hold by this much; TTLs only collect garbage.
+GC_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Leave to make one call. Release it when the call is over.
+
+    ``probe`` is True when this call is the hold's probe: if Marketo accepts it, call
+    :meth:`RedisLimiter.clear_hold`.
+    """
+
+    holder: str
+    token: str
+    acquired_at: float
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """No call now; ``retry_after_s`` is always > 0."""
+
+    reason: DenyReason
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterState:
+    """A consistent snapshot of the shared limits (for metrics, the CLI and health)."""
+
+    calls_in_window: int
+    slots_in_use: int
+    quota_used_today: int
+    quota_limit: int
+    pace_wait_s: float
+    cooldown_remaining_s: float
+    cooldown_reason: str | None
+    hold_reason: str | None
+    hold_since: float | None
+    next_probe_in_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterKeys:
+    """Key names of the limiter. One hash tag for all: one Lua step touches them all."""
+
+    prefix: str
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{{limits}}:{name}"
+
+    @property
+    def window(self) -> str:
+        return self._key("window")
+
+    @property
+    def slots(self) -> str:
+        return self._key("slots")
+
+    @property
+    def cooldown(self) -> str:
+        return self._key("cooldown")
+
+    @property
+    def hold(self) -> str:
+        return self._key("hold")
+
+    @property
+    def spacing(self) -> str:
+        return self._key("spacing")
+
+    def quota(self, day: str) -> str:
+        return self._key(f"quota:{day}")

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, logs and the stats snapshot."""

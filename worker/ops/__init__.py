@@ -1,0 +1,1 @@
+"""Operations: health checks (doctor), dead letters and file ingestion."""
