@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from marketo_sim.config import SimConfig
@@ -26,6 +25,7 @@ from marketo_sim.embedded import celery_worker, embedded_redis, redis_answers
 from marketo_sim.runner import SimulatorThread
 from producers.contract import Outcome
 from producers.producer import LeadProducer
+from worker.cli.common import progress_bar
 
 DEMO_USER_ID = "leadsync_demo_user"
 DEMO_ENCRYPTION_KEY = "leadsync-demo-key"  # the simulator's, not a real secret
@@ -126,21 +126,11 @@ def run_demo(
     return result
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def _enqueue(producer: LeadProducer, count: int, result: DemoResult, console: Console) -> list[str]:
     request_ids: list[str] = []
     chunk: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("enqueue", total=count)
         for record in generate_leads(count):
             chunk.append(record)
@@ -175,7 +165,7 @@ def _await_outcomes(
     waiting = list(request_ids)
     final: list[Outcome] = []
     deadline = time.monotonic() + timeout_s
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("outcomes", total=len(request_ids))
         while waiting and time.monotonic() < deadline:
             still: list[str] = []

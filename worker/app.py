@@ -131,7 +131,7 @@ _main_heartbeat: Any = None
 @heartbeat_sent.connect
 def _heartbeat(**_: object) -> None:
     global _main_heartbeat
-    from worker.ops.doctor import MainHeartbeat
+    from worker.ops.health import MainHeartbeat
 
     if _main_heartbeat is None:
         _main_heartbeat = MainHeartbeat(settings)

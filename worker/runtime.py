@@ -11,13 +11,12 @@ import socket
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import redis.asyncio
-
 from producers.contract import Keys
+from worker.connections import redis_client
 from worker.drain import Drainer
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
-from worker.marketo import SoapApi
+from worker.marketo import MarketoApi, SoapApi
 from worker.settings import Settings
 from worker.transport import AiohttpTransport, Transport
 
@@ -27,38 +26,46 @@ T = TypeVar("T")
 
 
 class Runtime:
-    """Everything a drain or tick needs, bound to one event loop."""
+    """Everything a drain or tick needs, bound to one event loop. The constructor only
+    assigns; :meth:`start` does the I/O (the HTTP session, the shard agreement, the
+    consumer groups)."""
+
+    shards: int
+    api: MarketoApi
+    drainer: Drainer
 
     def __init__(self, settings: Settings, *, transport: Transport | None = None) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
-        self.redis = redis.asyncio.Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=settings.redis_connect_timeout_s,
-            socket_timeout=settings.redis_socket_timeout_s,
-            health_check_interval=25,
-        )
+        self.redis = redis_client(settings)
         self.keys = Keys(settings.key_prefix)
         self.ledger = Ledger.for_settings(self.redis, settings)
         self.limiter = RedisLimiter(self.redis, settings)
-        self.transport = transport or self.run(self._make_transport())
-        self.client = SoapApi(
-            self.transport,
-            endpoint=settings.marketo_endpoint,
-            user_id=settings.marketo_user_id,
-            encryption_key=settings.marketo_encryption_key,
-            max_response_bytes=settings.max_response_bytes,
+        self._transport = transport
+
+    def start(self) -> Runtime:
+        """Open the HTTP session, agree the shard count and make sure every consumer
+        group exists; then the drainer is ready."""
+        if self._transport is None:
+            self._transport = self.run(self._make_transport())
+        self.api = SoapApi(
+            self._transport,
+            endpoint=self.settings.marketo_endpoint,
+            user_id=self.settings.marketo_user_id,
+            encryption_key=self.settings.marketo_encryption_key,
+            max_response_bytes=self.settings.max_response_bytes,
         )
-        self.shards = self.run(self.ledger.agree_shards(settings.shards))
+        self.shards = self.run(self.ledger.agree_shards(self.settings.shards))
         self.run(self.ledger.ensure_groups(self.shards))
         self.drainer = Drainer(
             ledger=self.ledger,
-            api=self.client,
+            api=self.api,
             limiter=self.limiter,
-            settings=settings,
+            settings=self.settings,
             consumer=self.consumer,
         )
+        return self
 
     async def _make_transport(self) -> Transport:
         # The session must be created inside the loop that will use it.
@@ -73,7 +80,8 @@ class Runtime:
 
     def close(self) -> None:
         async def _close() -> None:
-            await self.transport.close()
+            if self._transport is not None:
+                await self._transport.close()
             await self.redis.aclose()
 
         try:
@@ -89,7 +97,7 @@ def get_runtime(settings: Settings) -> Runtime:
     """The process's runtime, made on first use."""
     global _runtime
     if _runtime is None or _runtime.loop.is_closed():
-        _runtime = Runtime(settings)
+        _runtime = Runtime(settings).start()
     return _runtime
 
 

@@ -171,6 +171,45 @@ class Settings(BaseSettings):
         gt=0,
         description="A drain starts no new call on its shard after this long (others get their turn).",
     )
+    batches_per_drain: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Full batches one drain task sends from its shard before others get their turn.",
+    )
+    claim_rounds: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description=(
+            "Claim rounds of one batch size a cycle makes at most to fill its batch "
+            "(merged duplicates shrink a read)."
+        ),
+    )
+    spacing_wait_max_s: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description=(
+            "Longest a ready call waits inside its drain for its evenly spaced limiter turn; "
+            "past it the drain comes back later."
+        ),
+    )
+    self_retry_max_s: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description=(
+            "A drain refused for the rate window or a slot re-queues itself when the wait is "
+            "at most this; longer waits are left to the tick."
+        ),
+    )
+    ring_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A queued drain message blocks another for its shards this long (a lost one is rung again).",
+    )
     drain_timeout_s: float = Field(
         600.0,
         gt=0,

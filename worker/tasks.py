@@ -9,30 +9,23 @@ from typing import Any
 
 from worker.app import QUEUE, app, settings
 from worker.obs.metrics import observe_backlogs, observe_limiter, observe_pace
-from worker.ops.doctor import write_heartbeat
+from worker.ops.health import write_heartbeat
 from worker.runtime import Runtime, get_runtime
 from worker.scheduling import call_groups, pace_report
 
-#: A ring marker stops the tick from queueing the same shard again while a drain
-#: message waits for a free worker; it expires so a lost message is rung again.
-RING_TTL_MS = 10_000
 #: Consumer names of processes gone this long (and holding nothing) are removed, at most
 #: once per PRUNE_EVERY_MS across the cluster.
 CONSUMER_IDLE_S = 3600.0
 PRUNE_EVERY_MS = 600_000
 
 
-#: A drain refused a permit for the rate window or a slot comes back by itself when the
-#: limiter says one frees (a countdown message holds no worker slot while it waits);
-#: longer waits (cooldown, quota, hold) are left to the tick.
-SELF_RETRY_MAX_S = 30.0
-
-
 def _ring(runtime: Runtime, groups: list[list[int]], *, countdown_s: float = 0.0) -> int:
     """Queue a drain for each group of shards not already rung (one shard: ``drain``;
     several: ``drain_together``, one call filled from all of them); return how many
     drains were queued."""
-    marker_ms = RING_TTL_MS + int(countdown_s * 1000)
+    # A ring marker stops the tick from queueing the same shard again while a drain
+    # message waits for a free worker; it expires so a lost message is rung again.
+    marker_ms = int((settings.ring_ttl_s + countdown_s) * 1000)
     shards = [shard for group in groups for shard in group]
 
     async def claim() -> set[int]:
@@ -66,7 +59,7 @@ def drain(shard: int) -> dict[str, Any]:
         report.status == "limited"
         and report.reason in ("rate", "concurrency")
         and report.retry_after_s is not None
-        and report.retry_after_s <= SELF_RETRY_MAX_S
+        and report.retry_after_s <= settings.self_retry_max_s
     ):
         # A little jitter so shards refused together do not all return in one instant.
         _ring(runtime, [[shard]], countdown_s=report.retry_after_s + random.uniform(0.0, 0.05))

@@ -19,7 +19,7 @@ from producers.contract import Keys
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
 from worker.ledger import Ledger
-from worker.ops.doctor import write_heartbeat
+from worker.ops.health import write_heartbeat
 
 pytestmark = pytest.mark.integration
 

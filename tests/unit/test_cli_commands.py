@@ -13,15 +13,8 @@ from producers.contract import Keys
 from worker.cli import app
 from worker.errors import ConfigError
 from worker.obs.stats import OUTCOME_BUCKET_S, count_outcomes, outcome_bucket_key, window_buckets
-from worker.ops.doctor import (
-    MAIN_HEARTBEAT_EVERY_S,
-    Check,
-    MainHeartbeat,
-    check_groups,
-    check_settings,
-    failed,
-    heartbeat_age_s,
-)
+from worker.ops.doctor import Check, check_groups, check_settings, failed
+from worker.ops.health import MAIN_HEARTBEAT_EVERY_S, MainHeartbeat, heartbeat_age_s
 from worker.settings import Settings
 
 runner = CliRunner()

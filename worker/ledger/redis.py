@@ -16,15 +16,15 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from producers.contract import Keys, Outcome, request_id
+from producers.contract import Keys, Outcome
 from worker.errors import LeaseLost
+from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -41,82 +41,6 @@ SCRIPTS = {
     for path in sorted(_SCRIPT_DIR.iterdir(), key=lambda p: p.name)
     if path.name.endswith(".lua") and path.name != "lib.lua"
 }
-
-#: The claim cursor once a cycle has walked the whole pending list.
-CLAIMED_ALL = "done"
-
-
-@dataclass(frozen=True, slots=True)
-class RawEntry:
-    """A stream entry as read: its id, hashed lead key and JSON payload. ``origin`` is
-    the entry id whose request this entry answers too (set by ``leadsync dlq replay``)."""
-
-    entry_id: str
-    key_hash: str
-    payload: str
-    origin: str | None = None
-
-    @property
-    def first_id(self) -> str:
-        """The id of the write this entry carries: its origin's when it was replayed."""
-        return self.origin or self.entry_id
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """One fenced read: the entries and where the walk of the pending list stands."""
-
-    entries: list[RawEntry]
-    cursor: str
-    groups_recreated: bool = False
-
-    @property
-    def pending_done(self) -> bool:
-        """True once every pending entry was claimed (only then are new ones read)."""
-        return self.cursor == CLAIMED_ALL
-
-
-@dataclass(slots=True)
-class Settlement:
-    """Everything one cycle decided for its shard, written by :meth:`Ledger.settle` in
-    one fenced atomic step: outcomes, acknowledgements, dead letters, refunds."""
-
-    shard: int
-    outcomes: list[Outcome] = field(default_factory=list)
-    acks: list[str] = field(default_factory=list)
-    dead: list[tuple[RawEntry, str, str, int]] = field(default_factory=list)
-    refunds: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.outcomes or self.acks or self.dead or self.refunds)
-
-    def answer(self, entry: RawEntry, outcome: Outcome) -> None:
-        """Record ``outcome`` for the entry (and for its original request, when the entry
-        was replayed) and acknowledge it."""
-        self.outcomes.append(outcome)
-        if entry.origin:
-            self.outcomes.append(replace(outcome, request_id=request_id(self.shard, entry.origin)))
-        self.acks.append(entry.entry_id)
-
-    def park(self, entry: RawEntry, outcome: Outcome, error: str) -> None:
-        """Move the entry, with its own payload, to the dead-letter stream."""
-        self.answer(entry, outcome)
-        self.dead.append((entry, error, outcome.error_code or "", outcome.attempts))
-
-    def refund(self, entry_ids: Iterable[str]) -> None:
-        """Give back attempts of calls that were refused before they were made."""
-        self.refunds.extend(entry_ids)
-
-
-@dataclass(frozen=True, slots=True)
-class ShardBacklog:
-    """What a shard holds: entries not yet committed and the age of the oldest.
-    ``busy`` is true while a cycle holds the shard or the shard rests after faults."""
-
-    shard: int
-    entries: int
-    oldest_age_s: float | None
-    busy: bool
 
 
 def _text(value: bytes | str) -> str:

@@ -24,6 +24,11 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            # The whole chain, causes included: the error tree's messages carry codes and
+            # counts, never lead values or secrets.
+            line["traceback"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, ensure_ascii=False)
 
 

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
-import redis as redis_sync
 from redis.exceptions import RedisError, ResponseError
 
 from producers.contract import Keys
+from worker.connections import redis_client
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
 from worker.obs.stats import stored_shards
+from worker.ops.health import LIVENESS_MAX_AGE_S, heartbeat_age_s
 from worker.scheduling import pace_report
 from worker.settings import Settings
 
@@ -34,13 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Level = Literal["OK", "WARN", "FAIL"]
-
-#: A heartbeat key outlives the liveness limit, so a stale one reads as "stale", not "absent".
-HEARTBEAT_TTL_S = 600
-#: Default age after which ``doctor --liveness`` calls a worker dead.
-LIVENESS_MAX_AGE_S = 60.0
-#: The main process writes at most this often (Celery's own heartbeat fires every 2 s).
-MAIN_HEARTBEAT_EVERY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,61 +50,9 @@ def failed(checks: list[Check]) -> bool:
     return any(check.level == "FAIL" for check in checks)
 
 
-# --- heartbeat ---------------------------------------------------------------------------
-
-
-def heartbeat_key(keys: Keys, hostname: str | None = None) -> str:
-    """One key per pod (hostname): every process of the pod refreshes it."""
-    return keys.stats(f"heartbeat:{hostname or socket.gethostname()}")
-
-
-async def write_heartbeat(redis: Redis, keys: Keys, now_s: float | None = None) -> None:
-    """Called by the drain and tick tasks."""
-    now_s = time.time() if now_s is None else now_s
-    await redis.set(heartbeat_key(keys), repr(now_s), ex=HEARTBEAT_TTL_S)
-
-
-class MainHeartbeat:
-    """The Celery main process's heartbeat (from the ``heartbeat_sent`` signal), so an idle
-    pod whose pool gets no tick for a while still counts as alive. Never raises: a Redis
-    outage must not disturb the worker's own event loop."""
-
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._last_s = 0.0
-        self._client: redis_sync.Redis | None = None
-
-    def beat(self) -> None:
-        now_s = self._clock()
-        if now_s - self._last_s < MAIN_HEARTBEAT_EVERY_S:
-            return
-        self._last_s = now_s
-        try:
-            if self._client is None:
-                self._client = redis_sync.Redis.from_url(
-                    self._settings.redis_url, socket_connect_timeout=2, socket_timeout=2
-                )
-            key = heartbeat_key(Keys(self._settings.key_prefix))
-            self._client.set(key, repr(now_s), ex=HEARTBEAT_TTL_S)
-        except RedisError as exc:
-            logger.warning("heartbeat not written: %s", exc.__class__.__name__)
-
-
-async def heartbeat_age_s(
-    redis: Redis, keys: Keys, hostname: str | None = None, now_s: float | None = None
-) -> float | None:
-    """Seconds since this pod's last heartbeat, or None when there is none."""
-    value = await redis.get(heartbeat_key(keys, hostname))
-    if value is None:
-        return None
-    now_s = time.time() if now_s is None else now_s
-    return max(0.0, now_s - float(value))
-
-
 async def liveness(settings: Settings, max_age_s: float = LIVENESS_MAX_AGE_S) -> Check:
     """OK when this pod's heartbeat is at most ``max_age_s`` old."""
-    client = _client(settings)
+    client = redis_client(settings)
     try:
         age_s = await heartbeat_age_s(client, Keys(settings.key_prefix))
     except RedisError as exc:
@@ -136,14 +78,6 @@ def check_settings(
     except ConfigError as exc:
         return None, Check("settings", "FAIL", str(exc))
     return settings, Check("settings", "OK", f"prefix {settings.key_prefix!r}")
-
-
-def _client(settings: Settings) -> Redis:
-    import redis.asyncio
-
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=3, socket_timeout=5
-    )
 
 
 def _where(url: str) -> str:
@@ -328,7 +262,7 @@ async def _guarded(name: str, check: Awaitable[Check]) -> Check:
 async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list[Check]:
     """Every check after settings; Redis-based ones are skipped when Redis is unreachable."""
     keys = Keys(settings.key_prefix)
-    client = _client(settings)
+    client = redis_client(settings)
     try:
         checks = [await check_redis(client, settings)]
         if checks[0].level == "OK":

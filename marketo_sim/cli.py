@@ -1,0 +1,75 @@
+"""The simulator's commands, ``leadsync demo`` and ``leadsync sim``. The worker does
+not import this package: ``worker.cli`` finds :func:`register` through the
+``leadsync.cli`` entry point, so the commands exist only where the simulator is installed."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` and ``sim`` to the ``leadsync`` command."""
+    app.command()(demo)
+    app.command()(sim)
+
+
+def demo(
+    leads: int = typer.Option(10_000, "--leads", "-n", min=1, help="How many upserts to enqueue."),
+    concurrency: int = typer.Option(4, min=1, help="Worker processes (calls in flight)."),
+    latency_ms: float = typer.Option(0.0, min=0, help="Simulated Marketo latency per call."),
+    shards: int = typer.Option(16, min=1, help="Shard streams."),
+) -> None:
+    """Run the whole pipeline end to end: Redis, the Marketo simulator, a real worker."""
+    from marketo_sim.demo import render_summary, run_demo
+
+    result = run_demo(
+        leads=leads,
+        concurrency=concurrency,
+        latency_s=latency_ms / 1000,
+        shards=shards,
+        console=console,
+    )
+    render_summary(result, console)
+    if not result.complete:
+        console.print("[red]some leads have no final outcome[/]")
+        raise typer.Exit(1)
+
+
+def sim(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8765, help="Port to listen on."),
+    user_id: str = typer.Option(
+        "leadsync_sim_user", envvar="LEADSYNC_MARKETO_USER_ID", help="Accepted mktowsUserId."
+    ),
+    encryption_key: str = typer.Option(
+        "leadsync-sim-key",
+        envvar="LEADSYNC_MARKETO_ENCRYPTION_KEY",
+        help="Accepted encryption key.",
+        show_default=False,
+    ),
+    latency_ms: float = typer.Option(0.0, min=0, help="Added latency per call."),
+    lenient: bool = typer.Option(
+        False,
+        help="Ignore unknown or misplaced elements as Marketo does (the seed's Java and Ruby "
+        "samples send some), instead of faulting with 20012.",
+    ),
+    check_timestamp: bool = typer.Option(
+        True,
+        help="Refuse signatures older than 5 minutes with 20016 (off: replay recorded requests).",
+    ),
+) -> None:
+    """Run the Marketo simulator (SOAP at /soap/mktows/2_2, admin API at /admin)."""
+    from marketo_sim.config import SimConfig
+    from marketo_sim.server import run
+
+    config = SimConfig(
+        user_id=user_id,
+        encryption_key=encryption_key,
+        latency_s=latency_ms / 1000,
+        unknown_elements="ignore" if lenient else "fault",
+        timestamp_window_s=SimConfig().timestamp_window_s if check_timestamp else None,
+    )
+    run(host, port, config)

@@ -1,0 +1,83 @@
+"""Plumbing shared by the commands: settings, a Redis client with the configured
+timeouts (a command never hangs on an unreachable Redis), a producer, progress bars and
+time formatting. Results go to stdout, progress and problems to stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from worker.connections import redis_client
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from producers.producer import LeadProducer
+
+T = TypeVar("T")
+
+console = Console()
+#: Progress bars and problems go to stderr, so stdout carries only results (request ids).
+err_console = Console(stderr=True)
+
+
+def settings_from_env() -> Settings:
+    return Settings.from_env()
+
+
+def run_with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
+    """Run ``work`` with an asyncio Redis client that is closed afterwards."""
+
+    async def runner() -> T:
+        client = redis_client(settings)
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(runner())
+
+
+@contextmanager
+def producer_for(settings: Settings) -> Iterator[LeadProducer]:
+    from producers.producer import LeadProducer
+
+    with LeadProducer.from_url(
+        settings.redis_url, key_prefix=settings.key_prefix, shards=settings.shards
+    ) as producer:
+        yield producer
+
+
+def progress_bar(on: Console = err_console) -> Progress:
+    """A bar with a count and the time taken (on stderr unless told otherwise)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=on,
+        transient=False,
+    )
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

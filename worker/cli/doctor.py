@@ -1,0 +1,57 @@
+"""``leadsync doctor``: every health check in one table, or ``--liveness`` for the
+Kubernetes probe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from worker.cli.common import console
+
+if TYPE_CHECKING:
+    from worker.ops.doctor import Check
+
+app = typer.Typer()
+
+
+@app.command()
+def doctor(
+    liveness: bool = typer.Option(
+        False, "--liveness", help="Only check this pod's worker heartbeat (Kubernetes probe)."
+    ),
+    max_age_s: float = typer.Option(
+        60.0, "--max-age-s", min=1, help="With --liveness: oldest heartbeat still alive."
+    ),
+) -> None:
+    """Check settings, Redis, the ledger, the limits and the Marketo endpoint.
+
+    Exits 1 when a check FAILs.
+    """
+    from worker.ops.doctor import check_settings, failed, run_checks
+    from worker.ops.doctor import liveness as check_liveness
+
+    settings, first = check_settings()
+    if liveness:
+        check = first if settings is None else asyncio.run(check_liveness(settings, max_age_s))
+        typer.echo(f"{check.level} {check.detail}")
+        if check.level != "OK":
+            raise typer.Exit(1)
+        return
+    checks = [first] if settings is None else [first, *asyncio.run(run_checks(settings))]
+    console.print(_checks_table(checks))
+    if failed(checks):
+        raise typer.Exit(1)
+
+
+def _checks_table(checks: Sequence[Check]) -> Table:
+    colour = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
+    table = Table(title="leadsync doctor")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.name, f"[{colour[check.level]}]{check.level}[/]", check.detail)
+    return table

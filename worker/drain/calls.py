@@ -1,0 +1,192 @@
+"""Sending one call's records: a limiter permit (waiting for the evenly spaced turn),
+the retry policy, the Marketo API, and isolation when a record faults the whole call.
+Failures that are the cluster's business (throttling, quota, credentials) set the
+shared limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from producers.contract import OutcomeStatus
+from worker.core.batching import Batch, BatchRecord
+from worker.core.isolation import isolation_budget, split_after_fault
+from worker.core.retrying import call_policy
+from worker.drain.choice import reason, record_error
+from worker.drain.model import DrainReport, DrainStatus, Lane, RecordResult
+from worker.errors import (
+    BadRequestError,
+    LimitReached,
+    MarketoError,
+    QuotaExceededError,
+    ThrottledError,
+)
+from worker.ledger import Ledger
+from worker.limits import Permit, RedisLimiter
+from worker.marketo import MarketoApi, SyncResult
+from worker.obs import metrics
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Caller:
+    """Makes the calls of one drain cycle for one worker process."""
+
+    def __init__(
+        self,
+        *,
+        api: MarketoApi,
+        limiter: RedisLimiter,
+        ledger: Ledger,
+        settings: Settings,
+        consumer: str,
+        pause_at: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.api = api
+        self.limiter = limiter
+        self.ledger = ledger
+        self.settings = settings
+        self.consumer = consumer
+        self._pause_at = pause_at
+
+    async def send_isolating(
+        self,
+        lanes: Sequence[Lane],
+        batch: Batch,
+        results: list[RecordResult],
+        report: DrainReport,
+        deadline_s: float,
+    ) -> None:
+        """Send the batch; when a record faults the whole call, fail the records carrying
+        the fields 20105 names, or split until the faulting record is alone, within
+        :func:`~worker.core.isolation.isolation_budget` extra calls (what is left then is
+        dead-lettered). Past the drain budget no further call goes out: the rest stays
+        pending."""
+        work: list[tuple[BatchRecord, ...]] = [batch.records]
+        budget = isolation_budget(len(batch.records))
+        # A full batch is the best use of a call; a partial one waits for the quota pace.
+        paced = len(batch) < self.settings.batch_size
+        calls = 0
+        try:
+            while work:
+                if results and time.monotonic() > deadline_s:
+                    return
+                records = work.pop(0)
+                if calls > budget:
+                    results.extend(
+                        RecordResult(
+                            r,
+                            OutcomeStatus.DEAD_LETTERED,
+                            error=f"isolation budget of {budget} calls spent; replay to retry",
+                            error_code="ISOLATION_BUDGET",
+                        )
+                        for r in records
+                    )
+                    continue
+                calls += 1
+                try:
+                    answers = await self._call(lanes, records, batch.dedup, report, paced=paced)
+                except BadRequestError as exc:
+                    split = split_after_fault(records, exc.fields)
+                    results.extend(
+                        RecordResult(
+                            r,
+                            OutcomeStatus.FAILED,
+                            error=record_error(r, exc),
+                            error_code=str(exc.code) if exc.code else None,
+                        )
+                        for r in split.failed
+                    )
+                    work[:0] = split.next_calls
+                    continue
+                results.extend(
+                    RecordResult(
+                        record,
+                        OutcomeStatus(answer.status.value),
+                        lead_id=answer.lead_id,
+                        error=answer.error,
+                    )
+                    for record, answer in zip(records, answers, strict=True)
+                )
+        finally:
+            metrics.record_isolation_calls(max(0, calls - 1))
+
+    async def _call(
+        self,
+        lanes: Sequence[Lane],
+        records: Sequence[BatchRecord],
+        dedup: bool,
+        report: DrainReport,
+        *,
+        paced: bool = False,
+    ) -> list[SyncResult]:
+        """One logical call with the retry policy; every attempt renews the lease and
+        takes its own permit."""
+        policy = call_policy(
+            transient_retries=self.settings.transient_retries,
+            backoff_initial_s=self.settings.backoff_initial_s,
+            backoff_max_s=self.settings.backoff_max_s,
+        )
+        leads = [record.lead for record in records]
+        async for attempt in policy:
+            with attempt:
+                permit = await self._permit(lanes, paced=paced)
+                report.calls += 1
+                report.leads_sent += len(leads)
+                if attempt.retry_state.attempt_number > 1:
+                    metrics.record_retry()
+                started_s = time.perf_counter()
+                try:
+                    answers = await self.api.sync(leads, dedup=dedup)
+                except MarketoError as exc:
+                    metrics.record_fault(exc)
+                    raise
+                finally:
+                    metrics.record_call(len(leads), time.perf_counter() - started_s)
+                    await self.limiter.release(permit)
+                await self._pause_at("after_send")
+                if permit.probe:  # a probe went through: the credentials work again
+                    await self.limiter.clear_hold()
+                return answers
+        raise AssertionError("the retry policy re-raises its last error")  # pragma: no cover
+
+    async def _permit(self, lanes: Sequence[Lane], *, paced: bool) -> Permit:
+        """Leave for one call, renewing every lease first. The next evenly spaced turn
+        is usually a fraction of a second away: that wait is taken here, with the call
+        ready, up to self.settings.spacing_wait_max_s in all. Any other refusal leaves the cycle
+        (LimitReached) for the task or the tick to come back later."""
+        waited_s = 0.0
+        while True:
+            for lane in lanes:
+                await self.ledger.renew_lease(lane.shard, lane.token, self.settings.lease_ttl_s)
+            permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
+            if isinstance(permit, Permit):
+                return permit
+            if (
+                permit.reason != "rate"
+                or waited_s + permit.retry_after_s > self.settings.spacing_wait_max_s
+            ):
+                raise LimitReached(permit.reason, permit.retry_after_s)
+            waited_s += permit.retry_after_s
+            await asyncio.sleep(permit.retry_after_s)
+
+    async def apply_cluster_limit(self, exc: MarketoError) -> tuple[DrainStatus, str]:
+        if isinstance(exc, ThrottledError):
+            # Never an instant retry: a floor of the full cooldown plus jitter.
+            await self.limiter.cooldown(
+                self.settings.throttle_cooldown_s * (1 + random.random() / 4), reason(exc)
+            )
+            return "limited", reason(exc)
+        if isinstance(exc, QuotaExceededError):
+            await self.limiter.pause_until_quota_reset()
+            return "limited", reason(exc)
+        await self.limiter.hold(reason(exc))
+        logger.error(
+            "pipeline on hold: Marketo refused the credentials (%s); leads stay pending",
+            reason(exc),
+        )
+        return "held", reason(exc)

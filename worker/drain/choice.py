@@ -1,0 +1,135 @@
+"""The drain's pure decisions: which batch goes now, what one call carries, which
+entries are parked for their attempts, and the outcome each entry gets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from producers.contract import (
+    Outcome,
+    OutcomeStatus,
+    entry_order,
+    entry_time_s,
+    request_id,
+)
+from worker.core.batching import Batch, BatchRecord
+from worker.drain.model import DrainReport, Lane, RecordResult
+from worker.errors import BadRequestError, InvalidLead, MarketoError
+from worker.ledger import RawEntry
+
+
+def fill_call(due: Sequence[tuple[Lane, Batch]], batch_size: int) -> list[tuple[Lane, Batch]]:
+    """The parts of the next call: the due batch holding the oldest entry first, then
+    other shards' due batches of the same dedup kind while they fit (the last one cut to
+    fill the call; its other records stay pending). One shard's records never split a
+    lead: a lead is one record."""
+    ordered = sorted(due, key=lambda item: min(entry_order(e) for e in item[1].entry_ids))
+    dedup = ordered[0][1].dedup
+    parts: list[tuple[Lane, Batch]] = []
+    room = batch_size
+    for lane, batch in ordered:
+        if batch.dedup is not dedup or room <= 0:
+            continue
+        part = Batch(dedup, batch.records[:room])
+        parts.append((lane, part))
+        room -= len(part)
+    return parts
+
+
+def pick_batch(
+    batches: Sequence[Batch], batch_size: int, flush_interval_s: float, now_s: float
+) -> Batch | None:
+    """The call to make now: among full batches and partial ones whose oldest entry has
+    waited ``flush_interval_s``, the one holding the oldest entry (so a small dedup=false
+    batch is not starved by a stream of full ones). None when nothing is due."""
+    due = [
+        b
+        for b in batches
+        if len(b) >= batch_size
+        or now_s - min(entry_time_s(e) for e in b.entry_ids) >= flush_interval_s
+    ]
+    if not due:
+        return None
+    return min(due, key=lambda b: min(entry_order(e) for e in b.entry_ids))
+
+
+def record_error(record: BatchRecord, exc: BadRequestError) -> str:
+    """The fault as this record's reason: with 20105, only the unknown fields it carries."""
+    own = sorted(name for name in record.lead.attributes if name.casefold() in exc.fields)
+    if own:
+        return f"{exc.code} unknown field{'s' if len(own) > 1 else ''} {', '.join(own)}"[:500]
+    return exc.detail[:500]
+
+
+def reason(exc: MarketoError) -> str:
+    return f"{exc.code} {exc.__class__.__name__}" if exc.code else exc.__class__.__name__
+
+
+def park_exhausted(
+    lane: Lane, batch: Batch, report: DrainReport, *, max_attempts: int, now_s: float
+) -> Batch:
+    """Entries that already rode in LEADSYNC_MAX_ATTEMPTS cycles (this one would be one
+    more) are parked in the dead-letter stream, each with its own payload."""
+    shard, raw, settlement = lane.shard, lane.claim.raw, lane.settlement
+    exhausted = {e for e, n in lane.attempts.items() if n > max_attempts}
+    if not exhausted:
+        return batch
+    for entry_id in sorted(exhausted, key=entry_order):
+        outcome = Outcome(
+            request_id(shard, entry_id),
+            OutcomeStatus.DEAD_LETTERED,
+            error=f"gave up after {max_attempts} attempts",
+            error_code="MAX_ATTEMPTS",
+            attempts=max_attempts,
+            finished_at=now_s,
+        )
+        settlement.park(raw[entry_id], outcome, outcome.error or "")
+        report.dead_lettered += 1
+    # Merged records ride whole: if any of their entries is exhausted, the rest wait
+    # (and get back the attempt just counted for them).
+    kept = tuple(r for r in batch.records if not exhausted.intersection(r.entry_ids))
+    settlement.refund(
+        e
+        for r in batch.records
+        if exhausted.intersection(r.entry_ids)
+        for e in r.entry_ids
+        if e not in exhausted
+    )
+    return Batch(batch.dedup, kept)
+
+
+def answer(results: Sequence[RecordResult], owner: Mapping[int, Lane], now_s: float) -> None:
+    """Each record's answer as the outcome of every entry merged into it: parked when
+    DEAD_LETTERED, else answered."""
+    for result in results:
+        lane = owner[id(result.record)]
+        shard, attempts, raw, settlement = (
+            lane.shard,
+            lane.attempts,
+            lane.claim.raw,
+            lane.settlement,
+        )
+        for entry_id in result.record.entry_ids:
+            outcome = Outcome(
+                request_id(shard, entry_id),
+                result.status,
+                lead_id=result.lead_id,
+                error=result.error,
+                error_code=result.error_code,
+                attempts=attempts[entry_id],
+                finished_at=now_s,
+            )
+            if result.status is OutcomeStatus.DEAD_LETTERED:
+                settlement.park(raw[entry_id], outcome, result.error or "")
+            else:
+                settlement.answer(raw[entry_id], outcome)
+
+
+def invalid_outcome(shard: int, entry: RawEntry, error: InvalidLead, now_s: float) -> Outcome:
+    return Outcome(
+        request_id(shard, entry.entry_id),
+        OutcomeStatus.FAILED,
+        error=str(error),
+        error_code="INVALID_LEAD",
+        finished_at=now_s,
+    )

@@ -1,0 +1,86 @@
+"""What a drain works with and reports: its status and counts, each leased shard's lane
+through a cycle, and one answer per batch record."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from producers.contract import OutcomeStatus
+from worker.core.batching import BatchRecord, QueuedLead
+from worker.errors import InvalidLead
+from worker.ledger import RawEntry, Settlement
+
+DrainStatus = Literal["busy", "idle", "waiting", "sent", "limited", "held", "backoff"]
+
+#: Awaited at the points of a cycle where a crash is most interesting (tests pause there).
+Checkpoint = Callable[[str], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class DrainReport:
+    """What one drain (up to LEADSYNC_BATCHES_PER_DRAIN cycles) did; counts only (it travels into
+    Celery results and Flower)."""
+
+    shard: int
+    status: DrainStatus = "idle"
+    calls: int = 0
+    leads_sent: int = 0
+    entries: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    dead_lettered: int = 0
+    backlog: int = 0
+    retry_after_s: float | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "shard": self.shard,
+            "status": self.status,
+            "calls": self.calls,
+            "leads_sent": self.leads_sent,
+            "entries": self.entries,
+            "outcomes": dict(self.outcomes),
+            "dead_lettered": self.dead_lettered,
+            "backlog": self.backlog,
+            "retry_after_s": self.retry_after_s,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """The answer for one batch record: a SyncResult or a fault that isolated it."""
+
+    record: BatchRecord
+    status: OutcomeStatus
+    lead_id: int | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+@dataclass(slots=True)
+class Claim:
+    """What one cycle claimed: decoded leads, undecodable entries, every raw entry."""
+
+    queued: list[QueuedLead] = field(default_factory=list)
+    invalid: list[tuple[RawEntry, InvalidLead]] = field(default_factory=list)
+    raw: dict[str, RawEntry] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Lane:
+    """One leased shard's part of a cycle: what it claimed, the attempts counted for
+    what it sends, and what it will settle."""
+
+    shard: int
+    token: str
+    settlement: Settlement
+    claim: Claim = field(default_factory=Claim)
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, shard: int, token: str) -> Lane:
+        return cls(shard, token, Settlement(shard))
