@@ -105,11 +105,12 @@ class Settings(BaseSettings):
     )
     rate_limit_window_s: float = Field(20.0, gt=0, description="Length of the rate window.")
     rate_burst_calls: int = Field(
-        1,
+        2,
         ge=1,
         description=(
-            "Calls that may go back to back after a quiet spell; past them grants are "
-            "spaced evenly, one per LEADSYNC_RATE_LIMIT_WINDOW_S / LEADSYNC_RATE_LIMIT_CALLS."
+            "Calls that may go back to back after a quiet spell (2: a late turn is made up "
+            "for, not lost); past them grants are spaced evenly, one per "
+            "LEADSYNC_RATE_LIMIT_WINDOW_S / LEADSYNC_RATE_LIMIT_CALLS."
         ),
     )
     max_concurrent_calls: int = Field(

@@ -57,7 +57,8 @@ def test_every_lead_ends_created_or_updated_when_thirty_percent_of_calls_fault(
         # A hang holds its call open past the client's timeout; the shard rests one more
         # request timeout before it sends those keys again, so no key is in two calls.
         verdict = check_pipeline(pipeline, log, outcomes)
-        assert wait_for(lambda: ledger_residue(redis_url, SHARDS).empty, 10)
+        residue_gone = wait_for(lambda: ledger_residue(redis_url, SHARDS).empty, 10)
+        assert residue_gone, ledger_residue(redis_url, SHARDS)
 
     assert not verdict.problems(), verdict.problems()
     injected = {**summary["outcomes"], **summary["faults_by_code"]}
