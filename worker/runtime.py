@@ -16,7 +16,9 @@ from worker.connections import redis_client
 from worker.drain import Drainer
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
-from worker.marketo import MarketoApi, SoapApi
+from worker.marketo import MarketoApi
+from worker.marketo.factory import api_for
+from worker.obs import metrics
 from worker.settings import Settings
 from worker.transport import AiohttpTransport, Transport
 
@@ -49,12 +51,8 @@ class Runtime:
         group exists; then the drainer is ready."""
         if self._transport is None:
             self._transport = self.run(self._make_transport())
-        self.api = SoapApi(
-            self._transport,
-            endpoint=self.settings.marketo_endpoint,
-            user_id=self.settings.marketo_user_id,
-            encryption_key=self.settings.marketo_encryption_key,
-            max_response_bytes=self.settings.max_response_bytes,
+        self.api = api_for(
+            self.settings, self._transport, self.redis, on_token_fetch=metrics.record_identity_call
         )
         self.shards = self.run(self.ledger.agree_shards(self.settings.shards))
         self.run(self.ledger.ensure_groups(self.shards))

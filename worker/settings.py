@@ -24,6 +24,9 @@ LEASE_MARGIN_S = 1.0
 #: Marketo documents 300 as the largest supported batch for syncMultipleLeads.
 MAX_BATCH_SIZE = 300
 
+#: The daily call quota Marketo gives by default, per protocol.
+DEFAULT_QUOTAS = {"soap": 10_000, "rest": 50_000}
+
 
 class Settings(BaseSettings):
     """Configuration for producers, workers, the CLI and the demo."""
@@ -65,6 +68,9 @@ class Settings(BaseSettings):
     )
 
     # Marketo endpoint and credentials
+    marketo_api: Literal["soap", "rest"] = Field(
+        "soap", description="Marketo API to call: soap (syncMultipleLeads) or rest (leads.json)."
+    )
     marketo_endpoint: str = Field(
         "http://127.0.0.1:8765/soap/mktows/2_2",
         description="SOAP endpoint of your Marketo instance.",
@@ -73,6 +79,29 @@ class Settings(BaseSettings):
     marketo_encryption_key: SecretStr = Field(
         SecretStr(""), description="Encryption key from Admin > Web Services (secret)."
     )
+
+    marketo_rest_url: str = Field(
+        "", description="REST base URL (https://<munchkin>.mktorest.com), with LEADSYNC_MARKETO_API=rest."
+    )
+    marketo_identity_url: str = Field(
+        "", description="Identity URL; empty: LEADSYNC_MARKETO_REST_URL + /identity."
+    )
+    marketo_client_id: str = Field("", description="REST client id of the LaunchPoint service.")
+    marketo_client_secret: SecretStr = Field(
+        SecretStr(""), description="REST client secret of the LaunchPoint service (secret)."
+    )
+    marketo_action: Literal["createOrUpdate", "createOnly", "updateOnly", "createDuplicate"] = (
+        Field("createOrUpdate", description="REST Sync Leads action.")
+    )
+    marketo_lookup_field: str = Field(
+        "email",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description=(
+            "REST dedupe field: email, id (updateOnly only), or the custom field that "
+            "replaces ForeignSysPersonId (it carries a lead's foreign_sys_person_id)."
+        ),
+    )
+    marketo_partition: str = Field("", description="REST lead partition name (optional).")
 
     known_fields: str = Field(
         "",
@@ -119,7 +148,10 @@ class Settings(BaseSettings):
     daily_quota: int = Field(
         10_000,
         ge=1,
-        description="Calls per day; the day resets at 00:00 in LEADSYNC_QUOTA_TIMEZONE.",
+        description=(
+            "Calls per day; the day resets at 00:00 in LEADSYNC_QUOTA_TIMEZONE "
+            f"(unset: {DEFAULT_QUOTAS['soap']:,} for SOAP, {DEFAULT_QUOTAS['rest']:,} for REST)."
+        ),
     )
     pace_burst_calls: int = Field(
         100,
@@ -240,6 +272,47 @@ class Settings(BaseSettings):
         pattern=r"^$|^(after_claim|after_send|after_commit):(child|main)$",
         description="Testing only: SIGKILL this worker at a point of the drain cycle (e.g. after_send:main).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quota_follows_the_api(cls, data: object) -> object:
+        """The daily-quota default is the protocol's: SOAP 10,000, REST 50,000."""
+        if isinstance(data, dict) and data.get("daily_quota") in (None, ""):
+            api = str(data.get("marketo_api") or "soap")
+            data = {**data, "daily_quota": DEFAULT_QUOTAS.get(api, DEFAULT_QUOTAS["soap"])}
+        return data
+
+    @model_validator(mode="after")
+    def _check_rest(self) -> Settings:
+        if self.marketo_api != "rest":
+            return self
+        missing = [
+            env_name(name)
+            for name, value in (
+                ("marketo_rest_url", self.marketo_rest_url),
+                ("marketo_client_id", self.marketo_client_id),
+                ("marketo_client_secret", self.marketo_client_secret.get_secret_value()),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"LEADSYNC_MARKETO_API=rest needs {', '.join(missing)}")
+        if self.marketo_lookup_field == "id" and self.marketo_action != "updateOnly":
+            raise ValueError(
+                "LEADSYNC_MARKETO_LOOKUP_FIELD=id needs LEADSYNC_MARKETO_ACTION=updateOnly "
+                "(Marketo takes id only for updates)"
+            )
+        if self.marketo_partition and self.marketo_action == "updateOnly":
+            raise ValueError(
+                "LEADSYNC_MARKETO_PARTITION works only with LEADSYNC_MARKETO_ACTION "
+                "createOnly or createOrUpdate"
+            )
+        return self
+
+    @cached_property
+    def rest_identity_url(self) -> str:
+        """LEADSYNC_MARKETO_IDENTITY_URL, or the REST base URL + /identity."""
+        return (self.marketo_identity_url or self.marketo_rest_url.rstrip("/") + "/identity").rstrip("/")
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from producers.contract import LeadUpsert, entry_order
+from worker.core.fields import merge_attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +55,15 @@ class Batch:
 
 
 def merge_leads(older: LeadUpsert, newer: LeadUpsert) -> LeadUpsert:
-    """The newer upsert wins per attribute; keys the newer one lacks are kept."""
+    """The newer upsert wins per attribute (either spelling of a field is that field);
+    keys the newer one lacks are kept."""
     return replace(
         newer,
         email=newer.email if newer.email is not None else older.email,
         marketo_id=newer.marketo_id if newer.marketo_id is not None else older.marketo_id,
         foreign_sys_person_id=newer.foreign_sys_person_id or older.foreign_sys_person_id,
         foreign_sys_type=newer.foreign_sys_type or older.foreign_sys_type,
-        attributes={**older.attributes, **newer.attributes},
+        attributes=merge_attributes(older.attributes, newer.attributes),
     )
 
 

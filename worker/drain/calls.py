@@ -109,6 +109,7 @@ class Caller:
                         OutcomeStatus(answer.status.value),
                         lead_id=answer.lead_id,
                         error=answer.error,
+                        error_code=answer.error_code,
                     )
                     for record, answer in zip(records, answers, strict=True)
                 )

@@ -35,11 +35,13 @@ class SyncStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SyncResult:
-    """What Marketo did with one lead; ``error`` is set only for FAILED."""
+    """What Marketo did with one lead; ``error`` (and, where the protocol gives one,
+    ``error_code``) is set only for FAILED."""
 
     lead_id: int | None
     status: SyncStatus
     error: str | None
+    error_code: str | None = None
 
 
 class MarketoApi(Protocol):

@@ -76,6 +76,11 @@ ISOLATION_CALLS = Counter(
     "leadsync_isolation_calls",
     "Calls spent isolating records that made a whole call fault (beyond each batch's first).",
 )
+IDENTITY_CALLS = Counter(
+    "leadsync_identity_calls",
+    "REST token fetches from Marketo's identity endpoint (about one per token lifetime "
+    "for the whole cluster).",
+)
 DRAIN_TIMEOUTS = Counter(
     "leadsync_drain_timeouts",
     "Drains stopped by LEADSYNC_DRAIN_TIMEOUT_S; their entries stay pending.",
@@ -171,6 +176,11 @@ def record_groups_recreated() -> None:
 def record_isolation_calls(calls: int) -> None:
     if calls:
         ISOLATION_CALLS.inc(calls)
+
+
+@never_raises
+def record_identity_call() -> None:
+    IDENTITY_CALLS.inc()
 
 
 @never_raises

@@ -16,6 +16,7 @@ from typing import Final
 from lxml import etree
 
 from producers.contract import FOREIGN_SYS_TYPES, LeadUpsert, check_xml_text
+from worker.core.fields import soap_name
 from worker.errors import ConfigError, InvalidLead
 from worker.marketo.soap.signing import AuthHeader
 
@@ -84,7 +85,7 @@ def _append_lead(records: etree._Element, lead: LeadUpsert) -> None:
         attribute_list = etree.SubElement(record, "leadAttributeList")
         for name, value in lead.attributes.items():
             attribute = etree.SubElement(attribute_list, "attribute")
-            _text_child(attribute, "attrName", name)
+            _text_child(attribute, "attrName", soap_name(name))
             _text_child(attribute, "attrValue", value)
 
 

@@ -1,0 +1,127 @@
+"""One OAuth token for the whole cluster, shared through Redis.
+
+A token is fetched (client credentials, at ``<identity>/oauth/token``) by one process at a
+time under a Redis lock, stored with a TTL that ends :data:`REFRESH_MARGIN_S` before
+Marketo's expiry, and reused by every worker. On 601/602 the caller drops the token it
+used (compare-and-delete: a newer one fetched meanwhile stays) and the next call fetches
+once. The client secret travels in the POST body, never in a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import urlencode
+
+import redis.asyncio
+from pydantic import SecretStr
+
+from worker.errors import AuthError, ProtocolError, TransientError
+from worker.transport import Transport
+
+#: A shared token is dropped this long before Marketo says it expires.
+REFRESH_MARGIN_S: Final = 60.0
+#: A fetch holds the lock at most this long; others wait for its token meanwhile.
+LOCK_TTL_S: Final = 10.0
+#: How often a waiting process looks for the token another one is fetching.
+POLL_S: Final = 0.05
+
+_DROP_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class TokenSource:
+    """The cluster's REST access token."""
+
+    def __init__(
+        self,
+        redis_client: redis.asyncio.Redis,
+        transport: Transport,
+        *,
+        identity_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        key_prefix: str,
+        on_fetch: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis_client
+        self._transport = transport
+        self._url = identity_url.rstrip("/") + "/oauth/token"
+        self._client_id = client_id
+        self._secret = client_secret
+        # Tokens belong to a LaunchPoint service: keyed by client id (hashed: no secrets
+        # or ids in key names).
+        digest = hashlib.blake2b(client_id.encode(), digest_size=8).hexdigest()
+        self.key = f"{key_prefix}:{{limits}}:rest-token:{digest}"
+        self._lock_key = self.key + ":lock"
+        self._on_fetch = on_fetch
+        self._clock = clock
+        self._drop = redis_client.register_script(_DROP_IF_SAME)
+
+    async def token(self) -> str:
+        """The shared token: from Redis, or fetched by this process under the lock, or
+        waited for while another process fetches it."""
+        deadline = self._clock() + LOCK_TTL_S + 1
+        while True:
+            stored = await self._redis.get(self.key)
+            if stored is not None:
+                return stored.decode() if isinstance(stored, bytes) else str(stored)
+            owner = secrets.token_hex(8)
+            if await self._redis.set(self._lock_key, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
+                try:
+                    return await self._fetch()
+                finally:
+                    await self._drop(keys=[self._lock_key], args=[owner])
+            if self._clock() > deadline:
+                raise TransientError("no REST token: another worker's identity call is stuck")
+            await asyncio.sleep(POLL_S)
+
+    async def invalidate(self, token: str) -> None:
+        """Drop ``token`` (Marketo said 601 or 602), unless a newer one replaced it."""
+        await self._drop(keys=[self.key], args=[token])
+
+    async def _fetch(self) -> str:
+        self._on_fetch()
+        form = urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": self._secret.get_secret_value(),
+            }
+        ).encode()
+        reply = await self._transport.post(
+            self._url,
+            form,
+            {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        )
+        if reply.status in (400, 401, 403):
+            raise AuthError(
+                f"identity refused the client credentials (HTTP {reply.status}): check "
+                "LEADSYNC_MARKETO_CLIENT_ID and LEADSYNC_MARKETO_CLIENT_SECRET"
+            )
+        if reply.status != 200:
+            raise TransientError(f"identity answered HTTP {reply.status}")
+        try:
+            document = json.loads(reply.body)
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError("identity answered malformed JSON") from None
+        token = document.get("access_token") if isinstance(document, dict) else None
+        expires_in = document.get("expires_in") if isinstance(document, dict) else None
+        if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
+            raise ProtocolError("identity answered without access_token and expires_in")
+        if expires_in <= 0:
+            # Seen in the field: HTTP 200 with a token that is already expired.
+            raise TransientError("identity answered an expired token (expires_in 0)")
+        ttl_s = (
+            expires_in - REFRESH_MARGIN_S if expires_in > 2 * REFRESH_MARGIN_S else expires_in / 2
+        )
+        await self._redis.set(self.key, token, px=max(1, int(ttl_s * 1000)))
+        return token
