@@ -6,8 +6,8 @@ Imports neither Celery, lxml nor aiohttp (a test checks this).
 from __future__ import annotations
 
 from producers.contract import LeadUpsert, Outcome, OutcomeStatus, validate_lead
+from producers.errors import InvalidLead
 from producers.producer import AsyncLeadProducer, LeadProducer
-from worker.errors import InvalidLead
 
 __all__ = [
     "AsyncLeadProducer",

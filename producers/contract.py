@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
 
-from worker.errors import InvalidLead
+from producers.errors import InvalidLead
 
 ForeignSysType = Literal["CUSTOM", "SFDC", "NETSUITE"]
 FOREIGN_SYS_TYPES: Final = ("CUSTOM", "SFDC", "NETSUITE")

@@ -24,6 +24,7 @@ from typing import Any, Final
 import redis
 import redis.asyncio
 
+from producers.config import ProducerConfig
 from producers.contract import (
     ENQUEUE_LUA,
     NEWEST_ID_TTL_S,
@@ -41,8 +42,7 @@ from producers.contract import (
     shard_for,
     validate_lead,
 )
-from worker.errors import ConfigError, InvalidLead
-from worker.settings import Settings
+from producers.errors import ConfigError, InvalidLead
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ LEAD_FIELDS: Final = frozenset(
 def resolve_config(
     key_prefix: str | None, shards: int | None, known_fields: Iterable[str] | None = None
 ) -> tuple[str, int, frozenset[str] | None]:
-    """Explicit values win; the rest come from ``Settings`` (defaults or LEADSYNC_ env).
-    The known fields come back case-folded, or None when any attribute is accepted."""
+    """Explicit values win; the rest come from ``ProducerConfig`` (defaults or LEADSYNC_
+    env). The known fields come back case-folded, or None when any attribute is accepted."""
     if key_prefix is None or shards is None or known_fields is None:
-        settings = Settings.from_env()
-        key_prefix = settings.key_prefix if key_prefix is None else key_prefix
-        shards = settings.shards if shards is None else shards
-        known_fields = settings.known_field_names if known_fields is None else known_fields
+        config = ProducerConfig.from_env()
+        key_prefix = config.key_prefix if key_prefix is None else key_prefix
+        shards = config.shards if shards is None else shards
+        known_fields = config.known_fields if known_fields is None else known_fields
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ConfigError("shards must be a positive integer")
     known = frozenset(name.strip().casefold() for name in known_fields if name.strip())
