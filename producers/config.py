@@ -44,7 +44,7 @@ class ProducerConfig:
         problems = []
         if not _KEY_PREFIX.match(self.key_prefix):
             problems.append("LEADSYNC_KEY_PREFIX: must be letters, digits or _ . : -")
-        if isinstance(self.shards, bool) or not 1 <= self.shards <= MAX_SHARDS:
+        if type(self.shards) is not int or not 1 <= self.shards <= MAX_SHARDS:
             problems.append(f"LEADSYNC_SHARDS: must be an integer from 1 to {MAX_SHARDS}")
         for name in ("redis_socket_timeout_s", "redis_connect_timeout_s"):
             if not 0 < getattr(self, name) <= MAX_REDIS_TIMEOUT_S:

@@ -103,3 +103,9 @@ def test_the_worker_error_tree_hangs_from_the_producers_root() -> None:
         "email: is not an email address",
     )
     assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize("shards", [True, 2.5, "4"])
+def test_a_shard_count_that_is_not_an_integer_is_a_config_error(shards: object) -> None:
+    with pytest.raises(ConfigError):
+        ProducerConfig(shards=shards)  # type: ignore[arg-type]
