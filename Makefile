@@ -4,16 +4,33 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# uv installs exactly what uv.lock pins; pip only bootstraps uv into the venv, at the
+# version uv.lock itself pins for uv (the dev extra lists it).
+UV_VERSION ?= $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' uv.lock)
+UV      = UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) UV_PYTHON_DOWNLOADS=never $(BIN)/uv
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lock upgrade clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(BIN)/uv: | $(BIN)/activate
+	$(BIN)/pip install --quiet "uv$(if $(UV_VERSION),==$(UV_VERSION))"
+
+# The project (editable) with its worker and dev extras, at the versions of uv.lock;
+# --locked: nothing is resolved here, and a lock that disagrees with pyproject.toml fails
+# (run make lock).
+$(VENV)/.installed: pyproject.toml uv.lock | $(BIN)/uv
+	$(UV) sync --locked --quiet --extra dev
 	touch $@
+
+# After editing a dependency list in pyproject.toml: resolve it into uv.lock.
+lock: | $(BIN)/uv
+	$(UV) lock
+
+# Move every pin in uv.lock to the newest release the ranges allow (then make test).
+upgrade: | $(BIN)/uv
+	$(UV) lock --upgrade
 
 demo: $(VENV)/.installed
 	scripts/ensure-redis --binary
@@ -34,7 +51,7 @@ lint: $(VENV)/.installed
 
 # The benches need the bench extra (psutil, the baselines' zeep and celery-batches).
 bench: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(UV) sync --locked --quiet --extra dev --extra bench
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:

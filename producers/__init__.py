@@ -1,20 +1,26 @@
 """leadsync producers: the client library web apps install to enqueue lead upserts.
 
-Imports neither Celery, lxml nor aiohttp (a test checks this).
+Depends on redis alone: nothing from ``worker`` or ``marketo_sim``, no pydantic, Celery,
+lxml or aiohttp (a test checks this), so ``pip install leadsync`` is enough for a web app.
 """
 
 from __future__ import annotations
 
+from producers.aio import AsyncLeadProducer
+from producers.config import ProducerConfig
 from producers.contract import LeadUpsert, Outcome, OutcomeStatus, validate_lead
-from producers.producer import AsyncLeadProducer, LeadProducer
-from worker.errors import InvalidLead
+from producers.errors import ConfigError, InvalidLead, LeadsyncError
+from producers.sync import LeadProducer
 
 __all__ = [
     "AsyncLeadProducer",
+    "ConfigError",
     "InvalidLead",
     "LeadProducer",
     "LeadUpsert",
+    "LeadsyncError",
     "Outcome",
     "OutcomeStatus",
+    "ProducerConfig",
     "validate_lead",
 ]

@@ -23,22 +23,12 @@ Messages never carry lead values or secrets: they travel into logs and Flower.
 
 from __future__ import annotations
 
-
-class LeadsyncError(Exception):
-    """Root of every error leadsync raises on purpose."""
-
-
-class ConfigError(LeadsyncError):
-    """Raised when settings are missing or malformed; the message names the variable."""
-
-
-class InvalidLead(LeadsyncError, ValueError):
-    """Raised when a lead breaks the contract. ``field`` names the offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
+# The root and the two errors a web app meets live in the light producers package;
+# re-exported here so that ``from worker.errors import InvalidLead`` keeps working.
+# (The ``X as X`` form marks them as re-exported for mypy's strict mode.)
+from producers.errors import ConfigError as ConfigError
+from producers.errors import InvalidLead as InvalidLead
+from producers.errors import LeadsyncError as LeadsyncError
 
 
 class LedgerError(LeadsyncError):

@@ -583,7 +583,8 @@ def test_dockerfile_installs_dependencies_before_copying_the_source() -> None:
 
 
 def test_dockerfile_copies_every_package_pyproject_installs() -> None:
-    packages = {name.split(".")[0] for name in pyproject()["tool"]["setuptools"]["packages"]}
+    found = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*").split(".")[0] for pattern in found}
     copied = {
         rest.split()[0].rstrip("/")
         for keyword, rest in dockerfile_instructions()

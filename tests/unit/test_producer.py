@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from producers import AsyncLeadProducer, InvalidLead, LeadProducer, Outcome, OutcomeStatus
-from producers import producer as producer_module
+from producers import _core as producer_module
 from producers.contract import (
     Keys,
     decode_lead,

@@ -1,0 +1,347 @@
+"""The sans-I/O core shared by :class:`~producers.sync.LeadProducer` and
+:class:`~producers.aio.AsyncLeadProducer` (in the style of h11: no sockets here).
+
+Every producer operation is a generator, a :data:`Step`. It yields what it needs done,
+either a :class:`Send` (Redis commands for one pipelined round trip, answered with their
+replies in order) or a :class:`Pause` (answered with None), and returns its result. The
+two producers only carry the requests out, one blocking and one with ``await``; every
+rule (validation, routing, the shard-count handshake, reading outcomes, polling for
+one) lives here once.
+
+The shard count is agreed through ``Keys.config()``: the first process to start stores
+its value with ``HSETNX`` and every producer and worker then uses the stored value, so a
+lead key maps to the same shard everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar
+
+from producers import wire
+from producers.config import ProducerConfig
+from producers.errors import ConfigError, InvalidLead
+from producers.keys import Keys
+from producers.lead import (
+    LeadUpsert,
+    check_known_fields,
+    key_digest,
+    lead_key,
+    shard_for,
+    validate_lead,
+)
+from producers.outcome import Outcome, OutcomeStatus
+
+logger = logging.getLogger("producers.producer")
+
+#: Leads per pipelined round trip in ``upsert_many``.
+BULK_CHUNK: Final = 1000
+#: The field of the ``Keys.config()`` hash that holds the agreed shard count.
+SHARDS_FIELD: Final = "shards"
+#: Keyword arguments a record of ``upsert_many`` may carry.
+LEAD_FIELDS: Final = frozenset(
+    {"email", "marketo_id", "foreign_sys_person_id", "foreign_sys_type", "attributes", "dedup"}
+)
+
+T = TypeVar("T")
+
+#: One Redis command with its arguments, as ``execute_command`` takes it.
+Command = tuple[str | int | float, ...]
+
+
+class LeadFields(TypedDict, total=False):
+    """The keyword arguments of ``upsert``: what :func:`validate_lead` checks."""
+
+    email: str | None
+    marketo_id: int | str | None
+    foreign_sys_person_id: str | None
+    foreign_sys_type: str | None
+    attributes: Mapping[str, object] | None
+    dedup: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Run these commands in one round trip (pipelined, no transaction); reply in order."""
+
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Sleep this long, then go on."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """What :func:`advance` returns once a step has its result."""
+
+    value: T
+
+
+#: A producer operation: yields requests, receives their answers, returns its result.
+Step = Generator[Send | Pause, Any, T]
+
+
+def advance(step: Step[T], answer: Any) -> Send | Pause | Done[T]:
+    """Give ``step`` the answer to its last request (None to start it); return its next
+    request, or Done with its result."""
+    try:
+        return step.send(answer)
+    except StopIteration as finished:
+        return Done(finished.value)
+
+
+def send(*commands: Command) -> Send:
+    return Send(commands)
+
+
+class Pipeline(Protocol):
+    def execute_command(self, *args: Any) -> Any: ...
+
+
+P = TypeVar("P", bound=Pipeline)
+
+
+def queue(pipe: P, request: Send) -> P:
+    """Queue every command of ``request`` on a redis-py pipeline (sync or asyncio)."""
+    for command in request.commands:
+        pipe.execute_command(*command)
+    return pipe
+
+
+# --- configuration and the shard-count handshake ---------------------------------------
+
+
+def resolve_config(
+    key_prefix: str | None, shards: int | None, known_fields: Iterable[str] | None = None
+) -> tuple[str, int, frozenset[str] | None]:
+    """Explicit values win; the rest come from ``ProducerConfig`` (defaults or LEADSYNC_
+    env). The known fields come back case-folded, or None when any attribute is accepted."""
+    if key_prefix is None or shards is None or known_fields is None:
+        config = ProducerConfig.from_env()
+        key_prefix = config.key_prefix if key_prefix is None else key_prefix
+        shards = config.shards if shards is None else shards
+        known_fields = config.known_fields if known_fields is None else known_fields
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ConfigError("shards must be a positive integer")
+    known = frozenset(name.strip().casefold() for name in known_fields if name.strip())
+    return key_prefix, shards, known or None
+
+
+def adopt_shards(stored: bytes | str | None, wanted: int, config_key: str) -> int:
+    """The shard count to use: the stored one (after HSETNX there always is one)."""
+    if stored is None:
+        # Only possible if the config hash was deleted between HSETNX and HGET.
+        return wanted
+    stored_text = wire.text(stored)
+    if not stored_text.isdigit() or int(stored_text) < 1:
+        raise ConfigError(f"{config_key} field {SHARDS_FIELD!r} is not a positive integer")
+    agreed = int(stored_text)
+    if agreed != wanted:
+        logger.warning(
+            "shard count %d differs from the stored %d in %s; using the stored value",
+            wanted,
+            agreed,
+            config_key,
+        )
+    return agreed
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where entries go once the shard count is agreed; stream names are precomputed."""
+
+    keys: Keys
+    shards: int
+    streams: tuple[str, ...]
+
+    @classmethod
+    def build(cls, keys: Keys, shards: int) -> Route:
+        return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)))
+
+    def entry(self, lead: LeadUpsert) -> tuple[int, Command]:
+        """The shard and the command of one validated lead: XADD, and the lead's
+        newest-enqueued id, in one atomic step (a replay checks it for newer writes)."""
+        key = lead_key(lead)
+        shard = shard_for(key, self.shards)
+        digest = key_digest(key)
+        return shard, (
+            "EVAL",
+            wire.ENQUEUE_LUA,
+            2,
+            self.streams[shard],
+            self.keys.newest(shard, digest),
+            digest,
+            wire.encode_lead(lead),
+            wire.NEWEST_ID_TTL_S if lead.dedup else 0,
+        )
+
+    def locate(self, value: str) -> tuple[int, str] | None:
+        """(shard, entry id) of a request id, or None when it cannot be one of ours."""
+        try:
+            shard, entry_id = wire.parse_request_id(value)
+        except ValueError:
+            return None
+        return (shard, entry_id) if shard < self.shards else None
+
+    def lookup(self, shard: int, entry_id: str) -> tuple[Command, Command]:
+        """XRANGE before HGETALL: the order :func:`read_outcome` relies on."""
+        return (
+            ("XRANGE", self.streams[shard], entry_id, entry_id),
+            ("HGETALL", self.keys.outcome(shard, entry_id)),
+        )
+
+
+# --- reading outcomes ------------------------------------------------------------------
+
+
+def read_outcome(
+    request: str, entry_id: str, entries: Sequence[Any], fields: Mapping[Any, Any]
+) -> Outcome | None:
+    """Interpret ``XRANGE id id`` followed by ``HGETALL outcome`` (in that order).
+
+    The worker writes the outcome and deletes the entry in one atomic step, so when the
+    XRANGE found nothing the HGETALL that ran after it sees the outcome unless it expired.
+    """
+    if fields:
+        outcome = Outcome.from_fields(request, fields)
+        if outcome.enqueued_at is None:
+            outcome = dataclasses.replace(outcome, enqueued_at=wire.entry_time_s(entry_id))
+        return outcome
+    if entries:
+        return Outcome(request, OutcomeStatus.PENDING, enqueued_at=wire.entry_time_s(entry_id))
+    return None
+
+
+def timed_out(last: Outcome | None, request: str) -> Outcome:
+    """What ``wait_outcome`` returns (or raises) when the deadline passes."""
+    if last is None:
+        raise TimeoutError(f"request {request} is unknown or its outcome expired")
+    return last
+
+
+# --- validating records ----------------------------------------------------------------
+
+
+def record_lead(record: object, known: frozenset[str] | None = None) -> LeadUpsert:
+    """Validate one ``upsert_many`` record; unknown keys are InvalidLead naming the key."""
+    if not isinstance(record, Mapping):
+        raise InvalidLead("record", "must be a mapping of lead fields")
+    for name in record:
+        if name not in LEAD_FIELDS:
+            # Names only, never values; a non-string key is reported by its type.
+            shown = name if isinstance(name, str) else type(name).__name__
+            raise InvalidLead(shown, "is not a lead field")
+    return check_known_fields(validate_lead(**record), known)
+
+
+def bulk_chunks(
+    records: Iterable[object], known: frozenset[str] | None = None
+) -> Iterator[list[LeadUpsert | InvalidLead]]:
+    """Validated records (or their InvalidLead) in chunks of BULK_CHUNK."""
+    chunk: list[LeadUpsert | InvalidLead] = []
+    for record in records:
+        try:
+            chunk.append(record_lead(record, known))
+        except InvalidLead as exc:
+            chunk.append(exc)
+        if len(chunk) >= BULK_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --- the operations --------------------------------------------------------------------
+
+
+class ProducerCore:
+    """The state of one producer (prefix, wanted shard count, known fields and, once
+    agreed, the route) and its operations as :data:`Step` generators."""
+
+    def __init__(
+        self,
+        *,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        known_fields: Iterable[str] | None = None,
+    ) -> None:
+        """``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names."""
+        prefix, self.wanted, self.known = resolve_config(key_prefix, shards, known_fields)
+        self.keys = Keys(prefix)
+        self.route: Route | None = None
+
+    def agree(self) -> Step[Route]:
+        """The agreed routing: HSETNX then HGET the shard count, the first time only
+        (concurrent first uses may both ask; that is harmless)."""
+        if self.route is None:
+            config = self.keys.config()
+            _, stored = yield send(
+                ("HSETNX", config, SHARDS_FIELD, self.wanted), ("HGET", config, SHARDS_FIELD)
+            )
+            self.route = Route.build(self.keys, adopt_shards(stored, self.wanted, config))
+        return self.route
+
+    def upsert(self, fields: LeadFields) -> Step[str]:
+        """Validate (InvalidLead before anything is written), then one XADD round trip."""
+        lead = check_known_fields(validate_lead(**fields), self.known)
+        route = yield from self.agree()
+        shard, command = route.entry(lead)
+        (reply,) = yield send(command)
+        return wire.request_id(shard, wire.text(reply))
+
+    def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> Step[list[str | InvalidLead]]:
+        """Request ids (or the InvalidLead) in record order, one round trip per chunk."""
+        route = yield from self.agree()
+        results: list[str | InvalidLead] = []
+        for chunk in bulk_chunks(records, self.known):
+            shards, commands = [], []
+            for item in chunk:
+                if isinstance(item, LeadUpsert):
+                    shard, command = route.entry(item)
+                    shards.append(shard)
+                    commands.append(command)
+            replies = iter((yield Send(tuple(commands))) if commands else ())
+            shard_of = iter(shards)
+            results.extend(
+                item
+                if isinstance(item, InvalidLead)
+                else wire.request_id(next(shard_of), wire.text(next(replies)))
+                for item in chunk
+            )
+        return results
+
+    def outcome(self, request: str) -> Step[Outcome | None]:
+        """One outcome: final, PENDING while its entry waits, or None when unknown."""
+        return (yield from self.outcomes([request]))[0]
+
+    def outcomes(self, requests: Sequence[str]) -> Step[list[Outcome | None]]:
+        """Many outcomes in one pipelined round trip."""
+        route = yield from self.agree()
+        located = [route.locate(rid) for rid in requests]
+        commands = [command for place in located if place for command in route.lookup(*place)]
+        replies = iter((yield Send(tuple(commands))) if commands else ())
+        return [
+            None if place is None else read_outcome(rid, place[1], next(replies), next(replies))
+            for rid, place in zip(requests, located, strict=True)
+        ]
+
+    def wait_outcome(self, request: str, timeout_s: float, poll_s: float) -> Step[Outcome]:
+        """Poll until the outcome is final. When ``timeout_s`` passes first, the last
+        PENDING outcome; TimeoutError if the last look found the request unknown."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            last = yield from self.outcome(request)
+            if last is not None and last.status.is_final:
+                return last
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                return timed_out(last, request)
+            yield Pause(min(poll_s, remaining_s))

@@ -1,0 +1,125 @@
+"""The asyncio producer: carries out the core's requests with a ``redis.asyncio.Redis``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import redis.asyncio
+
+from producers._core import (
+    Done,
+    LeadFields,
+    Pause,
+    ProducerCore,
+    Route,
+    Send,
+    Step,
+    advance,
+    queue,
+)
+from producers.config import ProducerConfig
+from producers.errors import InvalidLead
+from producers.keys import Keys
+from producers.outcome import Outcome
+
+T = TypeVar("T")
+
+
+class AsyncLeadProducer:
+    """The asyncio twin of :class:`~producers.sync.LeadProducer`, with the same methods.
+    Construction does no I/O: the shard count is agreed on first use (concurrent first
+    uses may both ask; that is harmless)."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        owns_client: bool = False,
+        known_fields: Iterable[str] | None = None,
+    ) -> None:
+        self._core = ProducerCore(key_prefix=key_prefix, shards=shards, known_fields=known_fields)
+        self._client = client
+        self._owns_client = owns_client
+
+    @classmethod
+    def from_url(
+        cls, redis_url: str, *, key_prefix: str | None = None, shards: int | None = None
+    ) -> AsyncLeadProducer:
+        """Prepare a client for ``redis_url`` (no I/O; the Redis timeouts as for
+        :meth:`LeadProducer.from_url`); ``await close()`` releases it."""
+        config = ProducerConfig.from_env()
+        client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            redis_url,
+            socket_timeout=config.redis_socket_timeout_s,
+            socket_connect_timeout=config.redis_connect_timeout_s,
+        )
+        return cls(client, key_prefix=key_prefix, shards=shards, owns_client=True)
+
+    async def _run(self, step: Step[T]) -> T:
+        request = advance(step, None)
+        while not isinstance(request, Done):
+            request = advance(step, await self._answer(request))
+        return request.value
+
+    async def _answer(self, request: Send | Pause) -> Any:
+        if isinstance(request, Pause):
+            await asyncio.sleep(request.seconds)
+            return None
+        if len(request.commands) == 1:  # no pipeline for one command: one XADD is hot
+            return [await self._client.execute_command(*request.commands[0])]  # type: ignore[no-untyped-call]
+        return await queue(self._client.pipeline(transaction=False), request).execute()
+
+    async def route(self) -> Route:
+        """The agreed routing (one round trip the first time)."""
+        return await self._run(self._core.agree())
+
+    async def shards(self) -> int:
+        """The agreed shard count."""
+        return (await self.route()).shards
+
+    @property
+    def keys(self) -> Keys:
+        return self._core.keys
+
+    async def upsert(self, **lead: Unpack[LeadFields]) -> str:
+        """See :meth:`LeadProducer.upsert`."""
+        return await self._run(self._core.upsert(lead))
+
+    async def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
+        """See :meth:`LeadProducer.upsert_many`: the valid records ARE enqueued."""
+        return await self._run(self._core.upsert_many(records))
+
+    async def outcome(self, request_id: str) -> Outcome | None:
+        """See :meth:`LeadProducer.outcome`."""
+        return await self._run(self._core.outcome(request_id))
+
+    async def outcomes(self, request_ids: Sequence[str]) -> list[Outcome | None]:
+        """Many outcomes in one pipelined round trip (same answers as :meth:`outcome`)."""
+        return await self._run(self._core.outcomes(request_ids))
+
+    async def wait_outcome(
+        self, request_id: str, timeout_s: float, *, poll_s: float = 0.05
+    ) -> Outcome:
+        """See :meth:`LeadProducer.wait_outcome`."""
+        return await self._run(self._core.wait_outcome(request_id, timeout_s, poll_s))
+
+    async def close(self) -> None:
+        """Release the connections (only when this producer opened them)."""
+        if self._owns_client:
+            await self._client.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> AsyncLeadProducer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,93 @@
+"""What a producer needs to know, read from the same ``LEADSYNC_*`` variables as the
+worker's ``Settings`` (same names, same defaults, same limits), with the standard
+library only: a web app does not load pydantic or the worker to enqueue.
+
+A unit test checks that these defaults equal the worker's, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from producers.errors import ConfigError
+
+ENV_PREFIX: Final = "LEADSYNC_"
+MAX_SHARDS: Final = 1024
+MAX_REDIS_TIMEOUT_S: Final = 60.0
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+T = TypeVar("T")
+
+
+def split_field_names(value: str) -> tuple[str, ...]:
+    """LEADSYNC_KNOWN_FIELDS as a tuple of names (empty: any attribute is accepted)."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    """Where the ledger lives and how it is laid out. Construction checks every value."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "leadsync"
+    shards: int = 16
+    #: Attribute names the Marketo instance knows; empty accepts any attribute.
+    known_fields: tuple[str, ...] = ()
+    redis_socket_timeout_s: float = 10.0
+    redis_connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _KEY_PREFIX.match(self.key_prefix):
+            problems.append("LEADSYNC_KEY_PREFIX: must be letters, digits or _ . : -")
+        if type(self.shards) is not int or not 1 <= self.shards <= MAX_SHARDS:
+            problems.append(f"LEADSYNC_SHARDS: must be an integer from 1 to {MAX_SHARDS}")
+        for name in ("redis_socket_timeout_s", "redis_connect_timeout_s"):
+            if not 0 < getattr(self, name) <= MAX_REDIS_TIMEOUT_S:
+                problems.append(
+                    f"{ENV_PREFIX}{name.upper()}: must be more than 0 and at most "
+                    f"{MAX_REDIS_TIMEOUT_S:g} seconds"
+                )
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerConfig:
+        """Read ``LEADSYNC_*`` (``environ`` defaults to ``os.environ``); unset names keep
+        their defaults. Raise ConfigError naming each bad variable (values are not echoed)."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        problems: list[str] = []
+
+        def read(name: str, parse: Callable[[str], T], default: T) -> T:
+            variable = ENV_PREFIX + name.upper()
+            if variable not in env:
+                return default
+            try:
+                return parse(env[variable].strip())
+            except ValueError:
+                problems.append(f"{variable}: must be a {parse.__name__} number")
+                return default
+
+        shards = read("shards", int, defaults.shards)
+        socket_timeout_s = read("redis_socket_timeout_s", float, defaults.redis_socket_timeout_s)
+        connect_timeout_s = read("redis_connect_timeout_s", float, defaults.redis_connect_timeout_s)
+        config = defaults
+        try:
+            config = cls(
+                redis_url=env.get(ENV_PREFIX + "REDIS_URL", defaults.redis_url),
+                key_prefix=env.get(ENV_PREFIX + "KEY_PREFIX", defaults.key_prefix),
+                shards=shards,
+                known_fields=split_field_names(env.get(ENV_PREFIX + "KNOWN_FIELDS", "")),
+                redis_socket_timeout_s=socket_timeout_s,
+                redis_connect_timeout_s=connect_timeout_s,
+            )
+        except ConfigError as exc:
+            problems.append(str(exc).removeprefix("invalid configuration: "))
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        return config

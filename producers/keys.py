@@ -1,0 +1,56 @@
+"""Every Redis key name leadsync uses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Redis key names. A shard's keys share the hash tag ``{s}`` so that its atomic
+    steps (commit = outcomes + XACK + XDEL) also work on Redis Cluster."""
+
+    prefix: str = "leadsync"
+
+    GROUP: ClassVar[str] = "workers"
+
+    def stream(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:outbox"
+
+    def lease(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:lease"
+
+    def attempts(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:attempts"
+
+    def outcome(self, shard: int, entry_id: str) -> str:
+        return f"{self.prefix}:{{{shard}}}:outcome:{entry_id}"
+
+    def newest(self, shard: int, key_hash: str) -> str:
+        """The id of the newest entry enqueued for a lead key (written with its XADD)."""
+        return f"{self.prefix}:{{{shard}}}:newest:{key_hash}"
+
+    def dead_letters(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:dlq"
+
+    def rest(self, shard: int) -> str:
+        """Until when the shard rests after transient faults (Unix seconds)."""
+        return f"{self.prefix}:{{{shard}}}:rest"
+
+    def rest_streak(self, shard: int) -> str:
+        """Failed cycles in a row of the shard (the rest grows with it)."""
+        return f"{self.prefix}:{{{shard}}}:rest-streak"
+
+    def groups_recreated(self) -> str:
+        """Shard -> when its consumer group was found missing and recreated."""
+        return f"{self.prefix}:groups-recreated"
+
+    def config(self) -> str:
+        return f"{self.prefix}:config"
+
+    def control(self, name: str) -> str:
+        return f"{self.prefix}:control:{name}"
+
+    def stats(self, name: str) -> str:
+        return f"{self.prefix}:stats:{name}"

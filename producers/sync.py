@@ -1,0 +1,138 @@
+"""The blocking producer: carries out the core's requests with a ``redis.Redis``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import redis
+
+from producers._core import Done, LeadFields, Pause, ProducerCore, Send, Step, advance, queue
+from producers.config import ProducerConfig
+from producers.errors import InvalidLead
+from producers.keys import Keys
+from producers.outcome import Outcome
+
+T = TypeVar("T")
+
+
+class LeadProducer:
+    """Enqueue lead upserts from a web app (thread-safe: redis-py pools connections).
+
+    >>> with LeadProducer.from_url("redis://localhost:6379/0") as producer:  # doctest: +SKIP
+    ...     rid = producer.upsert(email="ann@example.com", attributes={"FirstName": "Ann"})
+    ...     producer.wait_outcome(rid, timeout_s=10).status
+    <OutcomeStatus.CREATED: 'CREATED'>
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        owns_client: bool = False,
+        known_fields: Iterable[str] | None = None,
+    ) -> None:
+        """Wrap ``client`` and agree on the shard count now (one round trip).
+        ``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names."""
+        self._core = ProducerCore(key_prefix=key_prefix, shards=shards, known_fields=known_fields)
+        self._client = client
+        self._owns_client = owns_client
+        self._route = self._run(self._core.agree())
+
+    @classmethod
+    def from_url(
+        cls, redis_url: str, *, key_prefix: str | None = None, shards: int | None = None
+    ) -> LeadProducer:
+        """Connect to ``redis_url`` (with LEADSYNC_REDIS_SOCKET_TIMEOUT_S and
+        LEADSYNC_REDIS_CONNECT_TIMEOUT_S); ``close()`` releases the connections."""
+        config = ProducerConfig.from_env()
+        client: redis.Redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=config.redis_socket_timeout_s,
+            socket_connect_timeout=config.redis_connect_timeout_s,
+        )
+        try:
+            return cls(client, key_prefix=key_prefix, shards=shards, owns_client=True)
+        except BaseException:
+            client.close()
+            raise
+
+    def _run(self, step: Step[T]) -> T:
+        request = advance(step, None)
+        while not isinstance(request, Done):
+            request = advance(step, self._answer(request))
+        return request.value
+
+    def _answer(self, request: Send | Pause) -> Any:
+        if isinstance(request, Pause):
+            time.sleep(request.seconds)
+            return None
+        if len(request.commands) == 1:  # no pipeline for one command: one XADD is hot
+            return [self._client.execute_command(*request.commands[0])]  # type: ignore[no-untyped-call]
+        return queue(self._client.pipeline(transaction=False), request).execute()
+
+    @property
+    def shards(self) -> int:
+        """The agreed shard count."""
+        return self._route.shards
+
+    @property
+    def keys(self) -> Keys:
+        return self._route.keys
+
+    def upsert(self, **lead: Unpack[LeadFields]) -> str:
+        """Enqueue one upsert and return its request id (one XADD round trip). The
+        keywords: email, marketo_id, foreign_sys_person_id, foreign_sys_type,
+        attributes (name -> str, number or bool) and dedup (default True).
+
+        Raises InvalidLead (with ``.field``) before anything is written; Redis errors
+        (for example OOM under ``noeviction``) propagate and nothing is enqueued.
+        """
+        return self._run(self._core.upsert(lead))
+
+    def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
+        """Enqueue many upserts, one pipelined round trip per 1000 records.
+
+        Result ``i`` is the request id of record ``i``, or the InvalidLead that rejected it.
+        Invalid records do not stop the rest: every valid record IS enqueued. Unknown
+        record keys are rejected as InvalidLead naming the key. A Redis error propagates;
+        records of earlier chunks stay enqueued.
+        """
+        return self._run(self._core.upsert_many(records))
+
+    def outcome(self, request_id: str) -> Outcome | None:
+        """The outcome of a request: final, PENDING while its entry waits in the ledger,
+        or None when it is unknown (never ours, expired, or not a request id at all)."""
+        return self._run(self._core.outcome(request_id))
+
+    def outcomes(self, request_ids: Sequence[str]) -> list[Outcome | None]:
+        """Many outcomes in one pipelined round trip (same answers as :meth:`outcome`)."""
+        return self._run(self._core.outcomes(request_ids))
+
+    def wait_outcome(self, request_id: str, timeout_s: float, *, poll_s: float = 0.05) -> Outcome:
+        """Poll until the outcome is final and return it.
+
+        When ``timeout_s`` passes first, return the last PENDING outcome; raise
+        TimeoutError if the last look found the request unknown (see :meth:`outcome`).
+        """
+        return self._run(self._core.wait_outcome(request_id, timeout_s, poll_s))
+
+    def close(self) -> None:
+        """Release the connections (only when this producer opened them)."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> LeadProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

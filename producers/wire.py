@@ -1,0 +1,98 @@
+"""The wire form of a ledger entry: its JSON payload, the one-step enqueue script, stream
+entry ids (and their one ordering rule) and request ids. Pure Python with no I/O."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from producers.errors import InvalidLead
+from producers.lead import LeadUpsert, validate_lead
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text: redis-py returns bytes unless the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+#: How long the newest-enqueued id of a lead key is kept after its last write. A replay
+#: reads it to tell whether a newer upsert exists; dead-lettering extends it for as long
+#: as the dead letter is kept, so this only has to outlive a lead's quiet spell.
+NEWEST_ID_TTL_S: Final = 8 * 24 * 3600
+
+#: One atomic step per upsert: append the entry and record it as its lead's newest
+#: (ARGV[3] is the id's TTL; 0 for a dedup=false upsert, which creates a new lead).
+ENQUEUE_LUA: Final = (
+    "local i=redis.call('XADD',KEYS[1],'*','k',ARGV[1],'p',ARGV[2]) "
+    "if ARGV[3]~='0' then redis.call('SET',KEYS[2],i,'EX',ARGV[3]) end return i"
+)
+
+# One encoder for every entry: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_lead(lead: LeadUpsert) -> str:
+    """The compact JSON payload stored in a ledger entry."""
+    payload: dict[str, Any] = {}
+    if lead.email is not None:
+        payload["e"] = lead.email
+    if lead.marketo_id is not None:
+        payload["i"] = lead.marketo_id
+    if lead.foreign_sys_person_id is not None:
+        payload["f"] = lead.foreign_sys_person_id
+        payload["t"] = lead.foreign_sys_type
+    if lead.attributes:
+        payload["a"] = dict(lead.attributes)
+    if not lead.dedup:
+        payload["d"] = 0
+    return _ENCODER.encode(payload)
+
+
+def decode_lead(payload: str | bytes) -> LeadUpsert:
+    """Parse and re-validate a ledger payload (it may have been written by another version)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidLead("payload", f"is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InvalidLead("payload", "is not a JSON object")
+    return validate_lead(
+        email=data.get("e"),
+        marketo_id=data.get("i"),
+        foreign_sys_person_id=data.get("f"),
+        foreign_sys_type=data.get("t"),
+        attributes=data.get("a"),
+        dedup=bool(data.get("d", 1)),
+    )
+
+
+# --- request ids ------------------------------------------------------------------------
+
+
+def request_id(shard: int, entry_id: str) -> str:
+    """A request id names the shard and the stream entry: ``"<shard>-<ms>-<seq>"``."""
+    return f"{shard}-{entry_id}"
+
+
+def parse_request_id(value: str) -> tuple[int, str]:
+    """Split a request id into (shard, entry id); raise ValueError when malformed."""
+    shard_text, _, entry_id = value.partition("-")
+    ms, _, seq = entry_id.partition("-")
+    if not (shard_text.isdigit() and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not a leadsync request id: {value!r}")
+    return int(shard_text), entry_id
+
+
+# --- stream entry ids ---------------------------------------------------------------
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """Stream ids sort as (milliseconds, sequence), not as strings. The one ordering of
+    entries in Python; ``worker/ledger.lua`` has the same rule (``older``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_time_s(entry_id: str) -> float:
+    """The enqueue time of a stream entry, from the milliseconds in its id."""
+    return int(entry_id.partition("-")[0]) / 1000.0
