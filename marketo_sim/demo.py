@@ -23,7 +23,6 @@ from rich.table import Table
 from marketo_sim.config import SimConfig
 from marketo_sim.embedded import celery_worker, embedded_redis, redis_answers
 from marketo_sim.runner import SimulatorThread
-from producers.contract import Outcome
 from producers.producer import LeadProducer
 from worker.cli.common import progress_bar
 
@@ -162,28 +161,17 @@ def _await_outcomes(
     timeout_s: float = 600,
 ) -> None:
     started = time.perf_counter()
-    waiting = list(request_ids)
-    final: list[Outcome] = []
-    deadline = time.monotonic() + timeout_s
     with progress_bar(console) as progress:
         task = progress.add_task("outcomes", total=len(request_ids))
-        while waiting and time.monotonic() < deadline:
-            still: list[str] = []
-            for start in range(0, len(waiting), 2000):
-                part = waiting[start : start + 2000]
-                for rid, outcome in zip(part, producer.outcomes(part), strict=True):
-                    if outcome is not None and outcome.status.is_final:
-                        final.append(outcome)
-                    else:
-                        still.append(rid)
-            progress.update(task, completed=len(request_ids) - len(still))
-            waiting = still
-            if waiting:
-                time.sleep(0.2)
+        latest = producer.wait_outcomes(
+            request_ids, timeout_s, on_progress=lambda done: progress.update(task, completed=done)
+        )
+    final = [o for o in latest.values() if o is not None and o.status.is_final]
+    waiting = len(request_ids) - len(final)
     result.total_s = result.enqueue_s + time.perf_counter() - started
     result.statuses.update(o.status.value for o in final)
     if waiting:
-        result.statuses["PENDING"] += len(waiting)
+        result.statuses["PENDING"] += waiting
     result.latencies_s = [
         o.finished_at - o.enqueued_at
         for o in final

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar
 
@@ -42,6 +42,8 @@ logger = logging.getLogger("producers.producer")
 BULK_CHUNK: Final = 1000
 #: The field of the ``Keys.config()`` hash that holds the agreed shard count.
 SHARDS_FIELD: Final = "shards"
+#: Outcomes read per pipelined round trip while waiting for many.
+OUTCOME_CHUNK: Final = 1000
 #: Keyword arguments a record of ``upsert_many`` may carry.
 LEAD_FIELDS: Final = frozenset(
     {"email", "marketo_id", "foreign_sys_person_id", "foreign_sys_type", "attributes", "dedup"}
@@ -332,6 +334,35 @@ class ProducerCore:
             None if place is None else read_outcome(rid, place[1], next(replies), next(replies))
             for rid, place in zip(requests, located, strict=True)
         ]
+
+    def wait_outcomes(
+        self,
+        requests: Sequence[str],
+        timeout_s: float,
+        poll_s: float,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Step[dict[str, Outcome | None]]:
+        """Poll many requests, :data:`OUTCOME_CHUNK` per round trip, until every outcome is
+        final or ``timeout_s`` passes; the last look at each (None: unknown).
+        ``on_progress`` hears how many are final after each round."""
+        deadline = time.monotonic() + timeout_s
+        latest: dict[str, Outcome | None] = {}
+        waiting = list(requests)
+        while True:
+            still: list[str] = []
+            for start in range(0, len(waiting), OUTCOME_CHUNK):
+                part = waiting[start : start + OUTCOME_CHUNK]
+                for rid, outcome in zip(part, (yield from self.outcomes(part)), strict=True):
+                    latest[rid] = outcome
+                    if outcome is None or not outcome.status.is_final:
+                        still.append(rid)
+            waiting = still
+            if on_progress is not None:
+                on_progress(len(requests) - len(waiting))
+            remaining_s = deadline - time.monotonic()
+            if not waiting or remaining_s <= 0:
+                return latest
+            yield Pause(min(poll_s, remaining_s))
 
     def wait_outcome(self, request: str, timeout_s: float, poll_s: float) -> Step[Outcome]:
         """Poll until the outcome is final. When ``timeout_s`` passes first, the last

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -101,6 +101,19 @@ class AsyncLeadProducer:
     async def outcomes(self, request_ids: Sequence[str]) -> list[Outcome | None]:
         """Many outcomes in one pipelined round trip (same answers as :meth:`outcome`)."""
         return await self._run(self._core.outcomes(request_ids))
+
+    async def wait_outcomes(
+        self,
+        request_ids: Sequence[str],
+        timeout_s: float,
+        *,
+        poll_s: float = 0.2,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Outcome | None]:
+        """See :meth:`LeadProducer.wait_outcomes`."""
+        return await self._run(
+            self._core.wait_outcomes(request_ids, timeout_s, poll_s, on_progress)
+        )
 
     async def wait_outcome(
         self, request_id: str, timeout_s: float, *, poll_s: float = 0.05

@@ -52,5 +52,54 @@ class Keys:
     def control(self, name: str) -> str:
         return f"{self.prefix}:control:{name}"
 
+    def ring(self, shard: int) -> str:
+        """Set while a drain message for the shard waits for a worker (the tick rings once)."""
+        return self.control(f"ring:{shard}")
+
+    def prune_turn(self) -> str:
+        """Held by the tick that removes gone consumers, at most once per interval."""
+        return self.control("prune")
+
+    def heartbeat(self, hostname: str) -> str:
+        """When a pod's worker processes last showed they are alive."""
+        return self.stats(f"heartbeat:{hostname}")
+
+    def rest_token(self, client_digest: str) -> str:
+        """The cluster's REST access token of one LaunchPoint service (hashed client id)."""
+        return f"{self.prefix}:{{limits}}:rest-token:{client_digest}"
+
     def stats(self, name: str) -> str:
         return f"{self.prefix}:stats:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterKeys:
+    """Key names of the limiter. One hash tag for all: one Lua step touches them all."""
+
+    prefix: str
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{{limits}}:{name}"
+
+    @property
+    def window(self) -> str:
+        return self._key("window")
+
+    @property
+    def slots(self) -> str:
+        return self._key("slots")
+
+    @property
+    def cooldown(self) -> str:
+        return self._key("cooldown")
+
+    @property
+    def hold(self) -> str:
+        return self._key("hold")
+
+    @property
+    def spacing(self) -> str:
+        return self._key("spacing")
+
+    def quota(self, day: str) -> str:
+        return self._key(f"quota:{day}")

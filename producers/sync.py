@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -112,6 +112,18 @@ class LeadProducer:
     def outcomes(self, request_ids: Sequence[str]) -> list[Outcome | None]:
         """Many outcomes in one pipelined round trip (same answers as :meth:`outcome`)."""
         return self._run(self._core.outcomes(request_ids))
+
+    def wait_outcomes(
+        self,
+        request_ids: Sequence[str],
+        timeout_s: float,
+        *,
+        poll_s: float = 0.2,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Outcome | None]:
+        """Poll many requests until every outcome is final or ``timeout_s`` passes; the
+        last look at each (None: unknown). ``on_progress`` hears how many are final."""
+        return self._run(self._core.wait_outcomes(request_ids, timeout_s, poll_s, on_progress))
 
     def wait_outcome(self, request_id: str, timeout_s: float, *, poll_s: float = 0.05) -> Outcome:
         """Poll until the outcome is final and return it.

@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     )
 
     marketo_rest_url: str = Field(
-        "", description="REST base URL (https://<munchkin>.mktorest.com), with LEADSYNC_MARKETO_API=rest."
+        "",
+        description="REST base URL (https://<munchkin>.mktorest.com), with LEADSYNC_MARKETO_API=rest.",
     )
     marketo_identity_url: str = Field(
         "", description="Identity URL; empty: LEADSYNC_MARKETO_REST_URL + /identity."
@@ -312,7 +313,9 @@ class Settings(BaseSettings):
     @cached_property
     def rest_identity_url(self) -> str:
         """LEADSYNC_MARKETO_IDENTITY_URL, or the REST base URL + /identity."""
-        return (self.marketo_identity_url or self.marketo_rest_url.rstrip("/") + "/identity").rstrip("/")
+        return (
+            self.marketo_identity_url or self.marketo_rest_url.rstrip("/") + "/identity"
+        ).rstrip("/")
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:

@@ -31,7 +31,7 @@ def _ring(runtime: Runtime, groups: list[list[int]], *, countdown_s: float = 0.0
     async def claim() -> set[int]:
         pipe = runtime.redis.pipeline(transaction=False)
         for shard in shards:
-            pipe.set(runtime.keys.control(f"ring:{shard}"), 1, nx=True, px=marker_ms)
+            pipe.set(runtime.keys.ring(shard), 1, nx=True, px=marker_ms)
         return {shard for shard, ok in zip(shards, await pipe.execute(), strict=True) if ok}
 
     rung = runtime.run(claim()) if shards else set()
@@ -50,7 +50,7 @@ def _ring(runtime: Runtime, groups: list[list[int]], *, countdown_s: float = 0.0
 def drain(shard: int) -> dict[str, Any]:
     """One batch cycle of one shard; rings itself again while a backlog remains."""
     runtime = get_runtime(settings)
-    runtime.run(runtime.redis.delete(runtime.keys.control(f"ring:{shard}")))
+    runtime.run(runtime.redis.delete(runtime.keys.ring(shard)))
     runtime.run(write_heartbeat(runtime.redis, runtime.keys))
     report = runtime.run(runtime.drainer.drain(shard))
     if report.status == "sent" and report.backlog > 0:
@@ -70,7 +70,7 @@ def drain(shard: int) -> dict[str, Any]:
 def drain_together(shards: list[int]) -> dict[str, Any]:
     """One call filled from the partial batches of several shards (all leased)."""
     runtime = get_runtime(settings)
-    runtime.run(runtime.redis.delete(*(runtime.keys.control(f"ring:{s}") for s in shards)))
+    runtime.run(runtime.redis.delete(*(runtime.keys.ring(s) for s in shards)))
     runtime.run(write_heartbeat(runtime.redis, runtime.keys))
     return runtime.run(runtime.drainer.drain_together(shards)).as_dict()
 
@@ -94,7 +94,7 @@ def tick() -> dict[str, int]:
         )
         observe_pace(pace.waiting_batches)
         await write_heartbeat(runtime.redis, runtime.keys)
-        if await runtime.redis.set(runtime.keys.control("prune"), 1, nx=True, px=PRUNE_EVERY_MS):
+        if await runtime.redis.set(runtime.keys.prune_turn(), 1, nx=True, px=PRUNE_EVERY_MS):
             await runtime.ledger.prune_consumers(runtime.shards, CONSUMER_IDLE_S)
         return call_groups(
             backlogs,

@@ -77,3 +77,23 @@ def test_wait_outcome_pauses_between_looks_until_the_outcome_is_final() -> None:
     assert isinstance(asked[1], Pause)
     assert asked[1].seconds == pytest.approx(0.01)
     assert outcome.status is OutcomeStatus.FAILED
+
+
+def test_wait_outcomes_looks_again_only_at_the_unfinished_and_reports_progress() -> None:
+    core = ProducerCore(shards=1, known_fields=())
+    drive(core.agree(), [[True, b"1"]])
+    pending = [[(b"1-0", {})], {}]
+    done = [[], {b"status": b"CREATED", b"lead_id": b"7"}]
+    progress: list[int] = []
+
+    asked, outcomes = drive(
+        core.wait_outcomes(["0-1-0", "0-2-0"], 60, 0.01, progress.append),
+        [[*done, *pending], None, done],
+    )
+
+    assert [type(r) for r in asked] == [Send, Pause, Send]
+    second = asked[2]
+    assert isinstance(second, Send)
+    assert len(second.commands) == 2, "only the unfinished request is read again"
+    assert progress == [1, 2]
+    assert [o.status for o in outcomes.values() if o] == [OutcomeStatus.CREATED] * 2

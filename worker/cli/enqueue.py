@@ -4,7 +4,6 @@ every outcome) and ``leadsync status`` (one request's outcome)."""
 from __future__ import annotations
 
 import csv
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,24 +122,11 @@ def _report_bad_rows(bad: Sequence[tuple[int, str]], shown: int) -> None:
 def _wait_outcomes(
     producer: LeadProducer, request_ids: Sequence[str], timeout_s: float, progress: Progress
 ) -> dict[str, Outcome | None]:
-    """Poll in chunks until every outcome is final or ``timeout_s`` passes."""
+    """Wait for every outcome (or ``timeout_s``) with a progress bar."""
     task = progress.add_task("waiting for outcomes", total=len(request_ids))
-    deadline = time.monotonic() + timeout_s
-    latest: dict[str, Outcome | None] = {}
-    waiting = list(request_ids)
-    while True:
-        still = []
-        for start in range(0, len(waiting), 1000):
-            part = waiting[start : start + 1000]
-            for rid, outcome in zip(part, producer.outcomes(part), strict=True):
-                latest[rid] = outcome
-                if outcome is None or not outcome.status.is_final:
-                    still.append(rid)
-        waiting = still
-        progress.update(task, completed=len(request_ids) - len(waiting))
-        if not waiting or time.monotonic() >= deadline:
-            return latest
-        time.sleep(0.2)
+    return producer.wait_outcomes(
+        request_ids, timeout_s, on_progress=lambda done: progress.update(task, completed=done)
+    )
 
 
 def _render_outcomes(

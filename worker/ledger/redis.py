@@ -23,6 +23,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from producers.contract import Keys, Outcome
+from producers.producer import SHARDS_FIELD, adopt_shards
+from producers.wire import text
 from worker.errors import LeaseLost
 from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog
 
@@ -43,10 +45,6 @@ SCRIPTS = {
 }
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
     """Decode one entry: a field/value mapping (redis-py) or flat list (from Lua)."""
     if not fields:
@@ -54,9 +52,9 @@ def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
     pairs = (
         fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
     )
-    decoded = {_text(k): _text(v) for k, v in pairs}
+    decoded = {text(k): text(v) for k, v in pairs}
     return RawEntry(
-        _text(entry_id), decoded.get("k", ""), decoded.get("p", ""), decoded.get("o") or None
+        text(entry_id), decoded.get("k", ""), decoded.get("p", ""), decoded.get("o") or None
     )
 
 
@@ -100,13 +98,9 @@ class Ledger:
     async def agree_shards(self, configured: int) -> int:
         """Adopt the shard count stored in Redis (first writer wins), so producers and
         workers always hash keys onto the same streams."""
-        await self.redis.hsetnx(self.keys.config(), "shards", configured)
-        stored = int(await self.redis.hget(self.keys.config(), "shards") or configured)
-        if stored != configured:
-            logger.warning(
-                "using %d shards stored in Redis instead of the configured %d", stored, configured
-            )
-        return stored
+        config = self.keys.config()
+        await self.redis.hsetnx(config, SHARDS_FIELD, configured)
+        return adopt_shards(await self.redis.hget(config, SHARDS_FIELD), configured, config)
 
     async def ensure_groups(self, shards: int | Iterable[int]) -> int:
         """Create the consumer group of each shard at id 0 (never $: that would skip a
@@ -176,7 +170,7 @@ class Ledger:
         if int(reply[0]) != 1:
             raise LeaseLost(shard, "claim")
         entries = [e for e in (_entry(i, f) for i, f in reply[2]) if e is not None]
-        return Claimed(entries, _text(reply[1]), recreated)
+        return Claimed(entries, text(reply[1]), recreated)
 
     async def _claim(
         self, shard: int, token: str, consumer: str, count: int, ttl_s: float, cursor: str
@@ -319,9 +313,9 @@ class Ledger:
             length, oldest, leased, rest_until = replies[4 * position : 4 * position + 4]
             age = None
             if oldest:
-                oldest_ms = int(_text(oldest[0][0]).partition("-")[0])
+                oldest_ms = int(text(oldest[0][0]).partition("-")[0])
                 age = max(0.0, now_s - oldest_ms / 1000.0)
-            resting = rest_until is not None and float(_text(rest_until)) > now_s
+            resting = rest_until is not None and float(text(rest_until)) > now_s
             backlogs.append(ShardBacklog(shard, int(length), age, bool(leased) or resting))
         return backlogs
 

@@ -1,4 +1,4 @@
-"""The limiter's vocabulary: what a permit, a refusal and a snapshot of the shared
+"""The limiter's vocabulary (its key names are with every other in ``producers.keys``): what a permit, a refusal and a snapshot of the shared
 limits are, and the margins every limiter keeps. No I/O."""
 
 from __future__ import annotations
@@ -58,36 +58,3 @@ class LimiterState:
     hold_reason: str | None
     hold_since: float | None
     next_probe_in_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class LimiterKeys:
-    """Key names of the limiter. One hash tag for all: one Lua step touches them all."""
-
-    prefix: str
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}:{{limits}}:{name}"
-
-    @property
-    def window(self) -> str:
-        return self._key("window")
-
-    @property
-    def slots(self) -> str:
-        return self._key("slots")
-
-    @property
-    def cooldown(self) -> str:
-        return self._key("cooldown")
-
-    @property
-    def hold(self) -> str:
-        return self._key("hold")
-
-    @property
-    def spacing(self) -> str:
-        return self._key("spacing")
-
-    def quota(self, day: str) -> str:
-        return self._key(f"quota:{day}")

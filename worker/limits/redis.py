@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio
 
+from producers.keys import LimiterKeys
+from producers.wire import text
 from worker.errors import ConfigError
 from worker.limits.base import (
     CONCURRENCY_RETRY_S,
@@ -36,7 +38,6 @@ from worker.limits.base import (
     WINDOW_MARGIN_S,
     Denied,
     DenyReason,
-    LimiterKeys,
     LimiterState,
     Permit,
 )
@@ -58,9 +59,7 @@ def _script(name: str) -> str:
 
 
 def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
+    return None if value is None else text(value)
 
 
 def _number(value: bytes | str | None) -> float | None:

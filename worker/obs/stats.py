@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from producers.contract import Keys
+from producers.producer import SHARDS_FIELD
+from producers.wire import text
 from worker.ledger import Ledger, ShardBacklog
 from worker.limits import LimiterState, RedisLimiter
 from worker.scheduling import PaceReport, pace_report
@@ -61,9 +63,9 @@ async def count_outcomes(
 
 async def stored_shards(redis: Redis, keys: Keys) -> int | None:
     """The shard count agreed in Redis, or None when no producer or worker stored one."""
-    value = await redis.hget(keys.config(), "shards")
-    text = value.decode() if isinstance(value, bytes) else value
-    return int(text) if text and text.isdigit() else None
+    value = await redis.hget(keys.config(), SHARDS_FIELD)
+    stored = text(value) if value is not None else ""
+    return int(stored) if stored.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,7 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
     outcomes: Counter[str] = Counter()
     for bucket in replies[shards:]:
         for status, n in bucket.items():
-            outcomes[status.decode() if isinstance(status, bytes) else status] += int(n)
+            outcomes[text(status)] += int(n)
     return StatsSnapshot(
         taken_at=now_s,
         shards=shards,

@@ -33,6 +33,7 @@ from producers.contract import (
     decode_lead,
     request_id,
 )
+from producers.wire import text
 from worker.errors import InvalidLead
 from worker.ledger.redis import load_scripts
 
@@ -84,10 +85,6 @@ class ReplayReport:
     superseded: list[str] = field(default_factory=list)
     gone: int = 0
     answered: int = 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _shards(shards: int, only: int | None) -> Iterable[int]:
@@ -148,9 +145,9 @@ async def list_page(
         while True:
             page: Any = await redis.xrange(keys.dead_letters(s), start, "+", count=PAGE)
             for raw_id, raw_fields in page:
-                dlq_id = _text(raw_id)
+                dlq_id = text(raw_id)
                 start = "(" + dlq_id
-                letter = _letter(s, dlq_id, {_text(k): _text(v) for k, v in raw_fields.items()})
+                letter = _letter(s, dlq_id, {text(k): text(v) for k, v in raw_fields.items()})
                 if code in (None, letter.code):
                     found.append(letter)
                     if len(found) >= limit:
@@ -219,7 +216,7 @@ async def replay(
                 *[x for pair in pending.to_fields().items() for x in pair],
             ],
         )
-        result = _text(answer)
+        result = text(answer)
         if result == "gone":
             report.gone += 1
         elif result == "superseded":

@@ -20,6 +20,7 @@ import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
 from producers.contract import Keys
+from producers.wire import text
 from worker.connections import redis_client
 from worker.errors import ConfigError
 from worker.ledger import Ledger
@@ -109,7 +110,7 @@ async def check_persistence(redis: Redis) -> Check:
             "CONFIG is not allowed here; make sure appendonly is yes and "
             "maxmemory-policy is noeviction",
         )
-    text = {_text(k): _text(v) for k, v in config.items()}
+    text = {text(k): text(v) for k, v in config.items()}
     problems = []
     if text.get("appendonly") != "yes":
         problems.append(
@@ -123,10 +124,6 @@ async def check_persistence(redis: Redis) -> Check:
     if problems:
         return Check("persistence", "WARN", "; ".join(problems))
     return Check("persistence", "OK", "appendonly yes, maxmemory-policy noeviction")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def check_shards(redis: Redis, settings: Settings) -> tuple[int, Check]:
@@ -156,12 +153,12 @@ async def check_groups(redis: Redis, keys: Keys, shards: int) -> Check:
         shard
         for shard, reply in enumerate(replies)
         if isinstance(reply, Exception)
-        or not any(_text(group["name"]) == Keys.GROUP for group in reply)
+        or not any(text(group["name"]) == Keys.GROUP for group in reply)
     ]
     if not missing:
         recreated = await redis.hgetall(keys.groups_recreated())
         if recreated:
-            lost = sorted(int(_text(s)) for s in recreated)
+            lost = sorted(int(text(s)) for s in recreated)
             return Check(
                 "consumer groups",
                 "WARN",

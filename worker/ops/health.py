@@ -32,7 +32,7 @@ MAIN_HEARTBEAT_EVERY_S = 10.0
 
 def heartbeat_key(keys: Keys, hostname: str | None = None) -> str:
     """One key per pod (hostname): every process of the pod refreshes it."""
-    return keys.stats(f"heartbeat:{hostname or socket.gethostname()}")
+    return keys.heartbeat(hostname or socket.gethostname())
 
 
 async def write_heartbeat(redis: Redis, keys: Keys, now_s: float | None = None) -> None:

@@ -21,6 +21,8 @@ from urllib.parse import urlencode
 import redis.asyncio
 from pydantic import SecretStr
 
+from producers.keys import Keys
+from producers.wire import text
 from worker.errors import AuthError, ProtocolError, TransientError
 from worker.transport import Transport
 
@@ -60,7 +62,7 @@ class TokenSource:
         # Tokens belong to a LaunchPoint service: keyed by client id (hashed: no secrets
         # or ids in key names).
         digest = hashlib.blake2b(client_id.encode(), digest_size=8).hexdigest()
-        self.key = f"{key_prefix}:{{limits}}:rest-token:{digest}"
+        self.key = Keys(key_prefix).rest_token(digest)
         self._lock_key = self.key + ":lock"
         self._on_fetch = on_fetch
         self._clock = clock
@@ -73,7 +75,7 @@ class TokenSource:
         while True:
             stored = await self._redis.get(self.key)
             if stored is not None:
-                return stored.decode() if isinstance(stored, bytes) else str(stored)
+                return text(stored)
             owner = secrets.token_hex(8)
             if await self._redis.set(self._lock_key, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
                 try:
