@@ -110,13 +110,13 @@ async def check_persistence(redis: Redis) -> Check:
             "CONFIG is not allowed here; make sure appendonly is yes and "
             "maxmemory-policy is noeviction",
         )
-    text = {text(k): text(v) for k, v in config.items()}
+    values = {text(k): text(v) for k, v in config.items()}
     problems = []
-    if text.get("appendonly") != "yes":
+    if values.get("appendonly") != "yes":
         problems.append(
             "appendonly is no: a Redis restart loses accepted upserts (set appendonly yes)"
         )
-    policy = text.get("maxmemory-policy", "?")
+    policy = values.get("maxmemory-policy", "?")
     if policy != "noeviction":
         problems.append(
             f"maxmemory-policy is {policy}: Redis may evict pending entries (set noeviction)"
