@@ -103,7 +103,9 @@ class TokenIssuer:
             # The edge case Rudder met (HTTP 200, "expires_in": 0): the token is at the
             # very end of its life, so it is expired from now on.
             token.expires_at = now
-        remaining = max(0, math.floor(token.expires_at - now))
+        # Whole seconds left, rounded down (never more than is left); the rounding to 1 µs keeps
+        # float noise from turning a fresh 3600 into 3599.
+        remaining = max(0, math.floor(round(token.expires_at - now, 6)))
         return IdentityAnswer(
             200,
             {
