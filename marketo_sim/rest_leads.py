@@ -46,7 +46,8 @@ class RestSync:
 def record_key(record: Record, lookup_field: str) -> str | None:
     """The lead key of a record for the call log (the SOAP side's spelling where they
     share one): ``id:N`` > ``field:<lookupField>:<value>`` > ``email:<lower>``."""
-    if isinstance(record.get("id"), int | str) and str(record["id"]).strip():
+    lead_id = record.get("id")
+    if isinstance(lead_id, int | str) and not isinstance(lead_id, bool) and str(lead_id).strip():
         return f"id:{str(record['id']).strip()}"
     value = record.get(lookup_field)
     if lookup_field not in ("id", "email") and value is not None and str(value) != "":
