@@ -165,7 +165,8 @@ class SimConfig:
     # token ends right then (its first use gets 602); the flag turns itself off.
     token_expires_in_zero_once: bool = False
     # REST lookupField values besides "email" and "id" (custom dedupe fields, REST names,
-    # e.g. the field that replaces ForeignSysPersonId); they are known fields too.
+    # e.g. the field that replaces ForeignSysPersonId); they are known REST fields too, stored
+    # under the same name (SOAP calls may write them only if known_fields lists them).
     rest_dedupe_fields: frozenset[str] = frozenset()
     # partitionName values the API user may write to.
     rest_partitions: tuple[str, ...] = ("Default",)

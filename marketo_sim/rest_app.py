@@ -74,6 +74,9 @@ class RestApi:
         if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
             for name, field in (await request.post()).items():
                 params.setdefault(name, []).append(str(field))
+        # Identity calls "are not counted towards API call limit" (swagger-identity); whether
+        # they take one of the 10 concurrent slots is unknown: they do not here, as Marketo
+        # documents no way for the identity endpoint to refuse with 615.
         zero = config.token_expires_in_zero_once
         answer = sim.identity.grant(
             params,
@@ -161,9 +164,8 @@ class RestApi:
                 raise RestError(713)
             if call.operation == "describe":
                 await sim.sleep(latency_s)
-                call.outcome = "ok"
                 describe = catalog(config.known_fields, config.rest_dedupe_fields).describe2()
-                return _json(render_success(rid, [describe]))
+                return await self._answer(call, render_success(rid, [describe]), injected)
             return await self._sync(request, body, call, rid, config, latency_s, injected)
         finally:
             sim.limits.release()
@@ -179,6 +181,7 @@ class RestApi:
         injected: str | None,
     ) -> web.Response:
         sim = self.sim
+        # "all JSON strings must use UTF-8 encoding" (leads.md): another charset is refused too.
         charset = (request.charset or "utf-8").lower()
         if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
             raise RestError(612)
@@ -203,13 +206,17 @@ class RestApi:
         ]
         call.tally(result.status for result in results)
         whole = render_success(rid, [result.to_json() for result in results])
+        return await self._answer(call, whole, injected)
+
+    async def _answer(self, call: CallRecord, whole: bytes, injected: str | None) -> web.Response:
+        """A success answer, as sent or as an injected fault spoils it (the work is done)."""
         call.outcome = "ok"
         if injected == "truncated":
             call.outcome = "truncated"
             return _json(render_truncated(whole))
         if injected == "hang":
             call.outcome = "hang"
-            await sim.sleep(config.hang_s)
+            await self.sim.sleep(self.sim.config.hang_s)
         return _json(whole)
 
 

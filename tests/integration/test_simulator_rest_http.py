@@ -189,6 +189,7 @@ def test_a_body_that_is_not_json_gets_612_or_609(sim: SimulatorThread) -> None:
     assert error_of(sync(sim, body, content_type="text/plain")) == ("612", "Invalid Content Type")
     assert error_of(sync(sim, body, content_type="application/x-www-form-urlencoded"))[0] == "612"
     assert error_of(sync(sim, b'{"input": [')) == ("609", "Invalid JSON")
+    assert error_of(sync(sim, body, content_type="application/json; charset=latin-1"))[0] == "612"
     assert sync(sim, body, content_type="application/json; charset=utf-8")[1]["success"]
 
 
@@ -255,6 +256,10 @@ def test_describe2_lists_the_known_fields(sim: SimulatorThread) -> None:
     names = {f["name"] for f in described["fields"]}
     assert {"id", "email", "firstName", "dateOfBirth"} <= names
     assert all({"name", "displayName", "dataType"} <= set(f) for f in described["fields"])
+    sim.admin.configure(fault_truncated_rate=1.0)
+    _, _, cut = http(f"{sim.rest_base_url}/rest/v1/leads/describe2.json", headers=headers)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut)
 
 
 # --- limits (shared with SOAP) ---------------------------------------------------------
