@@ -23,7 +23,7 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m marketo_sim", description="Marketo SOAP simulator"
+        prog="python -m marketo_sim", description="Marketo SOAP and REST simulator"
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,16 +12,25 @@ from typing import Any
 class CallRecord:
     call_id: int
     start_s: float  # epoch seconds
+    protocol: str = "soap"  # soap | rest
+    operation: str = "sync"  # sync (syncMultipleLeads, Sync Leads) | describe
     keys: tuple[str, ...] = ()
     end_s: float | None = None
     outcome: str = "in_flight"  # ok | fault | http_502 | truncated | doctype | hang | rejected
-    fault_code: int | None = None
+    fault_code: int | None = None  # a SOAP fault code, or a REST whole-call error code
     statuses: dict[str, int] = field(default_factory=dict)
     overlap: int = 0  # the most other calls in flight at any moment of this one
+
+    def tally(self, statuses: Iterable[str]) -> None:
+        """Count the per-record statuses of an answered call (each protocol's own spelling)."""
+        for status in statuses:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
+            "protocol": self.protocol,
+            "operation": self.operation,
             "start": self.start_s,
             "end": self.end_s,
             "leads": len(self.keys),
@@ -41,8 +51,10 @@ class CallLog:
         self.max_concurrency = 0
         self.overlapping_keys: set[str] = set()
 
-    def start(self, start_s: float) -> CallRecord:
-        record = CallRecord(call_id=len(self.calls) + 1, start_s=start_s)
+    def start(self, start_s: float, protocol: str = "soap", operation: str = "sync") -> CallRecord:
+        record = CallRecord(
+            call_id=len(self.calls) + 1, start_s=start_s, protocol=protocol, operation=operation
+        )
         others = len(self.in_flight)
         record.overlap = others
         for other in self.in_flight.values():
@@ -69,9 +81,10 @@ class CallLog:
         statuses: Counter[str] = Counter()
         for call in self.calls:
             statuses.update(call.statuses)
-        sizes = [len(c.keys) for c in self.calls if c.outcome == "ok"]
+        sizes = [len(c.keys) for c in self.calls if c.outcome == "ok" and c.operation == "sync"]
         return {
             "calls": len(self.calls),
+            "calls_by_protocol": dict(Counter(c.protocol for c in self.calls)),
             "outcomes": dict(outcomes),
             "faults_by_code": dict(faults),
             "statuses": dict(statuses),

@@ -60,8 +60,20 @@ def sim(
         True,
         help="Refuse signatures older than 5 minutes with 20016 (off: replay recorded requests).",
     ),
+    client_id: str = typer.Option(
+        "leadsync-sim-client", envvar="LEADSYNC_MARKETO_CLIENT_ID", help="Accepted REST client_id."
+    ),
+    client_secret: str = typer.Option(
+        "leadsync-sim-secret",
+        envvar="LEADSYNC_MARKETO_CLIENT_SECRET",
+        help="Accepted REST client_secret.",
+        show_default=False,
+    ),
+    token_lifetime_s: float = typer.Option(3600.0, min=1, help="REST access token lifetime."),
 ) -> None:
-    """Run the Marketo simulator (SOAP at /soap/mktows/2_2, admin API at /admin)."""
+    """Run the Marketo simulator on one port: SOAP at /soap/mktows/2_2; REST with the base URL
+    http://HOST:PORT (/rest/v1/leads.json, /rest/v1/leads/describe2.json, identity at
+    /identity/oauth/token); admin API at /admin."""
     from marketo_sim.config import SimConfig
     from marketo_sim.server import run
 
@@ -71,5 +83,14 @@ def sim(
         latency_s=latency_ms / 1000,
         unknown_elements="ignore" if lenient else "fault",
         timestamp_window_s=SimConfig().timestamp_window_s if check_timestamp else None,
+        client_id=client_id,
+        client_secret=client_secret,
+        token_lifetime_s=token_lifetime_s,
+    )
+    base = f"http://{host}:{port}"
+    console.print(
+        f"SOAP endpoint  {base}/soap/mktows/2_2\n"
+        f"REST base URL  {base}  (LEADSYNC_MARKETO_REST_URL; identity {base}/identity)\n"
+        f"admin          {base}/admin/summary"
     )
     run(host, port, config)

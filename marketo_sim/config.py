@@ -77,7 +77,16 @@ FAULT_KINDS: tuple[str, ...] = (
     "internal_20011",
     "rate_20023",
     "concurrency_20024",
+    "timeout_604",
+    "unavailable_608",
+    "system_611",
+    "transient_713",
+    "rate_606",
+    "concurrency_615",
 )
+#: The kinds each protocol can be given; ``hang``, ``http_502`` and ``truncated`` are shared.
+SOAP_FAULT_KINDS: tuple[str, ...] = FAULT_KINDS[:8]
+REST_FAULT_KINDS: tuple[str, ...] = ("hang", "http_502", "truncated", *FAULT_KINDS[8:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,9 @@ class SimConfig:
     oversize_mode: OversizeMode = "fault"
     oversize_delay_s: float = 30.0
     max_payload_bytes: int = 8 * 1024 * 1024
+    # REST bodies: "1 MB" gives HTTP 413 (Adobe error-codes.md); read as 1,000,000 bytes, the
+    # smaller of the two readings (1 MiB would let a 1,048,000-byte body through).
+    rest_max_payload_bytes: int = 1_000_000
 
     # Leads: known attribute names (anything else faults the call with 20105).
     known_fields: frozenset[str] = STANDARD_LEAD_FIELDS
@@ -109,6 +121,7 @@ class SimConfig:
     reject_email_domains: tuple[str, ...] = ("invalid.example",)
     # Elements the WSDL does not declare: "fault" (20012) catches client mistakes;
     # "ignore" behaves like Marketo's lenient binding (which silently drops them).
+    # REST: "fault" refuses unknown Sync Leads parameters (1003), "ignore" drops them.
     unknown_elements: Literal["fault", "ignore"] = "fault"
     # dedupEnabled when the element is absent (undocumented; clients send it explicitly).
     default_dedup: bool = True
@@ -130,8 +143,33 @@ class SimConfig:
     fault_internal_20011_rate: float = 0.0
     fault_rate_20023_rate: float = 0.0
     fault_concurrency_20024_rate: float = 0.0
+    # REST only: whole-call errors with HTTP 200 (604, 608, 611 are not counted against the
+    # rate or the quota, as documented; 713 is; 606 and 615 are refused before counting).
+    fault_timeout_604_rate: float = 0.0
+    fault_unavailable_608_rate: float = 0.0
+    fault_system_611_rate: float = 0.0
+    fault_transient_713_rate: float = 0.0
+    fault_rate_606_rate: float = 0.0
+    fault_concurrency_615_rate: float = 0.0
     # How long a "hang" holds the connection: longer than any sane client timeout.
     hang_s: float = 120.0
+
+    # REST identity (Admin > Integration > LaunchPoint): client credentials and tokens.
+    client_id: str = "leadsync-sim-client"
+    client_secret: str = "leadsync-sim-secret"  # noqa: S105 - a sample, like encryption_key
+    # A new token lives this long; identity calls before then return it with what is left.
+    token_lifetime_s: float = 3600.0
+    # The scope of the token: the email of the API-only user.
+    token_scope: str = "apis@leadsync.sim"  # noqa: S105 - an email, not a secret
+    # One shot: the next identity call returns the current token with "expires_in": 0 and the
+    # token ends right then (its first use gets 602); the flag turns itself off.
+    token_expires_in_zero_once: bool = False
+    # REST lookupField values besides "email" and "id" (custom dedupe fields, REST names,
+    # e.g. the field that replaces ForeignSysPersonId); they are known REST fields too, stored
+    # under the same name (SOAP calls may write them only if known_fields lists them).
+    rest_dedupe_fields: frozenset[str] = frozenset()
+    # partitionName values the API user may write to.
+    rest_partitions: tuple[str, ...] = ("Default",)
 
     def __post_init__(self) -> None:
         total = sum(self.fault_rate(kind) for kind in FAULT_KINDS)
@@ -139,7 +177,13 @@ class SimConfig:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
         if any(self.fault_rate(kind) < 0 for kind in FAULT_KINDS):
             raise ValueError("fault rates must be >= 0")
-        for name in ("rate_limit_calls", "max_concurrent", "max_records", "max_payload_bytes"):
+        for name in (
+            "rate_limit_calls",
+            "max_concurrent",
+            "max_records",
+            "max_payload_bytes",
+            "rest_max_payload_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.daily_quota < 0 or self.rate_window_s <= 0:
@@ -148,6 +192,11 @@ class SimConfig:
             raise ValueError("oversize_mode must be 'fault' or 'slow'")
         if self.unknown_elements not in ("fault", "ignore"):
             raise ValueError("unknown_elements must be 'fault' or 'ignore'")
+        if self.token_lifetime_s <= 0:
+            raise ValueError("token_lifetime_s must be > 0")
+        from marketo_sim.fields import check_field_names  # the mapping lives with the fields
+
+        check_field_names(self.known_fields, self.rest_dedupe_fields)
 
     def fault_rate(self, kind: str) -> float:
         """The injection probability of one fault kind (see FAULT_KINDS)."""
@@ -173,6 +222,7 @@ class SimConfig:
                 value = sorted(value) if isinstance(value, frozenset) else list(value)
             out[f.name] = value
         out["encryption_key"] = "***"
+        out["client_secret"] = "***"  # noqa: S105 - the mask
         return out
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import random
 
-from marketo_sim.config import FAULT_KINDS, SimConfig
+from marketo_sim.config import SOAP_FAULT_KINDS, SimConfig
 
 
-def pick_fault(config: SimConfig, rng: random.Random) -> str | None:
-    """One draw: an injected fault kind (see FAULT_KINDS) with its configured rate, or None."""
-    if not any(config.fault_rate(kind) for kind in FAULT_KINDS):
+def pick_fault(
+    config: SimConfig, rng: random.Random, kinds: tuple[str, ...] = SOAP_FAULT_KINDS
+) -> str | None:
+    """One draw: an injected fault kind among ``kinds`` (one protocol's part of FAULT_KINDS)
+    with its configured rate, or None."""
+    if not any(config.fault_rate(kind) for kind in kinds):
         return None  # keep the RNG stream untouched when nothing is injected
     draw = rng.random()
-    for kind in FAULT_KINDS:
+    for kind in kinds:
         draw -= config.fault_rate(kind)
         if draw < 0:
             return kind

@@ -1,7 +1,9 @@
 """Marketo's per-instance limits: a sliding call window, calls in flight, a daily quota.
 
-Calls refused by a limit (20023, 20024, 20015) do not count against the window or the quota;
-every other authenticated call does, faults included.
+One instance's limits, shared by SOAP and REST calls (Marketo: "Capacity is shared by all API
+services and users in an instance"). Calls refused by a limit (SOAP 20023, 20024, 20015; REST
+606, 615, 607) do not count against the window or the quota; every other authenticated call
+does, faults included, except REST's 604, 608 and 611, documented as not counted.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class Limits:
         self.day = ""
         self.day_calls = 0
 
-    def admit(self, config: SimConfig, *, monotonic_s: float, epoch_s: float) -> None:
-        """Count a call in, or raise the limit fault that refuses it."""
+    def refusal(self, config: SimConfig, *, monotonic_s: float, epoch_s: float) -> str | None:
+        """Which limit refuses a call now: "quota", "rate", "concurrency", or None."""
         cutoff = monotonic_s - config.rate_window_s
         while self.window and self.window[0] <= cutoff:
             self.window.popleft()
@@ -37,20 +39,35 @@ class Limits:
         if day != self.day:
             self.day, self.day_calls = day, 0
         if self.day_calls >= config.daily_quota:
-            raise SimFault(20015, "Request limit exceeded: daily quota reached")
+            return "quota"
         if len(self.window) >= config.rate_limit_calls:
+            return "rate"
+        if self.in_flight >= config.max_concurrent:
+            return "concurrency"
+        return None
+
+    def count_in(self, monotonic_s: float) -> None:
+        """Count an admitted call against the window and the quota, and hold a slot."""
+        self.window.append(monotonic_s)
+        self.day_calls += 1
+        self.in_flight += 1
+
+    def admit(self, config: SimConfig, *, monotonic_s: float, epoch_s: float) -> None:
+        """Count a SOAP call in, or raise the limit fault that refuses it."""
+        refusal = self.refusal(config, monotonic_s=monotonic_s, epoch_s=epoch_s)
+        if refusal == "quota":
+            raise SimFault(20015, "Request limit exceeded: daily quota reached")
+        if refusal == "rate":
             raise SimFault(
                 20023,
                 f"Rate limit exceeded: more than {config.rate_limit_calls} calls "
                 f"in {config.rate_window_s:g} seconds",
             )
-        if self.in_flight >= config.max_concurrent:
+        if refusal == "concurrency":
             raise SimFault(
                 20024, f"Concurrency limit exceeded: {config.max_concurrent} calls in flight"
             )
-        self.window.append(monotonic_s)
-        self.day_calls += 1
-        self.in_flight += 1
+        self.count_in(monotonic_s)
 
     def release(self) -> None:
         """The call that ``admit`` counted in has answered."""

@@ -62,6 +62,10 @@ class AdminClient:
     def reset(self) -> None:
         self._request("POST", "reset", {})
 
+    def expire_token(self) -> bool:
+        """End the current REST token now (its next use gets 602); False if none was live."""
+        return bool(self._request("POST", "token/expire", {})["expired"])
+
 
 class SimulatorThread:
     """The simulator on 127.0.0.1 (a free port by default) in a thread with its own event loop.
@@ -87,6 +91,16 @@ class SimulatorThread:
     def endpoint(self) -> str:
         """The SOAP endpoint URL, version 2_2."""
         return f"{self.base_url}/soap/mktows/2_2"
+
+    @property
+    def rest_base_url(self) -> str:
+        """The REST base URL: ``<base>/rest/v1/leads.json`` and ``<base>/identity/oauth/token``."""
+        return self.base_url
+
+    @property
+    def identity_url(self) -> str:
+        """The Identity URL as Marketo's Admin > Web Services shows it (``<base>/identity``)."""
+        return f"{self.base_url}/identity"
 
     @property
     def admin(self) -> AdminClient:

@@ -1,10 +1,12 @@
-"""The aiohttp application: SOAP endpoint, ?WSDL, and the JSON admin API.
+"""The aiohttp application: SOAP endpoint, ?WSDL, REST (see ``rest_app``), the JSON admin API.
 
 Routes:
     POST /soap/mktows/{version}        syncMultipleLeads (any version, e.g. 2_2)
     GET  /soap/mktows/{version}?WSDL   the 2_2 WSDL, its soap:address pointing here
+    GET|POST /identity/oauth/token, POST /rest/v1/leads.json, GET /rest/v1/leads/describe2.json
     GET  /admin/calls | /admin/summary | /admin/leads | /admin/config
     POST /admin/config (JSON patch of SimConfig fields) | /admin/reset
+    POST /admin/token/expire           the current REST token expires now (next use: 602)
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from marketo_sim.auth import check_auth
 from marketo_sim.calllog import CallLog, CallRecord
 from marketo_sim.config import SimConfig
 from marketo_sim.faults import pick_fault, sample_latency_s
+from marketo_sim.http_body import read_limited
+from marketo_sim.identity import TokenIssuer
 from marketo_sim.limits import Limits
+from marketo_sim.rest_app import RestApi, add_routes
 from marketo_sim.soap import (
     CONTENT_TYPE,
     HTML_502,
@@ -46,7 +51,6 @@ logger = logging.getLogger(__name__)
 SOAP_PATH: Final = "/soap/mktows/{version:[0-9]+_[0-9]+}"
 SOAP_ACTION: Final = "http://www.marketo.com/mktows/syncMultipleLeads"
 _WSDL_ADDRESS: Final = '<soap:address location="https://na-aba.marketo.com/soap/mktows/2_2" />'
-_READ_CHUNK: Final = 64 * 1024
 
 
 def load_wsdl() -> str:
@@ -60,6 +64,8 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self._closing = asyncio.Event()
+        # Tokens outlive /admin/reset (a client holding one keeps it); their counters do not.
+        self.identity = TokenIssuer()
         self.reset()
 
     def reset(self) -> None:
@@ -68,6 +74,7 @@ class Simulator:
         self.limits = Limits()
         self.log = CallLog()
         self.rng = random.Random(self.config.seed)
+        self.identity.reset_counters()
 
     def configure(self, patch: dict[str, Any]) -> None:
         self.config = self.config.patched(patch)
@@ -78,7 +85,7 @@ class Simulator:
         """Release calls that are hanging on purpose (server shutdown)."""
         self._closing.set()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             return
         with contextlib.suppress(TimeoutError):
@@ -87,7 +94,7 @@ class Simulator:
     # --- SOAP ----------------------------------------------------------------------
 
     async def handle_soap(self, request: web.Request) -> web.Response:
-        call = self.log.start(time.time())
+        call = self.log.start(time.time(), "soap")
         try:
             response = await self._serve(request, call)
         except SimFault as fault:
@@ -102,14 +109,14 @@ class Simulator:
         if request.content_type != "text/xml":
             call.outcome = "rejected"
             return web.Response(status=415, text="SOAP 1.1 requests must be sent as text/xml\n")
-        body = await _read_limited(request, config.max_payload_bytes)
+        body = await read_limited(request, config.max_payload_bytes)
         if body is None:
             call.outcome = "rejected"
             return web.Response(status=413, text="Request entity too large\n")
         injected = pick_fault(config, self.rng)
         latency_s = sample_latency_s(config, self.rng)
         if injected == "http_502":
-            await self._sleep(latency_s)
+            await self.sleep(latency_s)
             call.outcome = "http_502"
             return web.Response(status=502, body=HTML_502, content_type="text/html")
 
@@ -148,7 +155,7 @@ class Simulator:
                     20017, f"Invalid Request: more than {config.max_records} lead records"
                 )
             latency_s += config.oversize_delay_s
-        await self._sleep(latency_s)
+        await self.sleep(latency_s)
 
         dedup = config.default_dedup if sync.dedup is None else sync.dedup
         now = time.time()
@@ -162,8 +169,7 @@ class Simulator:
             )
             for record in sync.records
         ]
-        for status in statuses:
-            call.statuses[status.status] = call.statuses.get(status.status, 0) + 1
+        call.tally(status.status for status in statuses)
         call.outcome = "ok"
         if injected == "truncated":
             call.outcome = "truncated"
@@ -173,7 +179,7 @@ class Simulator:
             return _xml(render_doctype_bomb())
         if injected == "hang":
             call.outcome = "hang"
-            await self._sleep(config.hang_s)
+            await self.sleep(config.hang_s)
         return _xml(render_success(statuses))
 
     async def handle_wsdl(self, request: web.Request) -> web.Response:
@@ -193,6 +199,7 @@ class Simulator:
     async def admin_summary(self, request: web.Request) -> web.Response:
         summary = self.log.summary(self.config.rate_window_s)
         summary["leads_in_database"] = len(self.db.leads)
+        summary["identity"] = self.identity.to_json()
         return web.json_response(summary)
 
     async def admin_leads(self, request: web.Request) -> web.Response:
@@ -215,6 +222,9 @@ class Simulator:
         logger.info("simulator config patched: %s", ", ".join(sorted(patch)))
         return web.json_response(self.config.to_json())
 
+    async def admin_expire_token(self, request: web.Request) -> web.Response:
+        return web.json_response({"expired": self.identity.expire_now(time.monotonic())})
+
     async def admin_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"reset": True})
@@ -222,20 +232,6 @@ class Simulator:
 
 def _xml(body: bytes, *, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-async def _read_limited(request: web.Request, max_bytes: int) -> bytes | None:
-    """The request body, or None when it is longer than ``max_bytes``."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(_READ_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 SIMULATOR_KEY: Final = web.AppKey("simulator", Simulator)
@@ -254,6 +250,8 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/admin/config", sim.admin_get_config)
     app.router.add_post("/admin/config", sim.admin_set_config)
     app.router.add_post("/admin/reset", sim.admin_reset)
+    app.router.add_post("/admin/token/expire", sim.admin_expire_token)
+    add_routes(app, RestApi(sim))
 
     async def _on_shutdown(_: web.Application) -> None:
         sim.close()
@@ -264,7 +262,14 @@ def create_app(config: SimConfig | None = None) -> web.Application:
 
 def run(host: str = "127.0.0.1", port: int = 8765, config: SimConfig | None = None) -> None:
     """Serve the simulator until interrupted (``leadsync sim`` and ``python -m marketo_sim``)."""
+    base = f"http://{host}:{port}"
     logger.info(
-        "Marketo simulator on http://%s:%d/soap/mktows/2_2 (admin: /admin/summary)", host, port
+        "Marketo simulator: SOAP %s/soap/mktows/2_2, REST base URL %s (%s/rest/v1/leads.json, "
+        "identity %s/identity/oauth/token), admin %s/admin/summary",
+        base,
+        base,
+        base,
+        base,
+        base,
     )
     web.run_app(create_app(config), host=host, port=port, print=None, shutdown_timeout=2.0)

@@ -29,6 +29,7 @@ class Write:
     status: str
     at: float
     attributes: dict[str, str]
+    protocol: str = "soap"
 
 
 @dataclass(slots=True)
@@ -46,7 +47,13 @@ class Lead:
             "fsp": [{"type": t, "id": v} for t, v in sorted(self.foreign_ids.items())],
             "attributes": dict(self.attributes),
             "history": [
-                {"call_id": w.call_id, "status": w.status, "at": w.at, "attributes": w.attributes}
+                {
+                    "call_id": w.call_id,
+                    "status": w.status,
+                    "at": w.at,
+                    "attributes": w.attributes,
+                    "protocol": w.protocol,
+                }
                 for w in self.history
             ],
         }
@@ -70,6 +77,8 @@ class LeadDatabase:
         self._next_id = first_lead_id
         self._by_fsp: dict[tuple[str, str], int] = {}
         self._by_email: dict[str, list[int]] = {}
+        # Custom dedupe fields (REST lookupField), indexed on first use: name -> value -> ids.
+        self._by_attr: dict[str, dict[str, list[int]]] = {}
 
     def sync(
         self,
@@ -107,16 +116,42 @@ class LeadDatabase:
         else:
             return SyncStatus(0, "FAILED", "Lead key required: Id, ForeignSysPersonId or Email")
 
+        lead, created = self.write(
+            lead,
+            email=new_email if new_email is not None else record.email,
+            set_email=lead is None or new_email is not None,
+            attributes=attributes,
+            call_id=call_id,
+            now=now,
+        )
+        if fsp is not None:
+            self._assign_fsp(lead, fsp)
+        return SyncStatus(lead.lead_id, "CREATED" if created else "UPDATED")
+
+    def write(
+        self,
+        lead: Lead | None,
+        *,
+        email: str | None,
+        set_email: bool,
+        attributes: dict[str, str],
+        call_id: int,
+        now: float,
+        protocol: str = "soap",
+    ) -> tuple[Lead, bool]:
+        """Create a lead (``lead`` None) or update one; ``attributes`` by stored (SOAP) name,
+        ``Email`` among them only for the history. Return the lead and whether it is new."""
         created = lead is None
         if lead is None:
             lead = Lead(lead_id=self._next_id, email=None)
             self._next_id += 1
             self.leads[lead.lead_id] = lead
-            self._set_email(lead, new_email if new_email is not None else record.email)
-        elif new_email is not None:
-            self._set_email(lead, new_email)
-        if fsp is not None:
-            self._assign_fsp(lead, fsp)
+        if set_email:
+            self._set_email(lead, email)
+        for name, index in self._by_attr.items():
+            if name in attributes:
+                _unindex(index, lead.attributes.get(name), lead.lead_id)
+                index.setdefault(attributes[name], []).append(lead.lead_id)
         lead.attributes.update({k: v for k, v in attributes.items() if k != "Email"})
         lead.history.append(
             Write(
@@ -124,9 +159,26 @@ class LeadDatabase:
                 status="CREATED" if created else "UPDATED",
                 at=now,
                 attributes=attributes,
+                protocol=protocol,
             )
         )
-        return SyncStatus(lead.lead_id, "CREATED" if created else "UPDATED")
+        return lead, created
+
+    def matches(self, name: str, value: str) -> list[int]:
+        """Ids of the leads whose ``name`` (``id``, ``Email`` or a stored attribute name)
+        equals ``value``: email case-insensitively, custom fields exactly (unknown in
+        Marketo; the exact reading never merges two distinct values)."""
+        if name == "id":
+            return [int(value)] if int(value) in self.leads else []
+        if name == "Email":
+            return list(self._by_email.get(value.strip().lower(), []))
+        index = self._by_attr.get(name)
+        if index is None:
+            index = self._by_attr[name] = {}
+            for lead in self.leads.values():
+                if name in lead.attributes:
+                    index.setdefault(lead.attributes[name], []).append(lead.lead_id)
+        return list(index.get(value, []))
 
     def _find_by_email(self, email: str) -> Lead | None:
         ids = self._by_email.get(email.strip().lower(), [])
@@ -157,3 +209,8 @@ class LeadDatabase:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [lead.to_json() for lead in self.leads.values()]
+
+
+def _unindex(index: dict[str, list[int]], value: str | None, lead_id: int) -> None:
+    if value is not None and lead_id in index.get(value, []):
+        index[value].remove(lead_id)
