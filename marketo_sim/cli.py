@@ -21,9 +21,17 @@ def demo(
     concurrency: int = typer.Option(4, min=1, help="Worker processes (calls in flight)."),
     latency_ms: float = typer.Option(0.0, min=0, help="Simulated Marketo latency per call."),
     shards: int = typer.Option(16, min=1, help="Shard streams."),
+    api: str = typer.Option(
+        "soap",
+        "--api",
+        help="Marketo API the worker calls: soap or rest (the simulator speaks both).",
+    ),
 ) -> None:
     """Run the whole pipeline end to end: Redis, the Marketo simulator, a real worker."""
     from marketo_sim.demo import render_summary, run_demo
+
+    if api not in ("soap", "rest"):
+        raise typer.BadParameter("--api is soap or rest")
 
     result = run_demo(
         leads=leads,
@@ -31,6 +39,7 @@ def demo(
         latency_s=latency_ms / 1000,
         shards=shards,
         console=console,
+        api=api,
     )
     render_summary(result, console)
     if not result.complete:

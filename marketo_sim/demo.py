@@ -85,9 +85,15 @@ def _redis_for_demo(console: Console) -> Iterator[tuple[str, str]]:
 
 
 def run_demo(
-    *, leads: int, concurrency: int, latency_s: float, shards: int, console: Console
+    *,
+    leads: int,
+    concurrency: int,
+    latency_s: float,
+    shards: int,
+    console: Console,
+    api: str = "soap",
 ) -> DemoResult:
-    """Run the pipeline end to end and return what it measured."""
+    """Run the pipeline end to end over ``api`` (soap or rest) and return what it measured."""
     result = DemoResult(leads)
     prefix = f"leadsync-demo-{os.getpid()}"
     with (
@@ -107,9 +113,15 @@ def run_demo(
             "LEADSYNC_FLUSH_INTERVAL_S": "0.5",
             "LEADSYNC_MAX_CONCURRENT_CALLS": str(concurrency),
             "LEADSYNC_METRICS_PORT": "0",
+            "LEADSYNC_MARKETO_API": api,
+            "LEADSYNC_MARKETO_REST_URL": sim.rest_base_url,
+            "LEADSYNC_MARKETO_CLIENT_ID": sim.config.client_id,
+            "LEADSYNC_MARKETO_CLIENT_SECRET": sim.config.client_secret,
         }
+        where = sim.endpoint if api == "soap" else f"{sim.rest_base_url}/rest/v1/leads.json"
         console.print(
-            f"Redis: {redis_kind} · Marketo simulator: {sim.endpoint} · worker processes: {concurrency}"
+            f"Redis: {redis_kind} · Marketo simulator ({api.upper()}): {where} · "
+            f"worker processes: {concurrency}"
         )
         with (
             celery_worker(env, concurrency=concurrency),

@@ -208,3 +208,30 @@ def scrape(port: int, wanted: str, timeout_s: float = 20.0) -> str:
             return text
         time.sleep(0.3)
     return text
+
+
+def test_doctor_over_rest_checks_the_credentials_and_the_known_fields(redis_url: str) -> None:
+    ensure_groups(redis_url, 4)
+    with SimulatorThread() as sim:
+        rest = {
+            "LEADSYNC_MARKETO_API": "rest",
+            "LEADSYNC_MARKETO_REST_URL": sim.rest_base_url,
+            "LEADSYNC_MARKETO_CLIENT_ID": sim.config.client_id,
+            "LEADSYNC_MARKETO_CLIENT_SECRET": sim.config.client_secret,
+        }
+        good = invoke(
+            env_for(redis_url, **rest, LEADSYNC_KNOWN_FIELDS="FirstName,company"), "doctor"
+        )
+        unknown = invoke(
+            env_for(redis_url, **rest, LEADSYNC_KNOWN_FIELDS="FirstName,Shoesize"), "doctor"
+        )
+        refused = invoke(
+            env_for(redis_url, **{**rest, "LEADSYNC_MARKETO_CLIENT_SECRET": "wrong"}), "doctor"
+        )
+    assert good.exit_code == 0, good.stdout
+    assert "every LEADSYNC_KNOWN_FIELDS name exists" in good.stdout
+    assert unknown.exit_code == 1
+    assert "Shoesize" in unknown.stdout
+    assert refused.exit_code == 1
+    assert "LEADSYNC_MARKETO_CLIENT_SECRET" in refused.stdout
+    assert "wrong" not in refused.stdout

@@ -37,9 +37,7 @@ def test_every_lead_ends_created_or_updated_when_thirty_percent_of_calls_fault(
     redis_url: str,
 ) -> None:
     log = WriteLog()
-    # leadsync's own rate limit stays out of reach too: the test is about faults, and a
-    # rate-bound run (about 250 calls at 50 per 20 s) would outlast its waits.
-    env = {**FAST_RECOVERY_ENV, "LEADSYNC_BATCH_SIZE": "4", "LEADSYNC_RATE_LIMIT_CALLS": "10000"}
+    env = {**FAST_RECOVERY_ENV, "LEADSYNC_BATCH_SIZE": "4"}
     with running_pipeline(
         redis_url, sim_config=MIXED_FAULTS, settings_env=env, shards=SHARDS
     ) as pipeline:

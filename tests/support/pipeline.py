@@ -36,6 +36,8 @@ FAST_RECOVERY_ENV: Mapping[str, str] = {
 
 USER_ID = "pipeline_test_user"
 ENCRYPTION_KEY = "pipeline-test-key"
+CLIENT_ID = "pipeline-test-client"
+CLIENT_SECRET = "pipeline-test-secret"
 
 
 @dataclass
@@ -133,10 +135,18 @@ def running_pipeline(
     sim_config: SimConfig | None = None,
     settings_env: Mapping[str, str] | None = None,
     shards: int = 8,
+    api: str = "soap",
 ) -> Iterator[Pipeline]:
-    """Simulator + producer + environment for workers; workers are started by the test."""
+    """Simulator + producer + environment for workers; workers are started by the test.
+    ``api`` is the Marketo API the workers call (the simulator speaks both)."""
     config = sim_config or SimConfig()
-    config = dataclasses.replace(config, user_id=USER_ID, encryption_key=ENCRYPTION_KEY)
+    config = dataclasses.replace(
+        config,
+        user_id=USER_ID,
+        encryption_key=ENCRYPTION_KEY,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="leadsync-it-"))
     with SimulatorThread(config) as sim:
         env = {
@@ -149,6 +159,10 @@ def running_pipeline(
             "LEADSYNC_METRICS_PORT": "0",
             "LEADSYNC_RATE_LIMIT_CALLS": "1000",
             "LEADSYNC_MAX_CONCURRENT_CALLS": "10",
+            "LEADSYNC_MARKETO_API": api,
+            "LEADSYNC_MARKETO_REST_URL": sim.rest_base_url,
+            "LEADSYNC_MARKETO_CLIENT_ID": CLIENT_ID,
+            "LEADSYNC_MARKETO_CLIENT_SECRET": CLIENT_SECRET,
             **(settings_env or {}),
         }
         producer = LeadProducer.from_url(redis_url, shards=int(env["LEADSYNC_SHARDS"]))

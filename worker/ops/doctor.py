@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from producers.contract import Keys
 from producers.wire import text
 from worker.connections import redis_client
+from worker.core.fields import rest_name
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
@@ -29,6 +30,7 @@ from worker.obs.stats import stored_shards
 from worker.ops.health import LIVENESS_MAX_AGE_S, heartbeat_age_s
 from worker.scheduling import pace_report
 from worker.settings import Settings
+from worker.transport.aiohttp_transport import describe as describe_error
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -249,6 +251,89 @@ async def check_marketo(settings: Settings, timeout_s: float = 5.0) -> Check:
     )
 
 
+async def check_marketo_rest(settings: Settings, timeout_s: float = 5.0) -> list[Check]:
+    """The REST credentials (a token fetch: identity calls cost no quota) and, through
+    describe2.json (one API call), whether every LEADSYNC_KNOWN_FIELDS name exists."""
+    identity = settings.rest_identity_url + "/oauth/token"
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": settings.marketo_client_id,
+        "client_secret": settings.marketo_client_secret.get_secret_value(),
+    }
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(identity, data=form) as response:
+                status, document = response.status, await _json(response)
+            token = document.get("access_token") if isinstance(document, dict) else None
+            if status != 200 or not isinstance(token, str):
+                return [
+                    Check(
+                        "marketo rest",
+                        "FAIL",
+                        f"{_where(identity)} refused the credentials (HTTP {status}): check "
+                        "LEADSYNC_MARKETO_CLIENT_ID and LEADSYNC_MARKETO_CLIENT_SECRET",
+                    )
+                ]
+            describe = settings.marketo_rest_url.rstrip("/") + "/rest/v1/leads/describe2.json"
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(describe, headers=headers) as response:
+                status, document = response.status, await _json(response)
+    except TimeoutError:
+        return [Check("marketo rest", "FAIL", f"no answer from Marketo REST in {timeout_s:g} s")]
+    except aiohttp.ClientError as exc:
+        return [Check("marketo rest", "FAIL", f"cannot reach Marketo REST: {describe_error(exc)}")]
+    checks = [Check("marketo rest", "OK", f"a token from {_where(identity)}")]
+    names = _field_names(document) if status == 200 else None
+    if names is None:
+        checks.append(
+            Check("fields", "WARN", f"describe2.json answered HTTP {status} without fields")
+        )
+        return checks
+    known = {rest_name(n).casefold() for n in names}
+    missing = [n for n in settings.known_field_names if rest_name(n).casefold() not in known]
+    if missing:
+        checks.append(
+            Check(
+                "fields",
+                "FAIL",
+                f"not fields of this instance: {', '.join(missing[:10])}: leads carrying them "
+                "would fail (remove them from LEADSYNC_KNOWN_FIELDS or add them in Marketo)",
+            )
+        )
+    elif settings.known_field_names:
+        checks.append(Check("fields", "OK", "every LEADSYNC_KNOWN_FIELDS name exists"))
+    else:
+        checks.append(
+            Check(
+                "fields",
+                "OK",
+                f"{len(names)} fields; set LEADSYNC_KNOWN_FIELDS to refuse any other at enqueue",
+            )
+        )
+    return checks
+
+
+async def _json(response: aiohttp.ClientResponse) -> object:
+    try:
+        return await response.json(content_type=None)
+    except ValueError:
+        return None
+
+
+def _field_names(document: object) -> list[str] | None:
+    """``result[0].fields[].name`` of describe2.json."""
+    if not isinstance(document, dict) or document.get("success") is False:
+        return None
+    result = document.get("result")
+    if not isinstance(result, list) or not result or not isinstance(result[0], dict):
+        return None
+    fields = result[0].get("fields")
+    if not isinstance(fields, list):
+        return None
+    return [f["name"] for f in fields if isinstance(f, dict) and isinstance(f.get("name"), str)]
+
+
 async def _guarded(name: str, check: Awaitable[Check]) -> Check:
     try:
         return await check
@@ -271,5 +356,8 @@ async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list
             checks.append(await _guarded("dead letters", check_dead_letters(client, keys, shards)))
     finally:
         await client.aclose()
-    checks.append(await check_marketo(settings, http_timeout_s))
+    if settings.marketo_api == "rest":
+        checks.extend(await check_marketo_rest(settings, http_timeout_s))
+    else:
+        checks.append(await check_marketo(settings, http_timeout_s))
     return checks
