@@ -22,6 +22,7 @@ from worker.core.fields import ACRONYM_NAMES, merge_attributes, rest_name, soap_
         ("SICCode", "sicCode"),
         ("SFDCLeadOwnerId", "sfdcLeadOwnerId"),
         ("LinkedInId", "linkedInId"),
+        ("DateofBirth", "dateOfBirth"),
     ],
 )
 def test_both_spellings_map_onto_each_other(soap: str, rest: str) -> None:

@@ -4,7 +4,9 @@
 The rule: the REST name is the SOAP name with its leading capitals lower-cased as one
 word (``FirstName`` -> ``firstName``, ``SICCode`` -> ``sicCode``, ``Email`` -> ``email``),
 and the SOAP name is the REST name with its first letter upper-cased, except for names
-that start with an acronym, which :data:`ACRONYM_NAMES` spells out. An app may send either spelling whatever the
+that start with an acronym, which :data:`ACRONYM_NAMES` spells out; the standard fields
+the rule misspells either way are in :data:`IRREGULAR_NAMES` (``DateofBirth`` is
+``dateOfBirth``). An app may send either spelling whatever the
 protocol, and merging treats both as one field (the newest spelling and value win).
 """
 
@@ -28,10 +30,16 @@ ACRONYM_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         "sicCode": "SICCode",
     }
 )
+#: Standard fields whose two names differ by more than the rule (SOAP -> REST).
+IRREGULAR_NAMES: Final[Mapping[str, str]] = MappingProxyType({"DateofBirth": "dateOfBirth"})
+_IRREGULAR_SOAP: Final = MappingProxyType({v: k for k, v in IRREGULAR_NAMES.items()})
 
 
 def rest_name(name: str) -> str:
     """The REST API spelling of a lead field given in either spelling."""
+    irregular = IRREGULAR_NAMES.get(name)
+    if irregular is not None:
+        return irregular
     capitals = len(name) - len(name.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
     if capitals == 0:
         return name
@@ -44,7 +52,7 @@ def rest_name(name: str) -> str:
 def soap_name(name: str) -> str:
     """The SOAP spelling of a lead field given in either spelling."""
     rest = rest_name(name)
-    known = ACRONYM_NAMES.get(rest)
+    known = ACRONYM_NAMES.get(rest) or _IRREGULAR_SOAP.get(rest)
     if known is not None:
         return known
     return name if name[:1].isupper() else name[:1].upper() + name[1:]
