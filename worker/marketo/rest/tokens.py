@@ -79,7 +79,10 @@ class TokenSource:
             owner = secrets.token_hex(8)
             if await self._redis.set(self._lock_key, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
                 try:
-                    return await self._fetch()
+                    # Another process may have stored a token between our look and the
+                    # lock: look again under the lock, so the cluster fetches once.
+                    stored = await self._redis.get(self.key)
+                    return text(stored) if stored is not None else await self._fetch()
                 finally:
                     await self._drop(keys=[self._lock_key], args=[owner])
             if self._clock() > deadline:
