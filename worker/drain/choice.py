@@ -70,20 +70,20 @@ def park_exhausted(
 ) -> Batch:
     """Entries that already rode in LEADSYNC_MAX_ATTEMPTS cycles (this one would be one
     more) are parked in the dead-letter stream, each with its own payload."""
-    shard, raw, settlement = lane.shard, lane.claim.raw, lane.settlement
+    settlement = lane.settlement
     exhausted = {e for e, n in lane.attempts.items() if n > max_attempts}
     if not exhausted:
         return batch
     for entry_id in sorted(exhausted, key=entry_order):
-        outcome = Outcome(
-            request_id(shard, entry_id),
+        settle_entry(
+            lane,
+            entry_id,
             OutcomeStatus.DEAD_LETTERED,
+            now_s=now_s,
+            attempts=max_attempts,
             error=f"gave up after {max_attempts} attempts",
             error_code="MAX_ATTEMPTS",
-            attempts=max_attempts,
-            finished_at=now_s,
         )
-        settlement.park(raw[entry_id], outcome, outcome.error or "")
         report.dead_lettered += 1
     # Merged records ride whole: if any of their entries is exhausted, the rest wait
     # (and get back the attempt just counted for them).
@@ -99,30 +99,49 @@ def park_exhausted(
 
 
 def answer(results: Sequence[RecordResult], owner: Mapping[int, Lane], now_s: float) -> None:
-    """Each record's answer as the outcome of every entry merged into it: parked when
-    DEAD_LETTERED, else answered."""
+    """Each record's answer as the outcome of every entry merged into it."""
     for result in results:
         lane = owner[id(result.record)]
-        shard, attempts, raw, settlement = (
-            lane.shard,
-            lane.attempts,
-            lane.claim.raw,
-            lane.settlement,
-        )
         for entry_id in result.record.entry_ids:
-            outcome = Outcome(
-                request_id(shard, entry_id),
+            settle_entry(
+                lane,
+                entry_id,
                 result.status,
+                now_s=now_s,
+                attempts=lane.attempts[entry_id],
                 lead_id=result.lead_id,
                 error=result.error,
                 error_code=result.error_code,
-                attempts=attempts[entry_id],
-                finished_at=now_s,
             )
-            if result.status is OutcomeStatus.DEAD_LETTERED:
-                settlement.park(raw[entry_id], outcome, result.error or "")
-            else:
-                settlement.answer(raw[entry_id], outcome)
+
+
+def settle_entry(
+    lane: Lane,
+    entry_id: str,
+    status: OutcomeStatus,
+    *,
+    now_s: float,
+    attempts: int,
+    lead_id: int | None = None,
+    error: str | None = None,
+    error_code: str | None = None,
+) -> None:
+    """The one place a cycle's outcome for an entry is made: parked when DEAD_LETTERED
+    (with the entry's own payload), else answered."""
+    outcome = Outcome(
+        request_id(lane.shard, entry_id),
+        status,
+        lead_id=lead_id,
+        error=error,
+        error_code=error_code,
+        attempts=attempts,
+        finished_at=now_s,
+    )
+    entry = lane.claim.raw[entry_id]
+    if status is OutcomeStatus.DEAD_LETTERED:
+        lane.settlement.park(entry, outcome, error or "")
+    else:
+        lane.settlement.answer(entry, outcome)
 
 
 def invalid_outcome(shard: int, entry: RawEntry, error: InvalidLead, now_s: float) -> Outcome:

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from producers.contract import Keys, Outcome
 from producers.producer import SHARDS_FIELD, adopt_shards
-from producers.wire import text
+from producers.wire import entry_time_s, parse_request_id, text
 from worker.errors import LeaseLost
 from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog
 
@@ -59,7 +59,7 @@ def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
 
 
 def _outcome_key(keys: Keys, shard: int, outcome: Outcome) -> str:
-    return keys.outcome(shard, outcome.request_id.partition("-")[2])
+    return keys.outcome(shard, parse_request_id(outcome.request_id)[1])
 
 
 def load_scripts(redis: Redis) -> dict[str, AsyncScript]:
@@ -313,8 +313,7 @@ class Ledger:
             length, oldest, leased, rest_until = replies[4 * position : 4 * position + 4]
             age = None
             if oldest:
-                oldest_ms = int(text(oldest[0][0]).partition("-")[0])
-                age = max(0.0, now_s - oldest_ms / 1000.0)
+                age = max(0.0, now_s - entry_time_s(text(oldest[0][0])))
             resting = rest_until is not None and float(text(rest_until)) > now_s
             backlogs.append(ShardBacklog(shard, int(length), age, bool(leased) or resting))
         return backlogs
