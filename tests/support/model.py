@@ -305,6 +305,10 @@ class ScriptedMarketo:
     def protocol(self) -> WireProtocol:
         return self.wire.protocol
 
+    def lead_id(self, key: str) -> int | None:
+        """The id of the lead ``key`` names, once Marketo has created it."""
+        return self._ids.get(key)
+
     def _lead_id(self, key: str | None) -> tuple[int, bool]:
         if key is not None and key in self._ids:
             return self._ids[key], False
@@ -453,6 +457,20 @@ class Reference:
                 self.status[rid] = now
         return problems
 
+    def lead_ids_agree(
+        self, lead_ids: Mapping[str, int | None], marketo: ScriptedMarketo
+    ) -> list[str]:
+        """Invariant 3, per record: a dedup write that succeeded names its own lead's
+        Marketo id (an answer matched to the wrong record shows here)."""
+        problems = []
+        for rid, status in self.status.items():
+            write = self.writes[rid]
+            if status in SUCCESS and write.dedup:
+                own = marketo.lead_id(write.key)
+                if lead_ids.get(rid) != own:
+                    problems.append(f"{rid}: {status} with lead id {lead_ids.get(rid)}, not {own}")
+        return problems
+
     def _may_fail(self, rid: str) -> bool:
         write = self.writes[rid]
         if write.poisoned:
@@ -521,6 +539,15 @@ ALLOWED_WITHOUT_TTL: Final = frozenset(
         "dead-letter stream",  # bounded: every record is a parked request
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeDetails:
+    """Each request's outcome status, and the error code and lead id of each outcome."""
+
+    statuses: dict[str, OutcomeStatus | None]
+    error_codes: dict[str, str | None]
+    lead_ids: dict[str, int | None]
 
 
 @dataclass
@@ -736,17 +763,16 @@ class System:
         return await self.producer.upsert(email=email, attributes=attributes, dedup=dedup)
 
     async def outcomes(self, request_ids: Sequence[str]) -> dict[str, OutcomeStatus | None]:
-        return (await self.outcomes_and_codes(request_ids))[0]
+        return (await self.outcome_details(request_ids)).statuses
 
-    async def outcomes_and_codes(
-        self, request_ids: Sequence[str]
-    ) -> tuple[dict[str, OutcomeStatus | None], dict[str, str | None]]:
-        """Each request's outcome status, and the error code of each outcome that has one."""
+    async def outcome_details(self, request_ids: Sequence[str]) -> OutcomeDetails:
         found = await self.producer.outcomes(request_ids)
         pairs = list(zip(request_ids, found, strict=True))
-        statuses = {rid: (o.status if o is not None else None) for rid, o in pairs}
-        codes = {rid: o.error_code for rid, o in pairs if o is not None}
-        return statuses, codes
+        return OutcomeDetails(
+            statuses={rid: (o.status if o is not None else None) for rid, o in pairs},
+            error_codes={rid: o.error_code for rid, o in pairs if o is not None},
+            lead_ids={rid: o.lead_id for rid, o in pairs if o is not None},
+        )
 
     def isolation_calls(self) -> int:
         """Calls the drains spent isolating records since this System was built (the
