@@ -79,6 +79,11 @@ class TokenSource:
             owner = secrets.token_hex(8)
             if await self._redis.set(self._lock_key, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
                 try:
+                    # Another process may have stored its token and freed the lock between
+                    # the GET above and this SET: use that one rather than fetch again.
+                    stored = await self._redis.get(self.key)
+                    if stored is not None:
+                        return text(stored)
                     return await self._fetch()
                 finally:
                     await self._drop(keys=[self._lock_key], args=[owner])
