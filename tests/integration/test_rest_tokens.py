@@ -142,3 +142,30 @@ async def test_an_expired_token_at_leads_json_is_dropped_and_the_retry_fetches_a
     assert identity.fetches == 2
     leads_calls = [b for b in transport.requests if b.startswith(b"{")]
     assert len(leads_calls) == 2
+
+
+async def test_a_token_stored_while_this_process_took_the_lock_is_used_not_fetched_again(
+    aredis: Redis,
+) -> None:
+    """The race behind a flaky double fetch: this process reads no token, another stores
+    its token and frees the lock, then this process takes the lock. It must use that
+    token, not fetch a second one."""
+    identity = Identity()
+    tokens = source(aredis, identity)
+    real_get = aredis.get
+    reads = 0
+
+    async def get_then_race(name: str) -> object:
+        nonlocal reads
+        reads += 1
+        value = await real_get(name)
+        if reads == 1:  # the other process finishes its fetch right after this read
+            await aredis.set(tokens.key, "token-other:int", px=60_000)
+        return value
+
+    aredis.get = get_then_race  # type: ignore[method-assign]
+    try:
+        assert await tokens.token() == "token-other:int"
+    finally:
+        aredis.get = real_get  # type: ignore[method-assign]
+    assert identity.fetches == 0

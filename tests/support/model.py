@@ -3,40 +3,40 @@ promises, and ONE adapter (:class:`System`) through which every call into leadsy
 internals goes.
 
 When the ledger API changes, only :class:`System` (and the two key-name helpers it uses)
-should need porting; the scripted Marketo and the reference model only speak SOAP bytes
-and request ids.
+should need porting; the scripted Marketo and the reference model only speak wire bytes
+(SOAP or REST, one :class:`Wire` each) and request ids.
 
 Every upsert the test enqueues carries two attributes: ``Seq`` (a number that grows with
 every enqueue, so it orders the writes of one lead) and ``Val``. A poisoned upsert also
-carries ``Bad``, which the scripted Marketo rejects with a record fault (20105).
+carries ``Bad``, a field the scripted Marketo does not know: over SOAP the whole call
+faults with 20105 naming it (leadsync fails the records carrying it and sends the rest
+again); over REST Marketo skips that record with reason 1006 and applies the others in
+the same call (no isolation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, Protocol, get_args
+from urllib.parse import parse_qs
 
 import redis.asyncio
-from pydantic import SecretStr
+from prometheus_client import REGISTRY
 
-from marketo_sim.soap import (
-    SimFault,
-    SyncStatus,
-    parse_request_bytes,
-    render_fault,
-    render_success,
-    render_truncated,
-)
+from marketo_sim import rest as sim_rest
+from marketo_sim import soap as sim_soap
 from producers.contract import Keys, OutcomeStatus, parse_request_id
 from producers.producer import AsyncLeadProducer
+from worker.core.fields import rest_name, soap_name
 from worker.drain import Drainer, DrainReport
 from worker.errors import CallTimeout
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
-from worker.marketo import SoapApi
+from worker.marketo.factory import api_for
 from worker.ops.dead_letters import list_dead_letters, replay
 from worker.settings import Settings
 from worker.transport import HttpReply, MockTransport
@@ -71,13 +71,202 @@ Behaviour = Literal[
     "auth_20014",
 ]
 BEHAVIOURS: Final[tuple[Behaviour, ...]] = get_args(Behaviour)
-_FAULT_BEFORE: Final[dict[str, int]] = {
+
+#: The "fault_*" / throttle / quota / auth behaviours, as each protocol says them. Both
+#: columns mean the same to the worker (``test_model_drain`` checks it): 10001 / 611
+#: transient, 20023 / 606 and 20024 / 615 throttled (cluster cooldown), 20015 / 607 daily
+#: quota, 20014 / 603 credentials refused (hold).
+SOAP_FAULTS: Final[dict[str, int]] = {
     "fault_10001": 10001,
     "throttle_20023": 20023,
     "throttle_20024": 20024,
     "quota_20015": 20015,
     "auth_20014": 20014,
 }
+REST_FAULTS: Final[dict[str, int]] = {
+    "fault_10001": 611,
+    "throttle_20023": 606,
+    "throttle_20024": 615,
+    "quota_20015": 607,
+    "auth_20014": 603,
+}
+
+WireProtocol = Literal["soap", "rest"]
+PROTOCOLS: Final[tuple[WireProtocol, ...]] = get_args(WireProtocol)
+
+#: The fields the scripted Marketo knows (SOAP spelling); any other is an unknown field.
+KNOWN_FIELDS: Final = frozenset({SEQ, VAL})
+
+#: The REST side of the scripted Marketo: its base URL, client and the one token it issues.
+REST_URL: Final = "http://marketo.test"
+CLIENT_ID: Final = "model-client"
+CLIENT_SECRET: Final = "model-secret"
+TOKEN: Final = "t-1:int"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of a call: its lead key, its attributes in SOAP spelling, and the names
+    (as sent) of the fields Marketo does not know."""
+
+    key: str
+    attributes: dict[str, str]
+    unknown: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    dedup: bool
+    records: list[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    lead_id: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """REST only: the record was not applied because of its unknown fields."""
+
+    unknown: tuple[str, ...]
+
+
+class Wire(Protocol):
+    """How one protocol reads a call and says its answers."""
+
+    protocol: WireProtocol
+    #: The error code a record carrying an unknown field ends FAILED with.
+    unknown_field_code: str
+
+    def read(self, body: bytes, headers: Mapping[str, str]) -> Request | HttpReply:
+        """The call, or an answer given without one (REST's identity endpoint)."""
+        ...
+
+    def fault(self, behaviour: str) -> HttpReply: ...
+
+    def unknown_fields_fault(self, names: Sequence[str]) -> HttpReply | None:
+        """The whole-call fault for unknown fields, or None: Marketo skips the records."""
+        ...
+
+    def answer(self, results: Sequence[Applied | Skipped], *, truncated: bool) -> HttpReply: ...
+
+
+class SoapWire:
+    """syncMultipleLeads: an unknown field faults the whole call (20105 names it)."""
+
+    protocol: Final = "soap"
+    unknown_field_code: Final = "20105"
+
+    def read(self, body: bytes, headers: Mapping[str, str]) -> Request | HttpReply:
+        request = sim_soap.parse_request_bytes(body)
+        records = []
+        for record in request.records:
+            attributes = {a.name: a.value for a in record.attributes}
+            unknown = tuple(name for name in attributes if name not in KNOWN_FIELDS)
+            records.append(Record(record.key or "?", attributes, unknown))
+        return Request(request.dedup is not False, records)
+
+    def fault(self, behaviour: str) -> HttpReply:
+        fault = sim_soap.SimFault(SOAP_FAULTS[behaviour])
+        return HttpReply(500, "text/xml", sim_soap.render_fault(fault))
+
+    def unknown_fields_fault(self, names: Sequence[str]) -> HttpReply | None:
+        fault = sim_soap.SimFault(20105, f"unknown fields for import: {', '.join(names)}")
+        return HttpReply(500, "text/xml", sim_soap.render_fault(fault))
+
+    def answer(self, results: Sequence[Applied | Skipped], *, truncated: bool) -> HttpReply:
+        statuses = []
+        for result in results:
+            assert isinstance(result, Applied), "SOAP never skips a record"
+            status: Literal["CREATED", "UPDATED"] = "CREATED" if result.created else "UPDATED"
+            statuses.append(sim_soap.SyncStatus(result.lead_id, status))
+        render = sim_soap.render_truncated if truncated else sim_soap.render_success
+        return HttpReply(200, "text/xml", render(statuses))
+
+
+class RestWire:
+    """``POST /rest/v1/leads.json`` (records keyed by email, fields by REST API name) and
+    the identity endpoint: an unknown field skips its record with reason 1006, and the
+    other records of the call are applied."""
+
+    protocol: Final = "rest"
+    unknown_field_code: Final = "1006"
+
+    def __init__(self) -> None:
+        self.identity_calls = 0
+        self._calls = 0
+        self._known = frozenset(rest_name(name) for name in KNOWN_FIELDS)
+
+    def read(self, body: bytes, headers: Mapping[str, str]) -> Request | HttpReply:
+        if headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            return self._identity(body)
+        self._calls += 1
+        if headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self._error(601)
+        try:
+            parsed = sim_rest.parse_sync_leads(
+                body, lookup_fields=frozenset({"email"}), max_records=300
+            )
+        except sim_rest.RestError as error:
+            return self._error(error.code, error.message)
+        records = []
+        for record in parsed.records:
+            fields = {name: value for name, value in record.items() if name != "email"}
+            attributes = {soap_name(name): str(value) for name, value in fields.items()}
+            unknown = tuple(name for name in fields if name not in self._known)
+            email = str(record.get("email", "?"))
+            records.append(Record(f"email:{email.strip().lower()}", attributes, unknown))
+        return Request(parsed.action != "createDuplicate", records)
+
+    def _identity(self, body: bytes) -> HttpReply:
+        self.identity_calls += 1
+        form = parse_qs(body.decode())
+        expected = {
+            "grant_type": ["client_credentials"],
+            "client_id": [CLIENT_ID],
+            "client_secret": [CLIENT_SECRET],
+        }
+        if form != expected:
+            return HttpReply(401, "application/json", b'{"error":"unauthorized"}')
+        document = {"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600, "scope": "x"}
+        return HttpReply(200, "application/json", json.dumps(document).encode())
+
+    def _request_id(self) -> str:
+        return f"{self._calls:04x}#model"
+
+    def _error(self, code: int, message: str | None = None) -> HttpReply:
+        error = sim_rest.RestError(code, message)
+        return HttpReply(200, "application/json", sim_rest.render_error(self._request_id(), error))
+
+    def fault(self, behaviour: str) -> HttpReply:
+        return self._error(REST_FAULTS[behaviour])
+
+    def unknown_fields_fault(self, names: Sequence[str]) -> HttpReply | None:
+        return None
+
+    def answer(self, results: Sequence[Applied | Skipped], *, truncated: bool) -> HttpReply:
+        items = []
+        for result in results:
+            if isinstance(result, Skipped):
+                reasons = tuple(
+                    sim_rest.Reason(self.unknown_field_code, f"Field '{name}' not found")
+                    for name in result.unknown
+                )
+                item = sim_rest.RecordResult("skipped", reasons=reasons)
+            else:
+                item = sim_rest.RecordResult(
+                    "created" if result.created else "updated", result.lead_id
+                )
+            items.append(item.to_json())
+        whole = sim_rest.render_success(self._request_id(), items)
+        body = sim_rest.render_truncated(whole) if truncated else whole
+        return HttpReply(200, "application/json", body)
+
+
+def wire_for(protocol: WireProtocol) -> Wire:
+    return RestWire() if protocol == "rest" else SoapWire()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +278,8 @@ class Call:
     seqs: tuple[int, ...]
     behaviour: str
     applied: bool
+    #: The keys of the records skipped for an unknown field (REST).
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass
@@ -96,6 +287,7 @@ class ScriptedMarketo:
     """An async MockTransport handler. Keeps, per lead (dedup=true records, by lead key),
     the attributes it holds and the Seq of every write it applied, in order."""
 
+    wire: Wire = field(default_factory=SoapWire)
     script: list[Behaviour] = field(default_factory=list)
     leads: dict[str, dict[str, str]] = field(default_factory=dict)
     applied: dict[str, list[int]] = field(default_factory=dict)
@@ -109,6 +301,14 @@ class ScriptedMarketo:
     _ids: dict[str, int] = field(default_factory=dict)
     _next_id: int = 1
 
+    @property
+    def protocol(self) -> WireProtocol:
+        return self.wire.protocol
+
+    def lead_id(self, key: str) -> int | None:
+        """The id of the lead ``key`` names, once Marketo has created it."""
+        return self._ids.get(key)
+
     def _lead_id(self, key: str | None) -> tuple[int, bool]:
         if key is not None and key in self._ids:
             return self._ids[key], False
@@ -117,51 +317,53 @@ class ScriptedMarketo:
             self._ids[key] = lead_id
         return lead_id, True
 
-    async def __call__(self, body: bytes, _headers: Mapping[str, str]) -> HttpReply:
-        request = parse_request_bytes(body)
-        dedup = request.dedup is not False
-        records = [
-            (record.key or "?", {a.name: a.value for a in record.attributes})
-            for record in request.records
-        ]
-        keys = tuple(key for key, _ in records) if dedup else ()
+    async def __call__(self, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        request = self.wire.read(body, headers)
+        if isinstance(request, HttpReply):
+            return request
+        dedup = request.dedup
+        keys = tuple(record.key for record in request.records) if dedup else ()
         busy = [k for k in keys if self.in_flight[k]]
         if busy:
             self.overlap_violations.append(f"keys {busy} are already in a call in flight")
         self.in_flight.update(keys)
         try:
             await asyncio.sleep(0)  # a concurrent caller may run here
-            return self._answer(dedup, records)
+            return self._answer(dedup, request.records)
         finally:
             self.in_flight.subtract(keys)
 
-    def _answer(self, dedup: bool, records: list[tuple[str, dict[str, str]]]) -> HttpReply:
+    def _answer(self, dedup: bool, records: list[Record]) -> HttpReply:
         behaviour: Behaviour = self.script.pop(0) if self.script else "ok"
-        keys = tuple(k for k, _ in records)
-        seqs = tuple(int(attrs.get(SEQ, "-1")) for _, attrs in records)
-        if behaviour in _FAULT_BEFORE:
+        keys = tuple(r.key for r in records)
+        seqs = tuple(int(r.attributes.get(SEQ, "-1")) for r in records)
+        if behaviour in SOAP_FAULTS:
             self.calls.append(Call(dedup, keys, seqs, behaviour, applied=False))
-            return HttpReply(500, "text/xml", render_fault(SimFault(_FAULT_BEFORE[behaviour])))
+            return self.wire.fault(behaviour)
         if behaviour == "page_502":
             self.calls.append(Call(dedup, keys, seqs, behaviour, applied=False))
             return HttpReply(502, "text/html", b"<html><body>502 Bad Gateway</body></html>")
-        if any(BAD in attrs for _, attrs in records):
-            self.calls.append(Call(dedup, keys, seqs, "record_fault_20105", applied=False))
-            fault = SimFault(20105, f"unknown fields for import: {BAD}")
-            return HttpReply(500, "text/xml", render_fault(fault))
-        statuses = [self._apply(dedup, key, attrs) for key, attrs in records]
-        self.calls.append(Call(dedup, keys, seqs, behaviour, applied=True))
-        if behaviour == "lost_truncated":
-            return HttpReply(200, "text/xml", render_truncated(statuses))
+        unknown = sorted({name for r in records for name in r.unknown})
+        if unknown:
+            whole_call = self.wire.unknown_fields_fault(unknown)
+            if whole_call is not None:
+                self.calls.append(Call(dedup, keys, seqs, "record_fault", applied=False))
+                return whole_call
+        results = [
+            Skipped(r.unknown) if r.unknown else self._apply(dedup, r.key, r.attributes)
+            for r in records
+        ]
+        skipped = tuple(r.key for r in records if r.unknown)
+        self.calls.append(Call(dedup, keys, seqs, behaviour, applied=True, skipped=skipped))
         if behaviour == "lost_timeout":
             raise CallTimeout("scripted: Marketo applied the call, the answer never came")
-        return HttpReply(200, "text/xml", render_success(statuses))
+        return self.wire.answer(results, truncated=behaviour == "lost_truncated")
 
-    def _apply(self, dedup: bool, key: str, attrs: dict[str, str]) -> SyncStatus:
+    def _apply(self, dedup: bool, key: str, attrs: dict[str, str]) -> Applied:
         if not dedup:
             self.duplicates.append(dict(attrs))
             lead_id, _ = self._lead_id(None)
-            return SyncStatus(lead_id, "CREATED")
+            return Applied(lead_id, created=True)
         seq = int(attrs.get(SEQ, "-1"))
         history = self.applied.setdefault(key, [])
         if history and seq < history[-1]:
@@ -171,7 +373,7 @@ class ScriptedMarketo:
         history.append(seq)
         self.leads.setdefault(key, {}).update(attrs)
         lead_id, created = self._lead_id(key)
-        return SyncStatus(lead_id, "CREATED" if created else "UPDATED")
+        return Applied(lead_id, created)
 
 
 # --- the reference model -------------------------------------------------------------------
@@ -201,6 +403,9 @@ class Reference:
     #: Parked requests that a replay reopened (they may go PENDING, then terminal).
     reopened: set[str] = field(default_factory=set)
     next_seq: int = 1
+    #: The error code a FAILED outcome carries: the protocol's unknown-field code (SOAP's
+    #: 20105 for the whole call, REST's 1006 per record), the only reason a write fails.
+    unknown_field_code: str = "20105"
 
     def new_write(self, key: str, value: str, *, dedup: bool, poisoned: bool) -> Write:
         attributes = {SEQ: str(self.next_seq), VAL: value}
@@ -214,9 +419,15 @@ class Reference:
         self.writes[write.request_id] = write
         self.status[write.request_id] = None
 
-    def observe(self, outcomes: Mapping[str, OutcomeStatus | None]) -> list[str]:
+    def observe(
+        self,
+        outcomes: Mapping[str, OutcomeStatus | None],
+        error_codes: Mapping[str, str | None] | None = None,
+    ) -> list[str]:
         """Invariant 3: a terminal outcome never changes; a parked one only reopens by
-        replay; an outcome once seen never disappears."""
+        replay; an outcome once seen never disappears; only a write carrying an unknown
+        field (or merged with one) fails, with the protocol's code (from ``error_codes``
+        when given), and such a write never succeeds."""
         problems = []
         for rid, now in outcomes.items():
             before = self.status.get(rid)
@@ -232,10 +443,32 @@ class Reference:
                 problems.append(f"{rid}: parked outcome became {now} without a replay")
             if now is OutcomeStatus.FAILED and not self._may_fail(rid):
                 problems.append(f"{rid}: FAILED but neither it nor a write it merges with is bad")
+            if now is OutcomeStatus.FAILED and error_codes is not None:
+                code = error_codes.get(rid)
+                if code != self.unknown_field_code:
+                    problems.append(
+                        f"{rid}: FAILED with code {code}, not {self.unknown_field_code}"
+                    )
+            if now in SUCCESS and self.writes[rid].poisoned:
+                problems.append(f"{rid}: {now} although it carries an unknown field")
             if now is not OutcomeStatus.DEAD_LETTERED and now is not None:
                 self.reopened.discard(rid)
             if now is not None:
                 self.status[rid] = now
+        return problems
+
+    def lead_ids_agree(
+        self, lead_ids: Mapping[str, int | None], marketo: ScriptedMarketo
+    ) -> list[str]:
+        """Invariant 3, per record: a dedup write that succeeded names its own lead's
+        Marketo id (an answer matched to the wrong record shows here)."""
+        problems = []
+        for rid, status in self.status.items():
+            write = self.writes[rid]
+            if status in SUCCESS and write.dedup:
+                own = marketo.lead_id(write.key)
+                if lead_ids.get(rid) != own:
+                    problems.append(f"{rid}: {status} with lead id {lead_ids.get(rid)}, not {own}")
         return problems
 
     def _may_fail(self, rid: str) -> bool:
@@ -308,6 +541,15 @@ ALLOWED_WITHOUT_TTL: Final = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeDetails:
+    """Each request's outcome status, and the error code and lead id of each outcome."""
+
+    statuses: dict[str, OutcomeStatus | None]
+    error_codes: dict[str, str | None]
+    lead_ids: dict[str, int | None]
+
+
 @dataclass
 class Worker:
     """One Drainer and its pause switch."""
@@ -349,7 +591,24 @@ class System:
     ) -> None:
         self.marketo = marketo
         self.shards = shards
+        wire_settings: dict[str, object] = (
+            {
+                "marketo_api": "rest",
+                "marketo_rest_url": REST_URL,
+                "marketo_client_id": CLIENT_ID,
+                "marketo_client_secret": CLIENT_SECRET,
+            }
+            if marketo.protocol == "rest"
+            else {
+                "marketo_api": "soap",
+                "marketo_endpoint": "http://marketo.test/soap/mktows/2_2",
+                "marketo_user_id": "u",
+                "marketo_encryption_key": "k",
+            }
+        )
         self.settings = Settings.from_env(
+            **wire_settings,
+            max_response_bytes=1 << 20,
             key_prefix=prefix,
             shards=shards,
             batch_size=batch_size,
@@ -371,13 +630,8 @@ class System:
         self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
         self.ledger = Ledger.for_settings(self.redis, self.settings)
         self.limiter = RedisLimiter(self.redis, self.settings)
-        self.client = SoapApi(
-            MockTransport(marketo),
-            endpoint="http://marketo.test/soap/mktows/2_2",
-            user_id="u",
-            encryption_key=SecretStr("k"),
-            max_response_bytes=1 << 20,
-        )
+        self.client = api_for(self.settings, MockTransport(marketo), self.redis)
+        self._isolation_calls_before = _isolation_calls()
         self.producer = AsyncLeadProducer(self.redis, key_prefix=prefix, shards=shards)
         self._generation = 0
         self.workers = [self._new_worker(i) for i in range(workers)]
@@ -509,11 +763,21 @@ class System:
         return await self.producer.upsert(email=email, attributes=attributes, dedup=dedup)
 
     async def outcomes(self, request_ids: Sequence[str]) -> dict[str, OutcomeStatus | None]:
+        return (await self.outcome_details(request_ids)).statuses
+
+    async def outcome_details(self, request_ids: Sequence[str]) -> OutcomeDetails:
         found = await self.producer.outcomes(request_ids)
-        return {
-            rid: (o.status if o is not None else None)
-            for rid, o in zip(request_ids, found, strict=True)
-        }
+        pairs = list(zip(request_ids, found, strict=True))
+        return OutcomeDetails(
+            statuses={rid: (o.status if o is not None else None) for rid, o in pairs},
+            error_codes={rid: o.error_code for rid, o in pairs if o is not None},
+            lead_ids={rid: o.lead_id for rid, o in pairs if o is not None},
+        )
+
+    def isolation_calls(self) -> int:
+        """Calls the drains spent isolating records since this System was built (the
+        process-wide ``leadsync_isolation_calls`` counter: one System runs at a time)."""
+        return _isolation_calls() - self._isolation_calls_before
 
     # --- time, limits, leases ---------------------------------------------------------------
 
@@ -644,6 +908,10 @@ class System:
             if rid in parked and parked[rid] is not OutcomeStatus.DEAD_LETTERED:
                 problems.append(f"{rid}: dead-letter record but outcome {parked[rid]}")
         return problems
+
+
+def _isolation_calls() -> int:
+    return int(REGISTRY.get_sample_value("leadsync_isolation_calls_total") or 0)
 
 
 def _text(value: bytes | str) -> str:
