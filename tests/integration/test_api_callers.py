@@ -1,4 +1,4 @@
-"""The callers in examples/ (PHP, Ruby and Node) against a live
+"""The callers in examples/ (PHP, Ruby, Node, and Java when a JDK is there) against a live
 `leadsync api`: a private Redis, the Marketo simulator, a real Celery worker and a real API
 process with a key from `leadsync api-keys create`. Each caller upserts a lead, prints its
 request id and waits for the final outcome; the simulator then holds the lead.
@@ -50,6 +50,12 @@ CALLERS: dict[str, tuple[list[str], list[str]]] = {
         ["node", "-e", 'process.exit(typeof fetch === "function" ? 0 : 1)'],
     ),
 }
+# The Java caller is optional, as the JDK is: it runs where javac is installed.
+if shutil.which("javac"):
+    CALLERS["java"] = (
+        ["java", str(EXAMPLES / "java" / "LeadsyncClient.java")],
+        ["java", "-version"],
+    )
 
 SCOPES = ["--scope", "write", "--scope", "read"]
 REQUEST_ID_LINE = re.compile(r"^request_id: (\S+)$", re.MULTILINE)
