@@ -40,6 +40,7 @@ demo: $(VENV)/.installed
 # LEADSYNC_TEST_REDIS_URL); scripts/ensure-redis makes sure the binary exists.
 test: $(VENV)/.installed
 	scripts/ensure-redis
+	scripts/ensure-langs
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(ARGS)
