@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
@@ -18,7 +19,7 @@ from worker.errors import AuthError, ResignError, TransientError
 from worker.marketo.base import SyncStatus
 from worker.marketo.rest.api import RestApi
 from worker.marketo.rest.codec import RestOptions
-from worker.marketo.rest.tokens import REFRESH_MARGIN_S, TokenSource
+from worker.marketo.rest.tokens import EXPIRY_SAFETY_S, TokenSource
 from worker.transport import HttpReply, MockTransport
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ async def test_many_workers_asking_at_once_cause_one_identity_call(aredis: Redis
     assert identity.fetches == 1
     assert set(tokens) == {"token-1:int"}
     ttl_ms = await aredis.pttl(source(aredis, identity).key)
-    assert 0 < ttl_ms <= (3600 - REFRESH_MARGIN_S) * 1000
+    assert 0 < ttl_ms <= (3600 - EXPIRY_SAFETY_S) * 1000
     form = parse_qs(identity.bodies[0].decode())
     assert form == {
         "grant_type": ["client_credentials"],
@@ -98,7 +99,7 @@ async def test_a_dropped_token_is_fetched_once_more_and_a_newer_one_is_kept(ared
 
 async def test_an_already_expired_token_is_not_shared(aredis: Redis) -> None:
     identity = Identity(expires_in=0)
-    with pytest.raises(TransientError, match="expires_in 0"):
+    with pytest.raises(TransientError, match="twice"):
         await source(aredis, identity).token()
     assert not await aredis.exists(source(aredis, identity).key)
 
@@ -169,3 +170,46 @@ async def test_a_token_stored_while_this_process_took_the_lock_is_used_not_fetch
     finally:
         aredis.get = real_get  # type: ignore[method-assign]
     assert identity.fetches == 0
+
+
+class MarketoIdentity:
+    """Marketo's identity endpoint as documented: until the token expires, every call
+    answers the same token with its remaining life; then a new one."""
+
+    def __init__(self, lifetime_s: float) -> None:
+        self.lifetime_s = lifetime_s
+        self.calls = 0
+        self.issued: list[float] = []
+
+    async def __call__(self, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        self.calls += 1
+        now = time.monotonic()
+        if not self.issued or now >= self.issued[-1] + self.lifetime_s:
+            self.issued.append(now)
+        left = max(0, int(self.issued[-1] + self.lifetime_s - now))
+        document = {
+            "access_token": f"token-{len(self.issued)}",
+            "token_type": "bearer",
+            "expires_in": left,
+            "scope": "x",
+        }
+        return HttpReply(200, "application/json", json.dumps(document).encode())
+
+
+async def test_a_token_at_its_end_is_waited_out_not_refreshed_into_ever_shorter_lives(
+    aredis: Redis,
+) -> None:
+    """Refreshing early gets the same token back with what it has left; leadsync keeps
+    a token until its end, then waits it out and takes the new one: about one identity
+    call per token, not a call for every halving of the rest of its life."""
+    identity = MarketoIdentity(lifetime_s=EXPIRY_SAFETY_S + 2)
+    tokens = source(aredis, identity)
+    seen = set()
+    deadline = time.monotonic() + 2 * identity.lifetime_s + 1
+    while time.monotonic() < deadline:
+        seen.add(await tokens.token())
+        await asyncio.sleep(0.05)
+    assert len(seen) >= 2, "the token was renewed"
+    # Per token: the first fetch, at most one at its end (same token, little left), and
+    # the fetch after waiting it out, which is the next token's first.
+    assert identity.calls <= 2 * len(identity.issued), (identity.calls, len(identity.issued))

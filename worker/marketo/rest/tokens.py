@@ -1,8 +1,12 @@
 """One OAuth token for the whole cluster, shared through Redis.
 
 A token is fetched (client credentials, at ``<identity>/oauth/token``) by one process at a
-time under a Redis lock, stored with a TTL that ends :data:`REFRESH_MARGIN_S` before
-Marketo's expiry, and reused by every worker. On 601/602 the caller drops the token it
+time under a Redis lock, stored with a TTL that ends :data:`EXPIRY_SAFETY_S` before
+Marketo's expiry, and reused by every worker. Marketo answers an identity call made before
+its token expires with the same token and its remaining life, so an early refresh would
+only chain ever shorter lives (60 s, 30, 15, ... one call each): leadsync refreshes at the
+end instead, and when the answer is a token about to expire (or ``expires_in: 0``) it
+waits that token out and fetches once more, for a new one. On 601/602 the caller drops the token it
 used (compare-and-delete: a newer one fetched meanwhile stays) and the next call fetches
 once. The client secret travels in the POST body, never in a URL.
 """
@@ -14,7 +18,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import urlencode
 
@@ -26,10 +30,11 @@ from producers.wire import text
 from worker.errors import AuthError, ProtocolError, TransientError
 from worker.transport import Transport
 
-#: A shared token is dropped this long before Marketo says it expires.
-REFRESH_MARGIN_S: Final = 60.0
+#: A shared token is dropped this long before Marketo says it expires (a call that takes
+#: it just before then still reaches Marketo in time, or gets 602 and fetches anew).
+EXPIRY_SAFETY_S: Final = 5.0
 #: A fetch holds the lock at most this long; others wait for its token meanwhile.
-LOCK_TTL_S: Final = 10.0
+LOCK_TTL_S: Final = 15.0
 #: How often a waiting process looks for the token another one is fetching.
 POLL_S: Final = 0.05
 
@@ -53,6 +58,7 @@ class TokenSource:
         key_prefix: str,
         on_fetch: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._redis = redis_client
         self._transport = transport
@@ -66,6 +72,7 @@ class TokenSource:
         self._lock_key = self.key + ":lock"
         self._on_fetch = on_fetch
         self._clock = clock
+        self._sleep = sleep
         self._drop = redis_client.register_script(_DROP_IF_SAME)
 
     async def token(self) -> str:
@@ -94,6 +101,21 @@ class TokenSource:
         await self._drop(keys=[self.key], args=[token])
 
     async def _fetch(self) -> str:
+        token, expires_in = await self._identity()
+        if expires_in <= EXPIRY_SAFETY_S:
+            # The old token at its end (or one already expired): wait it out, ask again.
+            # expires_in is whole seconds, cut down: wait one more.
+            await self._sleep(max(expires_in, 0.0) + 1.0)
+            token, expires_in = await self._identity()
+            if expires_in <= EXPIRY_SAFETY_S:
+                raise TransientError(
+                    f"identity answered a token that expires in {expires_in:g} s twice"
+                )
+        await self._redis.set(self.key, token, px=int((expires_in - EXPIRY_SAFETY_S) * 1000))
+        return token
+
+    async def _identity(self) -> tuple[str, float]:
+        """One identity call: the token and its remaining life in seconds."""
         self._on_fetch()
         form = urlencode(
             {
@@ -122,11 +144,4 @@ class TokenSource:
         expires_in = document.get("expires_in") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
             raise ProtocolError("identity answered without access_token and expires_in")
-        if expires_in <= 0:
-            # Seen in the field: HTTP 200 with a token that is already expired.
-            raise TransientError("identity answered an expired token (expires_in 0)")
-        ttl_s = (
-            expires_in - REFRESH_MARGIN_S if expires_in > 2 * REFRESH_MARGIN_S else expires_in / 2
-        )
-        await self._redis.set(self.key, token, px=max(1, int(ttl_s * 1000)))
-        return token
+        return token, float(expires_in)
