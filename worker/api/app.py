@@ -293,7 +293,9 @@ async def errors_middleware(
     except (redis.RedisError, OSError) as exc:
         # The class only: a Redis message may echo a command, and a command carries leads.
         logger.warning("Redis refused or is unreachable (%s)", type(exc).__name__)
-        full = isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
+        full = isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+            isinstance(exc, redis.ResponseError) and "maxmemory" in str(exc)
+        )
         response = error_response(
             ApiError(
                 503,
