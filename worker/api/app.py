@@ -30,7 +30,7 @@ from worker.connections import redis_client
 from worker.obs import metrics
 from worker.settings import Settings
 
-logger = logging.getLogger("leadsync.api")
+logger = logging.getLogger(__name__)
 
 #: Records of one ``POST /v1/leads:batch`` and ids of one ``GET /v1/outcomes``, at most.
 MAX_RECORDS: Final = 1000

@@ -33,7 +33,8 @@ def api(
     from worker.obs.logs import configure_logging
 
     settings = settings_from_env()
-    configure_logging(settings)
+    # The access log: client, request line (route and query), status, size, time.
+    configure_logging(settings, also=("aiohttp.access", "aiohttp.server"))
 
     async def serve() -> None:
         runner = await start(settings, host, port)
