@@ -12,7 +12,7 @@ import pytest
 
 from producers import AsyncLeadProducer
 from producers.keys import Keys
-from tests.support.api_kit import SHARDS, Api, running_api
+from tests.support.api_kit import SHARDS, Answer, Api, running_api
 from tests.support.openapi import document
 from tests.support.redis_server import RedisServer
 from worker.api.app import MAX_RECORDS
@@ -346,27 +346,27 @@ async def test_batch_limits_and_shape(api: Api, key: str) -> None:
 # --- idempotency -----------------------------------------------------------------------
 
 
+async def post_once(
+    api: Api, key: str, idempotency_key: str, body: object = LEAD, path: str = "/v1/leads"
+) -> Answer:
+    """A POST carrying an Idempotency-Key."""
+    headers = {"Idempotency-Key": idempotency_key}
+    return await api.call("POST", path, key=key, json_body=body, headers=headers)
+
+
 async def test_the_same_idempotency_key_returns_the_same_answer_and_enqueues_once(
     api: Api, key: str
 ) -> None:
-    first = await api.call(
-        "POST", "/v1/leads", key=key, json_body=LEAD, headers={"Idempotency-Key": "k-1"}
-    )
-    again = await api.call(
-        "POST", "/v1/leads", key=key, json_body=LEAD, headers={"Idempotency-Key": "k-1"}
-    )
+    first = await post_once(api, key, "k-1", LEAD)
+    again = await post_once(api, key, "k-1", LEAD)
     assert first.status == again.status == 202
     assert first.body == again.body
     assert await api.backlog() == 1
-    other = await api.call(
-        "POST", "/v1/leads", key=key, json_body=LEAD, headers={"Idempotency-Key": "k-2"}
-    )
+    other = await post_once(api, key, "k-2", LEAD)
     assert other.body != first.body
     # Another API key has its own keys.
     second_key = await api.key("other", "write")
-    theirs = await api.call(
-        "POST", "/v1/leads", key=second_key, json_body=LEAD, headers={"Idempotency-Key": "k-1"}
-    )
+    theirs = await post_once(api, second_key, "k-1", LEAD)
     assert theirs.body != first.body
     assert await api.backlog() == 3
     # The stored answer lives for the window.
@@ -378,18 +378,13 @@ async def test_the_same_idempotency_key_returns_the_same_answer_and_enqueues_onc
 
 async def test_idempotent_batches_and_422s_are_replayed_too(api: Api, key: str) -> None:
     body = {"records": [{"email": "a@example.com"}, {"email": "bad"}]}
-    headers = {"Idempotency-Key": "batch-1"}
-    first = await api.call("POST", "/v1/leads:batch", key=key, json_body=body, headers=headers)
-    again = await api.call("POST", "/v1/leads:batch", key=key, json_body=body, headers=headers)
+    first = await post_once(api, key, "batch-1", body, "/v1/leads:batch")
+    again = await post_once(api, key, "batch-1", body, "/v1/leads:batch")
     assert first.body == again.body
     assert await api.backlog() == 1
     invalid = {"email": "bad"}
-    one = await api.call(
-        "POST", "/v1/leads", key=key, json_body=invalid, headers={"Idempotency-Key": "i"}
-    )
-    two = await api.call(
-        "POST", "/v1/leads", key=key, json_body=invalid, headers={"Idempotency-Key": "i"}
-    )
+    one = await post_once(api, key, "i", invalid)
+    two = await post_once(api, key, "i", invalid)
     assert one.status == two.status == 422
     assert one.body == two.body
 
@@ -421,9 +416,7 @@ async def test_a_duplicate_still_being_served_gets_409(api: Api, key: str) -> No
 
     marker = Keys().api_idempotency("web", "/v1/leads", check_key("slow"))
     await api.redis.set(marker, "", px=60_000)  # as if another process were serving it
-    answer = await api.call(
-        "POST", "/v1/leads", key=key, json_body=LEAD, headers={"Idempotency-Key": "slow"}
-    )
+    answer = await post_once(api, key, "slow", LEAD)
     assert answer.status == 409
     assert answer.headers["Retry-After"]
     assert await api.backlog() == 0
@@ -473,9 +466,7 @@ async def test_redis_down_is_503_with_retry_after_and_readyz_fails(own_redis: Re
         assert (await api.call("GET", "/healthz")).status == 200
         own_redis.start()
         assert (await api.call("GET", "/readyz")).status == 200
-        answer = await api.call(
-            "POST", "/v1/leads", key=key, json_body=LEAD, headers={"Idempotency-Key": "d"}
-        )
+        answer = await post_once(api, key, "d", LEAD)
         assert answer.status == 202, "a failed request leaves no idempotency marker behind"
 
 
