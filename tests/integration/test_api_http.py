@@ -203,7 +203,19 @@ async def test_json_with_a_charset_is_accepted(api: Api, key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{", b"", b"{'email': 1}", b"\xff\xfe", b'{"email": "a@example.com"} x', b"NaNx"]
+    "raw",
+    [
+        b"{",
+        b"",
+        b"{'email': 1}",
+        b"\xff\xfe",
+        b'{"email": "a@example.com"} x',
+        b"NaNx",
+        b'{"email": "a@example.com", "attributes": {"Score": NaN}}',
+        b'{"marketo_id": Infinity}',
+        b"[" * 20_000 + b"]" * 20_000,
+    ],
+    ids=range(9),
 )
 async def test_bad_json_is_400(api: Api, key: str, raw: bytes) -> None:
     for path in ("/v1/leads", "/v1/leads:batch"):

@@ -83,9 +83,14 @@ async def json_body(request: web.Request) -> object:
         raise ApiError(413, f"the body is larger than {limit} bytes", field="body")
     raw = await request.read()  # client_max_size is the same limit: 413 past it
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[...
         raise ApiError(400, "the body is not valid JSON", field="body") from None
+
+
+def _no_constant(name: str) -> object:
+    """NaN and Infinity are not JSON (Python's parser takes them unless told)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def check_lead_fields(body: object, field: str = "body") -> Mapping[str, Any]:
