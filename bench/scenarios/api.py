@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from bench.harness import machine_line, md_table, write_section
+from bench.harness import machine_line, md_table, redis_info_number, write_section
 from bench.systems import make_leads
 from marketo_sim.embedded import embedded_redis, free_port
 from producers.producer import LeadProducer
@@ -48,11 +48,7 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 def commands_processed(redis_url: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.info("stats")["total_commands_processed"])
-    finally:
-        client.close()
+    return redis_info_number(redis_url, "stats", "total_commands_processed")
 
 
 def make_key(redis_url: str) -> str:
