@@ -134,12 +134,17 @@ def own_cpu_s() -> float:
     return times.user + times.system
 
 
-def redis_pid(redis_url: str) -> int:
+def redis_info_number(redis_url: str, section: str, name: str) -> int:
+    """One number of ``INFO section`` (process_id, total_commands_processed, ...)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return int(client.info("server")["process_id"])
+        return int(client.info(section)[name])
     finally:
         client.close()
+
+
+def redis_pid(redis_url: str) -> int:
+    return redis_info_number(redis_url, "server", "process_id")
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

@@ -14,6 +14,7 @@ SCENARIOS = {
     "lww": "bench.scenarios.lww",
     "steady": "bench.scenarios.steady",
     "unknown-field": "bench.scenarios.unknown_field",
+    "api": "bench.scenarios.api",
 }
 
 

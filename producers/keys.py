@@ -71,6 +71,23 @@ class Keys:
     def stats(self, name: str) -> str:
         return f"{self.prefix}:stats:{name}"
 
+    def api_keys(self) -> str:
+        """The HTTP API's keys: sha256 hex of a key -> its record (name, scopes, rate)."""
+        return f"{self.prefix}:api:keys"
+
+    def api_key_names(self) -> str:
+        """The HTTP API's key names -> the sha256 hex of the key (one key per name)."""
+        return f"{self.prefix}:api:key-names"
+
+    def api_rate(self, key_digest: str, second: int) -> str:
+        """Requests of one API key in one wall-clock second (its per-key rate)."""
+        return f"{self.prefix}:api:rate:{key_digest}:{second}"
+
+    def api_idempotency(self, key_name: str, route: str, idempotency_digest: str) -> str:
+        """The answer to an Idempotency-Key of one API key on one route (or a marker while
+        the first request with it is being served)."""
+        return f"{self.prefix}:api:idem:{key_name}:{route}:{idempotency_digest}"
+
 
 @dataclass(frozen=True, slots=True)
 class LimiterKeys:

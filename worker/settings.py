@@ -267,6 +267,38 @@ class Settings(BaseSettings):
         9808, ge=0, le=65535, description="Prometheus port of a worker pod (0 disables)."
     )
 
+    # HTTP ingestion API (`leadsync api`)
+    api_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body the HTTP API accepts (larger: 413).",
+    )
+    api_idempotency_window_s: int = Field(
+        24 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description=(
+            "How long the HTTP API answers a repeated Idempotency-Key (per API key and route) "
+            "with the first answer instead of enqueuing again."
+        ),
+    )
+    api_idempotency_wait_s: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description=(
+            "How long a request waits for a concurrent one with the same Idempotency-Key "
+            "to finish before it gets 409."
+        ),
+    )
+    api_retry_after_s: int = Field(
+        1,
+        ge=1,
+        le=300,
+        description="Retry-After (seconds) the HTTP API sends with 503 when Redis is down or full.",
+    )
+
     # Testing only
     fault_point: str = Field(
         "",

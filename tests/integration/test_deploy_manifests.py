@@ -56,6 +56,9 @@ def test_production_base_has_no_simulator_and_staging_points_workers_at_it() -> 
     base = by_kind(kustomize(K8S))
     staging = by_kind(kustomize(K8S / "staging"))
     assert ("Deployment", "marketo-sim") not in base
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+        assert (kind, "leadsync-api") in base
+        assert (kind, "leadsync-api") in staging
     assert ("Deployment", "marketo-sim") in staging
     endpoint = staging[("ConfigMap", "leadsync-config")]["data"]["LEADSYNC_MARKETO_ENDPOINT"]
     assert endpoint.startswith("http://marketo-sim:")

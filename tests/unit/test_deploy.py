@@ -40,7 +40,7 @@ KUBERNETES_VERSION = "1.30"
 #: Celery's worker_soft_shutdown_timeout (research 1.6); the grace period must exceed it.
 SOFT_SHUTDOWN_TIMEOUT_S = 25
 #: Every compose service except the one-shot demo producer runs for good.
-LONG_RUNNING_SERVICES = {"redis", "simulator", "worker", "beat", "flower"}
+LONG_RUNNING_SERVICES = {"redis", "simulator", "worker", "beat", "flower", "api"}
 KEDA_API = "keda.sh/v1alpha1"
 LEADSYNC_NAME = re.compile(r"\bLEADSYNC_[A-Z0-9_]+\b")
 FLOWER_NAME = re.compile(r"\bFLOWER_[A-Z0-9_]+\b")
@@ -166,7 +166,7 @@ def pyproject() -> dict[str, Any]:
 
 
 def test_compose_defines_the_whole_demo_pipeline() -> None:
-    assert {"redis", "worker", "beat", "flower", "simulator", "producer"} <= set(
+    assert {"redis", "worker", "beat", "flower", "simulator", "api", "producer"} <= set(
         compose()["services"]
     )
 
@@ -217,7 +217,7 @@ def test_compose_producer_enqueues_the_example_leads_and_waits() -> None:
 
 
 def test_compose_services_read_the_example_env_file() -> None:
-    for name in ("worker", "beat", "flower", "simulator", "producer"):
+    for name in ("worker", "beat", "flower", "simulator", "api", "producer"):
         assert service(name)["env_file"] == ["deploy/env.example"], name
 
 
@@ -446,6 +446,75 @@ def test_pod_disruption_budget_covers_the_workers() -> None:
     worker = find("Deployment", "leadsync-worker")
     assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+# --- Kubernetes and compose: the HTTP API ----------------------------------------------
+
+
+def api_options(command: list[str]) -> dict[str, str]:
+    """``--name value`` pairs of ``leadsync api``; each must be an option of the command."""
+    from typer.main import get_command
+
+    from worker.cli import app
+
+    api_command = get_command(app).commands["api"]  # type: ignore[attr-defined]
+    assert command[:2] == ["leadsync", "api"]
+    known = {opt for param in api_command.params for opt in param.opts}
+    pairs = dict(zip(command[2::2], command[3::2], strict=True))
+    assert set(pairs) <= known, set(pairs) - known
+    return pairs
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_the_api_listens_on_every_interface_on_its_port(where: str) -> None:
+    options = api_options(process_command(where, "api", "leadsync-api"))
+    assert options["--host"] == "0.0.0.0"
+    if where == "compose":
+        published = {p.split(":")[-1] for p in service("api")["ports"]}
+        assert published == {options["--port"]}
+        assert "/readyz" in " ".join(command_of(service("api")["healthcheck"]["test"]))
+    else:
+        ports = {
+            p["name"]: p["containerPort"]
+            for p in only_container(find("Deployment", "leadsync-api"))["ports"]
+        }
+        assert str(ports["http"]) == options["--port"]
+
+
+def test_the_api_command_is_the_same_in_compose_and_kubernetes() -> None:
+    assert process_command("compose", "api", "leadsync-api") == process_command(
+        "kubernetes", "api", "leadsync-api"
+    )
+
+
+def test_api_deployment_probes_liveness_on_healthz_and_readiness_on_readyz() -> None:
+    container = only_container(find("Deployment", "leadsync-api"))
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    annotations = find("Deployment", "leadsync-api")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"])
+
+
+def test_the_api_scales_horizontally_behind_its_service_and_pdb() -> None:
+    api = find("Deployment", "leadsync-api")
+    assert api["spec"]["replicas"] >= 2
+    assert api["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    labels = api["spec"]["selector"]["matchLabels"]
+    svc = find("Service", "leadsync-api")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"] == labels
+    port_names = {p["name"] for p in only_container(api)["ports"]}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= port_names
+    pdb = find("PodDisruptionBudget", "leadsync-api")
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_the_image_exposes_the_api_port() -> None:
+    exposed = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "EXPOSE")
+    port = only_container(find("Deployment", "leadsync-api"))["ports"][0]["containerPort"]
+    assert str(port) in exposed.split()
 
 
 def test_staging_simulator_service_matches_the_endpoint_workers_are_given() -> None:

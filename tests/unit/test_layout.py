@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"worker.obs"},
     {"worker.drain", "worker.ops"},
     {"worker.runtime"},
+    {"worker.api"},
     {"worker.app", "worker.cli"},
     {"worker.tasks"},
 ]

@@ -1,4 +1,4 @@
-"""The ``leadsync`` command: operations (enqueue, status, stats, dlq, doctor), one module
+"""The ``leadsync`` command: operations (enqueue, status, stats, dlq, doctor) and the HTTP API (api, api-keys), one module
 per command. Other packages add commands through the ``leadsync.cli`` entry point group
 (the simulator adds ``demo`` and ``sim``)."""
 
@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from worker.cli import dlq, doctor, enqueue, stats
+from worker.cli import api, dlq, doctor, enqueue, stats
 from worker.cli.common import console
 from worker.errors import ConfigError
 
@@ -19,10 +19,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for module in (enqueue, stats, doctor):
+for module in (enqueue, stats, doctor, api):
     for command in module.app.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(api.keys_app, name="api-keys")
 for plugin in entry_points(group="leadsync.cli"):
     plugin.load()(app)
 

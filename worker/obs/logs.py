@@ -32,14 +32,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(settings: Settings) -> None:
-    """Attach one handler to the ``worker``, ``producers`` and ``marketo_sim`` loggers."""
+def configure_logging(settings: Settings, also: tuple[str, ...] = ()) -> None:
+    """Attach one handler to the ``worker``, ``producers`` and ``marketo_sim`` loggers
+    (and to the loggers named in ``also``)."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("worker", "producers", "marketo_sim"):
+    for name in ("worker", "producers", "marketo_sim", *also):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(settings.log_level.upper())

@@ -123,6 +123,22 @@ COOLDOWN = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+# The HTTP API (`leadsync api`): labels are route templates, methods and status codes.
+API_REQUESTS = Counter(
+    "leadsync_api_requests",
+    "HTTP API requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+)
+API_REQUEST_SECONDS = Histogram(
+    "leadsync_api_request_seconds",
+    "Time to answer one HTTP API request, by route template.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+API_UPSERTS = Counter(
+    "leadsync_api_upserts_accepted", "Lead upserts the HTTP API enqueued (202 or in a batch)."
+)
+
 
 def fault_label(exc: MarketoError) -> str:
     """Marketo's fault code, or the error class when the failure carries no code."""
@@ -186,6 +202,17 @@ def record_identity_call() -> None:
 @never_raises
 def record_drain_timeout() -> None:
     DRAIN_TIMEOUTS.inc()
+
+
+@never_raises
+def record_api_request(route: str, method: str, status: int, seconds: float) -> None:
+    API_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+    API_REQUEST_SECONDS.labels(route=route).observe(seconds)
+
+
+@never_raises
+def record_api_upserts(count: int) -> None:
+    API_UPSERTS.inc(count)
 
 
 @never_raises
