@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import redis
 
+from marketo_sim.config import SimConfig
 from marketo_sim.embedded import free_port
 from marketo_sim.runner import AdminClient
 
@@ -32,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 WORKDIR = Path(__file__).resolve().parent / ".work"
 USER_ID = "bench_user"
 ENCRYPTION_KEY = "bench-key"  # the simulator's, not a secret
+_SIM_DEFAULTS = SimConfig()
 
 
 # --- the machine and the results file ----------------------------------------------
@@ -171,6 +173,16 @@ class SimProcess:
     @property
     def endpoint(self) -> str:
         return f"{self.base_url}/soap/mktows/2_2"
+
+    @property
+    def client_id(self) -> str:
+        """The REST client id the simulator accepts (its ``client_id`` field)."""
+        return str(self.fields.get("client_id", _SIM_DEFAULTS.client_id))
+
+    @property
+    def client_secret(self) -> str:
+        """The REST client secret the simulator accepts (its ``client_secret`` field)."""
+        return str(self.fields.get("client_secret", _SIM_DEFAULTS.client_secret))
 
     @property
     def admin(self) -> AdminClient:

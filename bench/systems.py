@@ -3,6 +3,7 @@ outcome is stored, and account for time, CPU and Marketo calls."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import threading
@@ -22,6 +23,34 @@ from producers.contract import Keys, parse_request_id
 from producers.producer import LeadProducer
 
 LEADSYNC_PREFIX = "ls"
+#: The Marketo APIs leadsync speaks (LEADSYNC_MARKETO_API).
+APIS = ("soap", "rest")
+
+
+def add_api_argument(parser: argparse.ArgumentParser) -> None:
+    """``--api soap|rest|both``: the protocol leadsync speaks to the simulator (both: one
+    set of rows per protocol, in one run)."""
+    parser.add_argument(
+        "--api",
+        choices=(*APIS, "both"),
+        default="soap",
+        help="LEADSYNC_MARKETO_API for leadsync (both: SOAP rows, then REST rows)",
+    )
+    parser.add_argument(
+        "--token-lifetime-s",
+        type=float,
+        default=None,
+        help="the simulator's REST token lifetime (default: its own, 3600 s)",
+    )
+
+
+def api_list(choice: str) -> list[str]:
+    return list(APIS) if choice == "both" else [choice]
+
+
+def sim_token_fields(args: argparse.Namespace) -> dict[str, object]:
+    lifetime = getattr(args, "token_lifetime_s", None)
+    return {} if lifetime is None else {"token_lifetime_s": lifetime}
 
 
 def make_leads(count: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -30,8 +59,10 @@ def make_leads(count: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def leadsync_env(
-    redis_url: str, sim: SimProcess, *, shards: int = 16, **settings: object
+    redis_url: str, sim: SimProcess, *, shards: int = 16, api: str = "soap", **settings: object
 ) -> dict[str, str]:
+    """leadsync's environment against ``sim``; ``api="rest"`` switches it to Sync Leads
+    (the simulator's base URL, its client id and secret)."""
     env = {
         "LEADSYNC_REDIS_URL": redis_url,
         "LEADSYNC_KEY_PREFIX": LEADSYNC_PREFIX,
@@ -42,6 +73,17 @@ def leadsync_env(
         "LEADSYNC_METRICS_PORT": "0",
         "LEADSYNC_LOG_LEVEL": "WARNING",
     }
+    if api == "rest":
+        env.update(
+            {
+                "LEADSYNC_MARKETO_API": "rest",
+                "LEADSYNC_MARKETO_REST_URL": sim.base_url,
+                "LEADSYNC_MARKETO_CLIENT_ID": sim.client_id,
+                "LEADSYNC_MARKETO_CLIENT_SECRET": sim.client_secret,
+            }
+        )
+    elif api != "soap":
+        raise ValueError(f"unknown api {api!r}")
     env.update({f"LEADSYNC_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -97,6 +139,7 @@ class Measured:
     system: str
     concurrency: int
     leads: int
+    api: str = "soap"
     enqueue_s: float = 0.0
     drain_s: float = 0.0
     worker_cpu_s: float = 0.0
@@ -142,6 +185,28 @@ class Measured:
         per_call: dict[str, float] = self.summary.get("leads_per_call") or {}
         return per_call
 
+    @property
+    def identity(self) -> str:
+        """REST identity calls (tokens issued) the simulator answered, "-" for SOAP."""
+        return identity_cell(self.summary) if self.api == "rest" else "-"
+
+    @property
+    def by_protocol(self) -> str:
+        return protocol_cell(self.summary)
+
+
+def identity_cell(summary: Mapping[str, Any]) -> str:
+    identity = summary.get("identity") or {}
+    refused = int(identity.get("refused", 0))
+    return f"{identity.get('calls', 0)} ({identity.get('tokens_issued', 0)})" + (
+        f", {refused} refused" if refused else ""
+    )
+
+
+def protocol_cell(summary: Mapping[str, Any]) -> str:
+    protocols = summary.get("calls_by_protocol") or {}
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(protocols.items())) or "-"
+
 
 def call_sizes(sim: SimProcess) -> list[int]:
     """Leads in each call that the simulator answered."""
@@ -185,7 +250,7 @@ def run_leadsync(
     profile: Path | None = None,
 ) -> Measured:
     """Enqueue everything with ``upsert_many`` into idle workers, then tick until drained."""
-    result = Measured(label, concurrency, len(leads))
+    result = Measured(label, concurrency, len(leads), api=env.get("LEADSYNC_MARKETO_API", "soap"))
     shards = int(env["LEADSYNC_SHARDS"])
     client = redis.Redis.from_url(redis_url)
     keys = Keys(env["LEADSYNC_KEY_PREFIX"])

@@ -43,7 +43,18 @@ from bench.harness import (
     md_table,
     write_section,
 )
-from bench.systems import LEADSYNC_PREFIX, Ticker, backlog, leadsync_env, leadsync_worker
+from bench.systems import (
+    LEADSYNC_PREFIX,
+    Ticker,
+    add_api_argument,
+    api_list,
+    backlog,
+    identity_cell,
+    leadsync_env,
+    leadsync_worker,
+    protocol_cell,
+    sim_token_fields,
+)
 from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys, entry_time_s, parse_request_id
 from producers.producer import LeadProducer
@@ -177,16 +188,53 @@ def seed_quota_at_pace(client: redis.Redis, settings: Settings) -> int:
     return used
 
 
+#: Marketo's default daily quota per protocol (the simulator's own default is SOAP's).
+SIM_DAILY_QUOTA = {"soap": 10_000, "rest": 50_000}
+
+
+def api_settings(api: str, **overrides: object) -> Settings:
+    """leadsync's settings for ``api`` with every default left alone (REST: the credentials
+    it cannot do without, placeholders unless given)."""
+    if api == "rest":
+        overrides = {
+            "marketo_api": "rest",
+            "marketo_rest_url": "http://127.0.0.1",
+            "marketo_client_id": "bench",
+            "marketo_client_secret": "bench",
+            **overrides,
+        }
+    return Settings.from_env(**overrides)
+
+
 def run_one(
-    rate: float, people: int | None, args: argparse.Namespace, machine: list[str]
+    rate: float,
+    people: int | None,
+    api: str,
+    args: argparse.Namespace,
+    machine: list[str],
 ) -> dict[str, Any]:
-    sim_config = {"latency_s": args.latency, "latency_jitter_s": args.jitter, "seed": args.seed}
+    sim_config = {
+        "latency_s": args.latency,
+        "latency_jitter_s": args.jitter,
+        "seed": args.seed,
+        "daily_quota": SIM_DAILY_QUOTA[api],
+        **sim_token_fields(args),
+    }
     with embedded_redis() as (redis_url, _), SimProcess(**sim_config) as sim:
         if not machine:
             machine.append(machine_line(redis_url))
-        env = leadsync_env(redis_url, sim, shards=args.shards)
+        env = leadsync_env(redis_url, sim, shards=args.shards, api=api)
         env["LEADSYNC_LOG_LEVEL"] = args.log_level  # drain reports, for reading the log
-        settings = Settings.from_env(redis_url=redis_url, key_prefix=LEADSYNC_PREFIX)
+        rest = (
+            {
+                "marketo_rest_url": env["LEADSYNC_MARKETO_REST_URL"],
+                "marketo_client_id": env["LEADSYNC_MARKETO_CLIENT_ID"],
+                "marketo_client_secret": env["LEADSYNC_MARKETO_CLIENT_SECRET"],
+            }
+            if api == "rest"
+            else {}
+        )
+        settings = api_settings(api, redis_url=redis_url, key_prefix=LEADSYNC_PREFIX, **rest)
         client = redis.Redis.from_url(redis_url)
         keys = Keys(LEADSYNC_PREFIX)
         seeded = seed_quota_at_pace(client, settings) if args.quota_at_pace else None
@@ -209,6 +257,7 @@ def run_one(
                     people=people,
                     seed=args.seed,
                 )
+                cpu_start = worker.cpu_s()
                 started = time.time()
                 inflow.start()
                 while inflow.is_alive():
@@ -224,6 +273,8 @@ def run_one(
                     samples.append(left)
                     time.sleep(0.5)
                 tail_s = time.time() - inflow_end
+                worker_cpu_s = worker.cpu_s() - cpu_start
+                run_span_s = time.time() - started
                 left = backlog(client, keys, args.shards)
                 outcomes = []
                 for start in range(0, len(inflow.ids), 2000):
@@ -255,8 +306,10 @@ def run_one(
     flush = settings.flush_interval_s
     ideal = min(BATCH_CAP, rate * max(flush, 86_400 / quota))
     faults = summary.get("faults_by_code", {})
+    identity = summary.get("identity") or {}
     return {
         "run": run_name(rate, people),
+        "api": api,
         "rate": rate,
         "people": people,
         "duration_s": args.duration_s,
@@ -294,6 +347,13 @@ def run_one(
         "pace_headroom_at_start": headroom,
         "quota_seeded_at": seeded,
         "max_in_flight_sim": summary.get("max_concurrency"),
+        "calls_by_protocol": summary.get("calls_by_protocol", {}),
+        "identity": identity,
+        "identity_calls_per_hour": int(identity.get("calls", 0)) / run_span_s * 3600,
+        "worker_cpu_s": worker_cpu_s,
+        "worker_cpu_us_per_upsert": worker_cpu_s / len(inflow.ids) * 1e6 if inflow.ids else 0.0,
+        "run_span_s": run_span_s,
+        "worker_processes": args.concurrency,
         "max_calls_in_20s_sim": summary.get("max_calls_in_window"),
         "worker_log": str(WORKDIR / f"{worker.name}.log"),
         # (start s after the first upsert, leads, outcome or fault code) of every call
@@ -313,8 +373,11 @@ def _s(value: float | None) -> str:
 
 def run_row(code: str, r: Mapping[str, Any]) -> list[object]:
     lpc = r["upserts_per_call"]
+    api = r.get("api", "soap")
+    cpu = r.get("worker_cpu_us_per_upsert")
     return [
         r["run"],
+        api,
         code,
         r["calls"],
         f"{lpc:.1f}" + (f" ({r['leads_per_call']:.1f})" if r["people"] else ""),
@@ -328,11 +391,15 @@ def run_row(code: str, r: Mapping[str, Any]) -> list[object]:
         _s(r["p99_s"]),
         ", ".join(f"{k} {v:,}" for k, v in sorted(r["statuses"].items())),
         f"{r['tail_s']:.0f} s" + ("" if not r["backlog_left"] else f", {r['backlog_left']:,} left"),
+        "-" if cpu is None else f"{cpu:,.0f}",
+        protocol_cell(r),
+        identity_cell(r) if api == "rest" else "-",
     ]
 
 
 HEADERS = [
     "inflow",
+    "api",
     "code",
     "calls",
     "upserts/call (records/call)",
@@ -346,6 +413,9 @@ HEADERS = [
     "p99",
     "outcomes",
     "tail drain",
+    "worker CPU µs/upsert (inflow + tail)",
+    "calls by protocol (sim)",
+    "identity calls (tokens issued)",
 ]
 
 
@@ -358,6 +428,7 @@ def target_rows(code: str, runs: Sequence[Mapping[str, Any]]) -> list[list[objec
         rows.append(
             [
                 r["run"],
+                r.get("api", "soap"),
                 code,
                 (
                     f"{r['projected_calls_per_day']:,.0f} <= {r['quota']:,}: "
@@ -385,18 +456,18 @@ def target_rows(code: str, runs: Sequence[Mapping[str, Any]]) -> list[list[objec
 
 
 def render(runs: Sequence[Mapping[str, Any]], code: str, baseline: Mapping[str, Any] | None) -> str:
-    old_runs = {r["run"]: r for r in baseline["runs"]} if baseline else {}
+    old_runs = {_key(r): r for r in baseline["runs"]} if baseline else {}
     old_code = baseline["code"] if baseline else ""
     rows: list[list[object]] = []
     targets: list[list[object]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for r in runs:
-        if r["run"] in old_runs:
-            rows.append(run_row(old_code, old_runs[r["run"]]))
-            targets.extend(target_rows(old_code, [old_runs[r["run"]]]))
+        if _key(r) in old_runs:
+            rows.append(run_row(old_code, old_runs[_key(r)]))
+            targets.extend(target_rows(old_code, [old_runs[_key(r)]]))
         rows.append(run_row(code, r))
         targets.extend(target_rows(code, [r]))
-        seen.add(r["run"])
+        seen.add(_key(r))
     for name, r in old_runs.items():
         if name not in seen:
             rows.append(run_row(old_code, r))
@@ -407,6 +478,7 @@ def render(runs: Sequence[Mapping[str, Any]], code: str, baseline: Mapping[str, 
         + md_table(
             [
                 "inflow",
+                "api",
                 "code",
                 "calls/day <= quota (where full batches fit it)",
                 "upserts/call >= 95% of ideal",
@@ -417,12 +489,18 @@ def render(runs: Sequence[Mapping[str, Any]], code: str, baseline: Mapping[str, 
     )
 
 
-def describe(args: argparse.Namespace, settings: Settings) -> str:
+def _key(r: Mapping[str, Any]) -> tuple[str, str]:
+    return r["run"], r.get("api", "soap")
+
+
+def describe(args: argparse.Namespace, settings: Settings, apis: Sequence[str] = ("soap",)) -> str:
+    quotas = " / ".join(f"{api_settings(api).daily_quota:,} ({api})" for api in apis)
     return (
         f"leadsync defaults: {args.shards} shards, LEADSYNC_FLUSH_INTERVAL_S="
         f"{settings.flush_interval_s:g}, {settings.rate_limit_calls} calls / "
         f"{settings.rate_limit_window_s:g} s, {settings.max_concurrent_calls} in flight, daily quota "
-        f"{settings.daily_quota:,}; {args.concurrency} worker processes, the bench sends the tick "
+        f"{quotas if len(apis) > 1 else f'{settings.daily_quota:,}'}; "
+        f"{args.concurrency} worker processes, the bench sends the tick "
         f"every second. Simulator: {args.latency:g} s per call (+ up to {args.jitter:g} s), "
         f"Marketo's default limits. Inflow {args.duration_s:g} s per run, single upserts paced "
         "evenly; ideal upserts/call = min(300, R x max(flush interval, 86,400 / quota)); "
@@ -431,6 +509,16 @@ def describe(args: argparse.Namespace, settings: Settings) -> str:
         "latency = outcome finished_at - enqueue time; records/call (in brackets) counts "
         "coalesced records as Marketo saw them."
         + (" Quota counter seeded at the pace line + burst." if args.quota_at_pace else "")
+        + (
+            " api = LEADSYNC_MARKETO_API; REST runs give the simulator REST's default daily "
+            "quota (50,000) and leadsync only the REST base URL and client credentials. "
+            "Worker CPU = user+sys of the worker's process tree from the first upsert to "
+            "the end of the tail drain (idle ticks included), per upsert; identity calls = "
+            "the simulator's identity endpoint during the run (tokens issued in brackets)."
+            if "rest" in apis
+            else " Worker CPU = user+sys of the worker's process tree from the first upsert "
+            "to the end of the tail drain (idle ticks included), per upsert."
+        )
     )
 
 
@@ -455,26 +543,29 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--save", type=Path, help="write the runs as JSON here")
     parser.add_argument("--baseline", type=Path, help="JSON of runs on another tree")
     parser.add_argument("--no-write", action="store_true")
+    add_api_argument(parser)
     args = parser.parse_args(argv)
+    apis = api_list(args.api)
 
-    settings = Settings.from_env()
+    settings = api_settings(apis[0])
     code = code_version()
     machine: list[str] = []
     runs: list[dict[str, Any]] = []
     for item in args.runs.split(","):
         rate, people = parse_run(item)
         people = people if people is not None else args.people
-        began = time.monotonic()
-        print(f"--- {run_name(rate, people)} ({code})", flush=True)
-        result = run_one(rate, people, args, machine)
-        result["wall_s"] = time.monotonic() - began
-        runs.append(result)
-        shown = {k: v for k, v in result.items() if k != "call_log"}
-        print(json.dumps(shown, indent=None, default=str), flush=True)
-        if args.save:
-            args.save.write_text(json.dumps(_saved(runs, code, args), indent=2))
+        for api in apis:  # with both, the two protocols' runs of one inflow back to back
+            began = time.monotonic()
+            print(f"--- {run_name(rate, people)}, {api} ({code})", flush=True)
+            result = run_one(rate, people, api, args, machine)
+            result["wall_s"] = time.monotonic() - began
+            runs.append(result)
+            shown = {k: v for k, v in result.items() if k != "call_log"}
+            print(json.dumps(shown, indent=None, default=str), flush=True)
+            if args.save:
+                args.save.write_text(json.dumps(_saved(runs, code, args), indent=2))
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    body = describe(args, settings) + "\n\n" + render(runs, code, baseline)
+    body = describe(args, settings, apis) + "\n\n" + render(runs, code, baseline)
     print(body)
     if not args.no_write:
         write_section("steady", "steady", machine[0], body)
