@@ -23,13 +23,15 @@ from producers.contract import Keys
 from producers.wire import text
 from worker.connections import redis_client
 from worker.core.fields import rest_name
-from worker.errors import ConfigError
+from worker.errors import ConfigError, MarketoError
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.marketo.rest.tokens import fetch_token
 from worker.obs.stats import stored_shards
 from worker.ops.health import LIVENESS_MAX_AGE_S, heartbeat_age_s
 from worker.scheduling import pace_report
 from worker.settings import Settings
+from worker.transport import AiohttpTransport
 from worker.transport.aiohttp_transport import describe as describe_error
 
 if TYPE_CHECKING:
@@ -255,34 +257,28 @@ async def check_marketo_rest(settings: Settings, timeout_s: float = 5.0) -> list
     """The REST credentials (a token fetch: identity calls cost no quota) and, through
     describe2.json (one API call), whether every LEADSYNC_KNOWN_FIELDS name exists."""
     identity = settings.rest_identity_url + "/oauth/token"
-    form = {
-        "grant_type": "client_credentials",
-        "client_id": settings.marketo_client_id,
-        "client_secret": settings.marketo_client_secret.get_secret_value(),
-    }
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    transport = AiohttpTransport.create(
+        request_timeout_s=timeout_s, connect_timeout_s=timeout_s, max_response_bytes=1 << 22
+    )
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(identity, data=form) as response:
-                status, document = response.status, await _json(response)
-            token = document.get("access_token") if isinstance(document, dict) else None
-            if status != 200 or not isinstance(token, str):
-                return [
-                    Check(
-                        "marketo rest",
-                        "FAIL",
-                        f"{_where(identity)} refused the credentials (HTTP {status}): check "
-                        "LEADSYNC_MARKETO_CLIENT_ID and LEADSYNC_MARKETO_CLIENT_SECRET",
-                    )
-                ]
-            describe = settings.marketo_rest_url.rstrip("/") + "/rest/v1/leads/describe2.json"
-            headers = {"Authorization": f"Bearer {token}"}
-            async with session.get(describe, headers=headers) as response:
-                status, document = response.status, await _json(response)
+        token, _ = await fetch_token(
+            transport,
+            identity,
+            client_id=settings.marketo_client_id,
+            client_secret=settings.marketo_client_secret,
+        )
+        describe = settings.marketo_rest_url.rstrip("/") + "/rest/v1/leads/describe2.json"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with transport.session.get(describe, headers=headers) as response:
+            status, document = response.status, await _json(response)
+    except MarketoError as exc:
+        return [Check("marketo rest", "FAIL", f"{_where(identity)}: {exc}")]
     except TimeoutError:
         return [Check("marketo rest", "FAIL", f"no answer from Marketo REST in {timeout_s:g} s")]
     except aiohttp.ClientError as exc:
         return [Check("marketo rest", "FAIL", f"cannot reach Marketo REST: {describe_error(exc)}")]
+    finally:
+        await transport.close()
     checks = [Check("marketo rest", "OK", f"a token from {_where(identity)}")]
     names = _field_names(document) if status == 200 else None
     if names is None:

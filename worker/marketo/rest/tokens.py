@@ -115,33 +115,42 @@ class TokenSource:
         return token
 
     async def _identity(self) -> tuple[str, float]:
-        """One identity call: the token and its remaining life in seconds."""
         self._on_fetch()
-        form = urlencode(
-            {
-                "grant_type": "client_credentials",
-                "client_id": self._client_id,
-                "client_secret": self._secret.get_secret_value(),
-            }
-        ).encode()
-        reply = await self._transport.post(
-            self._url,
-            form,
-            {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        return await fetch_token(
+            self._transport, self._url, client_id=self._client_id, client_secret=self._secret
         )
-        if reply.status in (400, 401, 403):
-            raise AuthError(
-                f"identity refused the client credentials (HTTP {reply.status}): check "
-                "LEADSYNC_MARKETO_CLIENT_ID and LEADSYNC_MARKETO_CLIENT_SECRET"
-            )
-        if reply.status != 200:
-            raise TransientError(f"identity answered HTTP {reply.status}")
-        try:
-            document = json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError):
-            raise ProtocolError("identity answered malformed JSON") from None
-        token = document.get("access_token") if isinstance(document, dict) else None
-        expires_in = document.get("expires_in") if isinstance(document, dict) else None
-        if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
-            raise ProtocolError("identity answered without access_token and expires_in")
-        return token, float(expires_in)
+
+
+async def fetch_token(
+    transport: Transport, token_url: str, *, client_id: str, client_secret: SecretStr
+) -> tuple[str, float]:
+    """One client-credentials call to the identity endpoint, not shared: the token and
+    its remaining life in seconds (``leadsync doctor`` checks the credentials with it)."""
+    form = urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret.get_secret_value(),
+        }
+    ).encode()
+    reply = await transport.post(
+        token_url,
+        form,
+        {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+    )
+    if reply.status in (400, 401, 403):
+        raise AuthError(
+            f"identity refused the client credentials (HTTP {reply.status}): check "
+            "LEADSYNC_MARKETO_CLIENT_ID and LEADSYNC_MARKETO_CLIENT_SECRET"
+        )
+    if reply.status != 200:
+        raise TransientError(f"identity answered HTTP {reply.status}")
+    try:
+        document = json.loads(reply.body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("identity answered malformed JSON") from None
+    token = document.get("access_token") if isinstance(document, dict) else None
+    expires_in = document.get("expires_in") if isinstance(document, dict) else None
+    if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
+        raise ProtocolError("identity answered without access_token and expires_in")
+    return token, float(expires_in)
