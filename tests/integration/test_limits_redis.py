@@ -212,6 +212,33 @@ async def test_release_frees_the_slot_but_the_call_still_counts(make_limiter: Ma
     assert (state.calls_in_window, state.slots_in_use, state.quota_used_today) == (2, 1, 2)
 
 
+async def test_a_turn_given_back_unused_frees_its_window_entry_quota_count_and_slot(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=2, max_concurrent_calls=1, daily_quota=5)
+    sent = await take(limiter, "sent")
+    await limiter.release(sent)
+    unused = await take(limiter, "waited")
+    await refused(limiter, "next")  # the window is full: 2 in it
+    await limiter.give_back(unused)
+    state = await limiter.state()
+    assert (state.calls_in_window, state.slots_in_use, state.quota_used_today) == (1, 0, 1)
+    await take(limiter, "next")
+    await limiter.give_back(sent)  # released: its call was made, nothing to give back
+    state = await limiter.state()
+    assert (state.calls_in_window, state.quota_used_today) == (2, 2)
+
+
+async def test_a_turn_given_back_after_marketos_quota_fault_leaves_the_day_spent(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(daily_quota=10)
+    unused = await take(limiter)
+    await limiter.pause_until_quota_reset()
+    await limiter.give_back(unused)
+    assert (await refused(limiter)).reason == "quota"
+
+
 async def test_a_dead_holders_slot_frees_itself_after_its_expiry(
     make_limiter: MakeLimiter, clock: FakeClock
 ) -> None:

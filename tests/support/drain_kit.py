@@ -19,7 +19,7 @@ from producers.contract import (
 from worker.drain import Drainer
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
-from worker.marketo import SoapApi
+from worker.marketo import MarketoApi, SoapApi
 from worker.settings import Settings
 from worker.transport import HttpReply, MockTransport
 
@@ -77,6 +77,7 @@ def make(
     marketo: Marketo,
     *,
     clock: Clock | None = None,
+    wrap_api: Callable[[MarketoApi], MarketoApi] | None = None,
     **overrides: object,
 ) -> Drainer:
     settings = Settings(
@@ -103,7 +104,7 @@ def make(
     limiter = RedisLimiter(redis, settings)
     return Drainer(
         ledger=ledger,
-        api=client,
+        api=wrap_api(client) if wrap_api else client,
         limiter=limiter,
         settings=settings,
         consumer="c1",

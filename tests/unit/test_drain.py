@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
 
 from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
-from producers.contract import OutcomeStatus, encode_lead, key_digest, validate_lead
+from producers.contract import LeadUpsert, OutcomeStatus, encode_lead, key_digest, validate_lead
 from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
 from worker.core.batching import QueuedLead, plan_batches
 from worker.core.isolation import isolation_budget
-from worker.drain import pick_batch
-from worker.limits import WINDOW_MARGIN_S
+from worker.drain import Drainer, pick_batch
+from worker.drain.calls import STALE_TURN_S
+from worker.errors import TransientError
+from worker.limits import WINDOW_MARGIN_S, RedisLimiter
+from worker.marketo import MarketoApi, SyncResult
 from worker.transport import HttpReply, MockTransport
 
 
@@ -415,3 +419,71 @@ async def test_a_drain_waits_for_its_evenly_spaced_turn_instead_of_leaving(redis
     assert (report.status, report.calls) == ("sent", 3)
     interval_s = (1.0 + WINDOW_MARGIN_S) / 20
     assert min(b - a for a, b in itertools.pairwise(sent_at)) >= interval_s * 0.9
+
+
+class SlowToGetReady:
+    """A MarketoApi whose first ``ready()`` takes a while (REST waiting out a dying
+    token) and records what the limiter held meanwhile; or whose ready() fails."""
+
+    def __init__(self, api: MarketoApi, fail: Exception | None = None) -> None:
+        self.api = api
+        self.limiter: RedisLimiter | None = None  # the drainer's, once it is made
+        self.fail = fail
+        self.readies = 0
+        self.slots_while_waiting: list[int] = []
+
+    async def ready(self) -> None:
+        self.readies += 1
+        if self.fail is not None:
+            raise self.fail
+        if self.readies == 1:
+            assert self.limiter is not None
+            self.slots_while_waiting.append((await self.limiter.state()).slots_in_use)
+            await asyncio.sleep(STALE_TURN_S * 2)  # never shorter than asked
+
+    async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
+        return await self.api.sync(leads, dedup=dedup)
+
+
+def slow_drainer(redis: Redis, marketo: Marketo, fail: Exception | None = None) -> Drainer:
+    made: list[SlowToGetReady] = []
+
+    def wrap(api: MarketoApi) -> MarketoApi:
+        made.append(SlowToGetReady(api, fail))
+        return made[0]
+
+    drainer = make(redis, marketo, wrap_api=wrap)
+    made[0].limiter = drainer.limiter
+    return drainer
+
+
+async def test_a_turn_taken_before_a_slow_ready_is_given_back_and_a_fresh_one_taken(
+    redis: Redis,
+) -> None:
+    """A call that leaves seconds after its turn arrives together with every process
+    that waited with it, past Marketo's window: the turn is given back (no call is
+    counted that Marketo never saw) and the call goes on a fresh turn."""
+    marketo = Marketo(ok)
+    drainer = slow_drainer(redis, marketo)
+    ids = await enqueue(drainer, "a@x.com", "b@x.com")
+    report = await drainer.drain(0)
+    api = drainer.api
+    assert isinstance(api, SlowToGetReady)
+    assert (report.status, report.calls, len(marketo.calls)) == ("sent", 1, 1)
+    assert api.readies >= 2, "after the slow ready a fresh turn was taken, and ready asked again"
+    assert api.slots_while_waiting == [1], "ready runs with the turn in hand"
+    state = await drainer.limiter.state()
+    assert (state.calls_in_window, state.quota_used_today, state.slots_in_use) == (1, 1, 0)
+    assert await statuses(drainer, ids) == ["CREATED", "CREATED"]
+
+
+async def test_a_ready_that_fails_gives_its_turn_back_and_sends_nothing(redis: Redis) -> None:
+    marketo = Marketo(ok)
+    drainer = slow_drainer(redis, marketo, fail=TransientError("identity call timed out"))
+    ids = await enqueue(drainer, "a@x.com")
+    report = await drainer.drain(0)
+    assert report.status == "backoff"
+    assert marketo.calls == []
+    state = await drainer.limiter.state()
+    assert (state.calls_in_window, state.quota_used_today, state.slots_in_use) == (0, 0, 0)
+    assert await statuses(drainer, ids) == [None], "still pending"

@@ -25,12 +25,16 @@ from worker.errors import (
     ThrottledError,
 )
 from worker.ledger import Ledger
-from worker.limits import Permit, RedisLimiter
+from worker.limits import WINDOW_MARGIN_S, Permit, RedisLimiter
 from worker.marketo import MarketoApi, SyncResult
 from worker.obs import metrics
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Getting the API ready (normally one Redis GET) took longer than this: the turn is stale.
+#: Half the margin a grant keeps past the window, so body building keeps the other half.
+STALE_TURN_S = WINDOW_MARGIN_S / 2
 
 
 class Caller:
@@ -156,7 +160,30 @@ class Caller:
         raise AssertionError("the retry policy re-raises its last error")  # pragma: no cover
 
     async def _permit(self, lanes: Sequence[Lane], *, paced: bool) -> Permit:
-        """Leave for one call, renewing every lease first. The next evenly spaced turn
+        """Leave for one call with the API ready to send it at once.
+
+        The limiter stamps a grant when it is taken and Marketo counts a call when it
+        arrives, so a call must leave right after its turn. When the API was slow to get
+        ready (REST waiting out a dying token: every process that wanted the token waited
+        with it), the turn is given back and a fresh one taken: those calls then go out
+        spaced again instead of together, a burst past Marketo's window (a 606). A turn
+        whose call never left is given back (window entry, quota count, slot). A probe
+        keeps its turn: it is one call, and a retake could wait a whole hold interval."""
+        while True:
+            permit = await self._turn(lanes, paced=paced)
+            started_s = time.monotonic()
+            try:
+                await self.api.ready()
+            except BaseException:
+                await self.limiter.give_back(permit)
+                raise
+            if permit.probe or time.monotonic() - started_s <= STALE_TURN_S:
+                return permit
+            await self.limiter.give_back(permit)
+            metrics.record_stale_turn()
+
+    async def _turn(self, lanes: Sequence[Lane], *, paced: bool) -> Permit:
+        """A permit, renewing every lease first. The next evenly spaced turn
         is usually a fraction of a second away: that wait is taken here, with the call
         ready, up to self.settings.spacing_wait_max_s in all. Any other refusal leaves the cycle
         (LimitReached) for the task or the tick to come back later."""

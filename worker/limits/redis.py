@@ -94,6 +94,9 @@ class RedisLimiter:
         self._cooldown = redis.register_script(_script("cooldown"))
         self._quota_exhausted = redis.register_script(_script("quota_exhausted"))
         self._hold = redis.register_script(_script("hold"))
+        self._give_back = redis.register_script(
+            _SCRIPT_DIR.joinpath("give_back.lua").read_text(encoding="utf-8")
+        )
 
     @property
     def keys(self) -> LimiterKeys:
@@ -177,6 +180,18 @@ class RedisLimiter:
     async def release(self, permit: Permit) -> None:
         """Free the slot. The window entry and quota count stay: the call was made."""
         await self._redis.zrem(self._keys.slots, self._slot_member(permit.holder, permit.token))
+
+    async def give_back(self, permit: Permit) -> None:
+        """Free a turn whose call never left (slot, window entry, quota count); a turn
+        already released is left as it is."""
+        await self._give_back(
+            keys=[self._keys.window, self._keys.slots, self._quota_key(permit.acquired_at)],
+            args=[
+                permit.token,
+                self._slot_member(permit.holder, permit.token),
+                self._settings.daily_quota,
+            ],
+        )
 
     async def cooldown(self, seconds: float, reason: str) -> None:
         """Stop every pod from calling for ``seconds``; a longer cooldown already set stays."""

@@ -45,7 +45,13 @@ class SyncResult:
 
 
 class MarketoApi(Protocol):
-    """One protocol's upsert call (SOAP syncMultipleLeads today)."""
+    """One protocol's upsert call (SOAP syncMultipleLeads, REST Sync Leads)."""
+
+    async def ready(self) -> None:
+        """Whatever the next call needs that may take a while (REST: a live token, which
+        can mean waiting out a dying one). The drain calls it after taking its permit and
+        takes a fresh turn when it was slow. Raises as :meth:`sync` does."""
+        ...
 
     async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
         """One attempt for ``leads``: one result per lead, in order, or a MarketoError."""

@@ -25,6 +25,9 @@ class StubApi:
         self.handler = handler
         self.calls: list[list[LeadUpsert]] = []
 
+    async def ready(self) -> None:
+        """Nothing to prepare."""
+
     async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
         self.calls.append(list(leads))
         results = list(self.handler(leads, dedup))

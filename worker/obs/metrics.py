@@ -54,6 +54,11 @@ FAULTS = Counter(
     ["code"],
 )
 RETRIES = Counter("leadsync_retries", "In-cycle retries of a call after a transient fault.")
+STALE_TURNS = Counter(
+    "leadsync_stale_turns",
+    "Limiter turns given back because the API took long to get ready (REST: a token waited"
+    " out); each one counts in the window without a call.",
+)
 LEASES_LOST = Counter(
     "leadsync_leases_lost",
     "Cycles cut short because the shard lease expired (a paused worker); the fenced writes were refused.",
@@ -176,6 +181,11 @@ def record_fault(exc: MarketoError) -> None:
 @never_raises
 def record_retry() -> None:
     RETRIES.inc()
+
+
+@never_raises
+def record_stale_turn() -> None:
+    STALE_TURNS.inc()
 
 
 @never_raises

@@ -34,6 +34,10 @@ class RestApi:
         self.url = rest_url.rstrip("/") + LEADS_PATH
         self.options = options
 
+    async def ready(self) -> None:
+        """A token is in Redis (fetched, or a dying one waited out, here and not in a call)."""
+        await self.tokens.token()
+
     async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
         """One attempt. A lead the configuration cannot send is FAILED without a call;
         601/602 drop the shared token and raise ResignError (the retry fetches anew)."""

@@ -44,6 +44,9 @@ class SoapApi:
         self.max_response_bytes = max_response_bytes
         self._now = now
 
+    async def ready(self) -> None:
+        """Nothing: a SOAP call is signed when it is built."""
+
     async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
         """One attempt: sign, build, POST, parse. Raises the MarketoError tree."""
         auth = make_auth_header(self.user_id, self._encryption_key.get_secret_value(), self._now())
