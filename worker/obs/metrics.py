@@ -57,7 +57,7 @@ RETRIES = Counter("leadsync_retries", "In-cycle retries of a call after a transi
 STALE_TURNS = Counter(
     "leadsync_stale_turns",
     "Limiter turns given back because the API took long to get ready (REST: a token waited"
-    " out); each one counts in the window without a call.",
+    " out); the call went on a fresh turn, and the given-back one is not counted.",
 )
 LEASES_LOST = Counter(
     "leadsync_leases_lost",
