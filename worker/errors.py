@@ -7,11 +7,16 @@
     ├── InvalidLead                a lead value breaks the contract (field-level)
     ├── LedgerError                the Redis ledger is not in the expected shape
     │   └── LeaseLost              a fenced write was refused: another worker owns the shard
-    └── MarketoError               a syncMultipleLeads call did not succeed
-        ├── TransientError         retry with backoff, bounded; then leave pending
-        │   ├── TransportError     connection reset, HTTP 5xx without fault
-        │   │   └── CallTimeout    no answer in time: Marketo may still be applying it
-        │   └── ProtocolError      unparseable, oversized or hostile response
+    └── MarketoError               a Marketo call (SOAP or REST) did not succeed
+        ├── TransientError         not received: retry with backoff, bounded; then leave pending
+        │   ├── TransportError     never reached Marketo: connect, DNS, TLS, a 5xx before
+        │   │                      the request body was written
+        │   └── OutcomeUnknown     maybe applied: never retried in place; the shard rests and
+        │       │                  the call keeps its slot for LEADSYNC_UNKNOWN_OUTCOME_REST_S
+        │       ├── CallTimeout    no answer in time
+        │       ├── ReplyLost      a 5xx page or a disconnect after the request was written
+        │       └── ProtocolError  a reply cut short, unreadable, oversized, hostile or not
+        │                          matching the request
         ├── ResignError            20016: sign again (or re-authenticate), retry at once
         ├── ThrottledError         20023 / 20024: cooldown shared by every pod
         ├── QuotaExceededError     20015: pause until the daily quota resets
@@ -57,20 +62,37 @@ class MarketoError(LeadsyncError):
 
 
 class TransientError(MarketoError):
-    """Raised when a retry may succeed: internal errors, gateways, timeouts."""
+    """Raised when Marketo did not act on the call and a retry may succeed: internal
+    errors it reported, limits and codes documented as "not executed"."""
 
 
 class TransportError(TransientError):
-    """Raised when the HTTP exchange failed: timeout, reset, or a 5xx page that is not a fault."""
+    """Raised when the request never reached Marketo: connection refused, DNS, TLS, a
+    connect timeout, or a 5xx answered before the request body was written."""
 
 
-class CallTimeout(TransportError):
-    """Raised when Marketo did not answer in time. It may still be applying the call, so
-    the same leads are not sent again at once (that would put one key in two calls)."""
+class OutcomeUnknown(TransientError):
+    """Raised when the request was written but no usable answer came back: Marketo may
+    have applied the call, or may still be applying it. Sending the same leads again at
+    once would put one key in two calls (a duplicate lead, or an older value applied
+    after a newer one), so the call is never retried in place: its shards rest and its
+    concurrency slot stays taken for LEADSYNC_UNKNOWN_OUTCOME_REST_S, and its
+    dedup=false records are parked (a resend would create a second lead)."""
 
 
-class ProtocolError(TransientError):
-    """Raised when a response is unparseable, oversized, hostile or does not match the request."""
+class CallTimeout(OutcomeUnknown):
+    """Raised when Marketo did not answer in time."""
+
+
+class ReplyLost(OutcomeUnknown):
+    """Raised when a gateway answered 5xx, or the connection dropped, after the request
+    was written."""
+
+
+class ProtocolError(OutcomeUnknown):
+    """Raised when a reply is cut short, unparseable, oversized, hostile or does not match
+    the request. (An identity call changes nothing: its token source retries these as
+    plain transient faults.)"""
 
 
 class ResignError(MarketoError):

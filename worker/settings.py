@@ -187,6 +187,15 @@ class Settings(BaseSettings):
         0.5, ge=0, description="First backoff after a transient fault."
     )
     backoff_max_s: float = Field(30.0, gt=0, description="Largest backoff between retries.")
+    unknown_outcome_rest_s: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "After a call whose outcome is unknown (a timeout, a gateway 5xx or a lost or "
+            "cut reply after the request was written), its shards rest and its concurrency "
+            "slot stays taken this long: Marketo may still be applying it."
+        ),
+    )
     throttle_cooldown_s: float = Field(
         20.0, gt=0, description="Pause for every pod after Marketo answers 20023 or 20024."
     )

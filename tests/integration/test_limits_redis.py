@@ -481,3 +481,33 @@ async def test_partial_batches_wait_for_the_pace_line_and_full_ones_do_not(
     clock.advance(denied.retry_after_s + 0.01)
     await take(limiter, paced=True)
     await take(limiter)  # a full batch still goes
+
+
+# --- the wire: a quota fault after midnight, a call still running in Marketo -----------
+
+
+async def test_a_quota_fault_answered_after_midnight_marks_the_day_of_its_call(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """F12: a call granted at 23:59:59.8 whose 20015 is handled at 00:00:00.3 spent the
+    old day; the new day must not be blocked for 24 h."""
+    clock.now_s = unix("2026-11-28T23:59:59") + 0.8
+    limiter = make_limiter(daily_quota=10_000)
+    permit = await take(limiter)
+    clock.now_s = unix("2026-11-29T00:00:00") + 0.3
+    await limiter.pause_until_quota_reset(permit)
+    await limiter.release(await take(limiter))
+    assert (await limiter.state()).quota_used_today == 1
+
+
+async def test_a_call_whose_outcome_is_unknown_keeps_its_slot_until_marketo_is_done(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Marketo counts a timed-out call until it ends: its slot is kept, not released."""
+    limiter = make_limiter(max_concurrent_calls=1, request_timeout_s=10)
+    permit = await take(limiter, "timed-out")
+    await limiter.keep_slot(permit, 120)
+    clock.advance(119.9)
+    assert (await refused(limiter, "next")).reason == "concurrency"
+    clock.advance(0.2)
+    await take(limiter, "next")

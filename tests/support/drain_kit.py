@@ -72,15 +72,9 @@ class Clock:
         self.offset_s += seconds
 
 
-def make(
-    redis: redis.asyncio.Redis,
-    marketo: Marketo,
-    *,
-    clock: Clock | None = None,
-    wrap_api: Callable[[MarketoApi], MarketoApi] | None = None,
-    **overrides: object,
-) -> Drainer:
-    settings = Settings(
+def drain_settings(**overrides: object) -> Settings:
+    """One shard, no waiting, limits out of reach: what the drain tests start from."""
+    return Settings(
         **{
             "shards": 1,
             "flush_interval_s": 0.0,
@@ -93,6 +87,17 @@ def make(
             **overrides,
         }  # type: ignore[arg-type]
     )
+
+
+def make(
+    redis: redis.asyncio.Redis,
+    marketo: Marketo,
+    *,
+    clock: Clock | None = None,
+    wrap_api: Callable[[MarketoApi], MarketoApi] | None = None,
+    **overrides: object,
+) -> Drainer:
+    settings = drain_settings(**overrides)
     ledger = Ledger.for_settings(redis, settings)
     client = SoapApi(
         MockTransport(marketo),

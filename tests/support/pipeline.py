@@ -26,6 +26,9 @@ FAST_RECOVERY_ENV: Mapping[str, str] = {
     "LEADSYNC_LEASE_TTL_S": "8",
     "LEADSYNC_REDIS_SOCKET_TIMEOUT_S": "1",
     "LEADSYNC_REQUEST_TIMEOUT_S": "3",
+    # A call whose outcome is unknown (a hang past the timeout, a 502 page, a cut reply)
+    # rests its shards this long: the simulator is done with it by then.
+    "LEADSYNC_UNKNOWN_OUTCOME_REST_S": "3",
     "LEADSYNC_CONNECT_TIMEOUT_S": "2",
     "LEADSYNC_FLUSH_INTERVAL_S": "0.2",
     "LEADSYNC_BACKOFF_INITIAL_S": "0.1",

@@ -21,6 +21,7 @@ from worker.drain.calls import STALE_TURN_S
 from worker.errors import TransientError
 from worker.limits import WINDOW_MARGIN_S, RedisLimiter
 from worker.marketo import MarketoApi, SyncResult
+from worker.marketo.base import Fence, PreparedCall, no_fence
 from worker.transport import HttpReply, MockTransport
 
 
@@ -120,8 +121,16 @@ async def test_transient_faults_leave_entries_pending_and_rest_the_shard(
     assert await drainer.ledger.attempts(0, ids) == [1]
     (backlog,) = await drainer.ledger.backlogs(1, now_s=clock())
     assert backlog.busy, "the shard rests before the next cycle"
-    (backlog,) = await drainer.ledger.backlogs(1, now_s=clock() + 10.01)
-    assert not backlog.busy, "the rest is over once its time has passed"
+    # The rest is stored on Redis's clock: 5-10 s from now, and no lease meanwhile.
+    assert 4.5 <= await rest_left_s(redis, drainer, 0) <= 10.0
+    assert await drainer.ledger.acquire_lease(0, 30) is None, "no sender takes a resting shard"
+
+
+async def rest_left_s(redis: Redis, drainer: Drainer, shard: int) -> float:
+    """Seconds the shard still rests, on Redis's clock."""
+    stored = await redis.get(drainer.keys.rest(shard))
+    seconds, micros = await redis.time()
+    return float(stored or 0) - (seconds + micros / 1_000_000)
 
 
 async def test_an_entry_past_max_attempts_moves_to_the_dead_letter_stream(
@@ -218,8 +227,14 @@ async def test_a_drain_past_its_timeout_stops_and_releases_its_lease_and_slot(
     report = await drainer.drain(0)
     assert (report.status, report.reason) == ("backoff", "drain timeout")
     assert not await redis.exists(drainer.keys.lease(0))
-    assert (await drainer.limiter.state()).slots_in_use == 0
     assert await statuses(drainer, ids) == [None], "the entry stays pending"
+    # The cut call may still run in Marketo: its slot stays taken and the shard rests for
+    # LEADSYNC_UNKNOWN_OUTCOME_REST_S, whoever asks for it next.
+    assert (await drainer.limiter.state()).slots_in_use == 1
+    rest_s = drainer.settings.unknown_outcome_rest_s
+    assert rest_s - 1 <= await rest_left_s(redis, drainer, 0) <= rest_s
+    again = await drainer.drain(0)
+    assert (again.status, again.calls) == ("busy", 0)
 
 
 async def test_isolation_stops_at_the_drain_budget_and_leaves_the_rest_pending(
@@ -432,7 +447,10 @@ class SlowToGetReady:
         self.readies = 0
         self.slots_while_waiting: list[int] = []
 
-    async def ready(self) -> None:
+    def prepare(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> PreparedCall:
+        return self.api.prepare(leads, dedup=dedup)
+
+    async def ready(self) -> str:
         self.readies += 1
         if self.fail is not None:
             raise self.fail
@@ -440,9 +458,12 @@ class SlowToGetReady:
             assert self.limiter is not None
             self.slots_while_waiting.append((await self.limiter.state()).slots_in_use)
             await asyncio.sleep(STALE_TURN_S * 2)  # never shorter than asked
+        return await self.api.ready()
 
-    async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
-        return await self.api.sync(leads, dedup=dedup)
+    async def send(
+        self, call: PreparedCall, *, credential: str, fence: Fence = no_fence
+    ) -> list[SyncResult]:
+        return await self.api.send(call, credential=credential, fence=fence)
 
 
 def slow_drainer(redis: Redis, marketo: Marketo, fail: Exception | None = None) -> Drainer:

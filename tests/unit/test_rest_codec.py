@@ -13,8 +13,10 @@ from producers.contract import validate_lead
 from worker.errors import (
     AuthError,
     BadRequestError,
+    OutcomeUnknown,
     ProtocolError,
     QuotaExceededError,
+    ReplyLost,
     ResignError,
     ThrottledError,
     TransientError,
@@ -128,6 +130,9 @@ def answer(code: str, message: str = "m") -> bytes:
         ("611", TransientError),
         ("612", AuthError),
         ("615", ThrottledError),
+        ("1001", AuthError),
+        ("1003", AuthError),
+        ("1011", AuthError),
         ("713", TransientError),
         ("799", TransientError),
     ],
@@ -144,9 +149,30 @@ def test_a_configuration_error_says_what_to_fix() -> None:
         parse_response(answer("610"), http_status=200, content_type="application/json", expected=1)
 
 
+def test_a_whole_call_1xxx_holds_with_marketos_message_and_what_to_check() -> None:
+    """F18: a request-shape error fails every call alike; as a transient it cost ~32
+    calls a batch before dead letters."""
+    with pytest.raises(AuthError, match=r"Field 'email2' not supported.*LOOKUP_FIELD"):
+        parse_response(
+            answer("1011", "Field 'email2' not supported"),
+            http_status=200,
+            content_type="application/json",
+            expected=1,
+        )
+
+
 def test_http_errors_and_broken_json_are_transient_or_split() -> None:
-    with pytest.raises(TransportError):
+    with pytest.raises(ReplyLost):
         parse_response(b"<html>502</html>", http_status=502, content_type="text/html", expected=1)
+    with pytest.raises(TransportError) as caught:
+        parse_response(
+            b"<html>503</html>",
+            http_status=503,
+            content_type="text/html",
+            expected=1,
+            request_written=False,
+        )
+    assert not isinstance(caught.value, OutcomeUnknown)
     with pytest.raises(BadRequestError):
         parse_response(b"", http_status=413, content_type=None, expected=1)
     with pytest.raises(ProtocolError, match="truncated"):
@@ -160,4 +186,8 @@ def test_http_errors_and_broken_json_are_transient_or_split() -> None:
             content_type="application/json",
             expected=1,
         )
-    assert issubclass(ProtocolError, TransientError)
+    assert issubclass(ProtocolError, OutcomeUnknown)
+    with pytest.raises(ProtocolError, match="deeply nested"):
+        parse_response(
+            b"[" * 100_000 + b"]" * 100_000, http_status=200, content_type=None, expected=1
+        )

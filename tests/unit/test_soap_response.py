@@ -11,7 +11,9 @@ from worker.errors import (
     AuthError,
     BadRequestError,
     MarketoError,
+    OutcomeUnknown,
     ProtocolError,
+    ReplyLost,
     TransientError,
     TransportError,
 )
@@ -213,21 +215,28 @@ GATEWAY_PAGE = b"""<!DOCTYPE html>
 
 
 @pytest.mark.parametrize("content_type", ["text/html", None, "text/xml"])
-def test_an_html_502_page_is_a_transport_error(content_type: str | None) -> None:
-    with pytest.raises(TransportError, match="502"):
+def test_a_gateway_page_after_the_request_was_written_is_an_unknown_outcome(
+    content_type: str | None,
+) -> None:
+    """A gateway's 5xx page after the request left: Marketo may still apply the call."""
+    with pytest.raises(ReplyLost, match="502"):
         parse_sync_response(
             GATEWAY_PAGE, http_status=502, expected_count=1, content_type=content_type
         )
+    assert issubclass(ReplyLost, OutcomeUnknown)
 
 
 @pytest.mark.parametrize("body", [b"", b"Service Unavailable", b"upstream connect error"])
-def test_a_plain_text_5xx_body_is_a_transport_error(body: bytes) -> None:
-    with pytest.raises(TransportError, match="503"):
+def test_a_5xx_before_the_request_was_written_is_not_received(body: bytes) -> None:
+    with pytest.raises(TransportError, match="503") as caught:
+        parse_sync_response(body, http_status=503, expected_count=1, request_written=False)
+    assert not isinstance(caught.value, OutcomeUnknown)
+    with pytest.raises(ReplyLost, match="503"):
         parse_sync_response(body, http_status=503, expected_count=1)
 
 
-def test_a_non_2xx_soap_body_without_a_fault_is_a_transport_error() -> None:
-    with pytest.raises(TransportError, match="HTTP 500 without a SOAP fault"):
+def test_a_non_2xx_soap_body_without_a_fault_is_an_unknown_outcome() -> None:
+    with pytest.raises(ReplyLost, match="HTTP 500 without a SOAP fault"):
         parse_sync_response(success(("1", "CREATED", None)), http_status=500, expected_count=1)
 
 

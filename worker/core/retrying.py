@@ -1,9 +1,10 @@
 """The one retry policy for a syncMultipleLeads call (inside one drain cycle).
 
-Following the failure table: a transient fault backs off exponentially with
-jitter (never zero), a bounded number of times, except a timeout, which leaves the
-cycle (Marketo may still be applying that call); 20016 re-signs and retries at
-once. Everything else leaves the call: throttling, quota and credential errors
+Following the failure table: a fault Marketo did not act on backs off exponentially
+with jitter (never zero), a bounded number of times; a call whose outcome is unknown (a
+timeout, a gateway page or a lost or cut reply after the request was written) is never
+retried here: it leaves the cycle, since Marketo may still be applying it; 20016
+re-signs and retries at once. Everything else leaves the call: throttling, quota and credential errors
 are handled cluster-wide by the limiter, record faults by batch splitting.
 """
 
@@ -23,7 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from worker.errors import CallTimeout, ResignError, TransientError
+from worker.errors import OutcomeUnknown, ResignError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def call_policy(
 
     return AsyncRetrying(
         retry=retry_if_exception_type((TransientError, ResignError))
-        & retry_if_not_exception_type(CallTimeout),
+        & retry_if_not_exception_type(OutcomeUnknown),
         stop=stop,
         wait=wait,
         sleep=sleep,

@@ -15,12 +15,14 @@ from producers.contract import OutcomeStatus
 from worker.core.batching import Batch, BatchRecord
 from worker.core.isolation import isolation_budget, split_after_fault
 from worker.core.retrying import call_policy
-from worker.drain.choice import reason, record_error
+from worker.drain.choice import reason, record_error, unknown_outcome_reason
 from worker.drain.model import DrainReport, DrainStatus, Lane, RecordResult
 from worker.errors import (
     BadRequestError,
+    LeaseLost,
     LimitReached,
     MarketoError,
+    OutcomeUnknown,
     QuotaExceededError,
     ThrottledError,
 )
@@ -32,6 +34,8 @@ from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: The fence wants the lease to outlast the call, the settle's Redis step and this.
+FENCE_MARGIN_S = 1.0
 #: Getting the API ready (normally one Redis GET) took longer than this: the turn is stale.
 #: Half the margin a grant keeps past the window, so body building keeps the other half.
 STALE_TURN_S = WINDOW_MARGIN_S / 2
@@ -56,6 +60,12 @@ class Caller:
         self.settings = settings
         self.consumer = consumer
         self._pause_at = pause_at
+        #: A request left and its outcome is not known (maybe applied): the drain rests
+        #: its shards before their lease goes.
+        self.unanswered = False
+        #: The last call's permit (a 20015 marks the quota day it was granted in).
+        self.last_permit: Permit | None = None
+        self._renewed_at_s = 0.0
 
     async def send_isolating(
         self,
@@ -94,6 +104,19 @@ class Caller:
                 calls += 1
                 try:
                     answers = await self._call(lanes, records, batch.dedup, report, paced=paced)
+                except OutcomeUnknown as exc:
+                    if not batch.dedup:
+                        # Each resend of a createDuplicate record creates one more lead.
+                        results.extend(
+                            RecordResult(
+                                r,
+                                OutcomeStatus.DEAD_LETTERED,
+                                error=unknown_outcome_reason(exc),
+                                error_code="OUTCOME_UNKNOWN",
+                            )
+                            for r in records
+                        )
+                    raise
                 except BadRequestError as exc:
                     split = split_after_fault(records, exc.fields)
                     results.extend(
@@ -130,37 +153,96 @@ class Caller:
         paced: bool = False,
     ) -> list[SyncResult]:
         """One logical call with the retry policy; every attempt renews the lease and
-        takes its own permit."""
+        takes its own permit. The call is built before any permit (a body too large for
+        Marketo costs none), and leaves only through the fence."""
         policy = call_policy(
             transient_retries=self.settings.transient_retries,
             backoff_initial_s=self.settings.backoff_initial_s,
             backoff_max_s=self.settings.backoff_max_s,
         )
-        leads = [record.lead for record in records]
+        call = self.api.prepare([record.lead for record in records], dedup=dedup)
+        if not call.sent:  # every lead answered without a call
+            return call.merge([])
         async for attempt in policy:
             with attempt:
-                permit = await self._permit(lanes, paced=paced)
-                report.calls += 1
-                report.leads_sent += len(leads)
-                if attempt.retry_state.attempt_number > 1:
-                    metrics.record_retry()
+                permit, credential = await self._permit(lanes, paced=paced)
+                self.last_permit = permit
+                left = False
+
+                def fence() -> None:
+                    nonlocal left
+                    self._check_fence(lanes)
+                    left = True
+
                 started_s = time.perf_counter()
+                self.unanswered = True
                 try:
-                    answers = await self.api.sync(leads, dedup=dedup)
-                except MarketoError as exc:
+                    answers = await self.api.send(call, credential=credential, fence=fence)
+                except LeaseLost:
+                    self.unanswered = False
+                    if not left:
+                        await self.limiter.give_back(permit)
+                    raise
+                except OutcomeUnknown as exc:
+                    # Marketo may still be running it: the slot stays taken, and
+                    # ``unanswered`` stays set until the drain has rested the shards.
                     metrics.record_fault(exc)
+                    metrics.record_unknown_outcome()
+                    await self.limiter.keep_slot(permit, self.settings.unknown_outcome_rest_s)
+                    raise
+                except MarketoError as exc:
+                    self.unanswered = False
+                    metrics.record_fault(exc)
+                    await self.limiter.release(permit)
+                    raise
+                except BaseException:
+                    # Cancelled (the drain's timeout, a shutdown) with the call maybe on
+                    # the wire: keep the slot as for an unknown outcome.
+                    if left:
+                        await _quietly(
+                            self.limiter.keep_slot(permit, self.settings.unknown_outcome_rest_s)
+                        )
+                    else:
+                        self.unanswered = False
+                        await _quietly(self.limiter.give_back(permit))
                     raise
                 finally:
-                    metrics.record_call(len(leads), time.perf_counter() - started_s)
-                    await self.limiter.release(permit)
+                    if left:
+                        report.calls += 1
+                        report.leads_sent += len(call.sent)
+                        if attempt.retry_state.attempt_number > 1:
+                            metrics.record_retry()
+                        metrics.record_call(len(call.sent), time.perf_counter() - started_s)
+                self.unanswered = False
+                await self.limiter.release(permit)
                 await self._pause_at("after_send")
                 if permit.probe:  # a probe went through: the credentials work again
                     await self.limiter.clear_hold()
                 return answers
         raise AssertionError("the retry policy re-raises its last error")  # pragma: no cover
 
-    async def _permit(self, lanes: Sequence[Lane], *, paced: bool) -> Permit:
-        """Leave for one call with the API ready to send it at once.
+    def _check_fence(self, lanes: Sequence[Lane]) -> None:
+        """Right before the bytes leave: the leases, from their last renewal, must outlast
+        the call and the settle after it. A pause since then (a GC, a frozen VM, a slow
+        token) could have let the lease lapse and another worker send a newer value for
+        the same keys; then this call must not leave (LeaseLost: the turn is given back,
+        the entries stay pending for the holder)."""
+        elapsed_s = time.monotonic() - self._renewed_at_s
+        needed_s = (
+            self.settings.request_timeout_s + self.settings.redis_socket_timeout_s + FENCE_MARGIN_S
+        )
+        if elapsed_s + needed_s > self.settings.lease_ttl_s:
+            metrics.record_fence_refusal()
+            logger.warning(
+                "send refused: %.1f s since the lease renewal, the lease would not outlast "
+                "the call; entries stay pending",
+                elapsed_s,
+            )
+            raise LeaseLost(lanes[0].shard, "send")
+
+    async def _permit(self, lanes: Sequence[Lane], *, paced: bool) -> tuple[Permit, str]:
+        """Leave for one call with the API ready to send it at once, and the credential
+        the call goes with.
 
         The limiter stamps a grant when it is taken and Marketo counts a call when it
         arrives, so a call must leave right after its turn. When the API was slow to get
@@ -168,17 +250,18 @@ class Caller:
         with it), the turn is given back and a fresh one taken: those calls then go out
         spaced again instead of together, a burst past Marketo's window (a 606). A turn
         whose call never left is given back (window entry, quota count, slot). A probe
-        keeps its turn: it is one call, and a retake could wait a whole hold interval."""
+        keeps its turn: it is one call, and a retake could wait a whole hold interval
+        (the fence still refuses it if the lease would not outlast it)."""
         while True:
             permit = await self._turn(lanes, paced=paced)
             started_s = time.monotonic()
             try:
-                await self.api.ready()
+                credential = await self.api.ready()
             except BaseException:
                 await self.limiter.give_back(permit)
                 raise
             if permit.probe or time.monotonic() - started_s <= STALE_TURN_S:
-                return permit
+                return permit, credential
             await self.limiter.give_back(permit)
             metrics.record_stale_turn()
 
@@ -189,6 +272,8 @@ class Caller:
         (LimitReached) for the task or the tick to come back later."""
         waited_s = 0.0
         while True:
+            # Taken before the renewals: the fence measures the lease conservatively.
+            self._renewed_at_s = time.monotonic()
             for lane in lanes:
                 await self.ledger.renew_lease(lane.shard, lane.token, self.settings.lease_ttl_s)
             permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
@@ -210,7 +295,8 @@ class Caller:
             )
             return "limited", reason(exc)
         if isinstance(exc, QuotaExceededError):
-            await self.limiter.pause_until_quota_reset()
+            # The day the refused call was granted in, not the day its answer came in.
+            await self.limiter.pause_until_quota_reset(self.last_permit)
             return "limited", reason(exc)
         await self.limiter.hold(reason(exc))
         logger.error(
@@ -218,3 +304,11 @@ class Caller:
             reason(exc),
         )
         return "held", reason(exc)
+
+
+async def _quietly(step: Awaitable[None]) -> None:
+    """A best-effort limiter step on the way out of a cancelled call."""
+    try:
+        await step
+    except Exception:
+        logger.warning("could not record a cancelled call's slot", exc_info=True)

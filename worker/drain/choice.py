@@ -65,6 +65,14 @@ def reason(exc: MarketoError) -> str:
     return f"{exc.code} {exc.__class__.__name__}" if exc.code else exc.__class__.__name__
 
 
+def unknown_outcome_reason(exc: MarketoError) -> str:
+    """Why a dedup=false record is parked after a call whose outcome is unknown."""
+    return (
+        f"outcome unknown ({reason(exc)}: {exc.detail[:200]}); Marketo may have created this "
+        "lead already, and a resend creates another: look it up before `leadsync dlq replay`"
+    )
+
+
 def park_exhausted(
     lane: Lane, batch: Batch, report: DrainReport, *, max_attempts: int, now_s: float
 ) -> Batch:

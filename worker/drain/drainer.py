@@ -40,10 +40,10 @@ from worker.drain.choice import (
 from worker.drain.model import Checkpoint, Claim, DrainReport, Lane, RecordResult
 from worker.errors import (
     AuthError,
-    CallTimeout,
     InvalidLead,
     LeaseLost,
     LimitReached,
+    OutcomeUnknown,
     QuotaExceededError,
     ResignError,
     ThrottledError,
@@ -104,7 +104,7 @@ class Drainer:
             return report
         deadline_s = time.monotonic() + self.settings.drain_budget_s
         try:
-            await self._bounded(self._cycles(shard, token, report, deadline_s), report)
+            await self._bounded(self._cycles(shard, token, report, deadline_s), report, [shard])
         finally:
             await self.ledger.release_lease(shard, token)
         (report.backlog,) = [b.entries for b in await self.ledger.backlogs_of([shard])]
@@ -151,7 +151,11 @@ class Drainer:
             return report
         deadline_s = time.monotonic() + self.settings.drain_budget_s
         try:
-            await self._bounded(self._cycle(leased, report, deadline_s), report)
+            await self._bounded(
+                self._cycle(leased, report, deadline_s),
+                report,
+                [lane.shard for lane in leased],
+            )
         finally:
             for lane in leased:
                 await self.ledger.release_lease(lane.shard, lane.token)
@@ -172,9 +176,16 @@ class Drainer:
             )
         return report
 
-    async def _bounded(self, work: Awaitable[None], report: DrainReport) -> None:
+    async def _bounded(
+        self, work: Awaitable[None], report: DrainReport, shards: Sequence[int]
+    ) -> None:
         """Run a drain's cycles within LEADSYNC_DRAIN_TIMEOUT_S; a lost lease or the
-        timeout ends them, and the entries stay pending (the caller releases leases)."""
+        timeout ends them, and the entries stay pending (the caller releases leases).
+        Whenever a call was left on the wire (the timeout or a cancellation cut it, or its
+        outcome is unknown), the shards rest before their leases go, so no sender takes
+        them while Marketo may still apply it. An error outside the error tree ends the
+        drain with a rest too, instead of escaping with none."""
+        self._caller.unanswered = False
         bound = asyncio.timeout(self.settings.drain_timeout_s)
         try:
             async with bound:
@@ -193,6 +204,26 @@ class Drainer:
                 report.shard,
                 self.settings.drain_timeout_s,
             )
+        except asyncio.CancelledError:
+            await self._rest_if_unanswered(shards)
+            raise
+        except Exception as exc:
+            report.status, report.reason = "backoff", f"unexpected {exc.__class__.__name__}"
+            logger.exception("shard %d: drain failed; entries stay pending", report.shard)
+            for shard in shards:
+                await self._back_off(shard)
+        await self._rest_if_unanswered(shards)
+
+    async def _rest_if_unanswered(self, shards: Sequence[int]) -> None:
+        """A call of this drain may still be running in Marketo: its shards rest."""
+        if not self._caller.unanswered:
+            return
+        self._caller.unanswered = False
+        for shard in shards:
+            try:
+                await self.ledger.rest(shard, self.settings.unknown_outcome_rest_s)
+            except Exception:
+                logger.exception("shard %d: could not set the rest after an unanswered call", shard)
 
     # --- the cycle ------------------------------------------------------------------
 
@@ -282,11 +313,15 @@ class Drainer:
         except (TransientError, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
             report.status, report.reason = "backoff", reason(exc)
-            # After a timeout Marketo may still be applying the call: the shards rest at
-            # least one more request timeout, so their keys are not in two calls at once.
-            floor_s = self.settings.request_timeout_s if isinstance(exc, CallTimeout) else 0.0
+            # When the outcome is unknown Marketo may still be applying the call: the
+            # shards rest at least LEADSYNC_UNKNOWN_OUTCOME_REST_S (on Redis's clock, and
+            # every lease is refused meanwhile), so their keys are not in two calls at once.
+            unknown = isinstance(exc, OutcomeUnknown)
+            floor_s = self.settings.unknown_outcome_rest_s if unknown else 0.0
             for lane in riding:
                 await self._back_off(lane.shard, floor_s=floor_s)
+            if unknown:
+                self._caller.unanswered = False
         finally:
             answer(results, owner, self.clock())
 
@@ -345,7 +380,7 @@ class Drainer:
         delay_s = min(
             self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** min(streak, 16)
         )
-        await self.ledger.rest(shard, floor_s + delay_s * (0.5 + random.random() / 2), self.clock())
+        await self.ledger.rest(shard, floor_s + delay_s * (0.5 + random.random() / 2))
 
     # --- settling ----------------------------------------------------------------------
 

@@ -120,10 +120,13 @@ class Ledger:
     # --- lease --------------------------------------------------------------------
 
     async def acquire_lease(self, shard: int, ttl_s: float) -> str | None:
-        """A token when this caller now holds the shard, else None."""
+        """A token when this caller now holds the shard; None when another holder has it
+        or the shard rests (on Redis's clock: whoever asks, the rest holds)."""
         token = secrets.token_hex(8)
-        taken = await self.redis.set(self.keys.lease(shard), token, nx=True, px=_ms(ttl_s))
-        return token if taken else None
+        reply = await self._scripts["acquire_lease"](
+            keys=[self.keys.lease(shard), self.keys.rest(shard)], args=[token, _ms(ttl_s)]
+        )
+        return token if int(reply[0]) == 1 else None
 
     async def renew_lease(self, shard: int, token: str, ttl_s: float) -> None:
         """Extend the lease; raise LeaseLost when it is no longer ours."""
@@ -272,12 +275,14 @@ class Ledger:
 
     # --- resting after faults --------------------------------------------------------
 
-    async def rest(self, shard: int, delay_s: float, now_s: float) -> None:
-        """Keep the tick off the shard until ``now_s + delay_s`` (the stored time decides;
-        the key's expiry only collects it)."""
-        await self.redis.set(
-            self.keys.rest(shard), f"{now_s + delay_s:.6f}", px=_ms(delay_s + _REST_GC_S)
+    async def rest(self, shard: int, delay_s: float) -> float:
+        """Keep every sender off the shard for ``delay_s`` from now on Redis's clock (the
+        stored time decides; the key's expiry only collects it). A longer rest already
+        set stays. Returns how long the shard now rests."""
+        left = await self._scripts["rest"](
+            keys=[self.keys.rest(shard)], args=[repr(delay_s), repr(_REST_GC_S)]
         )
+        return float(text(left))
 
     async def rest_streak(self, shard: int) -> int:
         """One more failed cycle in a row for this shard; the new count."""
@@ -302,19 +307,21 @@ class Ledger:
         now_s = time.time() if now_s is None else now_s
         shards = list(shards)
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()  # a rest is stored on Redis's clock
         for shard in shards:
             pipe.xlen(self.keys.stream(shard))
             pipe.xrange(self.keys.stream(shard), count=1)
             pipe.exists(self.keys.lease(shard))
             pipe.get(self.keys.rest(shard))
-        replies = await pipe.execute()
+        (seconds, micros), *replies = await pipe.execute()
+        redis_now_s = float(seconds) + micros / 1_000_000
         backlogs = []
         for position, shard in enumerate(shards):
             length, oldest, leased, rest_until = replies[4 * position : 4 * position + 4]
             age = None
             if oldest:
                 age = max(0.0, now_s - entry_time_s(text(oldest[0][0])))
-            resting = rest_until is not None and float(text(rest_until)) > now_s
+            resting = rest_until is not None and float(text(rest_until)) > redis_now_s
             backlogs.append(ShardBacklog(shard, int(length), age, bool(leased) or resting))
         return backlogs
 

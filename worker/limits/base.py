@@ -27,13 +27,16 @@ class Permit:
     """Leave to make one call. Release it when the call is over.
 
     ``probe`` is True when this call is the hold's probe: if Marketo accepts it, call
-    :meth:`RedisLimiter.clear_hold`.
+    :meth:`RedisLimiter.clear_hold`. ``acquired_at`` is the grant's time on the limiter's
+    clock (Redis's) and ``quota_key`` the day's counter the call was counted in: a 20015
+    answered after midnight still marks the day the call was made.
     """
 
     holder: str
     token: str
     acquired_at: float
     probe: bool = False
+    quota_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,9 @@ spacing turn and a slot together, so a refused call never leaves a half-taken pe
 
 Every decision takes its time from Redis (``TIME`` inside the scripts), so pods with
 skewed clocks still share one window, one cooldown and one set of slots; tests may
-inject a clock instead. Only the quota DAY is named from the pod's clock (a skew moves
-the day change by that skew, no more).
+inject a clock instead. The quota DAY's key is named before the step runs, from the pod's
+clock corrected by the offset to Redis's clock that the last step reported, and a 20015
+marks the day its call was granted in (never the next one).
 A slot carries an expiry (``request_timeout_s`` + :data:`SLOT_MARGIN_S`), so a pod that
 dies mid-call frees its slot by itself.
 
@@ -89,11 +90,14 @@ class RedisLimiter:
         self._settings = settings
         self._clock = clock
         self._keys = LimiterKeys(settings.key_prefix)
+        #: Redis's clock minus this pod's, as the last admission step reported it.
+        self._offset_s = 0.0
         self._slot_ttl_s = settings.request_timeout_s + SLOT_MARGIN_S
         self._acquire = redis.register_script(_script("acquire"))
         self._cooldown = redis.register_script(_script("cooldown"))
         self._quota_exhausted = redis.register_script(_script("quota_exhausted"))
         self._hold = redis.register_script(_script("hold"))
+        self._keep_slot = redis.register_script(_script("keep_slot"))
         self._give_back = redis.register_script(
             _SCRIPT_DIR.joinpath("give_back.lua").read_text(encoding="utf-8")
         )
@@ -109,8 +113,16 @@ class RedisLimiter:
         return next_quota_reset(now_s, self._settings.quota_timezone) - now_s
 
     def _local_now(self) -> float:
-        """The injected clock, else this pod's: only for naming the quota day."""
-        return self._clock() if self._clock is not None else time.time()
+        """The injected clock, else this pod's moved onto Redis's: for naming the quota day."""
+        return self._clock() if self._clock is not None else time.time() + self._offset_s
+
+    def _learn_offset(self, redis_now: bytes | str | None, asked_at_s: float) -> float:
+        """Note Redis's clock against this pod's; return Redis's time of the step."""
+        if self._clock is not None or redis_now is None:
+            return asked_at_s
+        now_s = float(text(redis_now))
+        self._offset_s = now_s - time.time()
+        return now_s
 
     def _now_arg(self) -> str:
         """``now`` for a script: the injected clock, or '' for Redis TIME."""
@@ -170,9 +182,14 @@ class RedisLimiter:
                 s.rate_burst_calls,
             ],
         )
+        granted_at_s = self._learn_offset(result[-1] if len(result) > 2 else None, local_now)
         if int(result[0]) == 1:
             return Permit(
-                holder=holder, token=token, acquired_at=local_now, probe=bool(int(result[1]))
+                holder=holder,
+                token=token,
+                acquired_at=granted_at_s,
+                probe=bool(int(result[1])),
+                quota_key=self._quota_key(local_now),
             )
         reason = cast(DenyReason, _text(result[1]))
         return Denied(reason=reason, retry_after_s=max(float(_text(result[2]) or 0), MIN_RETRY_S))
@@ -181,11 +198,29 @@ class RedisLimiter:
         """Free the slot. The window entry and quota count stay: the call was made."""
         await self._redis.zrem(self._keys.slots, self._slot_member(permit.holder, permit.token))
 
+    async def keep_slot(self, permit: Permit, seconds: float) -> None:
+        """The call's outcome is unknown and Marketo may still be running it: its slot
+        stays taken for ``seconds`` more (instead of :meth:`release`), so leadsync never
+        has more calls in Marketo than LEADSYNC_MAX_CONCURRENT_CALLS."""
+        await self._keep_slot(
+            keys=[self._keys.slots],
+            args=[
+                self._now_arg(),
+                self._slot_member(permit.holder, permit.token),
+                repr(seconds),
+                repr(GC_MARGIN_S),
+            ],
+        )
+
     async def give_back(self, permit: Permit) -> None:
         """Free a turn whose call never left (slot, window entry, quota count); a turn
         already released is left as it is."""
         await self._give_back(
-            keys=[self._keys.window, self._keys.slots, self._quota_key(permit.acquired_at)],
+            keys=[
+                self._keys.window,
+                self._keys.slots,
+                permit.quota_key or self._quota_key(permit.acquired_at),
+            ],
             args=[
                 permit.token,
                 self._slot_member(permit.holder, permit.token),
@@ -202,16 +237,20 @@ class RedisLimiter:
         if int(extended):
             logger.warning("limiter cooldown for %.1f s (%s)", seconds, reason)
 
-    async def pause_until_quota_reset(self) -> None:
+    async def pause_until_quota_reset(self, permit: Permit | None = None) -> None:
         """Marketo says the daily quota is spent (20015): no call until the next reset.
 
         The quota is shared with other integrations, so Marketo's word beats our count:
-        the day's counter is raised to the limit and expires after the day.
+        the day's counter is raised to the limit and expires after the day. The day is
+        the one ``permit`` (the refused call's) was granted in: an answer that arrives just
+        after midnight does not block the new day.
         """
         now = self._local_now()
-        reset_in_s = self._reset_in_s(now)
+        granted_s = permit.acquired_at if permit is not None else now
+        key = permit.quota_key if permit is not None and permit.quota_key else None
+        reset_in_s = max(self._reset_in_s(granted_s) - (now - granted_s), 0.0)
         await self._quota_exhausted(
-            keys=[self._quota_key(now)],
+            keys=[key or self._quota_key(granted_s)],
             args=[self._now_arg(), self._settings.daily_quota, _ms(reset_in_s + GC_MARGIN_S)],
         )
         logger.warning("daily quota spent; calls resume in %.0f s", reset_in_s)

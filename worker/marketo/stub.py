@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from producers.contract import LeadUpsert
-from worker.marketo.base import SyncResult, SyncStatus
+from worker.marketo.base import Fence, PreparedCall, SyncResult, SyncStatus, no_fence, sync_once
 
 #: Answers one call: the leads and the dedup flag in, one result per lead out (or raise).
 StubHandler = Callable[[Sequence[LeadUpsert], bool], Sequence[SyncResult]]
@@ -25,12 +25,24 @@ class StubApi:
         self.handler = handler
         self.calls: list[list[LeadUpsert]] = []
 
-    async def ready(self) -> None:
+    def prepare(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> PreparedCall:
+        return PreparedCall.carrying_all(leads, dedup)
+
+    async def ready(self) -> str:
         """Nothing to prepare."""
+        return ""
+
+    async def send(
+        self, call: PreparedCall, *, credential: str = "", fence: Fence = no_fence
+    ) -> list[SyncResult]:
+        fence()
+        self.calls.append(list(call.leads))
+        results = list(self.handler(call.leads, call.dedup))
+        if len(results) != len(call.leads):
+            raise AssertionError(
+                f"stub answered {len(results)} results for {len(call.leads)} leads"
+            )
+        return results
 
     async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
-        self.calls.append(list(leads))
-        results = list(self.handler(leads, dedup))
-        if len(results) != len(leads):
-            raise AssertionError(f"stub answered {len(results)} results for {len(leads)} leads")
-        return results
+        return await sync_once(self, leads, dedup=dedup)

@@ -59,6 +59,16 @@ STALE_TURNS = Counter(
     "Limiter turns given back because the API took long to get ready (REST: a token waited"
     " out); the call went on a fresh turn, and the given-back one is not counted.",
 )
+FENCE_REFUSALS = Counter(
+    "leadsync_fence_refusals",
+    "Calls not sent because the shard lease, from its last renewal, would not have"
+    " outlasted them (a pause between the renewal and the send); the turn was given back.",
+)
+UNKNOWN_OUTCOMES = Counter(
+    "leadsync_unknown_outcomes",
+    "Calls whose outcome is unknown (a timeout, a gateway 5xx or a lost or cut reply after"
+    " the request was written): never retried in place; their shards rested.",
+)
 LEASES_LOST = Counter(
     "leadsync_leases_lost",
     "Cycles cut short because the shard lease expired (a paused worker); the fenced writes were refused.",
@@ -186,6 +196,16 @@ def record_retry() -> None:
 @never_raises
 def record_stale_turn() -> None:
     STALE_TURNS.inc()
+
+
+@never_raises
+def record_fence_refusal() -> None:
+    FENCE_REFUSALS.inc()
+
+
+@never_raises
+def record_unknown_outcome() -> None:
+    UNKNOWN_OUTCOMES.inc()
 
 
 @never_raises

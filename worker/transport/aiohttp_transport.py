@@ -1,16 +1,50 @@
-"""The production transport: aiohttp, explicit timeouts, a cap on the reply size, and
-errors that say what went wrong on the wire (host, errno, TLS reason) but never carry
-a URL's query, a header or a body, where credentials and lead data travel."""
+"""The production transport: aiohttp, explicit timeouts, a reply read to its end under a
+running size cap, and errors that say what went wrong on the wire (host, errno, TLS
+reason) but never carry a URL's query, a header or a body, where credentials and lead
+data travel.
+
+A failure is told apart by whether the request body had started to leave: before that,
+Marketo cannot have seen the call (``TransportError``, retried); after it, Marketo may
+have applied it (an ``OutcomeUnknown`` branch, never retried in place). aiohttp's
+``on_request_chunk_sent`` trace signal marks the moment."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from worker.errors import CallTimeout, ProtocolError, TransportError
+from worker.errors import CallTimeout, ProtocolError, ReplyLost, TransportError
 from worker.transport.base import HttpReply
+
+#: Bytes taken from the socket buffer per read while a reply is collected.
+READ_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One POST's progress, set by the trace signal."""
+
+    body_started: bool = False
+
+
+async def _on_chunk_sent(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceRequestChunkSentParams,
+) -> None:
+    exchange = context.trace_request_ctx
+    if isinstance(exchange, _Exchange):
+        exchange.body_started = True
+
+
+def _trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_on_chunk_sent)
+    return trace
 
 
 class AiohttpTransport:
@@ -35,23 +69,55 @@ class AiohttpTransport:
         )
         connector = aiohttp.TCPConnector(limit=max_connections, enable_cleanup_closed=True)
         session = aiohttp.ClientSession(
-            timeout=timeout, connector=connector, raise_for_status=False
+            timeout=timeout,
+            connector=connector,
+            raise_for_status=False,
+            trace_configs=[_trace()],
         )
         return cls(session, max_response_bytes=max_response_bytes)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        exchange = _Exchange()
         try:
-            async with self.session.post(url, data=body, headers=dict(headers)) as response:
-                content = await response.content.read(self.max_response_bytes + 1)
-                if len(content) > self.max_response_bytes:
-                    raise ProtocolError(f"response larger than {self.max_response_bytes} bytes")
-                return HttpReply(response.status, response.headers.get("Content-Type"), content)
+            async with self.session.post(
+                url, data=body, headers=dict(headers), trace_request_ctx=exchange
+            ) as response:
+                content = await self._read_all(response)
+                return HttpReply(
+                    response.status,
+                    response.headers.get("Content-Type"),
+                    content,
+                    request_written=exchange.body_started,
+                )
         except TimeoutError as exc:
-            raise CallTimeout(f"timed out waiting for {_host(url)}") from exc
+            if exchange.body_started:
+                raise CallTimeout(f"timed out waiting for {_host(url)}") from exc
+            raise TransportError(f"timed out connecting to {_host(url)}") from exc
         except aiohttp.ClientError as exc:
+            if exchange.body_started:
+                raise ReplyLost(
+                    f"HTTP exchange with {_host(url)} failed after the request was sent: "
+                    f"{describe(exc)}"
+                ) from exc
             raise TransportError(
                 f"HTTP exchange with {_host(url)} failed: {describe(exc)}"
             ) from exc
+
+    async def _read_all(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, read until its end (a reply arrives in as many pieces as TLS
+        records and TCP windows cut it into), or ProtocolError past the cap. A body shorter
+        than its Content-Length raises aiohttp's ClientPayloadError: never a prefix."""
+        cap = self.max_response_bytes
+        if response.content_length is not None and response.content_length > cap:
+            raise ProtocolError(f"response of {response.content_length} bytes is over {cap}")
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in response.content.iter_chunked(READ_CHUNK_BYTES):
+            size += len(piece)
+            if size > cap:
+                raise ProtocolError(f"response larger than {cap} bytes")
+            pieces.append(piece)
+        return b"".join(pieces)
 
     async def close(self) -> None:
         await self.session.close()

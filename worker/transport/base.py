@@ -13,15 +13,21 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class HttpReply:
-    """What came back from one POST."""
+    """What came back from one POST: the whole body, never a prefix.
+
+    ``request_written`` is False when the answer came before any byte of the request
+    body was written (a server refusing early): Marketo cannot have acted on it."""
 
     status: int
     content_type: str | None
     body: bytes
+    request_written: bool = True
 
 
 class Transport(Protocol):
-    """Posts one request body. Raises TransportError when no reply arrives."""
+    """Posts one request body and reads the whole reply. Raises TransportError when the
+    request never left, and an OutcomeUnknown branch (CallTimeout, ReplyLost,
+    ProtocolError) when it was written but no whole reply came back."""
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply: ...
 

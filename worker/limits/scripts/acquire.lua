@@ -22,8 +22,9 @@
 --       paced (0/1: a partial batch), day_length_s (of this quota day), pace_burst_calls,
 --       rate_burst_calls
 --
--- Returns {1, 1 if the hold's probe turn was taken else 0} when granted, else {0, reason, retry_after_s as a string} (Lua numbers
--- would be truncated to integers on the way back).
+-- Returns {1, 1 if the hold's probe turn was taken else 0, now} when granted, else
+-- {0, reason, retry_after_s, now}; numbers as strings (Lua numbers would be truncated to
+-- integers on the way back). ``now`` lets the caller name the quota day on this clock.
 
 -- (now: from now.lua, prepended)
 local token = ARGV[2]
@@ -45,7 +46,8 @@ local pace_burst = tonumber(ARGV[17])
 local rate_burst = tonumber(ARGV[18])
 
 local function deny(reason, retry_s)
-  return {0, reason, string.format('%.6f', math.max(retry_s, min_retry_s))}
+  return {0, reason, string.format('%.6f', math.max(retry_s, min_retry_s)),
+    string.format('%.6f', now)}
 end
 
 local function ttl_ms(seconds)
@@ -121,6 +123,6 @@ redis.call('ZADD', KEYS[2], now + slot_ttl_s, slot_member)
 redis.call('PEXPIRE', KEYS[2], ttl_ms(slot_ttl_s))
 if probe_taken then
   redis.call('HSET', KEYS[5], 'next_probe', string.format('%.6f', now + probe_interval_s))
-  return {1, 1}
+  return {1, 1, string.format('%.6f', now)}
 end
-return {1, 0}
+return {1, 0, string.format('%.6f', now)}

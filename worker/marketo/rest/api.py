@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from producers.contract import LeadUpsert
 from worker.errors import ResignError
-from worker.marketo.base import SyncResult
+from worker.marketo.base import Fence, PreparedCall, SyncResult, no_fence, sync_once
 from worker.marketo.rest.codec import (
     LEADS_PATH,
     REQUEST_HEADERS,
@@ -34,29 +34,43 @@ class RestApi:
         self.url = rest_url.rstrip("/") + LEADS_PATH
         self.options = options
 
-    async def ready(self) -> None:
-        """A token is in Redis (fetched, or a dying one waited out, here and not in a call)."""
-        await self.tokens.token()
+    def prepare(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> PreparedCall:
+        """The request body. A lead the configuration cannot send is FAILED here, without
+        a call; a body over Marketo's 1 MB raises BadRequestError (413) before any permit."""
+        prepared = build_request(leads, options=self.options, dedup=dedup)
+        return PreparedCall(
+            tuple(leads), dedup, prepared.sent, body=prepared.body, refused=prepared.refused
+        )
+
+    async def ready(self) -> str:
+        """A live token (fetched, or a dying one waited out, here and not in a call)."""
+        return await self.tokens.token()
+
+    async def send(
+        self, call: PreparedCall, *, credential: str, fence: Fence = no_fence
+    ) -> list[SyncResult]:
+        """One attempt with the token ``ready`` gave (no identity call between the fence
+        and the send). 601/602 drop that token and raise ResignError (the retry fetches
+        anew)."""
+        if not call.sent:
+            return call.merge([])
+        fence()
+        reply = await self.transport.post(
+            self.url, call.body, {**REQUEST_HEADERS, "Authorization": f"Bearer {credential}"}
+        )
+        try:
+            answers = parse_response(
+                reply.body,
+                http_status=reply.status,
+                content_type=reply.content_type,
+                expected=len(call.sent),
+                request_written=reply.request_written,
+            )
+        except ResignError:
+            await self.tokens.invalidate(credential)
+            raise
+        return call.merge(answers)
 
     async def sync(self, leads: Sequence[LeadUpsert], *, dedup: bool) -> list[SyncResult]:
-        """One attempt. A lead the configuration cannot send is FAILED without a call;
-        601/602 drop the shared token and raise ResignError (the retry fetches anew)."""
-        prepared = build_request(leads, options=self.options, dedup=dedup)
-        results: dict[int, SyncResult] = dict(prepared.refused)
-        if prepared.sent:
-            token = await self.tokens.token()
-            reply = await self.transport.post(
-                self.url, prepared.body, {**REQUEST_HEADERS, "Authorization": f"Bearer {token}"}
-            )
-            try:
-                answers = parse_response(
-                    reply.body,
-                    http_status=reply.status,
-                    content_type=reply.content_type,
-                    expected=len(prepared.sent),
-                )
-            except ResignError:
-                await self.tokens.invalidate(token)
-                raise
-            results.update(zip(prepared.sent, answers, strict=True))
-        return [results[index] for index in range(len(leads))]
+        """One unguarded attempt (prepare, ready, send)."""
+        return await sync_once(self, leads, dedup=dedup)

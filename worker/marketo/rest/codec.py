@@ -18,7 +18,7 @@ from typing import Final
 
 from producers.contract import LeadUpsert
 from worker.core.fields import rest_name
-from worker.errors import BadRequestError, MarketoError, ProtocolError, TransportError
+from worker.errors import BadRequestError, MarketoError, ProtocolError, ReplyLost, TransportError
 from worker.marketo.base import SyncResult, SyncStatus
 from worker.marketo.rest.faults import error_for
 
@@ -137,21 +137,26 @@ def _result(item: object) -> SyncResult:
 
 
 def parse_response(
-    body: bytes, *, http_status: int, content_type: str | None, expected: int
+    body: bytes,
+    *,
+    http_status: int,
+    content_type: str | None,
+    expected: int,
+    request_written: bool = True,
 ) -> list[SyncResult]:
-    """One result per sent record, in input order, or the error of the whole call."""
+    """One result per sent record, in input order, or the error of the whole call. A 5xx
+    page after the request was written is ReplyLost (a gateway gave up; Marketo may still
+    apply the call); every unreadable answer is a ProtocolError."""
     if http_status == 413:
         raise BadRequestError("HTTP 413: request body over Marketo's limit; split", code=413)
     if http_status >= 500:
-        raise TransportError(f"HTTP {http_status} from leads.json")
+        message = f"HTTP {http_status} from leads.json"
+        raise ReplyLost(message) if request_written else TransportError(message)
     if http_status != 200:
         raise ProtocolError(f"HTTP {http_status} from leads.json")
     if content_type is not None and "json" not in content_type.lower():
         raise ProtocolError(f"leads.json answered {content_type.split(';')[0][:60]}, not JSON")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("leads.json answered malformed or truncated JSON") from None
+    document = load_json(body, "leads.json")
     if not isinstance(document, dict):
         raise ProtocolError("leads.json answered JSON that is not an object")
     if document.get("success") is not True:
@@ -171,3 +176,14 @@ def _call_error(errors: object) -> MarketoError:
     code = int(code_text) if code_text.isdigit() else None
     message = str(first.get("message", ""))[:300] or "no message"
     return error_for(code, message)
+
+
+def load_json(body: bytes, what: str) -> object:
+    """Parse an untrusted JSON body; every failure is a ProtocolError (a deeply nested
+    body raises RecursionError, which is not a ValueError)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError, MemoryError):
+        raise ProtocolError(
+            f"{what} answered malformed, truncated or too deeply nested JSON"
+        ) from None

@@ -3,8 +3,8 @@ what the drain does. A 6xx means the whole request failed and was not executed.
 
 Where Marketo's documentation leaves the meaning open, the safe reading is taken: a code
 that would fail every call the same way (610 wrong URL, 612 content type, 609 JSON, 605
-method) holds the pipeline with the reason instead of retrying in a loop; an unknown code
-is transient (bounded retries, then dead letters)."""
+method, a whole-call 1xxx) holds the pipeline with the reason instead of retrying in a
+loop; an unknown code is transient (bounded retries, then dead letters)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,20 @@ ADVICE: dict[int, str] = {
 }
 
 
+#: A whole-call 1xxx is about the request's shape (an unsupported lookup field or partition,
+#: an unknown parameter): every call fails the same way until the configuration changes.
+REQUEST_SHAPE_ADVICE = (
+    "Marketo refused the request itself: check LEADSYNC_MARKETO_ACTION, "
+    "LEADSYNC_MARKETO_LOOKUP_FIELD and LEADSYNC_MARKETO_PARTITION"
+)
+
+
 def error_for(code: int | None, message: str) -> MarketoError:
-    """The error for a whole-call REST error (``success: false``)."""
+    """The error for a whole-call REST error (``success: false``). A whole-call 1xxx holds
+    the pipeline with Marketo's message, as 609 and 612 do: retrying would fail the same
+    way, call after call."""
+    if code is not None and 1000 <= code < 2000:
+        return AuthError(f"{message}: {REQUEST_SHAPE_ADVICE}", code=code)
     error_type = ERROR_CODES.get(code, TransientError) if code is not None else TransientError
     advice = ADVICE.get(code) if code is not None else None
     return error_type(f"{message}: {advice}" if advice else message, code=code)

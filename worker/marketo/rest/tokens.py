@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,8 @@ from pydantic import SecretStr
 
 from producers.keys import Keys
 from producers.wire import text
-from worker.errors import AuthError, ProtocolError, TransientError
+from worker.errors import AuthError, OutcomeUnknown, ProtocolError, TransientError
+from worker.marketo.rest.codec import load_json
 from worker.transport import Transport
 
 #: A shared token is dropped this long before Marketo says it expires (a call that takes
@@ -133,11 +133,15 @@ async def fetch_token(
             "client_secret": client_secret.get_secret_value(),
         }
     ).encode()
-    reply = await transport.post(
-        token_url,
-        form,
-        {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
-    )
+    try:
+        reply = await transport.post(
+            token_url,
+            form,
+            {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        )
+    except OutcomeUnknown as exc:
+        # An identity call changes nothing in Marketo: asking again is safe at once.
+        raise TransientError(f"identity call failed: {exc.detail}") from exc
     if reply.status in (400, 401, 403):
         raise AuthError(
             f"identity refused the client credentials (HTTP {reply.status}): check "
@@ -146,11 +150,11 @@ async def fetch_token(
     if reply.status != 200:
         raise TransientError(f"identity answered HTTP {reply.status}")
     try:
-        document = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("identity answered malformed JSON") from None
+        document = load_json(reply.body, "identity")
+    except ProtocolError as exc:
+        raise TransientError(exc.detail) from None
     token = document.get("access_token") if isinstance(document, dict) else None
     expires_in = document.get("expires_in") if isinstance(document, dict) else None
     if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
-        raise ProtocolError("identity answered without access_token and expires_in")
+        raise TransientError("identity answered without access_token and expires_in")
     return token, float(expires_in)

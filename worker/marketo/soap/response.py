@@ -12,7 +12,7 @@ from typing import Final
 
 from lxml import etree
 
-from worker.errors import MarketoError, ProtocolError, TransportError
+from worker.errors import MarketoError, ProtocolError, ReplyLost, TransportError
 from worker.marketo.base import SyncResult, SyncStatus
 from worker.marketo.soap.faults import fault_error
 
@@ -50,6 +50,8 @@ def parse_xml(body: bytes, *, max_bytes: int = MAX_RESPONSE_BYTES) -> etree._Ele
     except etree.XMLSyntaxError as exc:
         # libxml2 messages name tags and positions, not text content.
         raise ProtocolError(f"malformed XML: {str(exc)[:200]}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ProtocolError(f"unreadable XML ({exc.__class__.__name__})") from None
     docinfo = root.getroottree().docinfo
     doctype = getattr(docinfo, "doctype", "")  # missing from lxml-stubs
     if doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
@@ -188,11 +190,14 @@ def parse_sync_response(
     expected_count: int,
     content_type: str | None = None,
     max_bytes: int = MAX_RESPONSE_BYTES,
+    request_written: bool = True,
 ) -> list[SyncResult]:
     """One SyncResult per request lead, by position; raise the MarketoError that fits otherwise.
 
     - a SOAP fault (whatever the HTTP status) -> ``fault_error(code, faultstring)``
-    - a non-XML body (an HTML 502 page) or a non-2xx answer without a fault -> TransportError
+    - a non-XML body (a gateway's HTML 504 page) or a non-2xx answer without a fault ->
+      ReplyLost (Marketo may have applied the call), or TransportError when the answer
+      came before the request body was written
     - malformed, oversized or hostile XML, or a result count unlike ``expected_count``
       -> ProtocolError (results are matched by position, so a mismatch is never guessed at)
     """
@@ -201,14 +206,20 @@ def parse_sync_response(
         raise ProtocolError(f"body of {len(body)} bytes exceeds the {max_bytes}-byte cap")
     if not ok and not _looks_like_xml(body, content_type):
         kind = (content_type or "no content type")[:60]
-        raise TransportError(f"HTTP {http_status} with a non-XML body ({kind})")
+        raise _gateway_error(f"HTTP {http_status} with a non-XML body ({kind})", request_written)
     root = parse_xml(body, max_bytes=max_bytes)
     fault = parse_fault(root)
     if fault is not None:
         raise fault
     if not ok:
-        raise TransportError(f"HTTP {http_status} without a SOAP fault")
+        raise _gateway_error(f"HTTP {http_status} without a SOAP fault", request_written)
     results = [_sync_result(element) for element in _status_elements(_body(root))]
     if len(results) != expected_count:
         raise ProtocolError(f"{len(results)} sync results for {expected_count} leads")
     return results
+
+
+def _gateway_error(message: str, request_written: bool) -> MarketoError:
+    """A non-2xx page instead of Marketo's answer: after the request was written, a
+    gateway may have given up while Marketo goes on applying the call."""
+    return ReplyLost(message) if request_written else TransportError(message)
