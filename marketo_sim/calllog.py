@@ -16,7 +16,9 @@ class CallRecord:
     operation: str = "sync"  # sync (syncMultipleLeads, Sync Leads) | describe
     keys: tuple[str, ...] = ()
     end_s: float | None = None
-    outcome: str = "in_flight"  # ok | fault | http_502 | truncated | doctype | hang | rejected
+    # ok | fault | http_502 | truncated | doctype | hang | rejected | gateway_504 (answered
+    # 504 at once, stays "in_flight" until Marketo has applied it).
+    outcome: str = "in_flight"
     fault_code: int | None = None  # a SOAP fault code, or a REST whole-call error code
     statuses: dict[str, int] = field(default_factory=dict)
     overlap: int = 0  # the most other calls in flight at any moment of this one
@@ -85,7 +87,9 @@ class CallLog:
         return {
             "calls": len(self.calls),
             "calls_by_protocol": dict(Counter(c.protocol for c in self.calls)),
+            # Calls by outcome; a gateway_504 call counts under "in_flight" until applied.
             "outcomes": dict(outcomes),
+            "in_flight": len(self.in_flight),
             "faults_by_code": dict(faults),
             "statuses": dict(statuses),
             "leads_per_call": {

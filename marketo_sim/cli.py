@@ -26,6 +26,19 @@ def demo(
         "--api",
         help="Marketo API the worker calls: soap or rest (the simulator speaks both).",
     ),
+    wire: bool = typer.Option(
+        True,
+        "--wire/--loopback",
+        help="Write the simulator's replies in 1,400-byte pieces 2 ms apart, as a WAN "
+        "delivers them (--loopback: each reply in one piece).",
+    ),
+    gateway_504_rate: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="Share of calls a gateway answers 504 at once while Marketo applies them "
+        "2 s later; the worker rests those shards instead of resending.",
+    ),
 ) -> None:
     """Run the whole pipeline end to end: Redis, the Marketo simulator, a real worker."""
     from marketo_sim.demo import render_summary, run_demo
@@ -40,6 +53,8 @@ def demo(
         shards=shards,
         console=console,
         api=api,
+        wire=wire,
+        gateway_504_rate=gateway_504_rate,
     )
     render_summary(result, console)
     if not result.complete:
@@ -79,6 +94,21 @@ def sim(
         show_default=False,
     ),
     token_lifetime_s: float = typer.Option(3600.0, min=1, help="REST access token lifetime."),
+    reply_chunk_bytes: int = typer.Option(
+        0, min=0, help="Write every reply body in pieces of at most this many bytes (0: whole)."
+    ),
+    reply_chunk_gap_s: float = typer.Option(
+        0.0, min=0, help="Seconds between two pieces of a reply (with --reply-chunk-bytes)."
+    ),
+    fault_gateway_504_rate: float = typer.Option(
+        0.0,
+        min=0,
+        max=1,
+        help="Share of calls a gateway answers 504 at once while Marketo still applies them.",
+    ),
+    gateway_apply_delay_s: float = typer.Option(
+        5.0, min=0, help="Seconds after its 504 that a gateway-504 call is applied."
+    ),
 ) -> None:
     """Run the Marketo simulator on one port: SOAP at /soap/mktows/2_2; REST with the base URL
     http://HOST:PORT (/rest/v1/leads.json, /rest/v1/leads/describe2.json, identity at
@@ -95,6 +125,10 @@ def sim(
         client_id=client_id,
         client_secret=client_secret,
         token_lifetime_s=token_lifetime_s,
+        reply_chunk_bytes=reply_chunk_bytes,
+        reply_chunk_gap_s=reply_chunk_gap_s,
+        fault_gateway_504_rate=fault_gateway_504_rate,
+        gateway_apply_delay_s=gateway_apply_delay_s,
     )
     base = f"http://{host}:{port}"
     console.print(

@@ -83,10 +83,34 @@ FAULT_KINDS: tuple[str, ...] = (
     "transient_713",
     "rate_606",
     "concurrency_615",
+    "gateway_504",
 )
-#: The kinds each protocol can be given; ``hang``, ``http_502`` and ``truncated`` are shared.
-SOAP_FAULT_KINDS: tuple[str, ...] = FAULT_KINDS[:8]
-REST_FAULT_KINDS: tuple[str, ...] = ("hang", "http_502", "truncated", *FAULT_KINDS[8:])
+#: The kinds each protocol can be given; ``hang``, ``http_502``, ``truncated`` and
+#: ``gateway_504`` are shared. Order matters: one uniform draw walks the kinds in this order,
+#: so a new kind goes last (at rate 0 it leaves every seeded draw as it was).
+SOAP_FAULT_KINDS: tuple[str, ...] = (
+    "hang",
+    "http_502",
+    "truncated",
+    "doctype",
+    "internal_10001",
+    "internal_20011",
+    "rate_20023",
+    "concurrency_20024",
+    "gateway_504",
+)
+REST_FAULT_KINDS: tuple[str, ...] = (
+    "hang",
+    "http_502",
+    "truncated",
+    "timeout_604",
+    "unavailable_608",
+    "system_611",
+    "transient_713",
+    "rate_606",
+    "concurrency_615",
+    "gateway_504",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +175,19 @@ class SimConfig:
     fault_transient_713_rate: float = 0.0
     fault_rate_606_rate: float = 0.0
     fault_concurrency_615_rate: float = 0.0
+    # Both protocols: a gateway in front of Marketo answers HTTP 504 (an HTML page) at once
+    # while Marketo still works on the call: it is counted (window, quota, a concurrency slot)
+    # and applied to the leads gateway_apply_delay_s later, holding its slot until then.
+    fault_gateway_504_rate: float = 0.0
+    gateway_apply_delay_s: float = 5.0
     # How long a "hang" holds the connection: longer than any sane client timeout.
     hang_s: float = 120.0
+
+    # The wire: with reply_chunk_bytes > 0 every reply body (admin API aside) is written in
+    # pieces of at most that many bytes, reply_chunk_gap_s apart, under a correct
+    # Content-Length (a WAN behind a gateway); 0 writes each reply in one piece.
+    reply_chunk_bytes: int = 0
+    reply_chunk_gap_s: float = 0.0
 
     # REST identity (Admin > Integration > LaunchPoint): client credentials and tokens.
     client_id: str = "leadsync-sim-client"
@@ -194,6 +229,9 @@ class SimConfig:
             raise ValueError("unknown_elements must be 'fault' or 'ignore'")
         if self.token_lifetime_s <= 0:
             raise ValueError("token_lifetime_s must be > 0")
+        for name in ("reply_chunk_bytes", "reply_chunk_gap_s", "gateway_apply_delay_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
         from marketo_sim.fields import check_field_names  # the mapping lives with the fields
 
         check_field_names(self.known_fields, self.rest_dedupe_fields)

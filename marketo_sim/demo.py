@@ -30,6 +30,11 @@ DEMO_USER_ID = "leadsync_demo_user"
 DEMO_ENCRYPTION_KEY = "leadsync-demo-key"  # the simulator's, not a real secret
 FIRST_NAMES = ("Ana", "Bo", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Jun")
 COMPANIES = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne")
+#: Replies as a WAN delivers them: about one TCP segment at a time, a little apart.
+WIRE_PIECE_BYTES = 1400
+WIRE_GAP_S = 0.002
+#: A gateway's 504'd call is applied by the simulator this much later.
+GATEWAY_APPLY_DELAY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -92,15 +97,26 @@ def run_demo(
     shards: int,
     console: Console,
     api: str = "soap",
+    wire: bool = True,
+    gateway_504_rate: float = 0.0,
 ) -> DemoResult:
-    """Run the pipeline end to end over ``api`` (soap or rest) and return what it measured."""
+    """Run the pipeline end to end over ``api`` (soap or rest) and return what it measured.
+    ``wire``: replies come in pieces, as over a WAN; ``gateway_504_rate``: that share of
+    calls is answered 504 at once and applied by the simulator seconds later."""
     result = DemoResult(leads)
     prefix = f"leadsync-demo-{os.getpid()}"
+    sim_config = SimConfig(
+        user_id=DEMO_USER_ID,
+        encryption_key=DEMO_ENCRYPTION_KEY,
+        latency_s=latency_s,
+        reply_chunk_bytes=WIRE_PIECE_BYTES if wire else 0,
+        reply_chunk_gap_s=WIRE_GAP_S if wire else 0.0,
+        fault_gateway_504_rate=gateway_504_rate,
+        gateway_apply_delay_s=GATEWAY_APPLY_DELAY_S,
+    )
     with (
         _redis_for_demo(console) as (redis_url, redis_kind),
-        SimulatorThread(
-            SimConfig(user_id=DEMO_USER_ID, encryption_key=DEMO_ENCRYPTION_KEY, latency_s=latency_s)
-        ) as sim,
+        SimulatorThread(sim_config) as sim,
     ):
         result.redis_kind = redis_kind
         env = {
@@ -117,11 +133,15 @@ def run_demo(
             "LEADSYNC_MARKETO_REST_URL": sim.rest_base_url,
             "LEADSYNC_MARKETO_CLIENT_ID": sim.config.client_id,
             "LEADSYNC_MARKETO_CLIENT_SECRET": sim.config.client_secret,
+            # The simulator's gateway applies a 504'd call 2 s later: rest a little longer.
+            "LEADSYNC_UNKNOWN_OUTCOME_REST_S": str(GATEWAY_APPLY_DELAY_S + 1),
         }
         where = sim.endpoint if api == "soap" else f"{sim.rest_base_url}/rest/v1/leads.json"
         console.print(
             f"Redis: {redis_kind} · Marketo simulator ({api.upper()}): {where} · "
-            f"worker processes: {concurrency}"
+            f"worker processes: {concurrency} · replies "
+            + (f"in {WIRE_PIECE_BYTES}-byte pieces" if wire else "whole (loopback)")
+            + (f" · gateway 504s: {gateway_504_rate:.0%}" if gateway_504_rate else "")
         )
         with (
             celery_worker(env, concurrency=concurrency),

@@ -11,14 +11,17 @@ Order of checks on an API call (each refusal answers at once):
 413 body over ``rest_max_payload_bytes`` (HTTP level) > injected 502 page (a gateway: not
 authenticated, not counted) > bearer token 601/602 > method 605 > injected 604/608/611 (not
 counted, as documented) > injected 606/615 > limits 607/606/615 (refusals not counted) >
-counted from here: injected 713 > content type 612 > JSON 609 > request 1001-1011 > records.
+counted from here: injected 713 > content type 612 > JSON 609 > request 1001-1011 >
+injected gateway 504 (HTTP 504 at once; applied ``gateway_apply_delay_s`` later) > records.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
@@ -27,10 +30,12 @@ from marketo_sim.config import REST_FAULT_KINDS, SimConfig
 from marketo_sim.faults import pick_fault, sample_latency_s
 from marketo_sim.fields import catalog
 from marketo_sim.http_body import read_limited
+from marketo_sim.limits import Limits
 from marketo_sim.rest import (
     CONTENT_TYPE,
     HTML_413,
     RestError,
+    SyncLeadsRequest,
     limit_error,
     parse_sync_leads,
     render_error,
@@ -52,6 +57,15 @@ _NOT_COUNTED: Final = {"timeout_604": 604, "unavailable_608": 608, "system_611":
 #: still uses it is unknown (research §1). It carries no token then: 601, as for no token,
 #: with the text of Adobe's documented 601 example.
 MISSING_AUTH_TEXT: Final = "Unauthorized"
+
+
+@dataclass(frozen=True, slots=True)
+class _Sync:
+    """A Sync Leads call read and checked, ready to apply."""
+
+    parsed: SyncLeadsRequest
+    context: RestSync
+    extra_s: float  # added latency (more records than max_records, oversize_mode "slow")
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -112,7 +126,8 @@ class RestApi:
             call.outcome, call.fault_code = "fault", error.code
             response = _json(render_error(rid, error))
         finally:
-            log.finish(call, time.time())
+            if not self.sim.gateway.holds(call):  # a gateway-504 call ends once it is applied
+                log.finish(call, time.time())
         return response
 
     def _authenticate(self, request: web.Request) -> None:
@@ -157,29 +172,46 @@ class RestApi:
                 window_s=config.rate_window_s,
                 concurrent=config.max_concurrent,
             )
-        sim.limits.count_in(time.monotonic())
+        limits = sim.limits
+        limits.count_in(time.monotonic())
+        held = False
         try:
             if injected == "transient_713":
                 await sim.sleep(latency_s)
                 raise RestError(713)
             if call.operation == "describe":
+                if injected == "gateway_504":  # nothing to apply; the slot is held as long
+                    response = self._gateway_504(call, config, limits, lambda: None)
+                    held = True
+                    return response
                 await sim.sleep(latency_s)
                 describe = catalog(config.known_fields, config.rest_dedupe_fields).describe2()
                 return await self._answer(call, render_success(rid, [describe]), injected)
-            return await self._sync(request, body, call, rid, config, latency_s, injected)
+            sync = self._check(request, body, call, config)
+            if injected == "gateway_504":
+                # Marketo takes the call; the gateway gives up on it at once.
+                response = self._gateway_504(call, config, limits, lambda: self._apply(sync, call))
+                held = True
+                return response
+            return await self._sync(sync, call, rid, latency_s, injected)
         finally:
-            sim.limits.release()
+            if not held:
+                limits.release()
 
-    async def _sync(
-        self,
-        request: web.Request,
-        body: bytes,
-        call: CallRecord,
-        rid: str,
-        config: SimConfig,
-        latency_s: float,
-        injected: str | None,
+    def _gateway_504(
+        self, call: CallRecord, config: SimConfig, limits: Limits, apply: Callable[[], object]
     ) -> web.Response:
+        """Hand the admitted call (its slot in ``limits``, its log record) to the gateway's
+        background apply; the client gets the 504 page now."""
+        sim = self.sim
+        return sim.gateway.hold(
+            call, log=sim.log, limits=limits, delay_s=config.gateway_apply_delay_s, apply=apply
+        )
+
+    def _check(
+        self, request: web.Request, body: bytes, call: CallRecord, config: SimConfig
+    ) -> _Sync:
+        """Read a Sync Leads call (refusing it as a whole with RestError), note its keys."""
         sim = self.sim
         # "all JSON strings must use UTF-8 encoding" (leads.md): another charset is refused too.
         charset = (request.charset or "utf-8").lower()
@@ -195,17 +227,25 @@ class RestApi:
         )
         keys = (record_key(r, parsed.lookup_field) for r in parsed.records)
         sim.log.set_keys(call, tuple(k for k in keys if k is not None))
-        if len(parsed.records) > config.max_records:
-            latency_s += config.oversize_delay_s
-        await sim.sleep(latency_s)
+        extra_s = config.oversize_delay_s if len(parsed.records) > config.max_records else 0.0
         context = RestSync(parsed, fields, config.reject_email_domains, config.rest_partitions)
+        return _Sync(parsed, context, extra_s)
+
+    def _apply(self, sync: _Sync, call: CallRecord) -> list[dict[str, Any]]:
+        """Apply the records to the lead database; tally their statuses on ``call``."""
         now = time.time()
         results = [
-            sync_record(sim.db, context, record, call_id=call.call_id, now=now)
-            for record in parsed.records
+            sync_record(self.sim.db, sync.context, record, call_id=call.call_id, now=now)
+            for record in sync.parsed.records
         ]
         call.tally(result.status for result in results)
-        whole = render_success(rid, [result.to_json() for result in results])
+        return [result.to_json() for result in results]
+
+    async def _sync(
+        self, sync: _Sync, call: CallRecord, rid: str, latency_s: float, injected: str | None
+    ) -> web.Response:
+        await self.sim.sleep(latency_s + sync.extra_s)
+        whole = render_success(rid, self._apply(sync, call))
         return await self._answer(call, whole, injected)
 
     async def _answer(self, call: CallRecord, whole: bytes, injected: str | None) -> web.Response:

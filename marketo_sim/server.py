@@ -7,6 +7,9 @@ Routes:
     GET  /admin/calls | /admin/summary | /admin/leads | /admin/config
     POST /admin/config (JSON patch of SimConfig fields) | /admin/reset
     POST /admin/token/expire           the current REST token expires now (next use: 602)
+
+Every reply but the admin API's goes through ``wire.middleware`` (``reply_chunk_bytes``: the
+body in pieces); ``gateway_504`` calls are applied later by ``gateway.Gateway``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from marketo_sim.auth import check_auth
 from marketo_sim.calllog import CallLog, CallRecord
 from marketo_sim.config import SimConfig
 from marketo_sim.faults import pick_fault, sample_latency_s
+from marketo_sim.gateway import Gateway
 from marketo_sim.http_body import read_limited
 from marketo_sim.identity import TokenIssuer
 from marketo_sim.limits import Limits
@@ -45,6 +49,7 @@ from marketo_sim.soap import (
     render_truncated,
 )
 from marketo_sim.state import LeadDatabase
+from marketo_sim.wire import middleware as wire_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +71,13 @@ class Simulator:
         self._closing = asyncio.Event()
         # Tokens outlive /admin/reset (a client holding one keeps it); their counters do not.
         self.identity = TokenIssuer()
+        # Calls answered 504 by the gateway that are still to be applied (their own tasks).
+        self.gateway = Gateway(self.sleep)
         self.reset()
 
     def reset(self) -> None:
-        """Forget every lead, call and limit counter; keep the configuration."""
+        """Forget every lead, call and limit counter; keep the configuration. Pending
+        gateway-504 applies must be cancelled first (see :meth:`reset_now`)."""
         self.db = LeadDatabase(self.config.first_lead_id)
         self.limits = Limits()
         self.log = CallLog()
@@ -81,9 +89,21 @@ class Simulator:
         if "seed" in patch:
             self.rng = random.Random(self.config.seed)
 
+    async def reset_now(self) -> None:
+        """Cancel the pending gateway-504 applies, then :meth:`reset` (POST /admin/reset)."""
+        pending = self.gateway.cancel_all()
+        self.reset()
+        await pending
+
     def close(self) -> None:
         """Release calls that are hanging on purpose (server shutdown)."""
         self._closing.set()
+
+    async def shut_down(self) -> None:
+        """Cancel the pending gateway-504 applies and release hanging calls (app shutdown)."""
+        pending = self.gateway.cancel_all()
+        self.close()
+        await pending
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -101,7 +121,8 @@ class Simulator:
             call.outcome, call.fault_code = "fault", fault.code
             response = _xml(render_fault(fault), status=500)
         finally:
-            self.log.finish(call, time.time())
+            if not self.gateway.holds(call):  # a gateway-504 call ends once it is applied
+                self.log.finish(call, time.time())
         return response
 
     async def _serve(self, request: web.Request, call: CallRecord) -> web.Response:
@@ -129,20 +150,29 @@ class Simulator:
         if injected in ("internal_10001", "internal_20011", "rate_20023", "concurrency_20024"):
             raise SimFault(int(injected.rsplit("_", 1)[1]), "Injected fault")
 
-        self.limits.admit(config, monotonic_s=time.monotonic(), epoch_s=time.time())
+        limits = self.limits
+        limits.admit(config, monotonic_s=time.monotonic(), epoch_s=time.time())
+        held = False
         try:
+            latency_s += self._check(sync, config)
+            if injected == "gateway_504":
+                # Marketo takes the call; the gateway gives up on it at once.
+                response = self.gateway.hold(
+                    call,
+                    log=self.log,
+                    limits=limits,
+                    delay_s=config.gateway_apply_delay_s,
+                    apply=lambda: self._apply(sync, call, config),
+                )
+                held = True
+                return response
             return await self._sync(sync, call, config, latency_s, injected)
         finally:
-            self.limits.release()
+            if not held:
+                limits.release()
 
-    async def _sync(
-        self,
-        sync: SyncRequest,
-        call: CallRecord,
-        config: SimConfig,
-        latency_s: float,
-        injected: str | None,
-    ) -> web.Response:
+    def _check(self, sync: SyncRequest, config: SimConfig) -> float:
+        """Refuse a call Marketo refuses as a whole; return its extra latency (oversize)."""
         unknown = sorted({a.name for r in sync.records for a in r.attributes} - config.known_fields)
         if unknown:
             raise SimFault(
@@ -154,9 +184,11 @@ class Simulator:
                 raise SimFault(
                     20017, f"Invalid Request: more than {config.max_records} lead records"
                 )
-            latency_s += config.oversize_delay_s
-        await self.sleep(latency_s)
+            return config.oversize_delay_s
+        return 0.0
 
+    def _apply(self, sync: SyncRequest, call: CallRecord, config: SimConfig) -> list[SyncStatus]:
+        """Apply the records to the lead database; tally their statuses on ``call``."""
         dedup = config.default_dedup if sync.dedup is None else sync.dedup
         now = time.time()
         statuses: list[SyncStatus] = [
@@ -170,6 +202,18 @@ class Simulator:
             for record in sync.records
         ]
         call.tally(status.status for status in statuses)
+        return statuses
+
+    async def _sync(
+        self,
+        sync: SyncRequest,
+        call: CallRecord,
+        config: SimConfig,
+        latency_s: float,
+        injected: str | None,
+    ) -> web.Response:
+        await self.sleep(latency_s)
+        statuses = self._apply(sync, call, config)
         call.outcome = "ok"
         if injected == "truncated":
             call.outcome = "truncated"
@@ -226,7 +270,7 @@ class Simulator:
         return web.json_response({"expired": self.identity.expire_now(time.monotonic())})
 
     async def admin_reset(self, request: web.Request) -> web.Response:
-        self.reset()
+        await self.reset_now()
         return web.json_response({"reset": True})
 
 
@@ -240,7 +284,7 @@ SIMULATOR_KEY: Final = web.AppKey("simulator", Simulator)
 def create_app(config: SimConfig | None = None) -> web.Application:
     """The simulator as an aiohttp application; ``app[SIMULATOR_KEY]`` is its state."""
     sim = Simulator(config or SimConfig())
-    app = web.Application()
+    app = web.Application(middlewares=[wire_middleware(sim)])
     app[SIMULATOR_KEY] = sim
     app.router.add_post(SOAP_PATH, sim.handle_soap)
     app.router.add_get(SOAP_PATH, sim.handle_wsdl)
@@ -254,7 +298,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     add_routes(app, RestApi(sim))
 
     async def _on_shutdown(_: web.Application) -> None:
-        sim.close()
+        await sim.shut_down()
 
     app.on_shutdown.append(_on_shutdown)
     return app
