@@ -116,13 +116,21 @@ class BadRequestError(MarketoError):
     """Raised when some record made the whole call fault (20105, 20017, 20110, 20114, ...).
 
     ``fields`` holds the attribute names Marketo named as unknown (20105), case-folded:
-    the records carrying them are the faulty ones, no bisection needed."""
+    the records carrying them are the faulty ones, no bisection needed. ``named_text`` is
+    the part of Marketo's text that names them (bounded), to find names the list could
+    not be split into."""
 
     def __init__(
-        self, message: str, *, code: int | None = None, fields: frozenset[str] = frozenset()
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        fields: frozenset[str] = frozenset(),
+        named_text: str = "",
     ) -> None:
         super().__init__(message, code=code)
         self.fields = fields
+        self.named_text = named_text
 
 
 class LimitReached(LeadsyncError):

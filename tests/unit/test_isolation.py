@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from producers.contract import key_digest, validate_lead
 from worker.core.batching import BatchRecord
-from worker.core.isolation import carrying, isolation_budget, split_after_fault
+from worker.core.isolation import carrying, isolation_budget, named_in, split_after_fault
 from worker.marketo.soap.response import unknown_field_names
 
 
@@ -51,3 +51,17 @@ def test_the_isolation_budget_grows_with_the_logarithm_of_the_batch() -> None:
     assert isolation_budget(1) == 6
     assert isolation_budget(300) == 2 * 9 + 4
     assert isolation_budget(300) < 300 // 10
+
+
+def test_a_field_list_that_cannot_be_split_is_searched_for_the_batchs_own_names() -> None:
+    names = ["Pants", "my field", "Shoes", "Size"]
+    assert named_in("[Pants] [my field] and SHOES", names) == {"pants", "my field", "shoes"}
+    assert named_in("PantsSize", names) == frozenset(), "whole words only"
+
+
+def test_quoted_names_are_read_without_their_quotes() -> None:
+    assert unknown_field_names("unknown fields for import: 'Pants', \"Shirt\" (20105)") == (
+        "Pants",
+        "Shirt",
+    )
+    assert unknown_field_names("UNKNOWN FIELDS FOR IMPORT: x") == ("x",)

@@ -4,18 +4,22 @@ makes a whole syncMultipleLeads call fault.
 Calls are the scarce resource, so isolation costs calls per bad FIELD, not per record:
 
 * 20105 names the unknown fields (``unknown fields for import: A, B (20105)``; the codec
-  reads them into ``BadRequestError.fields``): every record carrying one of them fails in
-  one step, and the rest go out again together.
+  reads them into ``BadRequestError.fields``, without quotes, case-blind): every record
+  carrying one of them fails in one step, and the rest go out again together. When the
+  parsed names match no record (a name quoted oddly, cut short, or holding a comma or a
+  space), the batch's own attribute names are looked for in the text that named them.
   A batch whose every record carries one unknown field costs one call.
-* Any other record fault (or a 20105 whose names match no record) splits the batch in
-  halves until the faulting record is alone, within a budget of
-  :func:`isolation_budget` calls per batch; records still unresolved when it is spent are
-  dead-lettered (replayable) instead of burning more of the shared quota.
+* Any other record fault (or a 20105 whose names still match no record) splits the batch
+  in halves until the faulting record is alone: only a record proven bad alone fails. A
+  cycle spends at most :func:`isolation_budget` calls on it; records not yet proven either
+  way then stay pending, their attempts given back (a neighbour's fault never spends
+  them), and the next cycle goes on. Each cycle resolves at least one record, so this ends.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,10 +46,28 @@ class Split:
     next_calls: tuple[tuple[BatchRecord, ...], ...]
 
 
-def split_after_fault(records: Sequence[BatchRecord], fields: frozenset[str]) -> Split:
+def named_in(text: str, names: Iterable[str]) -> frozenset[str]:
+    """Those of ``names`` that ``text`` names as whole words, case-blind (case-folded):
+    how a field is found in a 20105 whose list could not be split into names."""
+    folded = text.casefold()
+    return frozenset(
+        name.casefold()
+        for name in names
+        if name.strip()
+        and re.search(rf"(?<![\w]){re.escape(name.casefold())}(?![\w])", folded) is not None
+    )
+
+
+def split_after_fault(
+    records: Sequence[BatchRecord], fields: frozenset[str], named_text: str = ""
+) -> Split:
     """Decide the next step after ``records`` faulted the call as a whole; ``fields`` are
-    the unknown attribute names the fault named (case-folded), if any."""
+    the unknown attribute names the fault named (case-folded), if any, and ``named_text``
+    the fault's text that named them."""
     bad = carrying(records, fields) if fields else []
+    if not bad and named_text:
+        names = {name for record in records for name in record.lead.attributes}
+        bad = carrying(records, named_in(named_text, names))
     if bad:
         failing = {id(r) for r in bad}
         rest = tuple(r for r in records if id(r) not in failing)

@@ -77,9 +77,10 @@ class Caller:
     ) -> None:
         """Send the batch; when a record faults the whole call, fail the records carrying
         the fields 20105 names, or split until the faulting record is alone, within
-        :func:`~worker.core.isolation.isolation_budget` extra calls (what is left then is
-        dead-lettered). Past the drain budget no further call goes out: the rest stays
-        pending."""
+        :func:`~worker.core.isolation.isolation_budget` extra calls. Records not yet proven
+        either way when the budget or the drain budget is spent get no result here: they
+        stay pending for a later cycle, and the drain gives their attempts back (a
+        neighbour's fault never spends them)."""
         work: list[tuple[BatchRecord, ...]] = [batch.records]
         budget = isolation_budget(len(batch.records))
         # A full batch is the best use of a call; a partial one waits for the quota pace.
@@ -89,18 +90,16 @@ class Caller:
             while work:
                 if results and time.monotonic() > deadline_s:
                     return
-                records = work.pop(0)
                 if calls > budget:
-                    results.extend(
-                        RecordResult(
-                            r,
-                            OutcomeStatus.DEAD_LETTERED,
-                            error=f"isolation budget of {budget} calls spent; replay to retry",
-                            error_code="ISOLATION_BUDGET",
-                        )
-                        for r in records
+                    left = sum(len(records) for records in work)
+                    logger.info(
+                        "isolation spent its %d calls; %d records not yet proven either way "
+                        "stay pending for the next cycle",
+                        budget,
+                        left,
                     )
-                    continue
+                    return
+                records = work.pop(0)
                 calls += 1
                 try:
                     answers = await self._call(lanes, records, batch.dedup, report, paced=paced)
@@ -118,7 +117,7 @@ class Caller:
                         )
                     raise
                 except BadRequestError as exc:
-                    split = split_after_fault(records, exc.fields)
+                    split = split_after_fault(records, exc.fields, exc.named_text)
                     results.extend(
                         RecordResult(
                             r,
@@ -141,6 +140,7 @@ class Caller:
                     for record, answer in zip(records, answers, strict=True)
                 )
         finally:
+            report.isolation_calls += max(0, calls - 1)
             metrics.record_isolation_calls(max(0, calls - 1))
 
     async def _call(

@@ -110,10 +110,12 @@ class Drainer:
         (report.backlog,) = [b.entries for b in await self.ledger.backlogs_of([shard])]
         if report.calls or report.dead_lettered or report.status in ("limited", "held", "backoff"):
             logger.info(
-                "shard=%d status=%s calls=%d leads=%d entries=%d outcomes=%s dead_lettered=%d backlog=%d%s",
+                "shard=%d status=%s calls=%d isolation_calls=%d leads=%d entries=%d outcomes=%s "
+                "dead_lettered=%d backlog=%d%s",
                 shard,
                 report.status,
                 report.calls,
+                report.isolation_calls,
                 report.leads_sent,
                 report.entries,
                 dict(report.outcomes),
@@ -303,6 +305,8 @@ class Drainer:
         try:
             await self._caller.send_isolating(riding, batch, results, report, deadline_s)
             report.status = "sent"
+            # Records isolation left unproven stay pending, their attempts given back.
+            self._refund_unanswered(parts, results)
         except LimitReached as exc:
             self._refund_unanswered(parts, results)
             report.status = "held" if exc.reason == "hold" else "limited"

@@ -31,6 +31,8 @@ class DrainReport:
     entries: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
+    #: Calls spent finding the records that faulted whole calls (beyond each first call).
+    isolation_calls: int = 0
     backlog: int = 0
     retry_after_s: float | None = None
     reason: str | None = None
@@ -44,6 +46,7 @@ class DrainReport:
             "entries": self.entries,
             "outcomes": dict(self.outcomes),
             "dead_lettered": self.dead_lettered,
+            "isolation_calls": self.isolation_calls,
             "backlog": self.backlog,
             "retry_after_s": self.retry_after_s,
             "reason": self.reason,

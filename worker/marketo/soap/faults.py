@@ -53,10 +53,14 @@ RECORD_FAULT_CODES = frozenset(
 
 
 def fault_error(
-    code: int | None, message: str, *, fields: frozenset[str] = frozenset()
+    code: int | None,
+    message: str,
+    *,
+    fields: frozenset[str] = frozenset(),
+    named_text: str = "",
 ) -> MarketoError:
     """The error for a SOAP fault. Unknown codes are transient: bounded retries, then dead letters."""
     error_type = FAULT_CODES.get(code, TransientError) if code is not None else TransientError
     if error_type is BadRequestError:
-        return BadRequestError(message, code=code, fields=fields)
+        return BadRequestError(message, code=code, fields=fields, named_text=named_text)
     return error_type(message, code=code)

@@ -115,35 +115,61 @@ def parse_fault(root: etree._Element) -> MarketoError | None:
     message = (faultstring or "SOAP fault without a faultstring")[:MAX_FAULT_CHARS]
     fields: frozenset[str] = frozenset()
     names: tuple[str, ...] = ()
+    named_text = ""
     if code == UNKNOWN_FIELD_CODE:
-        for element in fault.iter("{*}message"):
-            parent = element.getparent()
-            if parent is not None and _local(parent) == "serviceException":
-                names = unknown_field_names(_text(element) or "")
+        texts = [
+            _text(element) or ""
+            for element in fault.iter("{*}message")
+            if (parent := element.getparent()) is not None and _local(parent) == "serviceException"
+        ]
+        # The detail's message, else the faultstring: either may carry the list.
+        for text in [*texts, faultstring or ""]:
+            named_text = unknown_fields_text(text)[:MAX_NAMED_CHARS]
+            names = split_field_names(named_text)
+            if names:
                 fields = frozenset(n.casefold() for n in names)
                 break
         if fields:
             # Field names are schema, not lead data: they may show in outcomes and logs.
             message = f"{message}: unknown fields {', '.join(names)}"[:MAX_FAULT_CHARS]
-    return fault_error(code, message, fields=fields)
+    return fault_error(code, message, fields=fields, named_text=named_text)
 
 
 #: Marketo's "Lead Attribute Bad": its message names the unknown fields.
 UNKNOWN_FIELD_CODE = 20105
 
-_UNKNOWN_FIELDS = re.compile(r"unknown fields? for import:\s*(?P<names>.+?)\s*(?:\(\d+\))?\s*$")
+_UNKNOWN_FIELDS = re.compile(
+    r"unknown\s+(?:lead\s+)?fields?\s+for\s+import\s*:\s*(?P<names>.+?)\s*(?:\(\s*\d+\s*\))?[\s.]*$",
+    re.IGNORECASE | re.DOTALL,
+)
+#: Quotes and brackets Marketo (or a proxy) may put around a name.
+_NAME_QUOTES = "\"'`\u2018\u2019\u201c\u201d[]<>"
+#: The part of a 20105 text that names the fields, as kept for matching by name.
+MAX_NAMED_CHARS = 4000
 
 
 def unknown_field_names(message: str) -> tuple[str, ...]:
-    """The field names of a 20105 message, as written; empty when none can be read.
+    """The field names of a 20105 message, as written, without quotes; empty when none can
+    be read. Marketo writes ``... unknown fields for import: pants, shirt (20105)``.
 
     >>> unknown_field_names("syncLead operation failed: unknown fields for import: pants (20105)")
     ('pants',)
+    >>> unknown_field_names("Unknown Fields For Import: 'Pants', \"Shirt\"")
+    ('Pants', 'Shirt')
     """
+    return split_field_names(unknown_fields_text(message))
+
+
+def unknown_fields_text(message: str) -> str:
+    """The part of a 20105 message that lists the fields ('' when it has none)."""
     match = _UNKNOWN_FIELDS.search(message)
-    if match is None:
-        return ()
-    return tuple(n.strip() for n in match.group("names").split(",") if n.strip())
+    return match.group("names") if match else ""
+
+
+def split_field_names(listed: str) -> tuple[str, ...]:
+    """A comma-separated list of names, without quotes or brackets."""
+    names = (n.strip().strip(_NAME_QUOTES).strip() for n in listed.split(","))
+    return tuple(n for n in names if n)
 
 
 def _looks_like_xml(body: bytes, content_type: str | None) -> bool:
