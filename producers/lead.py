@@ -5,11 +5,13 @@ exactly the same rules."""
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from producers.email import check_email
 from producers.errors import InvalidLead
 
 ForeignSysType = Literal["CUSTOM", "SFDC", "NETSUITE"]
@@ -17,6 +19,10 @@ FOREIGN_SYS_TYPES: Final = ("CUSTOM", "SFDC", "NETSUITE")
 MAX_LEAD_ID: Final = 2**31 - 1  # LeadRecord.Id is xs:int
 MAX_VALUE_CHARS: Final = 64 * 1024
 MAX_ATTRIBUTES: Final = 500
+#: A Marketo field API name (``FirstName``, ``leadScore``, ``Custom_Field__c``): ASCII
+#: letters, digits and underscores, as openapi.json's attribute ``propertyNames`` pattern.
+ATTRIBUTE_NAME_PATTERN: Final = "^[A-Za-z0-9_]+$"
+_ATTRIBUTE_NAME_RE: Final = re.compile("[A-Za-z0-9_]+")
 
 # Characters outside XML 1.0's Char production; lone surrogates included.
 _ILLEGAL_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -65,7 +71,10 @@ def _optional_text(field_name: str, value: object) -> str | None:
 def _attribute_value(name: str, value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, float) and not math.isfinite(value):
+        # str() would send "nan" or "inf" as the field's text.
+        raise InvalidLead(f"attributes.{name}", "must be a finite number, not NaN or infinity")
+    if isinstance(value, int | float):
         return str(value)
     if not isinstance(value, str):
         raise InvalidLead(
@@ -90,10 +99,8 @@ def validate_lead(
     'email:ann@example.com'
     """
     clean_email = _optional_text("email", email)
-    if clean_email is not None and (
-        "@" not in clean_email or any(c.isspace() for c in clean_email)
-    ):
-        raise InvalidLead("email", "is not an email address")
+    if clean_email is not None:
+        check_email(clean_email)
 
     clean_id: int | None = None
     if marketo_id is not None:
@@ -132,9 +139,15 @@ def validate_lead(
             if not isinstance(name, str) or not name.strip():
                 raise InvalidLead("attributes", "attribute names must be non-empty strings")
             check_xml_text("attributes", name)
+            name = name.strip()
+            if not _ATTRIBUTE_NAME_RE.fullmatch(name):
+                raise InvalidLead(
+                    f"attributes.{name}",
+                    "is not a Marketo field API name: letters, digits and underscores only",
+                )
             if value is None:
                 raise InvalidLead(f"attributes.{name}", "must not be null")
-            clean_attributes[name.strip()] = _attribute_value(name, value)
+            clean_attributes[name] = _attribute_value(name, value)
 
     if not isinstance(dedup, bool):
         raise InvalidLead("dedup", "must be true or false")

@@ -388,7 +388,7 @@ async def test_the_same_idempotency_key_returns_the_same_answer_and_enqueues_onc
     assert all(0 < ttl <= api.settings.api_idempotency_window_s for ttl in ttls)
 
 
-async def test_idempotent_batches_and_422s_are_replayed_too(api: Api, key: str) -> None:
+async def test_idempotent_batches_are_replayed_and_422s_refused_again(api: Api, key: str) -> None:
     body = {"records": [{"email": "a@example.com"}, {"email": "bad"}]}
     first = await post_once(api, key, "batch-1", body, "/v1/leads:batch")
     again = await post_once(api, key, "batch-1", body, "/v1/leads:batch")
@@ -397,7 +397,7 @@ async def test_idempotent_batches_and_422s_are_replayed_too(api: Api, key: str) 
     invalid = {"email": "bad"}
     one = await post_once(api, key, "i", invalid)
     two = await post_once(api, key, "i", invalid)
-    assert one.status == two.status == 422
+    assert one.status == two.status == 422  # not kept: served again, refused again
     assert one.body == two.body
 
 

@@ -141,7 +141,9 @@ def test_values_round_trip_through_escaping_unchanged() -> None:
 
 
 def test_the_body_is_utf8_with_a_double_quoted_declaration() -> None:
-    body = build_sync_multiple_leads([validate_lead(email="zoë@example.com")], auth=SEED_AUTH)
+    # LeadUpsert, not validate_lead: a non-ASCII address is refused at enqueue, but the
+    # codec must still write any text as UTF-8.
+    body = build_sync_multiple_leads([LeadUpsert(email="zoë@example.com")], auth=SEED_AUTH)
     assert body.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<SOAP-ENV:Envelope ')
     assert "zoë@example.com".encode() in body
 

@@ -121,9 +121,11 @@ async def idempotent(
         request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
     )
     key = request.app[PRODUCER].keys.api_idempotency(key_name, route, idempotency.check_key(header))
+    request_fingerprint = idempotency.fingerprint(request.method, route, await request.read())
     return await idempotency.once(
         request.app[REDIS],
         key,
+        request_fingerprint,
         settings.api_idempotency_window_s,
         settings.api_idempotency_wait_s,
         serve,
