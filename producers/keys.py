@@ -31,6 +31,11 @@ class Keys:
         """The id of the newest entry enqueued for a lead key (written with its XADD)."""
         return f"{self.prefix}:{{{shard}}}:newest:{key_hash}"
 
+    def written_fields(self, shard: int, key_hash: str) -> str:
+        """While a lead has parked writes: each field a later write set, with the id of
+        the newest write that set it (a replay never reverts those)."""
+        return f"{self.prefix}:{{{shard}}}:fields:{key_hash}"
+
     def dead_letters(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dlq"
 

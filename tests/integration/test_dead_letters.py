@@ -10,6 +10,7 @@ import redis.asyncio
 from typer.testing import CliRunner
 
 from marketo_sim.config import SimConfig
+from marketo_sim.soap import parse_request_bytes
 from producers.contract import (
     Keys,
     OutcomeStatus,
@@ -21,6 +22,7 @@ from tests.support.pipeline import running_pipeline
 from worker.cli import app
 from worker.drain import Drainer
 from worker.ops.dead_letters import list_dead_letters, list_page, replay
+from worker.transport import HttpReply, MockTransport
 
 pytestmark = pytest.mark.integration
 
@@ -85,28 +87,140 @@ async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_a
     assert await client.xlen(drainer.keys.stream(0)) == 0
 
 
-async def test_replay_leaves_an_entry_parked_when_a_newer_upsert_of_the_lead_went_through(
+class FieldMarketo:
+    """A Marketo that keeps each lead's fields (merged per field, as an upsert does) and
+    faults 10001 while ``failing``; ``sent`` holds every call's records' fields."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.leads: dict[str, dict[str, str]] = {}
+        self.sent: list[list[dict[str, str]]] = []
+
+    def __call__(self, body: bytes, _headers: object) -> HttpReply:
+        records = parse_request_bytes(body).records
+        if self.failing:
+            return fault(10001)([r.email for r in records])
+        self.sent.append([{a.name: a.value for a in r.attributes} for r in records])
+        for record in records:
+            assert record.email is not None
+            self.leads.setdefault(record.email, {}).update(
+                {a.name: a.value for a in record.attributes}
+            )
+        return ok([r.email for r in records])
+
+
+def field_drainer(client: redis.asyncio.Redis) -> tuple[Drainer, FieldMarketo]:
+    marketo = FieldMarketo()
+    drainer = drainer_for(client, Marketo(ok))
+    drainer.api.transport = MockTransport(marketo)  # type: ignore[attr-defined]
+    return drainer, marketo
+
+
+async def write(drainer: Drainer, email: str, **fields: str) -> str:
+    (entry_id,) = await enqueue(drainer, email, **fields)
+    return request_id(0, entry_id)
+
+
+async def test_a_replay_sends_the_fields_no_newer_write_set_and_ends_terminal(
     client: redis.asyncio.Redis,
 ) -> None:
-    marketo = switch()
-    drainer = drainer_for(client, marketo)
-    old = await enqueue_one(drainer, "ann@example.com", company="Old")
+    """Issue 18 / F5: write 1 {Company: Old, City: OldCity} parked, write 2 {Company: New}
+    applied; the replay refused write 1 as superseded, so City never arrived and write 1
+    stayed DEAD_LETTERED for good."""
+    drainer, marketo = field_drainer(client)
+    first = await write(drainer, "ann@example.com", Company="Old", City="OldCity")
     await cycles(drainer)
-    marketo.behaviours = [ok]
-    newer = await enqueue_one(drainer, "ann@example.com", company="New")
+    assert await status_of(client, first) == "DEAD_LETTERED"
+    marketo.failing = False
+    second = await write(drainer, "ann@example.com", Company="New")
     await cycles(drainer, 1)
-    assert await status_of(client, newer) == "CREATED"
+    assert await status_of(client, second) == "CREATED"
+
+    report = await replay(
+        client, drainer.keys, await list_dead_letters(client, drainer.keys, 1), result_ttl_s=3600
+    )
+    assert (report.replayed, report.superseded) == (1, [])
+    await cycles(drainer, 1)
+    assert marketo.leads["ann@example.com"] == {"Company": "New", "City": "OldCity"}
+    assert marketo.sent[-1] == [{"City": "OldCity"}], "the newer Company is never reverted"
+    assert await status_of(client, first) in ("CREATED", "UPDATED")
+    assert await client.xlen(drainer.keys.dead_letters(0)) == 0
+
+
+async def test_a_leads_parked_writes_replay_together_in_write_order(
+    client: redis.asyncio.Redis,
+) -> None:
+    drainer, marketo = field_drainer(client)
+    ids = [
+        await write(drainer, "bo@example.com", Phone="1", Company="A"),
+        await write(drainer, "bo@example.com", Company="B"),
+    ]
+    await cycles(drainer)
+    assert [await status_of(client, rid) for rid in ids] == ["DEAD_LETTERED"] * 2
+    marketo.failing = False
+    # Only one of them is chosen (--limit 1): the lead's other parked write comes along.
+    (one,) = await list_dead_letters(client, drainer.keys, 1, limit=1)
+    report = await replay(client, drainer.keys, [one], result_ttl_s=3600)
+    assert report.replayed == 2
+    await cycles(drainer, 1)
+    assert marketo.sent == [[{"Phone": "1", "Company": "B"}]], "one call, the newer Company wins"
+    assert {await status_of(client, rid) for rid in ids} <= {"CREATED", "UPDATED"}
+
+
+async def test_a_write_every_field_of_which_was_set_since_ends_superseded_not_parked(
+    client: redis.asyncio.Redis,
+) -> None:
+    drainer, marketo = field_drainer(client)
+    old = await write(drainer, "cy@example.com", Company="Old")
+    await cycles(drainer)
+    marketo.failing = False
+    await write(drainer, "cy@example.com", Company="New")
+    await cycles(drainer, 1)
 
     letters = await list_dead_letters(client, drainer.keys, 1)
     report = await replay(client, drainer.keys, letters, result_ttl_s=3600)
-    assert report.superseded == [old]
-    assert report.replayed == 0
-    assert await client.xlen(drainer.keys.dead_letters(0)) == 1, "still parked"
+    assert (report.superseded, report.replayed) == ([old], 0)
+    outcome = await client.hgetall(Keys().outcome(0, old.split("-", 1)[1]))
+    assert (outcome[b"status"], outcome[b"error_code"]) == (b"FAILED", b"SUPERSEDED")
+    assert await client.xlen(drainer.keys.dead_letters(0)) == 0, "terminal, not parked"
+    await cycles(drainer, 1)
+    assert marketo.leads["cy@example.com"] == {"Company": "New"}
 
+
+async def test_force_replays_every_field_and_names_what_it_may_revert(
+    client: redis.asyncio.Redis,
+) -> None:
+    drainer, marketo = field_drainer(client)
+    old = await write(drainer, "di@example.com", Company="Old", City="Rome")
+    await cycles(drainer)
+    marketo.failing = False
+    await write(drainer, "di@example.com", Company="New")
+    await cycles(drainer, 1)
+
+    letters = await list_dead_letters(client, drainer.keys, 1)
     forced = await replay(client, drainer.keys, letters, result_ttl_s=3600, force=True)
     assert forced.replayed == 1
+    assert forced.may_revert == {old: ["Company"]}
     again = await replay(client, drainer.keys, letters, result_ttl_s=3600, force=True)
     assert again.gone == 1, "a record is replayed once"
+    await cycles(drainer, 1)
+    assert marketo.leads["di@example.com"] == {"Company": "Old", "City": "Rome"}
+
+
+async def test_a_newer_write_still_waiting_is_not_reverted_by_a_replay(
+    client: redis.asyncio.Redis,
+) -> None:
+    drainer, marketo = field_drainer(client)
+    await write(drainer, "ed@example.com", Company="Old", City="Oslo")
+    await cycles(drainer)
+    marketo.failing = False
+    newer = await write(drainer, "ed@example.com", Company="New")  # not yet drained
+    await replay(
+        client, drainer.keys, await list_dead_letters(client, drainer.keys, 1), result_ttl_s=3600
+    )
+    await cycles(drainer, 1)
+    assert marketo.leads["ed@example.com"] == {"Company": "New", "City": "Oslo"}
+    assert await status_of(client, newer) == "CREATED"
 
 
 def test_dlq_list_and_replay_round_trip_through_a_real_worker(redis_url: str) -> None:

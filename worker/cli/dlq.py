@@ -87,12 +87,18 @@ def dlq_replay(
     shard: int | None = typer.Option(None, "--shard", min=0, help="Only this shard."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many."),
     force: bool = typer.Option(
-        False, "--force", help="Replay even when a newer upsert of the same lead went through."
+        False,
+        "--force",
+        help="Send every field as parked, even those a newer applied write of the lead set "
+        "(those may be reverted: the command names them).",
     ),
 ) -> None:
-    """Put parked entries back into their shard streams to be retried.
+    """Put parked entries back into their shard streams to be retried, lead by lead.
 
-    The original request ids get the outcome when the replayed entries complete.
+    A lead's parked writes go back together, in write order; fields a newer write set are
+    never reverted (unless --force). The original request ids get the outcome when the
+    replayed entries complete; a write every field of which was set since ends FAILED
+    (SUPERSEDED) at once.
     """
     from producers.contract import Keys
     from worker.ops.dead_letters import replay
@@ -114,8 +120,13 @@ def dlq_replay(
     console.print(f"replayed {report.replayed}")
     if report.superseded:
         console.print(
-            f"[yellow]{len(report.superseded)} left parked[/]: a newer upsert of the same lead "
-            "was enqueued since, and replaying would overwrite it (--force to replay anyway)"
+            f"[yellow]{len(report.superseded)} superseded[/]: every field they set was set by "
+            "a newer write Marketo applied; they end FAILED (SUPERSEDED), nothing is sent "
+            "(--force to send them anyway)"
+        )
+    for request, fields in sorted(report.may_revert.items()):
+        console.print(
+            f"[yellow]{request}[/] may revert {', '.join(fields)}: a newer write set them"
         )
     if report.gone:
         console.print(f"{report.gone} were replayed by someone else meanwhile")

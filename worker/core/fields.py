@@ -58,6 +58,11 @@ def soap_name(name: str) -> str:
     return name if name[:1].isupper() else name[:1].upper() + name[1:]
 
 
+def field_key(name: str) -> str:
+    """One key per field whatever its spelling or case (Marketo's names are case-blind)."""
+    return rest_name(name).casefold()
+
+
 def merge_attributes(older: Mapping[str, str], newer: Mapping[str, str]) -> dict[str, str]:
     """``newer`` wins per field, both spellings of a field counting as one."""
     merged: dict[str, tuple[str, str]] = {rest_name(k): (k, v) for k, v in older.items()}

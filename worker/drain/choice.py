@@ -4,6 +4,7 @@ entries are parked for their attempts, and the outcome each entry gets."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from producers.contract import (
     Outcome,
@@ -12,7 +13,8 @@ from producers.contract import (
     entry_time_s,
     request_id,
 )
-from worker.core.batching import Batch, BatchRecord
+from worker.core.batching import Batch, BatchRecord, QueuedLead
+from worker.core.newer_fields import SUPERSEDED_REASON, set_since
 from worker.drain.model import DrainReport, Lane, RecordResult
 from worker.errors import BadRequestError, InvalidLead, MarketoError
 from worker.ledger import RawEntry
@@ -148,8 +150,47 @@ def settle_entry(
     entry = lane.claim.raw[entry_id]
     if status is OutcomeStatus.DEAD_LETTERED:
         lane.settlement.park(entry, outcome, error or "")
-    else:
-        lane.settlement.answer(entry, outcome)
+        return
+    lane.settlement.answer(entry, outcome)
+    if status in (OutcomeStatus.CREATED, OutcomeStatus.UPDATED):
+        lane.settlement.wrote(entry, lane.claim.fields.get(entry_id, ()))
+
+
+def drop_superseded_fields(
+    queued: Sequence[QueuedLead],
+    written: Mapping[str, Mapping[str, str]],
+    forced: frozenset[str] = frozenset(),
+) -> tuple[list[QueuedLead], list[QueuedLead]]:
+    """A replayed write never reverts a field a newer applied write set: its attributes
+    that ``written`` (per lead: field key -> id of the newest applied write that set it)
+    records as set after the write are dropped (not for ``forced`` entries: replayed with
+    --force). Returns the entries to send and the replayed ones left with nothing to send
+    (every field they set was set since)."""
+    kept: list[QueuedLead] = []
+    superseded: list[QueuedLead] = []
+    for item in queued:
+        since = written.get(item.key_hash)
+        if item.origin is None or not since or not item.lead.dedup or item.entry_id in forced:
+            kept.append(item)
+            continue
+        newer = set(set_since(item.lead.attributes, since, item.origin))
+        attributes = {n: v for n, v in item.lead.attributes.items() if n not in newer}
+        if item.lead.attributes and not attributes:
+            superseded.append(item)
+        else:
+            kept.append(replace(item, lead=replace(item.lead, attributes=attributes)))
+    return kept, superseded
+
+
+def superseded_outcome(shard: int, entry: RawEntry, now_s: float) -> Outcome:
+    """A replayed write with nothing left to send: terminal, with the reason."""
+    return Outcome(
+        request_id(shard, entry.entry_id),
+        OutcomeStatus.FAILED,
+        error=SUPERSEDED_REASON,
+        error_code="SUPERSEDED",
+        finished_at=now_s,
+    )
 
 
 def invalid_outcome(shard: int, entry: RawEntry, error: InvalidLead, now_s: float) -> Outcome:

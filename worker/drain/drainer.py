@@ -28,14 +28,17 @@ from producers.contract import (
     request_id,
 )
 from worker.core.batching import Batch, QueuedLead, plan_batches
+from worker.core.fields import field_key
 from worker.drain.calls import Caller
 from worker.drain.choice import (
     answer,
+    drop_superseded_fields,
     fill_call,
     invalid_outcome,
     park_exhausted,
     pick_batch,
     reason,
+    superseded_outcome,
 )
 from worker.drain.model import Checkpoint, Claim, DrainReport, Lane, RecordResult
 from worker.errors import (
@@ -268,6 +271,8 @@ class Drainer:
                 lane.settlement.answer(
                     entry, invalid_outcome(lane.shard, entry, error, self.clock())
                 )
+            for entry in lane.claim.superseded:
+                lane.settlement.answer(entry, superseded_outcome(lane.shard, entry, self.clock()))
             if lane.claim.queued:
                 batches = plan_batches(lane.claim.queued, batch_size)
                 batch = pick_batch(batches, batch_size, self.settings.flush_interval_s, now_s)
@@ -282,7 +287,7 @@ class Drainer:
             due = riders  # none is due alone, but together they fill a call: it goes now
         if not due:
             anything = any(lane.claim.queued for lane in lanes)
-            invalid = any(lane.claim.invalid for lane in lanes)
+            invalid = any(lane.claim.invalid or lane.claim.superseded for lane in lanes)
             report.status = "waiting" if anything else ("sent" if invalid else "idle")
             return
         parts: list[tuple[Lane, Batch]] = []
@@ -365,10 +370,26 @@ class Drainer:
                     claim.invalid.append((entry, exc))
                     continue
                 claim.queued.append(QueuedLead(entry.entry_id, entry.key_hash, lead, entry.origin))
+                claim.fields[entry.entry_id] = tuple(field_key(n) for n in lead.attributes)
                 keys.add(entry.key_hash if lead.dedup else entry.entry_id)
             if len(claimed.entries) < batch_size or len(keys) >= batch_size:
                 break
+        await self._keep_newer_fields(shard, claim)
         return claim
+
+    async def _keep_newer_fields(self, shard: int, claim: Claim) -> None:
+        """Replayed writes lose the fields a newer applied write set (recorded by the settle
+        while their lead had parked writes); one left with nothing is answered as
+        superseded, without a call."""
+        replayed = [item for item in claim.queued if item.origin is not None]
+        if not replayed:
+            return
+        written = await self.ledger.written_fields(shard, (item.key_hash for item in replayed))
+        forced = frozenset(e for e, raw in claim.raw.items() if raw.forced)
+        claim.queued, superseded = drop_superseded_fields(claim.queued, written, forced)
+        for item in claim.queued:
+            claim.fields[item.entry_id] = tuple(field_key(n) for n in item.lead.attributes)
+        claim.superseded.extend(claim.raw[item.entry_id] for item in superseded)
 
     async def _pause_at(self, point: str) -> None:
         crash_if(point, self.settings.fault_point)

@@ -71,6 +71,10 @@ class Claim:
     queued: list[QueuedLead] = field(default_factory=list)
     invalid: list[tuple[RawEntry, InvalidLead]] = field(default_factory=list)
     raw: dict[str, RawEntry] = field(default_factory=dict)
+    #: Replayed entries every one of whose fields a newer applied write set.
+    superseded: list[RawEntry] = field(default_factory=list)
+    #: The fields each queued entry's write sets (keys of ``field_key``).
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,8 @@ class RawEntry:
     key_hash: str
     payload: str
     origin: str | None = None
+    #: Replayed with --force: fields newer writes set are sent anyway.
+    forced: bool = False
 
     @property
     def first_id(self) -> str:
@@ -52,6 +54,9 @@ class Settlement:
     acks: list[str] = field(default_factory=list)
     dead: list[tuple[RawEntry, str, str, int]] = field(default_factory=list)
     refunds: list[str] = field(default_factory=list)
+    #: Writes Marketo applied: (lead key hash, the write's id, its fields' keys); the settle
+    #: records them for leads with parked writes, so a replay never reverts them.
+    written: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.outcomes or self.acks or self.dead or self.refunds)
@@ -68,6 +73,11 @@ class Settlement:
         """Move the entry, with its own payload, to the dead-letter stream."""
         self.answer(entry, outcome)
         self.dead.append((entry, error, outcome.error_code or "", outcome.attempts))
+
+    def wrote(self, entry: RawEntry, fields: Iterable[str]) -> None:
+        """Marketo applied ``entry``'s write with these fields (keys of ``field_key``)."""
+        if entry.key_hash:
+            self.written.append((entry.key_hash, entry.first_id, tuple(fields)))
 
     def refund(self, entry_ids: Iterable[str]) -> None:
         """Give back attempts of calls that were refused before they were made."""

@@ -54,7 +54,11 @@ def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
     )
     decoded = {text(k): text(v) for k, v in pairs}
     return RawEntry(
-        text(entry_id), decoded.get("k", ""), decoded.get("p", ""), decoded.get("o") or None
+        text(entry_id),
+        decoded.get("k", ""),
+        decoded.get("p", ""),
+        decoded.get("o") or None,
+        decoded.get("f") == "1",
     )
 
 
@@ -229,10 +233,15 @@ class Ledger:
                     code,
                     attempts,
                     index(self.keys.newest(shard, entry.key_hash)) if entry.key_hash else 0,
+                    index(self.keys.written_fields(shard, entry.key_hash)) if entry.key_hash else 0,
                 ]
                 for entry, error, code, attempts in settlement.dead
             ],
             "r": settlement.refunds,
+            "w": [
+                [index(self.keys.written_fields(shard, key_hash)), write_id, list(fields)]
+                for key_hash, write_id, fields in settlement.written
+            ],
         }
         written = await self._scripts["settle"](
             keys=keys,
@@ -247,6 +256,24 @@ class Ledger:
         if int(written) < 0:
             raise LeaseLost(shard, "settle")
         return int(written)
+
+    async def written_fields(
+        self, shard: int, key_hashes: Iterable[str]
+    ) -> dict[str, dict[str, str]]:
+        """For leads with parked writes: each field a later applied write set, with the id
+        of the newest write that set it (see ``settle.lua``)."""
+        hashes = sorted(set(key_hashes))
+        if not hashes:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for key_hash in hashes:
+            pipe.hgetall(self.keys.written_fields(shard, key_hash))
+        replies = await pipe.execute()
+        return {
+            key_hash: {text(k): text(v) for k, v in reply.items() if not text(k).startswith("~")}
+            for key_hash, reply in zip(hashes, replies, strict=True)
+            if reply
+        }
 
     async def attempts(self, shard: int, entry_ids: Sequence[str]) -> list[int]:
         if not entry_ids:

@@ -6,34 +6,42 @@ the entry's OWN payload, error, code, attempts) and its request gets the outcome
 DEAD_LETTERED. Dead letters are kept LEADSYNC_DEAD_LETTER_TTL_S (trimmed by id age
 whenever one is added; the stream expires when none was added for that long).
 
-Replay (the ledger's ``scripts/replay.lua``), atomically per dead letter:
+Upserts merge per field, so a newer write replaces only the fields it sets. Replay
+(the ledger's ``scripts/replay.lua``) therefore works per lead:
 
-* only while the original request is still DEAD_LETTERED (``answered`` otherwise);
-* unless forced, only when no newer upsert of the lead was ENQUEUED since the dead
-  entry (``superseded``): the producer records the newest enqueued id per lead in the
-  same step as its XADD, so a newer upsert still waiting in the stream counts too;
-* adds a new entry with the same ``k`` and ``p`` plus ``o`` = the original entry id: the
-  drain merges it at the original write's place and also answers the original request
-  id (the one the web app holds); the new entry starts with no attempts;
-* sets the original outcome back to PENDING and deletes the dead-letter record (a
-  concurrent replay of the same record is a no-op: ``gone``).
+* a lead's parked writes go back together, in write order, in one atomic step (a
+  selection by code, shard or limit takes the lead's other parked writes along);
+* each goes back only while its request is still DEAD_LETTERED (``answered`` otherwise;
+  ``gone`` when a concurrent replay took it), as a new entry with the same ``k`` and ``p``
+  plus ``o`` = the original entry id: the drain merges it at the original write's place
+  (before any newer write still waiting) and answers the original request id too;
+* fields a newer write set that Marketo already applied are never reverted: while a lead
+  has parked writes, the settle step records the fields each applied write set
+  (``Keys.written_fields``), and the drain drops them from a replayed write;
+* a write every one of whose fields was set since is ``superseded``: its request ends
+  terminal (FAILED, ``SUPERSEDED``, with the reason) instead of staying parked;
+* ``force`` sends every field as parked, and the report names the fields that may be
+  reverted by it.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from producers.contract import (
-    NEWEST_ID_TTL_S,
     Keys,
     Outcome,
     OutcomeStatus,
     decode_lead,
+    entry_order,
     request_id,
 )
 from producers.wire import text
+from worker.core.newer_fields import SUPERSEDED_REASON, set_since
 from worker.errors import InvalidLead
 from worker.ledger.redis import load_scripts
 
@@ -70,6 +78,14 @@ class DeadLetter:
         except InvalidLead:
             return True
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The attribute names this write sets (names only)."""
+        try:
+            return tuple(decode_lead(self.payload).attributes)
+        except InvalidLead:
+            return ()
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterPage:
@@ -85,6 +101,9 @@ class ReplayReport:
     superseded: list[str] = field(default_factory=list)
     gone: int = 0
     answered: int = 0
+    #: With ``force``: request id -> the fields a newer applied write set, which the replay
+    #: may revert (names only: no lead values).
+    may_revert: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _shards(shards: int, only: int | None) -> Iterable[int]:
@@ -188,41 +207,94 @@ async def replay(
     result_ttl_s: int,
     force: bool = False,
 ) -> ReplayReport:
-    """Put ``letters`` back into their shard streams (see the module docstring)."""
+    """Put ``letters`` back into their shard streams, lead by lead (see the module
+    docstring); the lead's other parked writes come along."""
     script = load_scripts(redis)["replay"]
     report = ReplayReport()
-    for letter in letters:
-        pending = Outcome(
-            letter.request_id,
-            OutcomeStatus.PENDING,
-            attempts=0,
+    for group in await _groups(redis, keys, letters):
+        first = group[0]
+        written = (
+            await _written(redis, keys, first.shard, first.key_hash)
+            if first.key_hash and first.dedup
+            else {}
         )
-        answer = await script(
+        writes = []
+        for letter in group:
+            newer = sorted(set_since(letter.fields, written, letter.origin))
+            superseded = not force and bool(letter.fields) and len(newer) == len(letter.fields)
+            if force and newer:
+                report.may_revert[letter.request_id] = newer
+            writes.append(
+                {
+                    "d": letter.dlq_id,
+                    "k": letter.key_hash,
+                    "p": letter.payload,
+                    "o": letter.origin,
+                    "f": 1 if force else 0,
+                    "s": 1 if superseded else 0,
+                    "out": _flat(_reopened(letter, superseded).to_fields()),
+                }
+            )
+        answers = await script(
             keys=[
-                keys.stream(letter.shard),
-                keys.dead_letters(letter.shard),
-                keys.outcome(letter.shard, letter.origin),
-                keys.newest(letter.shard, letter.key_hash or "-"),
+                keys.stream(first.shard),
+                keys.dead_letters(first.shard),
+                *(keys.outcome(first.shard, letter.origin) for letter in group),
             ],
-            args=[
-                letter.dlq_id,
-                letter.entry_id,
-                letter.key_hash,
-                letter.payload,
-                letter.origin,
-                result_ttl_s,
-                1 if force else 0,
-                NEWEST_ID_TTL_S if letter.key_hash and letter.dedup else 0,
-                *[x for pair in pending.to_fields().items() for x in pair],
-            ],
+            args=[result_ttl_s, json.dumps(writes, separators=(",", ":"))],
         )
-        result = text(answer)
-        if result == "gone":
-            report.gone += 1
-        elif result == "superseded":
-            report.superseded.append(letter.request_id)
-        elif result == "answered":
-            report.answered += 1
-        else:
-            report.replayed += 1
+        for letter, answer in zip(group, answers, strict=True):
+            result = text(answer)
+            if result == "gone":
+                report.gone += 1
+            elif result == "superseded":
+                report.superseded.append(letter.request_id)
+            elif result == "answered":
+                report.answered += 1
+            else:
+                report.replayed += 1
     return report
+
+
+async def _groups(
+    redis: Redis, keys: Keys, letters: Sequence[DeadLetter]
+) -> list[list[DeadLetter]]:
+    """The letters by lead (shard and key hash), each lead's in write order, with the
+    lead's other parked writes added; a dedup=false write is a group of its own."""
+    chosen = {(letter.shard, letter.dlq_id): letter for letter in letters}
+    wanted = {(letter.shard, letter.key_hash) for letter in letters if letter.key_hash}
+    for shard in sorted({shard for shard, _ in wanted}):
+        for letter in await list_dead_letters(redis, keys, shard + 1, shard=shard):
+            if (shard, letter.key_hash) in wanted:
+                chosen.setdefault((shard, letter.dlq_id), letter)
+    groups: dict[tuple[int, str], list[DeadLetter]] = {}
+    for letter in chosen.values():
+        lead = letter.key_hash if letter.key_hash and letter.dedup else f"~{letter.dlq_id}"
+        groups.setdefault((letter.shard, lead), []).append(letter)
+    return [
+        sorted(group, key=lambda letter: entry_order(letter.origin))
+        for _, group in sorted(groups.items())
+    ]
+
+
+async def _written(redis: Redis, keys: Keys, shard: int, key_hash: str) -> dict[str, str]:
+    stored: Any = await redis.hgetall(keys.written_fields(shard, key_hash))
+    return {text(k): text(v) for k, v in stored.items() if not text(k).startswith("~")}
+
+
+def _reopened(letter: DeadLetter, superseded: bool) -> Outcome:
+    """The outcome a replayed write's request gets now: PENDING, or its terminal answer."""
+    if not superseded:
+        return Outcome(letter.request_id, OutcomeStatus.PENDING, attempts=0)
+    return Outcome(
+        letter.request_id,
+        OutcomeStatus.FAILED,
+        error=SUPERSEDED_REASON,
+        error_code="SUPERSEDED",
+        attempts=letter.attempts,
+        finished_at=time.time(),
+    )
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [x for pair in fields.items() for x in pair]

@@ -1,24 +1,37 @@
--- Put one dead letter back, atomically. It goes back only while its request is still
--- parked, and (unless forced) only when no newer upsert of the lead was enqueued since:
--- replaying it then would overwrite newer values.
--- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] the original request's outcome,
--- KEYS[4] the lead's newest-id key
--- ARGV: dlq id, dead entry id, key hash, payload, origin id, result ttl s, force (1/0),
---       newest ttl s (0: not a dedup upsert), then PENDING outcome field/value pairs
-if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return 'gone' end
-local status = redis.call('HGET', KEYS[3], 'status')
-if status and status ~= 'DEAD_LETTERED' then return 'answered' end
-local newest_ttl = tonumber(ARGV[8])
-if ARGV[7] ~= '1' and newest_ttl > 0 then
-  local newest = redis.call('GET', KEYS[4])
-  if newest and older(ARGV[2], newest) then return 'superseded' end
+-- Put one lead's parked writes back together, in write order, atomically. Each goes back
+-- only while it is still parked: a new entry with the same key and payload and
+-- o = the original entry id, so the drain merges it at the original write's place (before
+-- any newer write still waiting) and answers the original request id too; a newer write
+-- Marketo already applied keeps its fields (the drain drops them from the replayed one,
+-- see settle.lua's written fields), unless the replay is forced (f = 1). A write every one
+-- of whose fields a newer applied write set is answered terminal instead (superseded).
+-- KEYS[1] stream, KEYS[2] dead-letter stream, then one outcome key per write (by index)
+-- ARGV[1] result ttl s, ARGV[2] the writes as JSON, oldest first:
+--   [{d: dlq id, k: key hash, p: payload, o: origin, f: 0/1, s: 0/1 (superseded),
+--     out: [outcome field, value, ...] (PENDING, or the superseded answer)}, ...]
+-- Returns one word per write: the new entry id, 'superseded', 'gone' or 'answered'.
+local ttl = tonumber(ARGV[1])
+local writes = cjson.decode(ARGV[2])
+local results = {}
+for i, w in ipairs(writes) do
+  local outcome_key = KEYS[2 + i]
+  local status = redis.call('HGET', outcome_key, 'status')
+  if #redis.call('XRANGE', KEYS[2], w.d, w.d) == 0 then
+    results[i] = 'gone'
+  elseif status and status ~= 'DEAD_LETTERED' then
+    results[i] = 'answered'
+  else
+    if w.s == 1 then
+      results[i] = 'superseded'
+    elseif w.f == 1 then
+      results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o, 'f', '1')
+    else
+      results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o)
+    end
+    redis.call('DEL', outcome_key)
+    redis.call('HSET', outcome_key, unpack(w.out))
+    redis.call('EXPIRE', outcome_key, ttl)
+    redis.call('XDEL', KEYS[2], w.d)
+  end
 end
-local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[3], 'p', ARGV[4], 'o', ARGV[5])
-if newest_ttl > 0 then redis.call('SET', KEYS[4], id, 'EX', newest_ttl) end
-local fields = {}
-for j = 9, #ARGV do fields[#fields + 1] = ARGV[j] end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], unpack(fields))
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
-redis.call('XDEL', KEYS[2], ARGV[1])
-return id
+return results

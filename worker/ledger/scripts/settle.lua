@@ -8,8 +8,12 @@
 -- ARGV: token, group, result ttl s, dead-letter ttl s, plan (JSON):
 --   o: [[outcome key index, [field, value, ...]], ...]   outcomes to write
 --   a: [entry id, ...]                                     entries to acknowledge
---   d: [[entry id, origin, key hash, payload, error, code, attempts, newest key index], ...]
+--   d: [[entry id, origin, key hash, payload, error, code, attempts, newest key index,
+--        written-fields key index], ...]                   entries to park
 --   r: [entry id, ...]                                     attempts to give back
+--   w: [[written-fields key index, write id, [field, ...]], ...]  writes Marketo applied
+-- A lead with parked writes keeps, in its written-fields hash, each field a later applied
+-- write set and the id of the newest such write: a replay never reverts those fields.
 -- Returns -1 when the lease is not ours, else the number of outcomes written.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local group, ttl, dlq_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -39,6 +43,10 @@ if plan.d and #plan.d > 0 then
       local left = redis.call('TTL', newest_key)
       redis.call('SET', newest_key, newest, 'EX', math.max(dlq_ttl, left))
     end
+    if d[9] and d[9] > 0 then
+      redis.call('HSET', KEYS[d[9]], '~parked', '1')
+      redis.call('EXPIRE', KEYS[d[9]], dlq_ttl)
+    end
   end
   redis.call('EXPIRE', KEYS[4], dlq_ttl)
 end
@@ -46,6 +54,15 @@ for _, entry_id in ipairs(plan.a or {}) do
   redis.call('XACK', KEYS[2], group, entry_id)
   redis.call('XDEL', KEYS[2], entry_id)
   redis.call('HDEL', KEYS[3], entry_id)
+end
+for _, w in ipairs(plan.w or {}) do
+  local key = KEYS[w[1]]
+  if redis.call('EXISTS', key) == 1 then
+    for _, name in ipairs(w[3]) do
+      local seen = redis.call('HGET', key, name)
+      if not seen or older(seen, w[2]) then redis.call('HSET', key, name, w[2]) end
+    end
+  end
 end
 for _, entry_id in ipairs(plan.r or {}) do
   local n = tonumber(redis.call('HGET', KEYS[3], entry_id))
