@@ -27,6 +27,7 @@ from producers.config import ProducerConfig
 from producers.errors import ConfigError, InvalidLead
 from producers.keys import Keys
 from producers.lead import (
+    SOAP_KEY_RULE,
     LeadUpsert,
     check_known_fields,
     key_digest,
@@ -42,6 +43,13 @@ logger = logging.getLogger("producers.producer")
 BULK_CHUNK: Final = 1000
 #: The field of the ``Keys.config()`` hash that holds the agreed shard count.
 SHARDS_FIELD: Final = "shards"
+#: The field of the ``Keys.config()`` hash where a worker stores its key rule
+#: (``producers.lead.key_rule``): how a lead's key is made, so producers order writes by
+#: the key Marketo matches on.
+KEY_RULE_FIELD: Final = "key_rule"
+#: A producer looks at the stored key rule again after this long (a worker that starts
+#: later, or changes protocol, is followed without a restart).
+KEY_RULE_REFRESH_S: Final = 60.0
 #: Outcomes read per pipelined round trip while waiting for many.
 OUTCOME_CHUNK: Final = 1000
 #: Keyword arguments a record of ``upsert_many`` may carry.
@@ -163,15 +171,17 @@ class Route:
     keys: Keys
     shards: int
     streams: tuple[str, ...]
+    key_rule: str = SOAP_KEY_RULE
 
     @classmethod
-    def build(cls, keys: Keys, shards: int) -> Route:
-        return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)))
+    def build(cls, keys: Keys, shards: int, key_rule: str = SOAP_KEY_RULE) -> Route:
+        return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)), key_rule)
 
     def entry(self, lead: LeadUpsert) -> tuple[int, Command]:
         """The shard and the command of one validated lead: XADD, and the lead's
-        newest-enqueued id, in one atomic step (a replay checks it for newer writes)."""
-        key = lead_key(lead)
+        newest-enqueued id, in one atomic step. Raises InvalidLead when the lead lacks the
+        key the rule needs (REST: the lookup field's value), before anything is written."""
+        key = lead_key(lead, self.key_rule)
         shard = shard_for(key, self.shards)
         digest = key_digest(key)
         return shard, (
@@ -261,6 +271,19 @@ def bulk_chunks(
         yield chunk
 
 
+def route_or_refuse(
+    route: Route, item: LeadUpsert | InvalidLead
+) -> tuple[int, Command] | InvalidLead:
+    """The shard and command of a valid lead, or why it cannot go (a refusal stays one;
+    a lead without the key the rule needs becomes one)."""
+    if isinstance(item, InvalidLead):
+        return item
+    try:
+        return route.entry(item)
+    except InvalidLead as exc:
+        return exc
+
+
 # --- the operations --------------------------------------------------------------------
 
 
@@ -274,22 +297,40 @@ class ProducerCore:
         key_prefix: str | None = None,
         shards: int | None = None,
         known_fields: Iterable[str] | None = None,
+        key_rule: str | None = None,
     ) -> None:
-        """``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names."""
+        """``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names;
+        ``key_rule`` (default from LEADSYNC_MARKETO_API and _LOOKUP_FIELD) is used until a
+        worker has stored its own."""
         prefix, self.wanted, self.known = resolve_config(key_prefix, shards, known_fields)
         self.keys = Keys(prefix)
         self.route: Route | None = None
+        self.wanted_rule = key_rule or ProducerConfig.from_env().key_rule
+        self._rule_read_at = 0.0
 
     def agree(self) -> Step[Route]:
         """The agreed routing: HSETNX then HGET the shard count, the first time only
-        (concurrent first uses may both ask; that is harmless)."""
+        (concurrent first uses may both ask; that is harmless), and the key rule a worker
+        stored (looked at again every KEY_RULE_REFRESH_S)."""
+        config = self.keys.config()
         if self.route is None:
-            config = self.keys.config()
-            _, stored = yield send(
-                ("HSETNX", config, SHARDS_FIELD, self.wanted), ("HGET", config, SHARDS_FIELD)
+            _, stored, rule = yield send(
+                ("HSETNX", config, SHARDS_FIELD, self.wanted),
+                ("HGET", config, SHARDS_FIELD),
+                ("HGET", config, KEY_RULE_FIELD),
             )
-            self.route = Route.build(self.keys, adopt_shards(stored, self.wanted, config))
+            shards = adopt_shards(stored, self.wanted, config)
+            self.route = Route.build(self.keys, shards, self._adopt_rule(rule))
+        elif time.monotonic() - self._rule_read_at > KEY_RULE_REFRESH_S:
+            (rule,) = yield send(("HGET", config, KEY_RULE_FIELD))
+            adopted = self._adopt_rule(rule)
+            if adopted != self.route.key_rule:
+                self.route = dataclasses.replace(self.route, key_rule=adopted)
         return self.route
+
+    def _adopt_rule(self, stored: bytes | str | None) -> str:
+        self._rule_read_at = time.monotonic()
+        return wire.text(stored) if stored else self.wanted_rule
 
     def upsert(self, fields: LeadFields) -> Step[str]:
         """Validate (InvalidLead before anything is written), then one XADD round trip."""
@@ -304,19 +345,14 @@ class ProducerCore:
         route = yield from self.agree()
         results: list[str | InvalidLead] = []
         for chunk in bulk_chunks(records, self.known):
-            shards, commands = [], []
-            for item in chunk:
-                if isinstance(item, LeadUpsert):
-                    shard, command = route.entry(item)
-                    shards.append(shard)
-                    commands.append(command)
-            replies = iter((yield Send(tuple(commands))) if commands else ())
-            shard_of = iter(shards)
+            routed = [route_or_refuse(route, item) for item in chunk]
+            commands = tuple(item[1] for item in routed if not isinstance(item, InvalidLead))
+            replies = iter((yield Send(commands)) if commands else ())
             results.extend(
                 item
                 if isinstance(item, InvalidLead)
-                else wire.request_id(next(shard_of), wire.text(next(replies)))
-                for item in chunk
+                else wire.request_id(item[0], wire.text(next(replies)))
+                for item in routed
             )
         return results
 

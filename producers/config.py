@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from producers.errors import ConfigError
+from producers.lead import key_rule
 
 ENV_PREFIX: Final = "LEADSYNC_"
 MAX_SHARDS: Final = 1024
@@ -39,6 +40,11 @@ class ProducerConfig:
     known_fields: tuple[str, ...] = ()
     redis_socket_timeout_s: float = 10.0
     redis_connect_timeout_s: float = 5.0
+    #: The worker's Marketo API and REST lookup field: they decide the lead key (REST
+    #: matches a lead by its lookupField only). A worker stores its rule in Redis, which
+    #: wins; these are used until one has.
+    marketo_api: str = "soap"
+    marketo_lookup_field: str = "email"
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,8 +58,17 @@ class ProducerConfig:
                     f"{ENV_PREFIX}{name.upper()}: must be more than 0 and at most "
                     f"{MAX_REDIS_TIMEOUT_S:g} seconds"
                 )
+        if self.marketo_api not in ("soap", "rest"):
+            problems.append("LEADSYNC_MARKETO_API: must be soap or rest")
+        if not self.marketo_lookup_field.strip():
+            problems.append("LEADSYNC_MARKETO_LOOKUP_FIELD: must not be empty")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def key_rule(self) -> str:
+        """How lead keys are made (``producers.lead.key_rule``)."""
+        return key_rule(self.marketo_api, self.marketo_lookup_field)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerConfig:
@@ -85,6 +100,10 @@ class ProducerConfig:
                 known_fields=split_field_names(env.get(ENV_PREFIX + "KNOWN_FIELDS", "")),
                 redis_socket_timeout_s=socket_timeout_s,
                 redis_connect_timeout_s=connect_timeout_s,
+                marketo_api=env.get(ENV_PREFIX + "MARKETO_API", defaults.marketo_api).strip(),
+                marketo_lookup_field=env.get(
+                    ENV_PREFIX + "MARKETO_LOOKUP_FIELD", defaults.marketo_lookup_field
+                ).strip(),
             )
         except ConfigError as exc:
             problems.append(str(exc).removeprefix("invalid configuration: "))

@@ -176,8 +176,24 @@ def check_known_fields(lead: LeadUpsert, known: frozenset[str] | None) -> LeadUp
     return lead
 
 
-def lead_key(lead: LeadUpsert) -> str:
-    """Marketo Id > ForeignSysPersonId (+type) > email (trimmed, lower-cased)."""
+#: How lead keys are made when leads go to Marketo over SOAP: syncMultipleLeads matches a
+#: lead by Id > ForeignSysPersonId > Email, so the key follows that priority.
+SOAP_KEY_RULE: Final = "soap"
+
+
+def key_rule(api: str, lookup_field: str) -> str:
+    """The key rule of a deployment: ``soap``, or ``rest:<lookupField>`` (REST Sync Leads
+    matches a lead by the value of its lookupField only, so that value is the key)."""
+    return SOAP_KEY_RULE if api != "rest" else f"rest:{lookup_field}"
+
+
+def lead_key(lead: LeadUpsert, rule: str = SOAP_KEY_RULE) -> str:
+    """The key that orders a lead's writes and keeps them out of concurrent calls: the key
+    Marketo matches the lead by. SOAP: Marketo Id > ForeignSysPersonId (+type) > email
+    (trimmed, lower-cased). REST (``rest:<lookupField>``): the lookup value alone; a lead
+    without one is refused (InvalidLead), since Marketo could not find it."""
+    if rule.startswith("rest:"):
+        return _lookup_key(lead, rule.removeprefix("rest:"))
     if lead.marketo_id is not None:
         return f"id:{lead.marketo_id}"
     if lead.foreign_sys_person_id is not None:
@@ -197,3 +213,33 @@ def shard_for(key: str, shards: int) -> int:
     # user10@.. user99@.. onto a few shards when the count is a power of two.
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shards
+
+
+def _lookup_key(lead: LeadUpsert, lookup: str) -> str:
+    """The REST key: what worker.marketo.rest.codec sends as the lookupField's value."""
+    if lookup == "email":
+        if lead.email is None:
+            raise InvalidLead(
+                "email",
+                "is required: Marketo REST looks leads up by email "
+                "(LEADSYNC_MARKETO_LOOKUP_FIELD=email)",
+            )
+        return f"email:{lead.email.lower()}"
+    if lookup == "id":
+        if lead.marketo_id is None:
+            raise InvalidLead(
+                "marketo_id",
+                "is required: Marketo REST looks leads up by id (LEADSYNC_MARKETO_LOOKUP_FIELD=id)",
+            )
+        return f"id:{lead.marketo_id}"
+    value: str | None = lead.foreign_sys_person_id
+    if value is None:
+        folded = lookup.casefold()
+        value = next((v for n, v in lead.attributes.items() if n.casefold() == folded), None)
+    if value is None:
+        raise InvalidLead(
+            "foreign_sys_person_id",
+            f"is required (or the attribute {lookup}): Marketo REST looks leads up by "
+            f"{lookup} (LEADSYNC_MARKETO_LOOKUP_FIELD)",
+        )
+    return f"{lookup.casefold()}:{value}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from producers._core import (
     BULK_CHUNK,
+    KEY_RULE_FIELD,
+    KEY_RULE_REFRESH_S,
     LEAD_FIELDS,
     SHARDS_FIELD,
     Route,
@@ -21,6 +23,8 @@ from producers.sync import LeadProducer
 
 __all__ = [
     "BULK_CHUNK",
+    "KEY_RULE_FIELD",
+    "KEY_RULE_REFRESH_S",
     "LEAD_FIELDS",
     "SHARDS_FIELD",
     "AsyncLeadProducer",

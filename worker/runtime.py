@@ -55,6 +55,7 @@ class Runtime:
             self.settings, self._transport, self.redis, on_token_fetch=metrics.record_identity_call
         )
         self.shards = self.run(self.ledger.agree_shards(self.settings.shards))
+        self.run(self.ledger.store_key_rule(self.settings.key_rule))
         self.run(self.ledger.ensure_groups(self.shards))
         self.drainer = Drainer(
             ledger=self.ledger,

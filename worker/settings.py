@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers.lead import key_rule
 from worker.errors import ConfigError
 
 ENV_PREFIX = "LEADSYNC_"
@@ -376,6 +377,11 @@ class Settings(BaseSettings):
                 f"({self.drain_timeout_s:g} <= {self.drain_budget_s:g})"
             )
         return self
+
+    @cached_property
+    def key_rule(self) -> str:
+        """How lead keys are made for this worker's protocol (``producers.lead.key_rule``)."""
+        return key_rule(self.marketo_api, self.marketo_lookup_field)
 
     @cached_property
     def known_field_names(self) -> tuple[str, ...]:

@@ -133,3 +133,40 @@ async def test_async_producer_over_real_redis(redis_url: str, client: redis.Redi
         final = await producer.wait_outcome(rid, 2.0)
         assert (final.status, final.error) == (OutcomeStatus.FAILED, "rejected")
         assert await producer.outcome("0-5-5") is None
+
+
+async def test_a_rest_workers_key_rule_orders_id_and_email_writes_of_one_lead_together(
+    redis_url: str, client: redis.Redis
+) -> None:
+    """F4 over real Redis: a REST worker stores its key rule at start; a producer that
+    reads it keys both writes by the email Marketo matches on (one shard, one key)."""
+    import redis.asyncio
+
+    from worker.ledger import Ledger
+    from worker.settings import Settings
+
+    settings = Settings(
+        marketo_api="rest",
+        marketo_rest_url="https://123-ABC-456.mktorest.com",
+        marketo_client_id="id",
+        marketo_client_secret="secret",
+    )
+    worker_redis = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await Ledger.for_settings(worker_redis, settings).store_key_rule(settings.key_rule)
+    finally:
+        await worker_redis.aclose()
+    producer = LeadProducer.from_url(redis_url)  # its own environment says soap
+    try:
+        first = producer.upsert(marketo_id=5, email="ann@example.com")
+        second = producer.upsert(email="Ann@Example.com")
+        with pytest.raises(InvalidLead, match="email"):
+            producer.upsert(marketo_id=9)
+    finally:
+        producer.close()
+    (s1, e1), (s2, e2) = parse_request_id(first), parse_request_id(second)
+    assert s1 == s2
+    keys = Keys()
+    (entry1,) = client.xrange(keys.stream(s1), e1, e1)
+    (entry2,) = client.xrange(keys.stream(s2), e2, e2)
+    assert entry1[1][b"k"] == entry2[1][b"k"] == key_digest("email:ann@example.com").encode()

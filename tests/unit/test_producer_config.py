@@ -20,6 +20,8 @@ SHARED = {
     "known_fields": "known_field_names",
     "redis_socket_timeout_s": "redis_socket_timeout_s",
     "redis_connect_timeout_s": "redis_connect_timeout_s",
+    "marketo_api": "marketo_api",
+    "marketo_lookup_field": "marketo_lookup_field",
 }
 
 
@@ -43,6 +45,11 @@ def test_producer_config_reads_the_variables_settings_reads(
         "LEADSYNC_KNOWN_FIELDS": "FirstName, LastName,,",
         "LEADSYNC_REDIS_SOCKET_TIMEOUT_S": "2.5",
         "LEADSYNC_REDIS_CONNECT_TIMEOUT_S": "1",
+        "LEADSYNC_MARKETO_API": "rest",
+        "LEADSYNC_MARKETO_LOOKUP_FIELD": "email",
+        "LEADSYNC_MARKETO_REST_URL": "https://123-ABC-456.mktorest.com",
+        "LEADSYNC_MARKETO_CLIENT_ID": "id",
+        "LEADSYNC_MARKETO_CLIENT_SECRET": "secret",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -52,6 +59,7 @@ def test_producer_config_reads_the_variables_settings_reads(
     assert config.known_fields == ("FirstName", "LastName")
     for name, attribute in SHARED.items():
         assert getattr(config, name) == getattr(settings, attribute), name
+    assert config.key_rule == settings.key_rule == "rest:email"
 
 
 @pytest.mark.parametrize(

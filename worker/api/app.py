@@ -186,11 +186,10 @@ async def enqueue_batch(app: web.Application, records: Sequence[object]) -> list
     shards: list[int] = []
     for record in records:
         try:
-            lead = record_lead(record, known)
+            shard, command = route.entry(record_lead(record, known))
         except InvalidLead as exc:
             results.append(lead_errors(exc))
             continue
-        shard, command = route.entry(lead)
         shards.append(shard)
         keys.extend(command[3:5])  # type: ignore[arg-type]
         argv.extend(command[5:8])  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from producers.contract import Keys, Outcome
-from producers.producer import SHARDS_FIELD, adopt_shards
+from producers.producer import KEY_RULE_FIELD, KEY_RULE_REFRESH_S, SHARDS_FIELD, adopt_shards
 from producers.wire import entry_time_s, parse_request_id, text
 from worker.errors import LeaseLost
 from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog
@@ -105,6 +105,25 @@ class Ledger:
         config = self.keys.config()
         await self.redis.hsetnx(config, SHARDS_FIELD, configured)
         return adopt_shards(await self.redis.hget(config, SHARDS_FIELD), configured, config)
+
+    async def store_key_rule(self, rule: str) -> None:
+        """Store how lead keys are made (``producers.lead.key_rule``: this worker's
+        protocol and REST lookup field): producers read it, so a lead's writes are ordered
+        and kept out of concurrent calls by the key Marketo matches on. The worker's word
+        wins; a different stored rule is replaced, loudly (keys already enqueued under it
+        were ordered by another key: drain before switching protocols)."""
+        config = self.keys.config()
+        previous = await self.redis.hget(config, KEY_RULE_FIELD)
+        if previous is not None and text(previous) != rule:
+            logger.warning(
+                "lead key rule changed from %s to %s in %s; restart or wait %.0f s for "
+                "producers to follow",
+                text(previous),
+                rule,
+                config,
+                KEY_RULE_REFRESH_S,
+            )
+        await self.redis.hset(config, KEY_RULE_FIELD, rule)
 
     async def ensure_groups(self, shards: int | Iterable[int]) -> int:
         """Create the consumer group of each shard at id 0 (never $: that would skip a
