@@ -15,6 +15,7 @@ SCENARIOS = {
     "steady": "bench.scenarios.steady",
     "unknown-field": "bench.scenarios.unknown_field",
     "api": "bench.scenarios.api",
+    "wire": "bench.scenarios.wire",
 }
 
 

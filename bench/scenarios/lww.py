@@ -28,20 +28,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
-
+from bench import waves
 from bench.harness import (
-    WORKDIR,
     SimProcess,
     Worker,
     code_version,
@@ -50,10 +46,8 @@ from bench.harness import (
     md_table,
     write_section,
 )
-from bench.systems import Ticker, backlog, leadsync_env, leadsync_worker
+from bench.systems import leadsync_env, leadsync_worker
 from marketo_sim.embedded import embedded_redis
-from producers.contract import Keys
-from producers.producer import LeadProducer
 
 MODES = ("faults", "kills", "refusals")
 
@@ -66,11 +60,6 @@ FAULT_KINDS = (
     "fault_rate_20023_rate",
     "fault_concurrency_20024_rate",
 )
-SUCCESS = ("CREATED", "UPDATED")
-WRITE_RE = re.compile(r" write (\d+)$")
-#: A drain's INFO log line (same format in the old and the new drain).
-DRAIN_LINE_RE = re.compile(r"shard=\d+ status=(\w+) calls=(\d+)")
-
 
 #: Per-mode defaults of --people and --latency (a value given on the command line wins).
 #: kills: closer repeats (1.5 batches of people per shard) and slower calls, so a SIGKILL
@@ -89,39 +78,9 @@ def mode_args(args: argparse.Namespace, mode: str) -> argparse.Namespace:
     return resolved
 
 
-def make_writes(people: int, writes: int, seed: int) -> list[dict[str, Any]]:
-    """Write ``n`` goes to the person at ``n`` in a concatenation of shuffles of the people."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while len(order) < writes:
-        cycle = list(range(people))
-        rng.shuffle(cycle)
-        order.extend(cycle)
-    return [
-        {
-            "email": f"lww-person{p}@example.com",
-            "attributes": {"Company": f"person{p} write {n}", "FirstName": f"P{p}"},
-        }
-        for n, p in enumerate(order[:writes])
-    ]
-
-
-def write_number(value: object) -> int | None:
-    match = WRITE_RE.search(str(value or ""))
-    return int(match.group(1)) if match else None
-
-
 def mode_settings(mode: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(simulator fields, leadsync settings) of one mode."""
-    sim: dict[str, Any] = {
-        "latency_s": args.latency,
-        "latency_jitter_s": args.latency / 2,
-        "rate_limit_calls": 100_000,  # the simulator's limits stay out of the way
-        "max_concurrent": 100,
-        "daily_quota": 10_000_000,
-        "hang_s": args.hang_s,
-        "seed": args.seed,
-    }
+    sim: dict[str, Any] = {**waves.quiet_sim(args.latency, args.seed), "hang_s": args.hang_s}
     if mode == "faults":
         sim.update({kind: args.fault_rate / len(FAULT_KINDS) for kind in FAULT_KINDS})
     refusals = mode == "refusals"
@@ -131,18 +90,10 @@ def mode_settings(mode: str, args: argparse.Namespace) -> tuple[dict[str, Any], 
         "rate_limit_window_s": args.refusal_window_s if refusals else 20,
         "max_concurrent_calls": args.max_concurrent,
         "daily_quota": 10_000_000,
-        # Fast recovery (as tests/support/pipeline.py's FAST_RECOVERY_ENV), so a fault
-        # costs seconds; a setting one tree does not know is ignored there.
         "lease_ttl_s": args.lease_ttl_s,
-        "redis_socket_timeout_s": 1,
         "request_timeout_s": args.request_timeout_s,
-        "connect_timeout_s": 2,
         "flush_interval_s": 0.2,
-        "backoff_initial_s": 0.1,
-        "backoff_max_s": 1,
-        "throttle_cooldown_s": 1,
-        "hold_probe_interval_s": 1,
-        "log_level": "INFO",  # the drain's one line per cycle that sent or was refused
+        **waves.FAST_RECOVERY,  # INFO: the drain's one line per cycle that sent or was refused
     }
     return sim, settings
 
@@ -150,8 +101,7 @@ def mode_settings(mode: str, args: argparse.Namespace) -> tuple[dict[str, Any], 
 def run_mode(mode: str, args: argparse.Namespace, seen_machine: list[str]) -> dict[str, Any]:
     args = mode_args(args, mode)
     rng = random.Random(args.seed)
-    records = make_writes(args.people, args.writes, args.seed)
-    per_wave = -(-len(records) // args.waves)
+    records = waves.make_writes(args.people, args.writes, args.seed, "lww", {"FirstName": "P{p}"})
     sim_config, settings = mode_settings(mode, args)
     kills: list[str] = []
     workers: list[Worker] = []
@@ -159,8 +109,6 @@ def run_mode(mode: str, args: argparse.Namespace, seen_machine: list[str]) -> di
         if not seen_machine:
             seen_machine.append(machine_line(redis_url))
         env = leadsync_env(redis_url, sim, shards=args.shards, **settings)
-        keys = Keys(env["LEADSYNC_KEY_PREFIX"])
-        client = redis.Redis.from_url(redis_url)
         started_workers: list[Worker] = []
 
         def spawn() -> Worker:
@@ -171,120 +119,59 @@ def run_mode(mode: str, args: argparse.Namespace, seen_machine: list[str]) -> di
         workers = [spawn() for _ in range(args.workers)]
         for worker in workers:
             worker.wait_ready()
-        ids: list[str | None] = []
-        released = time.monotonic()
-        next_kill = [released + args.kill_every_s]
+        next_kill = [args.kill_every_s]
 
-        def wait(seconds: float, until: Callable[[], bool] = lambda: False) -> None:
-            """Sleep ``seconds`` (or until ``until()``), killing a group when one is due."""
-            end = time.monotonic() + seconds
-            while time.monotonic() < end and not until():
-                now = time.monotonic()
-                if mode == "kills" and now >= next_kill[0] and now - released < args.kill_for_s:
-                    next_kill[0] = now + args.kill_every_s
-                    index = rng.randrange(len(workers))
-                    workers[index].kill()
-                    workers[index].stop()
-                    kills.append(f"{now - released:.0f}")
-                    workers[index] = spawn()
-                time.sleep(0.05)
+        def tick(elapsed: float) -> None:
+            """Kill a group when one is due (``kills`` mode)."""
+            if mode == "kills" and elapsed >= next_kill[0] and elapsed < args.kill_for_s:
+                next_kill[0] = elapsed + args.kill_every_s
+                index = rng.randrange(len(workers))
+                workers[index].kill()
+                workers[index].stop()
+                kills.append(f"{elapsed:.0f}")
+                workers[index] = spawn()
 
         try:
-            with (
-                LeadProducer.from_url(
-                    redis_url, key_prefix=env["LEADSYNC_KEY_PREFIX"], shards=args.shards
-                ) as producer,
-                Ticker(env),
-            ):
-                released = time.monotonic()
-                next_kill[0] = released + args.kill_every_s
-                for start in range(0, len(records), per_wave):
-                    wave = producer.upsert_many(records[start : start + per_wave])
-                    ids.extend(r if isinstance(r, str) else None for r in wave)
-                    wait(args.pause_s)
-                write_s = time.monotonic() - released
-                wait(args.timeout_s, until=lambda: backlog(client, keys, args.shards) == 0)
-                drain_s = time.monotonic() - released
-                left = backlog(client, keys, args.shards)
-                status_of: list[str] = []
-                accepted = [r for r in ids if r is not None]
-                for start in range(0, len(accepted), 2000):
-                    status_of.extend(
-                        o.status.value if o is not None else "UNKNOWN"
-                        for o in producer.outcomes(accepted[start : start + 2000])
-                    )
+            written = waves.write_and_drain(redis_url, env, records, args, tick=tick)
         finally:
             for worker in workers:
                 worker.stop()
-            client.close()
         summary = sim.admin.summary()
         db = sim.admin.leads()
         calls = sim.admin.calls()
 
     # --- what Marketo ended with, against the last write of each person -------------------
-    status_by_write: dict[int, str] = {}
-    statuses = iter(status_of)
-    for n, rid in enumerate(ids):
-        status_by_write[n] = next(statuses) if rid is not None else "REJECTED"
-    last: dict[str, int] = {}
-    for n, record in enumerate(records):
-        if ids[n] is not None:
-            last[record["email"]] = n
-    by_email: dict[str, list[Mapping[str, Any]]] = {}
-    for lead in db:
-        if lead.get("email"):
-            by_email.setdefault(str(lead["email"]).lower(), []).append(lead)
-    stale: list[tuple[str, int, int | None]] = []
-    missing = not_success = 0
-    for email, n in last.items():
-        if status_by_write[n] not in SUCCESS:
-            not_success += 1
-            continue
-        found = by_email.get(email)
-        if not found:
-            missing += 1
-            continue
-        held = write_number(found[-1]["attributes"].get("Company"))
-        if held != n:
-            stale.append((email, n, held))
-    out_of_order = 0
-    for found in by_email.values():
-        applied = [write_number(w["attributes"].get("Company")) for w in found[-1]["history"]]
-        numbers = [a for a in applied if a is not None]
-        if any(b < a for a, b in itertools.pairwise(numbers)):
-            out_of_order += 1
-    drains: Counter[str] = Counter()
-    for worker in started_workers:
-        log = WORKDIR / f"{worker.name}.log"
-        if log.exists():
-            for match in DRAIN_LINE_RE.finditer(log.read_text(errors="replace")):
-                drains[match.group(1)] += 1
+    ids, status_of = written.ids, written.statuses
+    compared = waves.compare(records, ids, status_of, db)
+    out_of_order = sum(
+        1 for found in compared.by_email.values() if waves.older_after_newer(found[-1]["history"])
+    )
     sized = [len(c["keys"]) for c in calls if c.get("keys")]
     per_call = summary.get("leads_per_call") or {}
     return {
         "mode": mode,
-        "people": len(last),
-        "upserts": sum(1 for r in ids if r is not None),
-        "stale": len(stale),
-        "stale_examples": [f"{e}: last write {n}, Marketo holds {h}" for e, n, h in stale[:3]],
-        "stale_older": sum(1 for _, n, h in stale if h is not None and h < n),
-        "missing": missing,
-        "last_not_success": not_success,
+        "people": len(compared.last),
+        "upserts": written.upserts,
+        "stale": len(compared.stale),
+        "stale_examples": compared.stale_examples,
+        "stale_older": compared.stale_older,
+        "missing": compared.missing,
+        "last_not_success": compared.not_success,
         "without_final": sum(1 for s in status_of if s in ("PENDING", "UNKNOWN")),
         "statuses": dict(sorted(Counter(status_of).items())),
         "out_of_order": out_of_order,
-        "duplicate_leads": sum(1 for found in by_email.values() if len(found) > 1),
+        "duplicate_leads": compared.duplicate_leads,
         "calls": int(summary.get("calls", 0)),
         "call_outcomes": dict(sorted(summary.get("outcomes", {}).items())),
         "faults_by_code": dict(sorted(summary.get("faults_by_code", {}).items())),
         "leads_per_call_ok": float(per_call.get("mean", 0.0)),
         "leads_per_call_all": sum(sized) / len(sized) if sized else 0.0,
-        "upserts_per_call": (sum(1 for r in ids if r is not None) / len(calls)) if calls else 0.0,
-        "drains_logged": dict(sorted(drains.items())),
+        "upserts_per_call": (written.upserts / len(calls)) if calls else 0.0,
+        "drains_logged": waves.drains_logged(started_workers),
         "kills": kills,
-        "write_s": write_s,
-        "drain_s": drain_s,
-        "backlog_left": left,
+        "write_s": written.write_s,
+        "drain_s": written.drain_s,
+        "backlog_left": written.backlog_left,
     }
 
 
@@ -362,13 +249,8 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--mode", choices=(*MODES, "all"), default="all")
     parser.add_argument("--people", type=int, help="default 400; kills 240")
     parser.add_argument("--writes", type=int, default=4000)
-    parser.add_argument("--waves", type=int, default=10)
-    parser.add_argument("--pause-s", type=float, default=3.0, help="between waves")
+    waves.add_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="worker process groups")
-    parser.add_argument("--concurrency", type=int, default=2, help="processes per group")
-    parser.add_argument("--max-concurrent", type=int, default=10, help="leadsync's")
     parser.add_argument("--latency", type=float, help="default 0.05 s; kills 0.6 s")
     parser.add_argument("--request-timeout-s", type=float, default=3.0)
     parser.add_argument("--lease-ttl-s", type=float, default=8.0)
@@ -378,7 +260,6 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--kill-for-s", type=float, default=60.0)
     parser.add_argument("--refusal-calls", type=int, default=10)
     parser.add_argument("--refusal-window-s", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout-s", type=float, default=300.0, help="drain, per mode")
     parser.add_argument("--json", type=Path, help="save the figures here")
     parser.add_argument("--compare", type=Path, help="a --json file of another tree's run")

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 import redis
 
 from bench.harness import SimProcess, machine_line, md_table, write_section
-from bench.systems import Ticker, backlog, leadsync_env, leadsync_worker, make_leads
+from bench.systems import (
+    Ticker,
+    backlog,
+    leadsync_env,
+    leadsync_worker,
+    make_leads,
+    outcome_statuses,
+)
 from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys
 from producers.producer import LeadProducer
@@ -105,12 +112,7 @@ def main(argv: Sequence[str]) -> None:
                             workers[index] = leadsync_worker(env, args.concurrency).start()
                         time.sleep(0.05)
                     drain_s = time.monotonic() - released
-                status_of: list[str] = []
-                for start in range(0, len(ids), 2000):
-                    status_of.extend(
-                        o.status.value if o is not None else "UNKNOWN"
-                        for o in producer.outcomes(ids[start : start + 2000])
-                    )
+                status_of = outcome_statuses(producer, ids)
         finally:
             for worker in workers:
                 worker.stop()
