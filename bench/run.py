@@ -16,6 +16,7 @@ SCENARIOS = {
     "unknown-field": "bench.scenarios.unknown_field",
     "api": "bench.scenarios.api",
     "wire": "bench.scenarios.wire",
+    "hostile": "bench.scenarios.hostile",
 }
 
 
