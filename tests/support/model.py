@@ -12,6 +12,12 @@ carries ``Bad``, a field the scripted Marketo does not know: over SOAP the whole
 faults with 20105 naming it (leadsync fails the records carrying it and sends the rest
 again); over REST Marketo skips that record with reason 1006 and applies the others in
 the same call (no isolation).
+
+The scripted Marketo runs behind a :class:`~worker.transport.MockTransport`, or (with
+:class:`SplitReplies`) behind a real socket that writes every reply in several pieces, read
+by the production :class:`~worker.transport.AiohttpTransport`. Every request carries a
+post number (:data:`POST_HEADER`, added by :class:`RecordingTransport`), so a call Marketo
+received names the post that sent it and the task that posted it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, Protocol, get_args
 from urllib.parse import parse_qs
 
@@ -29,8 +35,9 @@ from prometheus_client import REGISTRY
 
 from marketo_sim import rest as sim_rest
 from marketo_sim import soap as sim_soap
-from producers.contract import Keys, OutcomeStatus, parse_request_id
+from producers.contract import Keys, OutcomeStatus, parse_request_id, shard_for
 from producers.producer import AsyncLeadProducer
+from tests.support.wire_server import Reply
 from worker.core.fields import rest_name, soap_name
 from worker.drain import Drainer, DrainReport
 from worker.errors import CallTimeout
@@ -39,7 +46,7 @@ from worker.limits import RedisLimiter
 from worker.marketo.factory import api_for
 from worker.ops.dead_letters import list_dead_letters, replay
 from worker.settings import Settings
-from worker.transport import HttpReply, MockTransport
+from worker.transport import HttpReply, MockTransport, Transport
 
 SEQ: Final = "Seq"
 VAL: Final = "Val"
@@ -58,7 +65,10 @@ PAUSE_POINTS: Final[tuple[PausePoint, ...]] = ("after_claim", "after_send", "aft
 
 #: What the next call does. "ok" applies and answers; the "fault_*" / "page_502" /
 #: throttle / quota / auth behaviours answer before processing anything; the "lost_*"
-#: behaviours apply the call and then lose the answer.
+#: behaviours apply the call and then lose the answer; "gateway_504" is a gateway giving
+#: up at once (HTTP 504, text/html) while Marketo goes on with the call: its keys stay in
+#: flight until Marketo applies it later (:meth:`ScriptedMarketo.apply_late`), within
+#: LEADSYNC_UNKNOWN_OUTCOME_REST_S.
 Behaviour = Literal[
     "ok",
     "fault_10001",
@@ -69,8 +79,23 @@ Behaviour = Literal[
     "throttle_20024",
     "quota_20015",
     "auth_20014",
+    "gateway_504",
 ]
 BEHAVIOURS: Final[tuple[Behaviour, ...]] = get_args(Behaviour)
+
+#: The behaviours after which leadsync cannot know whether Marketo applied the call (the
+#: request was written, no usable answer came back): OutcomeUnknown. Their dedup=false
+#: records are parked (DEAD_LETTERED, OUTCOME_UNKNOWN): a resend would be a second lead.
+UNKNOWN_OUTCOME: Final = frozenset({"page_502", "lost_truncated", "lost_timeout", "gateway_504"})
+#: The error code of a record parked after a call whose outcome is unknown.
+OUTCOME_UNKNOWN_CODE: Final = "OUTCOME_UNKNOWN"
+#: The error code of a replayed write every field of which a newer applied write set.
+SUPERSEDED_CODE: Final = "SUPERSEDED"
+
+GATEWAY_504_PAGE: Final = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
+
+#: The request header that numbers each post (:class:`RecordingTransport`).
+POST_HEADER: Final = "X-Model-Post"
 
 #: The "fault_*" / throttle / quota / auth behaviours, as each protocol says them. Both
 #: columns mean the same to the worker (``test_model_drain`` checks it): 10001 / 611
@@ -280,6 +305,29 @@ class Call:
     applied: bool
     #: The keys of the records skipped for an unknown field (REST).
     skipped: tuple[str, ...] = ()
+    #: The post that carried it (:data:`POST_HEADER`), when numbered.
+    post: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What Marketo answers one request: ``reply``, whole, unless ``lost``: "timeout" (no
+    answer ever comes) or "truncated" (``reply`` is cut short; ``whole`` is the full one)."""
+
+    reply: HttpReply
+    lost: Literal["truncated", "timeout"] | None = None
+    whole: HttpReply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LateCall:
+    """A call a gateway answered 504 for, that Marketo has not applied yet."""
+
+    index: int  # in ScriptedMarketo.calls
+    dedup: bool
+    records: list[Record]
+    #: Its keys in ``in_flight`` (dedup=true records) until it is applied.
+    held: tuple[str, ...]
 
 
 @dataclass
@@ -294,10 +342,16 @@ class ScriptedMarketo:
     duplicates: list[dict[str, str]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     in_flight: Counter[str] = field(default_factory=Counter)
+    #: The gateway_504 calls not applied yet, oldest first.
+    late: list[LateCall] = field(default_factory=list)
     #: Invariant 1: a lead's applied Seq went back.
     order_violations: list[str] = field(default_factory=list)
     #: Invariant 4: a lead key was in two calls at once.
     overlap_violations: list[str] = field(default_factory=list)
+    #: Invariant 7: (the post of the "ok" call that answered a write, what was sent again).
+    resent: list[tuple[int | None, str]] = field(default_factory=list)
+    #: Seq -> the post of the last "ok" call that applied and answered that write.
+    _answered_ok: dict[int, int | None] = field(default_factory=dict)
     _ids: dict[str, int] = field(default_factory=dict)
     _next_id: int = 1
 
@@ -318,46 +372,102 @@ class ScriptedMarketo:
         return lead_id, True
 
     async def __call__(self, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        answer = await self.respond(body, headers)
+        if answer.lost == "timeout":
+            raise CallTimeout("scripted: Marketo applied the call, the answer never came")
+        return answer.reply
+
+    async def respond(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """What Marketo does with one request, whatever carries it."""
         request = self.wire.read(body, headers)
         if isinstance(request, HttpReply):
-            return request
+            return Answer(request)
+        number = headers.get(POST_HEADER)
+        post = int(number) if number is not None else None
         dedup = request.dedup
         keys = tuple(record.key for record in request.records) if dedup else ()
         busy = [k for k in keys if self.in_flight[k]]
         if busy:
             self.overlap_violations.append(f"keys {busy} are already in a call in flight")
+        for record in request.records:
+            seq = _seq(record)
+            if seq in self._answered_ok:
+                self.resent.append(
+                    (self._answered_ok[seq], f"{record.key} Seq {seq} sent again in post {post}")
+                )
         self.in_flight.update(keys)
+        held = False
         try:
             await asyncio.sleep(0)  # a concurrent caller may run here
-            return self._answer(dedup, request.records)
+            answer, held = self._answer(dedup, request.records, post)
+            return answer
         finally:
-            self.in_flight.subtract(keys)
+            if not held:
+                self.in_flight.subtract(keys)
 
-    def _answer(self, dedup: bool, records: list[Record]) -> HttpReply:
+    def _answer(self, dedup: bool, records: list[Record], post: int | None) -> tuple[Answer, bool]:
+        """The answer, and whether the call stays in flight (a late call)."""
         behaviour: Behaviour = self.script.pop(0) if self.script else "ok"
         keys = tuple(r.key for r in records)
-        seqs = tuple(int(r.attributes.get(SEQ, "-1")) for r in records)
+        seqs = tuple(_seq(r) for r in records)
+        call = Call(dedup, keys, seqs, behaviour, applied=False, post=post)
         if behaviour in SOAP_FAULTS:
-            self.calls.append(Call(dedup, keys, seqs, behaviour, applied=False))
-            return self.wire.fault(behaviour)
+            self.calls.append(call)
+            return Answer(self.wire.fault(behaviour)), False
         if behaviour == "page_502":
-            self.calls.append(Call(dedup, keys, seqs, behaviour, applied=False))
-            return HttpReply(502, "text/html", b"<html><body>502 Bad Gateway</body></html>")
+            self.calls.append(call)
+            return Answer(
+                HttpReply(502, "text/html", b"<html><body>502 Bad Gateway</body></html>")
+            ), False
+        if behaviour == "gateway_504":
+            self.calls.append(call)
+            held = keys if dedup else ()
+            self.late.append(LateCall(len(self.calls) - 1, dedup, records, held))
+            return Answer(HttpReply(504, "text/html", GATEWAY_504_PAGE)), True
+        processed = self._process(dedup, records)
+        if isinstance(processed, HttpReply):
+            self.calls.append(replace(call, behaviour="record_fault"))
+            return Answer(processed), False
+        results, skipped = processed
+        self.calls.append(replace(call, applied=True, skipped=skipped))
+        whole = self.wire.answer(results, truncated=False)
+        if behaviour == "lost_timeout":
+            return Answer(whole, lost="timeout"), False
+        if behaviour == "lost_truncated":
+            cut = self.wire.answer(results, truncated=True)
+            return Answer(cut, lost="truncated", whole=whole), False
+        for seq in seqs:
+            self._answered_ok[seq] = post
+        return Answer(whole), False
+
+    def _process(
+        self, dedup: bool, records: list[Record]
+    ) -> tuple[list[Applied | Skipped], tuple[str, ...]] | HttpReply:
+        """Apply a call: its results and the keys skipped, or the whole-call fault."""
         unknown = sorted({name for r in records for name in r.unknown})
         if unknown:
             whole_call = self.wire.unknown_fields_fault(unknown)
             if whole_call is not None:
-                self.calls.append(Call(dedup, keys, seqs, "record_fault", applied=False))
                 return whole_call
         results = [
             Skipped(r.unknown) if r.unknown else self._apply(dedup, r.key, r.attributes)
             for r in records
         ]
-        skipped = tuple(r.key for r in records if r.unknown)
-        self.calls.append(Call(dedup, keys, seqs, behaviour, applied=True, skipped=skipped))
-        if behaviour == "lost_timeout":
-            raise CallTimeout("scripted: Marketo applied the call, the answer never came")
-        return self.wire.answer(results, truncated=behaviour == "lost_truncated")
+        return results, tuple(r.key for r in records if r.unknown)
+
+    def apply_late(self, select: Callable[[LateCall], bool] = lambda _call: True) -> int:
+        """Marketo finishes the late calls ``select`` picks (as an "ok" call would apply
+        them; nobody hears of it); their keys leave ``in_flight``. How many it applied."""
+        due = [call for call in self.late if select(call)]
+        for late in due:
+            self.late.remove(late)
+            processed = self._process(late.dedup, late.records)
+            if not isinstance(processed, HttpReply):
+                self.calls[late.index] = replace(
+                    self.calls[late.index], applied=True, skipped=processed[1]
+                )
+            self.in_flight.subtract(late.held)
+        return len(due)
 
     def _apply(self, dedup: bool, key: str, attrs: dict[str, str]) -> Applied:
         if not dedup:
@@ -374,6 +484,53 @@ class ScriptedMarketo:
         self.leads.setdefault(key, {}).update(attrs)
         lead_id, created = self._lead_id(key)
         return Applied(lead_id, created)
+
+
+def _seq(record: Record) -> int:
+    return int(record.attributes.get(SEQ, "-1"))
+
+
+@dataclass
+class SplitReplies:
+    """The scripted Marketo behind a real socket: the ``handler`` of
+    ``tests.support.wire_server.wire_server``. Every reply is written in 3 to 6 pieces,
+    2 to 10 ms apart (by turns, so runs repeat); an answer lost to a timeout is a dropped
+    connection (the request was read, nothing comes back), and every other answer lost to
+    truncation is cut on the socket (its Content-Length promises more) instead of being a
+    whole reply whose document is cut short."""
+
+    marketo: ScriptedMarketo
+    #: Post number -> the reply body written whole for it (invariant 7).
+    written: dict[int, bytes] = field(default_factory=dict)
+    #: The scripted Marketo raised (a bug of the test kit, not a lost answer).
+    errors: list[str] = field(default_factory=list)
+    _replies: int = 0
+
+    async def __call__(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        try:
+            answer = await self.marketo.respond(body, headers)
+        except Exception as exc:
+            self.errors.append(repr(exc))
+            return Reply(drop=True)
+        self._replies += 1
+        turn = self._replies
+        if answer.lost == "timeout":
+            return Reply(drop=True)
+        reply, cut_at = answer.reply, None
+        if answer.lost == "truncated" and answer.whole is not None and turn % 2:
+            reply = answer.whole
+            cut_at = len(reply.body) // 2
+        number = headers.get(POST_HEADER)
+        if cut_at is None and number is not None:
+            self.written[int(number)] = reply.body
+        return Reply(
+            reply.status,
+            reply.content_type or "application/octet-stream",
+            reply.body,
+            pieces=3 + turn % 4,
+            gap_s=0.002 * (1 + turn % 5),
+            cut_at=cut_at,
+        )
 
 
 # --- the reference model -------------------------------------------------------------------
@@ -402,6 +559,8 @@ class Reference:
     status: dict[str, OutcomeStatus | None] = field(default_factory=dict)
     #: Parked requests that a replay reopened (they may go PENDING, then terminal).
     reopened: set[str] = field(default_factory=set)
+    #: Request id -> how many calls Marketo had received when it was last replayed.
+    replayed_at: dict[str, int] = field(default_factory=dict)
     next_seq: int = 1
     #: The error code a FAILED outcome carries: the protocol's unknown-field code (SOAP's
     #: 20105 for the whole call, REST's 1006 per record), the only reason a write fails.
@@ -427,7 +586,9 @@ class Reference:
         """Invariant 3: a terminal outcome never changes; a parked one only reopens by
         replay; an outcome once seen never disappears; only a write carrying an unknown
         field (or merged with one) fails, with the protocol's code (from ``error_codes``
-        when given), and such a write never succeeds."""
+        when given), and such a write never succeeds; or a replayed write every field of
+        which a newer write Marketo applied set fails SUPERSEDED (replay merges per field:
+        it would revert newer values)."""
         problems = []
         for rid, now in outcomes.items():
             before = self.status.get(rid)
@@ -441,11 +602,20 @@ class Reference:
                 and rid not in self.reopened
             ):
                 problems.append(f"{rid}: parked outcome became {now} without a replay")
-            if now is OutcomeStatus.FAILED and not self._may_fail(rid):
-                problems.append(f"{rid}: FAILED but neither it nor a write it merges with is bad")
-            if now is OutcomeStatus.FAILED and error_codes is not None:
-                code = error_codes.get(rid)
-                if code != self.unknown_field_code:
+            code = error_codes.get(rid) if error_codes is not None else None
+            if now is OutcomeStatus.FAILED and code == SUPERSEDED_CODE:
+                if not self._superseded(rid, outcomes):
+                    problems.append(
+                        f"{rid}: FAILED {code} but no newer applied write set its fields"
+                    )
+            elif now is OutcomeStatus.FAILED:
+                if not self._may_fail(rid) and not (
+                    error_codes is None and self._superseded(rid, outcomes)
+                ):
+                    problems.append(
+                        f"{rid}: FAILED but neither it nor a write it merges with is bad"
+                    )
+                if error_codes is not None and code != self.unknown_field_code:
                     problems.append(
                         f"{rid}: FAILED with code {code}, not {self.unknown_field_code}"
                     )
@@ -455,6 +625,39 @@ class Reference:
                 self.reopened.discard(rid)
             if now is not None:
                 self.status[rid] = now
+        return problems
+
+    def reopen(self, request_ids: Iterable[str], *, calls_so_far: int) -> None:
+        """A replay reopened these parked requests after ``calls_so_far`` calls."""
+        for rid in request_ids:
+            self.reopened.add(rid)
+            self.replayed_at[rid] = calls_so_far
+
+    def parked_after_unknown_outcome(
+        self,
+        calls: Sequence[Call],
+        outcomes: Mapping[str, OutcomeStatus | None],
+        error_codes: Mapping[str, str | None],
+    ) -> list[str]:
+        """Invariant 3, for a call whose outcome leadsync cannot know (``UNKNOWN_OUTCOME``):
+        its dedup=false records end DEAD_LETTERED with OUTCOME_UNKNOWN (a resend would be a
+        second lead), and stay so until a replay reopens them. (Its dedup=true records stay
+        pending: a later cycle sends them again, or a newer write supersedes them.)"""
+        rid_of = {w.seq: rid for rid, w in self.writes.items()}
+        problems = []
+        for index, call in enumerate(calls):
+            if call.dedup or call.behaviour not in UNKNOWN_OUTCOME:
+                continue
+            for seq in call.seqs:
+                rid = rid_of.get(seq)
+                if rid is None or self.replayed_at.get(rid, -1) > index:
+                    continue
+                status, code = outcomes.get(rid), error_codes.get(rid)
+                if status is not OutcomeStatus.DEAD_LETTERED or code != OUTCOME_UNKNOWN_CODE:
+                    problems.append(
+                        f"{rid} (dedup=false, Seq {seq}) was in a {call.behaviour} call: "
+                        f"{status} ({code}), not DEAD_LETTERED ({OUTCOME_UNKNOWN_CODE})"
+                    )
         return problems
 
     def lead_ids_agree(
@@ -470,6 +673,22 @@ class Reference:
                 if lead_ids.get(rid) != own:
                     problems.append(f"{rid}: {status} with lead id {lead_ids.get(rid)}, not {own}")
         return problems
+
+    def _superseded(self, rid: str, outcomes: Mapping[str, OutcomeStatus | None]) -> bool:
+        """Newer accepted dedup writes of the same lead set every field of this one. The
+        reference sees only outcomes, and a newer write Marketo applied (or may have: a
+        call whose answer was lost) can end with any of them, or still be pending to go
+        out after this one; invariant 2 checks what Marketo ends with."""
+        write = self.writes[rid]
+        if not write.dedup:
+            return False
+        newer: set[str] = set()
+        for other in self.writes.values():
+            status = outcomes.get(other.request_id) or self.status.get(other.request_id)
+            later = other.dedup and other.key == write.key and other.seq > write.seq
+            if later and status is not None:
+                newer.update(other.attributes)
+        return set(write.attributes) <= newer
 
     def _may_fail(self, rid: str) -> bool:
         write = self.writes[rid]
@@ -541,6 +760,53 @@ ALLOWED_WITHOUT_TTL: Final = frozenset(
 )
 
 
+@dataclass
+class Post:
+    """One request leadsync sent: its number, the task that sent it, what came back."""
+
+    number: int
+    task: asyncio.Task[Any] | None
+    reply: bytes | None = None
+    error: str | None = None
+
+
+class RecordingTransport:
+    """Wraps the transport the API uses: numbers every request (:data:`POST_HEADER`) and
+    notes the task that sent it and the reply body it got, or the error it raised."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.posts: list[Post] = []
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        return await self._record(lambda numbered: self.inner.post(url, body, numbered), headers)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> HttpReply:
+        get: Callable[[str, Mapping[str, str]], Awaitable[HttpReply]] = self.inner.get  # type: ignore[attr-defined]
+        return await self._record(lambda numbered: get(url, numbered), headers)
+
+    async def _record(
+        self,
+        send: Callable[[Mapping[str, str]], Awaitable[HttpReply]],
+        headers: Mapping[str, str],
+    ) -> HttpReply:
+        record = Post(len(self.posts), asyncio.current_task())
+        self.posts.append(record)
+        try:
+            reply = await send({**headers, POST_HEADER: str(record.number)})
+        except BaseException as exc:
+            record.error = exc.__class__.__name__
+            raise
+        record.reply = reply.body
+        return reply
+
+    def last_post_of(self, task: asyncio.Task[Any] | None) -> int | None:
+        return next((p.number for p in reversed(self.posts) if p.task is task), None)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 @dataclass(frozen=True, slots=True)
 class OutcomeDetails:
     """Each request's outcome status, and the error code and lead id of each outcome."""
@@ -587,21 +853,27 @@ class System:
         batch_size: int = 3,
         max_attempts: int = 2,
         transient_retries: int = 0,
+        max_concurrent_calls: int = 4,
         prefix: str = "model",
+        url: str | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        """``url`` and ``transport``: where the scripted Marketo listens and what reaches it
+        (a real socket, see :class:`SplitReplies`); by default a MockTransport calls it."""
         self.marketo = marketo
         self.shards = shards
+        base_url = url or REST_URL
         wire_settings: dict[str, object] = (
             {
                 "marketo_api": "rest",
-                "marketo_rest_url": REST_URL,
+                "marketo_rest_url": base_url,
                 "marketo_client_id": CLIENT_ID,
                 "marketo_client_secret": CLIENT_SECRET,
             }
             if marketo.protocol == "rest"
             else {
                 "marketo_api": "soap",
-                "marketo_endpoint": "http://marketo.test/soap/mktows/2_2",
+                "marketo_endpoint": f"{base_url}/soap/mktows/2_2",
                 "marketo_user_id": "u",
                 "marketo_encryption_key": "k",
             }
@@ -619,7 +891,8 @@ class System:
             backoff_max_s=0.001,
             rate_limit_calls=1_000_000,
             rate_burst_calls=1_000_000,
-            max_concurrent_calls=1000,
+            # Few: a call whose outcome is unknown keeps its slot, and refusals follow.
+            max_concurrent_calls=max_concurrent_calls,
             daily_quota=1_000_000,
             throttle_cooldown_s=3600.0,  # cleared by the test, never by the clock
             hold_probe_interval_s=3600.0,  # no probe passes until the test clears the hold
@@ -630,7 +903,11 @@ class System:
         self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(redis_url)
         self.ledger = Ledger.for_settings(self.redis, self.settings)
         self.limiter = RedisLimiter(self.redis, self.settings)
-        self.client = api_for(self.settings, MockTransport(marketo), self.redis)
+        self.transport = RecordingTransport(transport or MockTransport(marketo))
+        self.client = api_for(self.settings, self.transport, self.redis)
+        #: Posts after which their worker paused (and may have lost its lease before its
+        #: commit): their writes may legitimately be sent again.
+        self.unconfirmed: set[int] = set()
         self._isolation_calls_before = _isolation_calls()
         self.producer = AsyncLeadProducer(self.redis, key_prefix=prefix, shards=shards)
         self._generation = 0
@@ -648,6 +925,7 @@ class System:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.transport.close()
         await self.redis.aclose()
 
     # --- workers -------------------------------------------------------------------------
@@ -669,6 +947,10 @@ class System:
             if armed is None or armed != point:
                 return
             worker.armed = None
+            if point == "after_send":
+                post = self.transport.last_post_of(asyncio.current_task())
+                if post is not None:
+                    self.unconfirmed.add(post)
             worker.paused_at = armed
             worker.gate = asyncio.get_running_loop().create_future()
             worker.paused.set()
@@ -707,12 +989,17 @@ class System:
         )
         worker.task = asyncio.ensure_future(work)
 
-    async def drain(self, index: int, shard: int, pause_at: PausePoint | None = None) -> bool:
+    async def drain(
+        self, index: int, shard: int, pause_at: PausePoint | None = None, *, waited: bool = True
+    ) -> bool:
         """Run one ``Drainer.drain(shard)`` on worker ``index`` until it returns, or until
-        it reaches ``pause_at`` (then True: the worker stays paused there)."""
+        it reaches ``pause_at`` (then True: the worker stays paused there). ``waited``:
+        the shard's rest is over first; else the drain comes at once (a drain message
+        already queued, or redelivered), and a resting shard must turn it away."""
         worker = self.workers[index]
         assert worker.idle, f"worker {index} is busy"
-        await self._time_passes(shard)
+        if waited:
+            await self._time_passes(shard)
         self._start(worker, shard, pause_at)
         await self._until_paused_or_done([worker])
         return not worker.idle
@@ -774,6 +1061,23 @@ class System:
             lead_ids={rid: o.lead_id for rid, o in pairs if o is not None},
         )
 
+    def resent_after_ok(self) -> list[str]:
+        """Invariant 7: writes Marketo applied and answered in full ("ok") that were sent
+        again, though the worker that sent them went on to its commit (it did not pause
+        after the send, so no lease lapse can explain a resend)."""
+        return [what for post, what in self.marketo.resent if post not in self.unconfirmed]
+
+    def replies_cut_on_the_way(self, written: Mapping[int, bytes]) -> list[str]:
+        """Invariant 7, on a real socket: every reply written whole (``written``, by post)
+        reached the worker whole."""
+        problems = []
+        for number, body in sorted(written.items()):
+            post = self.transport.posts[number]
+            if post.reply != body:
+                got = f"{len(post.reply)} bytes" if post.reply is not None else f"{post.error}"
+                problems.append(f"post {number}: {len(body)} bytes written whole, got {got}")
+        return problems
+
     def isolation_calls(self) -> int:
         """Calls the drains spent isolating records since this System was built (the
         process-wide ``leadsync_isolation_calls`` counter: one System runs at a time)."""
@@ -785,8 +1089,36 @@ class System:
         return list(range(self.shards)) if shard == EVERY_SHARD else [shard]
 
     async def _time_passes(self, shard: int) -> None:
-        """The shard's rest after transient faults is over (Drainer._back_off's key)."""
-        await self.redis.delete(*(self.keys.rest(s) for s in self._shards(shard)))
+        """The shard's rest is over (Drainer._back_off's key). When it is the rest after a
+        call whose outcome is unknown (LEADSYNC_UNKNOWN_OUTCOME_REST_S), Marketo finished
+        every call on the shard's keys meanwhile: the late calls are applied first. A
+        short rest (after transient faults), or none, lets little time pass: a late call
+        stays in flight, and a call that carries its keys then is an overlap (invariant 4)."""
+        shards = set(self._shards(shard))
+        long_rest = {s for s in shards if await self._rest_left(s) >= self._unknown_rest_s / 2}
+        self.marketo.apply_late(
+            lambda call: any(shard_for(r.key, self.shards) in long_rest for r in call.records)
+        )
+        await self.redis.delete(*(self.keys.rest(s) for s in shards))
+
+    @property
+    def _unknown_rest_s(self) -> float:
+        return self.settings.unknown_outcome_rest_s
+
+    async def _rest_left(self, shard: int) -> float:
+        """Seconds the shard still rests, on Redis's clock (0 when it does not)."""
+        until: Any = await self.redis.get(self.keys.rest(shard))
+        if until is None:
+            return 0.0
+        seconds, micros = await self.redis.time()
+        return float(_text(until)) - (seconds + micros / 1_000_000)
+
+    async def unknown_outcome_rest_passes(self) -> None:
+        """LEADSYNC_UNKNOWN_OUTCOME_REST_S passed for every call: Marketo applied every late
+        call, and the slots kept for calls whose outcome was unknown expired. (Between the
+        steps no call is in flight: every slot left is such a kept one.)"""
+        self.marketo.apply_late()
+        await self.redis.delete(self.limiter.keys.slots)
 
     async def expire_lease(self, shard: int) -> None:
         await self.redis.delete(*(self.keys.lease(s) for s in self._shards(shard)))
@@ -811,6 +1143,7 @@ class System:
         await self.refuse_calls(False)
         await self.clear_hold()
         await self.clear_quota()
+        await self.unknown_outcome_rest_passes()
 
     # --- dead letters -----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Which fields of a replayed write a newer write already set (pure).
 
 Upserts merge per field, so a newer write replaces only the fields it sets. While a lead
-has parked writes, the settle step records each field an applied write of the lead set,
-with the id of the newest such write; a replayed write whose original is older than that
-id must not send the field again (it would revert a newer value in Marketo)."""
+has parked writes, the settle step records each field a write of the lead set that
+Marketo applied or may have applied (acknowledged, parked, or sent in a call whose answer
+was lost), with the id of the newest such write; a replayed write whose original is
+older than that id must not send the field again (it would revert a newer value)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from worker.core.fields import field_key
 
 #: Why a replayed write is answered without a call.
 SUPERSEDED_REASON: Final = (
-    "superseded: every field this write set was set by a newer write that Marketo applied"
+    "superseded: every field this write set was set by a newer write that Marketo applied "
+    "or may have applied (or that is parked to be replayed after it)"
 )
 
 

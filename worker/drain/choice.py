@@ -96,7 +96,14 @@ def park_exhausted(
         )
         report.dead_lettered += 1
     # Merged records ride whole: if any of their entries is exhausted, the rest wait
-    # (and get back the attempt just counted for them).
+    # (and get back the attempt just counted for them). Those of them that rode in an
+    # earlier call may have been applied by it (its answer lost or refused): their fields
+    # are recorded now, so a replay of the parked older write never reverts them.
+    for record in batch.records:
+        if exhausted.intersection(record.entry_ids):
+            for entry_id in record.entry_ids:
+                if entry_id not in exhausted and lane.attempts.get(entry_id, 0) > 1:
+                    settlement.wrote(lane.claim.raw[entry_id], lane.claim.fields.get(entry_id, ()))
     kept = tuple(r for r in batch.records if not exhausted.intersection(r.entry_ids))
     settlement.refund(
         e
@@ -148,12 +155,16 @@ def settle_entry(
         finished_at=now_s,
     )
     entry = lane.claim.raw[entry_id]
+    fields = lane.claim.fields.get(entry_id, ())  # empty for a dedup=false write
     if status is OutcomeStatus.DEAD_LETTERED:
         lane.settlement.park(entry, outcome, error or "")
+        # A parked write may have been applied by a call whose outcome is unknown: an older
+        # replayed write of the lead must not send its fields over it (its own replay will).
+        lane.settlement.wrote(entry, fields)
         return
     lane.settlement.answer(entry, outcome)
     if status in (OutcomeStatus.CREATED, OutcomeStatus.UPDATED):
-        lane.settlement.wrote(entry, lane.claim.fields.get(entry_id, ()))
+        lane.settlement.wrote(entry, fields)
 
 
 def drop_superseded_fields(

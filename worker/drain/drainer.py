@@ -370,7 +370,8 @@ class Drainer:
                     claim.invalid.append((entry, exc))
                     continue
                 claim.queued.append(QueuedLead(entry.entry_id, entry.key_hash, lead, entry.origin))
-                claim.fields[entry.entry_id] = tuple(field_key(n) for n in lead.attributes)
+                if lead.dedup:  # a createDuplicate write is another lead: it sets no field here
+                    claim.fields[entry.entry_id] = tuple(field_key(n) for n in lead.attributes)
                 keys.add(entry.key_hash if lead.dedup else entry.entry_id)
             if len(claimed.entries) < batch_size or len(keys) >= batch_size:
                 break
@@ -388,7 +389,8 @@ class Drainer:
         forced = frozenset(e for e, raw in claim.raw.items() if raw.forced)
         claim.queued, superseded = drop_superseded_fields(claim.queued, written, forced)
         for item in claim.queued:
-            claim.fields[item.entry_id] = tuple(field_key(n) for n in item.lead.attributes)
+            if item.lead.dedup:
+                claim.fields[item.entry_id] = tuple(field_key(n) for n in item.lead.attributes)
         claim.superseded.extend(claim.raw[item.entry_id] for item in superseded)
 
     async def _pause_at(self, point: str) -> None:

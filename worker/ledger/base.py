@@ -76,8 +76,9 @@ class Settlement:
 
     def wrote(self, entry: RawEntry, fields: Iterable[str]) -> None:
         """Marketo applied ``entry``'s write with these fields (keys of ``field_key``)."""
-        if entry.key_hash:
-            self.written.append((entry.key_hash, entry.first_id, tuple(fields)))
+        names = tuple(fields)
+        if entry.key_hash and names:
+            self.written.append((entry.key_hash, entry.first_id, names))
 
     def refund(self, entry_ids: Iterable[str]) -> None:
         """Give back attempts of calls that were refused before they were made."""
