@@ -1,5 +1,5 @@
-"""A Marketo simulator, SOAP (syncMultipleLeads) and REST (identity, Sync Leads, describe2) on
-one port and one lead database: strict parsing, limits, faults, admin API."""
+"""A Marketo simulator, SOAP (syncMultipleLeads, describeMObject) and REST (identity, Sync Leads,
+describe2) on one port and one lead database: strict parsing, limits, faults, admin API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The simulator's lead fields under both protocols: one name mapping, types, describe2.
+"""The simulator's lead fields under both protocols: one name mapping, types, describe2 and
+describeMObject.
 
 The mapping (one rule, used everywhere in the simulator):
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Final
+
+from marketo_sim.soap import FieldMetadata
 
 #: SOAP names whose REST name is not the lower-case-first-letter form.
 REST_NAME_EXCEPTIONS: Final[dict[str, str]] = {
@@ -108,6 +111,25 @@ class FieldCatalog:
             "searchableFields": [[name] for name in sorted(self.lookup_fields)],
             "fields": fields,
         }
+
+
+def lead_record_fields(
+    known_fields: Iterable[str], standard_fields: frozenset[str]
+) -> list[FieldMetadata]:
+    """``fieldList`` of describeMObject(LeadRecord): the read-only ``Id`` first, then every
+    field SOAP calls may write (``known_fields``, by SOAP name, sorted). Custom fields are
+    the names outside ``standard_fields``. Which fields Marketo lists for LeadRecord beyond
+    these is unknown; the simulator lists what its syncMultipleLeads accepts."""
+    fields = [FieldMetadata("Id", "Id", "integer", 10, is_readonly=True, is_primary_key=True)]
+    for soap in sorted(known_fields):
+        data_type = FIELD_TYPES.get(soap, "string")
+        size = _LENGTH if data_type in ("string", "email", "phone", "url") else None
+        fields.append(
+            FieldMetadata(
+                soap, display_name(soap), data_type, size, is_custom=soap not in standard_fields
+            )
+        )
+    return fields
 
 
 @lru_cache(maxsize=32)

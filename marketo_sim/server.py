@@ -1,7 +1,8 @@
 """The aiohttp application: SOAP endpoint, ?WSDL, REST (see ``rest_app``), the JSON admin API.
 
 Routes:
-    POST /soap/mktows/{version}        syncMultipleLeads (any version, e.g. 2_2)
+    POST /soap/mktows/{version}        syncMultipleLeads, describeMObject (LeadRecord) (any
+                                       version, e.g. 2_2; the operation is the Body's element)
     GET  /soap/mktows/{version}?WSDL   the 2_2 WSDL, its soap:address pointing here
     GET|POST /identity/oauth/token, POST /rest/v1/leads.json, GET /rest/v1/leads/describe2.json
     GET  /admin/calls | /admin/summary | /admin/leads | /admin/config
@@ -29,8 +30,9 @@ from aiohttp import web
 
 from marketo_sim.auth import check_auth
 from marketo_sim.calllog import CallLog, CallRecord
-from marketo_sim.config import SimConfig
+from marketo_sim.config import STANDARD_LEAD_FIELDS, SimConfig
 from marketo_sim.faults import pick_fault, sample_latency_s
+from marketo_sim.fields import lead_record_fields
 from marketo_sim.gateway import Gateway
 from marketo_sim.http_body import read_limited
 from marketo_sim.identity import TokenIssuer
@@ -39,10 +41,13 @@ from marketo_sim.rest_app import RestApi, add_routes
 from marketo_sim.soap import (
     CONTENT_TYPE,
     HTML_502,
+    OPERATIONS,
+    DescribeRequest,
     SimFault,
     SyncRequest,
     SyncStatus,
-    parse_request_bytes,
+    parse_operation_bytes,
+    render_describe,
     render_doctype_bomb,
     render_fault,
     render_success,
@@ -54,7 +59,11 @@ from marketo_sim.wire import middleware as wire_middleware
 logger = logging.getLogger(__name__)
 
 SOAP_PATH: Final = "/soap/mktows/{version:[0-9]+_[0-9]+}"
-SOAP_ACTION: Final = "http://www.marketo.com/mktows/syncMultipleLeads"
+SOAP_ACTION: Final = OPERATIONS["paramsSyncMultipleLeads"]
+DESCRIBE_ACTION: Final = OPERATIONS["paramsDescribeMObject"]
+#: The one MObject the simulator describes (Marketo also describes ActivityRecord,
+#: Opportunity and OpportunityPersonRole; any other objectName is a bad parameter here).
+DESCRIBED_OBJECT: Final = "LeadRecord"
 _WSDL_ADDRESS: Final = '<soap:address location="https://na-aba.marketo.com/soap/mktows/2_2" />'
 
 
@@ -142,9 +151,20 @@ class Simulator:
             return web.Response(status=502, body=HTML_502, content_type="text/html")
 
         action = request.headers.get("SOAPAction", "").strip().strip('"')
+        if action and action not in OPERATIONS.values():
+            raise SimFault(
+                20019,
+                "Unsupported Operation: SOAPAction is not syncMultipleLeads or describeMObject",
+            )
+        operation = parse_operation_bytes(body, unknown_elements=config.unknown_elements)
+        if isinstance(operation, DescribeRequest):
+            call.operation = "describe"
+            if action and action != DESCRIBE_ACTION:
+                raise SimFault(20019, "Unsupported Operation: SOAPAction does not match the Body")
+            return await self._describe(operation, call, config, injected, latency_s)
         if action and action != SOAP_ACTION:
-            raise SimFault(20019, "Unsupported Operation: SOAPAction is not syncMultipleLeads")
-        sync = parse_request_bytes(body, unknown_elements=config.unknown_elements)
+            raise SimFault(20019, "Unsupported Operation: SOAPAction does not match the Body")
+        sync = operation
         self.log.set_keys(call, tuple(r.key for r in sync.records if r.key is not None))
         check_auth(sync.auth, config, datetime.now(UTC))
         if injected in ("internal_10001", "internal_20011", "rate_20023", "concurrency_20024"):
@@ -167,6 +187,57 @@ class Simulator:
                 held = True
                 return response
             return await self._sync(sync, call, config, latency_s, injected)
+        finally:
+            if not held:
+                limits.release()
+
+    async def _describe(
+        self,
+        describe: DescribeRequest,
+        call: CallRecord,
+        config: SimConfig,
+        injected: str | None,
+        latency_s: float,
+    ) -> web.Response:
+        """describeMObject, signed and counted like any call: the fields syncMultipleLeads
+        accepts (``known_fields``, by SOAP name) and the read-only Id."""
+        check_auth(describe.auth, config, datetime.now(UTC))
+        if injected in ("internal_10001", "internal_20011", "rate_20023", "concurrency_20024"):
+            raise SimFault(int(injected.rsplit("_", 1)[1]), "Injected fault")
+        limits = self.limits
+        limits.admit(config, monotonic_s=time.monotonic(), epoch_s=time.time())
+        held = False
+        try:
+            if describe.object_name != DESCRIBED_OBJECT:
+                raise SimFault(
+                    20110,
+                    f"Bad Parameter: objectName {describe.object_name[:40]!r} "
+                    f"(the simulator describes {DESCRIBED_OBJECT} only)",
+                )
+            if injected == "gateway_504":  # nothing to apply; the slot is held as long
+                response = self.gateway.hold(
+                    call,
+                    log=self.log,
+                    limits=limits,
+                    delay_s=config.gateway_apply_delay_s,
+                    apply=lambda: None,
+                )
+                held = True
+                return response
+            await self.sleep(latency_s)
+            fields = lead_record_fields(config.known_fields, STANDARD_LEAD_FIELDS)
+            whole = render_describe(DESCRIBED_OBJECT, fields, description="Lead record")
+            call.outcome = "ok"
+            if injected == "truncated":
+                call.outcome = "truncated"
+                return _xml(whole[: len(whole) * 2 // 3])
+            if injected == "doctype":
+                call.outcome = "doctype"
+                return _xml(render_doctype_bomb())
+            if injected == "hang":
+                call.outcome = "hang"
+                await self.sleep(config.hang_s)
+            return _xml(whole)
         finally:
             if not held:
                 limits.release()

@@ -1,9 +1,11 @@
-"""The simulator's own reading of a syncMultipleLeads request, and its responses.
+"""The simulator's own reading of a syncMultipleLeads or describeMObject request, and its
+responses.
 
 The parser does not reuse the client codec's semantics: it checks the envelope against the
 2_2 WSDL on its own (SOAP 1.1 namespace, ``ns1:AuthenticationHeader``,
-``ns1:paramsSyncMultipleLeads``, unqualified children in schema order, xs:int / xs:boolean /
-enum values) so that a client mistake shows up as the fault Marketo would send.
+``ns1:paramsSyncMultipleLeads`` or ``ns1:paramsDescribeMObject``, unqualified children in
+schema order, xs:int / xs:boolean / enum values) so that a client mistake shows up as the
+fault Marketo would send. The operation is the Body's element.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ FAULT_TEXT: Final[dict[int, str]] = {
     20016: "Request Expired",
     20017: "Invalid Request",
     20019: "Unsupported Operation",
+    20110: "Bad Parameter",
     20023: "Rate Limit Exceeded",
     20024: "Concurrency Limit Exceeded",
     20101: "Lead Key Required",
@@ -98,6 +101,27 @@ class SyncRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DescribeRequest:
+    """describeMObject: the MObject whose metadata is asked for."""
+
+    auth: ParsedAuth
+    object_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMetadata:
+    """One ``field`` (MObjFieldMetadata) of a describeMObject answer."""
+
+    name: str
+    display_name: str | None
+    data_type: str
+    size: int | None
+    is_readonly: bool = False
+    is_primary_key: bool = False
+    is_custom: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SyncStatus:
     lead_id: int
     status: SyncStatusValue
@@ -137,6 +161,7 @@ _PARAMS_SPEC: Final = (
     _Child("leadRecordList", required=True),
     _Child("dedupEnabled", nillable=True),
 )
+_DESCRIBE_SPEC: Final = (_Child("objectName", required=True),)
 _LIST_SPEC: Final = (_Child("leadRecord", repeated=True),)
 _RECORD_SPEC: Final = (
     _Child("Id", nillable=True),
@@ -278,11 +303,15 @@ def _parse_record(element: etree._Element, mode: UnknownElements) -> ParsedRecor
     )
 
 
-def parse_sync_request(
-    root: etree._Element, *, unknown_elements: UnknownElements = "fault"
-) -> SyncRequest:
-    """Interpret a parsed envelope as syncMultipleLeads; raise SimFault as Marketo would."""
-    mode = unknown_elements
+#: The operations the simulator serves: the Body's element -> the operation's SOAPAction.
+OPERATIONS: Final[dict[str, str]] = {
+    "paramsSyncMultipleLeads": "http://www.marketo.com/mktows/syncMultipleLeads",
+    "paramsDescribeMObject": "http://www.marketo.com/mktows/describeMObject",
+}
+
+
+def _envelope(root: etree._Element) -> tuple[etree._Element | None, etree._Element]:
+    """The Header (or None) and the one operation element of the Body."""
     if etree.QName(root).namespace != SOAP_ENV_NS or _local(root) != "Envelope":
         raise SimFault(20012, "Unexpected SOAP message: not a SOAP 1.1 Envelope")
     parts = _elements(root)
@@ -298,8 +327,39 @@ def parse_sync_request(
     operation = operations[0]
     if etree.QName(operation).namespace != MKTOWS_NS:
         raise SimFault(20012, "Unexpected SOAP message: operation is not in the mktows namespace")
+    if _local(operation) not in OPERATIONS:
+        raise SimFault(
+            20019,
+            "Unsupported Operation: the simulator only serves syncMultipleLeads and describeMObject",
+        )
+    return header, operation
+
+
+def parse_operation(
+    root: etree._Element, *, unknown_elements: UnknownElements = "fault"
+) -> SyncRequest | DescribeRequest:
+    """Interpret a parsed envelope as the operation its Body names; SimFault as Marketo."""
+    header, operation = _envelope(root)
+    if _local(operation) == "paramsDescribeMObject":
+        auth = _parse_auth(header, unknown_elements)
+        found = _children(operation, _DESCRIBE_SPEC, unknown_elements)
+        return DescribeRequest(auth=auth, object_name=_text(found["objectName"][0]).strip())
+    return _parse_sync(header, operation, unknown_elements)
+
+
+def parse_sync_request(
+    root: etree._Element, *, unknown_elements: UnknownElements = "fault"
+) -> SyncRequest:
+    """Interpret a parsed envelope as syncMultipleLeads; raise SimFault as Marketo would."""
+    header, operation = _envelope(root)
     if _local(operation) != "paramsSyncMultipleLeads":
-        raise SimFault(20019, "Unsupported Operation: the simulator only serves syncMultipleLeads")
+        raise SimFault(20019, "Unsupported Operation: not syncMultipleLeads")
+    return _parse_sync(header, operation, unknown_elements)
+
+
+def _parse_sync(
+    header: etree._Element | None, operation: etree._Element, mode: UnknownElements
+) -> SyncRequest:
     auth = _parse_auth(header, mode)
 
     params = _children(operation, _PARAMS_SPEC, mode)
@@ -317,8 +377,15 @@ def parse_sync_request(
 
 
 def parse_request_bytes(body: bytes, *, unknown_elements: UnknownElements = "fault") -> SyncRequest:
-    """Parse and interpret a raw request body (the pure entry point tests drive)."""
+    """Parse and interpret a raw syncMultipleLeads body (the pure entry point tests drive)."""
     return parse_sync_request(parse_document(body), unknown_elements=unknown_elements)
+
+
+def parse_operation_bytes(
+    body: bytes, *, unknown_elements: UnknownElements = "fault"
+) -> SyncRequest | DescribeRequest:
+    """Parse and interpret a raw request body of either operation (the server's entry)."""
+    return parse_operation(parse_document(body), unknown_elements=unknown_elements)
 
 
 # --- rendering -------------------------------------------------------------------------
@@ -343,6 +410,52 @@ def render_success(statuses: Sequence[SyncStatus]) -> bytes:
         f"{_DECLARATION}{_ENVELOPE_OPEN}<SOAP-ENV:Body><ns1:successSyncMultipleLeads><result>"
         f"<syncStatusList>{''.join(rows)}</syncStatusList></result></ns1:successSyncMultipleLeads>"
         "</SOAP-ENV:Body></SOAP-ENV:Envelope>\n"
+    ).encode()
+
+
+#: ``updatedAt`` of the described object and of its fields (Marketo's sample shows a fixed
+#: date for standard objects).
+DESCRIBED_AT: Final = "2010-01-01T00:00:00+00:00"
+
+
+def _nillable(tag: str, value: str | None) -> str:
+    return f'<{tag} xsi:nil="true" />' if value is None else f"<{tag}>{escape(value)}</{tag}>"
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def render_describe(
+    object_name: str, fields: Sequence[FieldMetadata], *, description: str | None = None
+) -> bytes:
+    """successDescribeMObject as in Marketo's sample: ``result/metadata`` (MObjectMetadata)
+    with a ``fieldList/field`` (MObjFieldMetadata, every child in schema order) per field."""
+    rows = [
+        "<field>"
+        f"<name>{escape(f.name)}</name>"
+        f"{_nillable('description', f.display_name)}"
+        f"{_nillable('displayName', f.display_name)}"
+        "<sourceObject>Lead</sourceObject>"
+        f"<dataType>{escape(f.data_type)}</dataType>"
+        f"{_nillable('size', None if f.size is None else str(f.size))}"
+        f"<isReadonly>{_flag(f.is_readonly)}</isReadonly>"
+        f"<isUpdateBlocked>{_flag(f.is_readonly)}</isUpdateBlocked>"
+        "<isName>false</isName>"
+        f"<isPrimaryKey>{_flag(f.is_primary_key)}</isPrimaryKey>"
+        f"<isCustom>{_flag(f.is_custom)}</isCustom>"
+        "<isDynamic>false</isDynamic>"
+        '<dynamicFieldRef xsi:nil="true" />'
+        f"<updatedAt>{DESCRIBED_AT}</updatedAt>"
+        "</field>"
+        for f in fields
+    ]
+    return (
+        f"{_DECLARATION}{_ENVELOPE_OPEN}<SOAP-ENV:Body><ns1:successDescribeMObject><result>"
+        f"<metadata><name>{escape(object_name)}</name>{_nillable('description', description)}"
+        "<isCustom>false</isCustom><isVirtual>false</isVirtual>"
+        f"<fieldList>{''.join(rows)}</fieldList><updatedAt>{DESCRIBED_AT}</updatedAt></metadata>"
+        "</result></ns1:successDescribeMObject></SOAP-ENV:Body></SOAP-ENV:Envelope>\n"
     ).encode()
 
 

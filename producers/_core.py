@@ -10,7 +10,9 @@ one) lives here once.
 
 The shard count is agreed through ``Keys.config()``: the first process to start stores
 its value with ``HSETNX`` and every producer and worker then uses the stored value, so a
-lead key maps to the same shard everywhere.
+lead key maps to the same shard everywhere. Unless known fields are configured, the same
+round trip reads the lead fields a worker learned from Marketo's describe
+(``producers.known_fields``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from producers import wire
 from producers.config import ProducerConfig
 from producers.errors import ConfigError, InvalidLead
 from producers.keys import Keys
+from producers.known_fields import (
+    LEARNED_AT_FIELD,
+    KnownFields,
+    configured,
+    decode_known_fields,
+)
 from producers.lead import (
     SOAP_KEY_RULE,
     LeadUpsert,
@@ -48,7 +56,7 @@ SHARDS_FIELD: Final = "shards"
 #: the key Marketo matches on.
 KEY_RULE_FIELD: Final = "key_rule"
 #: A producer looks at the stored key rule again after this long (a worker that starts
-#: later, or changes protocol, is followed without a restart).
+#: later, or changes protocol, is followed without a restart); the learned fields too.
 KEY_RULE_REFRESH_S: Final = 60.0
 #: Outcomes read per pipelined round trip while waiting for many.
 OUTCOME_CHUNK: Final = 1000
@@ -172,10 +180,19 @@ class Route:
     shards: int
     streams: tuple[str, ...]
     key_rule: str = SOAP_KEY_RULE
+    #: The attribute names accepted (configured, or learned from Marketo's describe);
+    #: None accepts any.
+    known: KnownFields | None = None
 
     @classmethod
-    def build(cls, keys: Keys, shards: int, key_rule: str = SOAP_KEY_RULE) -> Route:
-        return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)), key_rule)
+    def build(
+        cls,
+        keys: Keys,
+        shards: int,
+        key_rule: str = SOAP_KEY_RULE,
+        known: KnownFields | None = None,
+    ) -> Route:
+        return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)), key_rule, known)
 
     def entry(self, lead: LeadUpsert) -> tuple[int, Command]:
         """The shard and the command of one validated lead: XADD, and the lead's
@@ -242,7 +259,19 @@ def timed_out(last: Outcome | None, request: str) -> Outcome:
 # --- validating records ----------------------------------------------------------------
 
 
-def record_lead(record: object, known: frozenset[str] | None = None) -> LeadUpsert:
+#: Known fields as the validating functions take them: a route's (configured or learned)
+#: or case-folded names; None accepts any attribute.
+Known = KnownFields | frozenset[str] | None
+
+
+def check_fields(lead: LeadUpsert, known: Known) -> LeadUpsert:
+    """``lead``, or InvalidLead naming an attribute outside ``known``."""
+    if isinstance(known, KnownFields):
+        return known.check(lead)
+    return check_known_fields(lead, known)
+
+
+def record_lead(record: object, known: Known = None) -> LeadUpsert:
     """Validate one ``upsert_many`` record; unknown keys are InvalidLead naming the key."""
     if not isinstance(record, Mapping):
         raise InvalidLead("record", "must be a mapping of lead fields")
@@ -251,11 +280,11 @@ def record_lead(record: object, known: frozenset[str] | None = None) -> LeadUpse
             # Names only, never values; a non-string key is reported by its type.
             shown = name if isinstance(name, str) else type(name).__name__
             raise InvalidLead(shown, "is not a lead field")
-    return check_known_fields(validate_lead(**record), known)
+    return check_fields(validate_lead(**record), known)
 
 
 def bulk_chunks(
-    records: Iterable[object], known: frozenset[str] | None = None
+    records: Iterable[object], known: Known = None
 ) -> Iterator[list[LeadUpsert | InvalidLead]]:
     """Validated records (or their InvalidLead) in chunks of BULK_CHUNK."""
     chunk: list[LeadUpsert | InvalidLead] = []
@@ -289,7 +318,12 @@ def route_or_refuse(
 
 class ProducerCore:
     """The state of one producer (prefix, wanted shard count, known fields and, once
-    agreed, the route) and its operations as :data:`Step` generators."""
+    agreed, the route) and its operations as :data:`Step` generators.
+
+    Known fields: an explicit ``known_fields=`` wins (``()`` accepts any attribute and
+    learns nothing), then LEADSYNC_KNOWN_FIELDS; with neither, the fields a worker
+    learned from Marketo's describe, read with the handshake and looked at again every
+    KEY_RULE_REFRESH_S; until some are stored, any attribute is accepted."""
 
     def __init__(
         self,
@@ -299,43 +333,67 @@ class ProducerCore:
         known_fields: Iterable[str] | None = None,
         key_rule: str | None = None,
     ) -> None:
-        """``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names;
-        ``key_rule`` (default from LEADSYNC_MARKETO_API and _LOOKUP_FIELD) is used until a
-        worker has stored its own."""
+        """``known_fields`` (default LEADSYNC_KNOWN_FIELDS, else the learned fields)
+        refuses other attribute names; ``key_rule`` (default from LEADSYNC_MARKETO_API and
+        _LOOKUP_FIELD) is used until a worker has stored its own."""
         prefix, self.wanted, self.known = resolve_config(key_prefix, shards, known_fields)
         self.keys = Keys(prefix)
         self.route: Route | None = None
         self.wanted_rule = key_rule or ProducerConfig.from_env().key_rule
         self._rule_read_at = 0.0
+        #: Whether this producer follows the fields learned from Marketo's describe.
+        self.learns = known_fields is None and self.known is None
+        self._fields_version: str | None = None
 
     def agree(self) -> Step[Route]:
         """The agreed routing: HSETNX then HGET the shard count, the first time only
         (concurrent first uses may both ask; that is harmless), and the key rule a worker
-        stored (looked at again every KEY_RULE_REFRESH_S)."""
+        stored (looked at again every KEY_RULE_REFRESH_S). A producer that learns its
+        fields reads them in the same round trip; at each look after, it reads their
+        version and, when it changed, the fields once more."""
         config = self.keys.config()
+        fields_key = self.keys.known_fields()
         if self.route is None:
-            _, stored, rule = yield send(
+            replies = yield send(
                 ("HSETNX", config, SHARDS_FIELD, self.wanted),
                 ("HGET", config, SHARDS_FIELD),
                 ("HGET", config, KEY_RULE_FIELD),
+                *((("HGETALL", fields_key),) if self.learns else ()),
             )
-            shards = adopt_shards(stored, self.wanted, config)
-            self.route = Route.build(self.keys, shards, self._adopt_rule(rule))
+            shards = adopt_shards(replies[1], self.wanted, config)
+            known = self._adopt_fields(replies[3]) if self.learns else configured(self.known)
+            self.route = Route.build(self.keys, shards, self._adopt_rule(replies[2]), known)
         elif time.monotonic() - self._rule_read_at > KEY_RULE_REFRESH_S:
-            (rule,) = yield send(("HGET", config, KEY_RULE_FIELD))
-            adopted = self._adopt_rule(rule)
-            if adopted != self.route.key_rule:
-                self.route = dataclasses.replace(self.route, key_rule=adopted)
+            replies = yield send(
+                ("HGET", config, KEY_RULE_FIELD),
+                *((("HGET", fields_key, LEARNED_AT_FIELD),) if self.learns else ()),
+            )
+            route = self.route
+            adopted = self._adopt_rule(replies[0])
+            if adopted != route.key_rule:
+                route = dataclasses.replace(route, key_rule=adopted)
+            version = wire.text(replies[1]) if self.learns and replies[1] else None
+            if self.learns and version != self._fields_version:
+                (stored,) = yield send(("HGETALL", fields_key))
+                route = dataclasses.replace(route, known=self._adopt_fields(stored))
+            self.route = route
         return self.route
 
     def _adopt_rule(self, stored: bytes | str | None) -> str:
         self._rule_read_at = time.monotonic()
         return wire.text(stored) if stored else self.wanted_rule
 
+    def _adopt_fields(self, stored: object) -> KnownFields | None:
+        self._fields_version, known = decode_known_fields(stored)
+        return known
+
     def upsert(self, fields: LeadFields) -> Step[str]:
-        """Validate (InvalidLead before anything is written), then one XADD round trip."""
+        """Validate (InvalidLead before anything is written: configured known fields
+        before any I/O, learned ones after the handshake), then one XADD round trip."""
         lead = check_known_fields(validate_lead(**fields), self.known)
         route = yield from self.agree()
+        if self.learns:
+            lead = check_fields(lead, route.known)
         shard, command = route.entry(lead)
         (reply,) = yield send(command)
         return wire.request_id(shard, wire.text(reply))
@@ -344,7 +402,7 @@ class ProducerCore:
         """Request ids (or the InvalidLead) in record order, one round trip per chunk."""
         route = yield from self.agree()
         results: list[str | InvalidLead] = []
-        for chunk in bulk_chunks(records, self.known):
+        for chunk in bulk_chunks(records, route.known):
             routed = [route_or_refuse(route, item) for item in chunk]
             commands = tuple(item[1] for item in routed if not isinstance(item, InvalidLead))
             replies = iter((yield Send(commands)) if commands else ())

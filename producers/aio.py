@@ -21,6 +21,7 @@ from producers._core import (
     queue,
 )
 from producers.config import ProducerConfig
+from producers.connect import async_redis_client
 from producers.errors import InvalidLead
 from producers.keys import Keys
 from producers.outcome import Outcome
@@ -50,13 +51,29 @@ class AsyncLeadProducer:
     def from_url(
         cls, redis_url: str, *, key_prefix: str | None = None, shards: int | None = None
     ) -> AsyncLeadProducer:
-        """Prepare a client for ``redis_url`` (no I/O; the Redis timeouts as for
-        :meth:`LeadProducer.from_url`); ``await close()`` releases it."""
+        """Prepare a client for ``redis_url`` (no I/O; the URL forms, Sentinel included,
+        and the Redis timeouts as for :meth:`LeadProducer.from_url`); ``await close()``
+        releases it."""
+        return cls._connect(redis_url, "redis_url", key_prefix, shards)
+
+    @classmethod
+    def from_env(
+        cls, *, key_prefix: str | None = None, shards: int | None = None
+    ) -> AsyncLeadProducer:
+        """:meth:`from_url` with LEADSYNC_REDIS_URL (a bad one raises ConfigError naming it)."""
+        url = ProducerConfig.from_env().redis_url
+        return cls._connect(url, "LEADSYNC_REDIS_URL", key_prefix, shards)
+
+    @classmethod
+    def _connect(
+        cls, url: str, variable: str, key_prefix: str | None, shards: int | None
+    ) -> AsyncLeadProducer:
         config = ProducerConfig.from_env()
-        client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            redis_url,
+        client = async_redis_client(
+            url,
+            variable=variable,
             socket_timeout=config.redis_socket_timeout_s,
-            socket_connect_timeout=config.redis_connect_timeout_s,
+            connect_timeout=config.redis_connect_timeout_s,
         )
         return cls(client, key_prefix=key_prefix, shards=shards, owns_client=True)
 

@@ -54,6 +54,12 @@ class Keys:
     def config(self) -> str:
         return f"{self.prefix}:config"
 
+    def known_fields(self) -> str:
+        """The lead fields a worker learned from Marketo's describe (a hash: each
+        case-folded spelling -> the name, plus ``@learned_at``, ``@source``, ``@count``;
+        ``producers.known_fields``), replaced whole at each refresh."""
+        return f"{self.prefix}:fields"
+
     def control(self, name: str) -> str:
         return f"{self.prefix}:control:{name}"
 

@@ -11,6 +11,7 @@ import redis
 
 from producers._core import Done, LeadFields, Pause, ProducerCore, Send, Step, advance, queue
 from producers.config import ProducerConfig
+from producers.connect import redis_client
 from producers.errors import InvalidLead
 from producers.keys import Keys
 from producers.outcome import Outcome
@@ -48,12 +49,30 @@ class LeadProducer:
         cls, redis_url: str, *, key_prefix: str | None = None, shards: int | None = None
     ) -> LeadProducer:
         """Connect to ``redis_url`` (with LEADSYNC_REDIS_SOCKET_TIMEOUT_S and
-        LEADSYNC_REDIS_CONNECT_TIMEOUT_S); ``close()`` releases the connections."""
+        LEADSYNC_REDIS_CONNECT_TIMEOUT_S); ``close()`` releases the connections.
+
+        ``redis://``, ``rediss://``, ``unix://`` or, for Redis Sentinel,
+        ``redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/<db>]``
+        (``rediss+sentinel://`` for TLS; options in :mod:`producers.connect`). A bad URL
+        raises ConfigError saying what is wrong, never the URL (it may hold a password)."""
+        return cls._connect(redis_url, "redis_url", key_prefix, shards)
+
+    @classmethod
+    def from_env(cls, *, key_prefix: str | None = None, shards: int | None = None) -> LeadProducer:
+        """:meth:`from_url` with LEADSYNC_REDIS_URL (a bad one raises ConfigError naming it)."""
+        url = ProducerConfig.from_env().redis_url
+        return cls._connect(url, "LEADSYNC_REDIS_URL", key_prefix, shards)
+
+    @classmethod
+    def _connect(
+        cls, url: str, variable: str, key_prefix: str | None, shards: int | None
+    ) -> LeadProducer:
         config = ProducerConfig.from_env()
-        client: redis.Redis = redis.Redis.from_url(
-            redis_url,
+        client = redis_client(
+            url,
+            variable=variable,
             socket_timeout=config.redis_socket_timeout_s,
-            socket_connect_timeout=config.redis_connect_timeout_s,
+            connect_timeout=config.redis_connect_timeout_s,
         )
         try:
             return cls(client, key_prefix=key_prefix, shards=shards, owns_client=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import (
     heartbeat_sent,
     worker_init,
@@ -36,9 +38,34 @@ VISIBILITY_TIMEOUT_S = 1800
 QUEUE = "leadsync"
 
 
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The tick every second; the lead-field refresh every LEADSYNC_FIELDS_REFRESH_S (0:
+    never; a message not taken within the period is dropped, the next one comes)."""
+    schedule: dict[str, dict[str, Any]] = {
+        "tick": {"task": "leadsync.tick", "schedule": 1.0, "options": {"expires": 5}}
+    }
+    if settings.fields_refresh_s > 0:
+        schedule["refresh-fields"] = {
+            "task": "leadsync.refresh_fields",
+            "schedule": float(settings.fields_refresh_s),
+            "options": {"queue": QUEUE, "expires": max(60, min(settings.fields_refresh_s, 3600))},
+        }
+    return schedule
+
+
+def broker_variable(settings: Settings) -> str:
+    """The setting the broker URL comes from (errors name it)."""
+    return "LEADSYNC_BROKER_URL" if settings.broker_url else "LEADSYNC_REDIS_URL"
+
+
 def create_app(settings: Settings) -> Celery:
     """The Celery app for these settings (no I/O happens here)."""
-    celery = Celery("leadsync", broker=settings.effective_broker_url, include=["worker.tasks"])
+    from worker.connections import celery_redis
+
+    # leadsync's redis+sentinel:// URL becomes kombu's sentinel://...;sentinel://... with
+    # master_name and sentinel_kwargs (worker/connections.py); other URLs pass through.
+    broker = celery_redis(settings.effective_broker_url, settings, broker_variable(settings))
+    celery = Celery("leadsync", broker=broker.url, include=["worker.tasks"])
     transport_options: dict[str, Any] = {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "global_keyprefix": f"{settings.key_prefix}:celery:",
@@ -46,10 +73,16 @@ def create_app(settings: Settings) -> Celery:
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": 25,
+        **broker.transport_options,
     }
+    if broker.use_ssl is not None:
+        celery.conf.broker_use_ssl = broker.use_ssl
     celery.conf.update(
         task_default_queue=QUEUE,
         broker_transport_options=transport_options,
+        # No result backend is used (task_ignore_result); should one be set on the same
+        # Sentinel, it needs the same master_name.
+        result_backend_transport_options=dict(broker.transport_options),
         visibility_timeout=VISIBILITY_TIMEOUT_S,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -66,13 +99,17 @@ def create_app(settings: Settings) -> Celery:
         result_extended=False,
         worker_soft_shutdown_timeout=25.0,
         worker_enable_soft_shutdown_on_idle=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A broker blip must not cancel running drains: a drain is bounded by its own
+        # LEADSYNC_DRAIN_TIMEOUT_S and fenced by its shard leases, and it needs Redis (the
+        # ledger), not the broker connection, to finish. Cancelled, it would leave its
+        # shards leased and unsent for LEADSYNC_LEASE_TTL_S; with a Sentinel failover that
+        # is every busy shard at once. Its message is acked late, so a drain the worker
+        # loses is redelivered, and the lease makes a duplicate harmless.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "tick": {"task": "leadsync.tick", "schedule": 1.0, "options": {"expires": 5}}
-        },
+        beat_schedule=beat_schedule(settings),
         timezone="UTC",
     )
     return celery
@@ -81,6 +118,18 @@ def create_app(settings: Settings) -> Celery:
 settings = Settings.from_env()
 configure_logging(settings)
 app = create_app(settings)
+
+
+@worker_ready.connect
+def _quiet_the_cancel_notice(**_: object) -> None:
+    """worker_cancel_long_running_tasks_on_connection_loss is set on purpose (create_app):
+    Celery's notice about its future default would fill every reconnect's log. Added once
+    Celery's logging setup has put its own 'always' filter for these warnings in front."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )
 
 
 @worker_process_init.connect
@@ -125,7 +174,50 @@ def _serve_metrics(**_: object) -> None:
     metrics.serve(settings.metrics_port)
 
 
+@worker_ready.connect
+def _learn_fields(**_: object) -> None:
+    """At start, learn the lead fields when none are stored (or, with
+    LEADSYNC_FIELDS_REFRESH_S=0, forget them); a pool process runs it."""
+    try:
+        app.send_task("leadsync.refresh_fields", kwargs={"only_if_missing": True}, queue=QUEUE)
+    except Exception:  # the worker must still start; beat refreshes them later
+        logging.getLogger(__name__).exception("could not queue the lead-field refresh")
+
+
 _main_heartbeat: Any = None
+_local_heartbeat: Any = None
+
+
+def local_heartbeat() -> Any:
+    """The main process's heartbeat file, read by ``leadsync doctor --liveness``."""
+    global _local_heartbeat
+    from worker.ops.health import LocalHeartbeat, local_heartbeat_path
+
+    if _local_heartbeat is None:
+        _local_heartbeat = LocalHeartbeat(local_heartbeat_path(settings.key_prefix))
+    return _local_heartbeat
+
+
+@worker_init.connect
+def _waiting_for_the_broker(**_: object) -> None:
+    local_heartbeat().disconnected()
+
+
+class BrokerLiveness(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A consumer step after the broker connection: started once the consumer has its
+    connection (the heartbeat file says ``running``), stopped when it loses it (``waiting``:
+    liveness stays OK while Celery reconnects, however long Redis is away)."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, parent: Any) -> None:
+        local_heartbeat().connected()
+
+    def stop(self, parent: Any) -> None:
+        local_heartbeat().disconnected()
+
+
+app.steps["consumer"].add(BrokerLiveness)
 
 
 @heartbeat_sent.connect
@@ -133,6 +225,7 @@ def _heartbeat(**_: object) -> None:
     global _main_heartbeat
     from worker.ops.health import MainHeartbeat
 
+    local_heartbeat().beat()  # the event loop beats (Celery's heartbeat, every 2 s)
     if _main_heartbeat is None:
         _main_heartbeat = MainHeartbeat(settings)
     _main_heartbeat.beat()

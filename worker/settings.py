@@ -11,9 +11,17 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers.connect import check_redis_url
 from producers.lead import key_rule
 from worker.errors import ConfigError
 
@@ -41,10 +49,20 @@ class Settings(BaseSettings):
 
     # Redis and Celery
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis holding the ledger, limits and outcomes."
+        "redis://127.0.0.1:6379/0",
+        description=(
+            "Redis holding the ledger, limits and outcomes: redis://, rediss://, unix://, or "
+            "Redis Sentinel as redis+sentinel://[user:password@]host:port[,host:port...]/"
+            "<master name>[/<db>] (rediss+sentinel:// for TLS; sentinel_username, "
+            "sentinel_password, sentinel_ssl and ssl_* query options: docs/operations-deploy.md)."
+        ),
     )
     broker_url: str | None = Field(
-        None, description="Celery broker; defaults to LEADSYNC_REDIS_URL."
+        None,
+        description=(
+            "Celery broker; defaults to LEADSYNC_REDIS_URL. Takes the same URL forms "
+            "(a Sentinel URL becomes kombu's sentinel:// transport with its master_name)."
+        ),
     )
     redis_socket_timeout_s: float = Field(
         10.0,
@@ -109,7 +127,20 @@ class Settings(BaseSettings):
         "",
         description=(
             "Comma-separated attribute names the Marketo instance knows; when set, producers "
-            "refuse any other attribute at enqueue (InvalidLead) instead of a 20105 later."
+            "and the HTTP API refuse any other attribute at enqueue (InvalidLead) instead of "
+            "a 20105 later. Unset, they use the fields workers learn from Marketo's describe "
+            "(LEADSYNC_FIELDS_REFRESH_S); set it to override them, or where describe is not allowed."
+        ),
+    )
+    fields_refresh_s: int = Field(
+        6 * 3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description=(
+            "How often a worker reads the instance's lead fields from Marketo's describe "
+            "(one API call; also once at worker start when none are stored) and shares them "
+            "in Redis for producers to refuse unknown attributes at enqueue; 0 disables it "
+            "(and forgets the learned fields)."
         ),
     )
 
@@ -316,6 +347,19 @@ class Settings(BaseSettings):
         description="Testing only: SIGKILL this worker at a point of the drain cycle (e.g. after_send:main).",
     )
 
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _redis_url_form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """One of the URL forms producers/connect.py connects with (never echoed: it may
+        carry a password). A broker URL of another transport (amqp://...) goes to Celery."""
+        if value is None or (info.field_name == "broker_url" and not _is_redis_url(value)):
+            return value
+        try:
+            check_redis_url(value, env_name(str(info.field_name)))
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix(env_name(str(info.field_name)) + ": ")) from None
+        return value.strip()
+
     @model_validator(mode="before")
     @classmethod
     def _quota_follows_the_api(cls, data: object) -> object:
@@ -400,6 +444,12 @@ class Settings(BaseSettings):
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+
+
+def _is_redis_url(url: str) -> bool:
+    """A URL of Redis (any form leadsync takes, or kombu's sentinel://)."""
+    scheme = url.strip().split("://", 1)[0].lower()
+    return scheme in ("redis", "rediss", "unix", "sentinel") or scheme.endswith("+sentinel")
 
 
 def env_name(field: str) -> str:

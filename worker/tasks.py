@@ -1,22 +1,32 @@
 """Celery tasks: ``drain(shard)`` runs one batch cycle; ``tick`` (every second, from
-beat) rings drains for shards with work due. Task args are the shard number only and
+beat) rings drains for shards with work due; ``refresh_fields`` (from beat, and once at
+worker start) learns the instance's lead fields. Task args are the shard number only and
 results are counts, so Flower and the broker never see lead data."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 from worker.app import QUEUE, app, settings
+from worker.marketo.describe import describer_for
 from worker.obs.metrics import observe_backlogs, observe_limiter, observe_pace
+from worker.ops import fields
 from worker.ops.health import write_heartbeat
 from worker.runtime import Runtime, get_runtime
 from worker.scheduling import call_groups, pace_report
+
+logger = logging.getLogger(__name__)
 
 #: Consumer names of processes gone this long (and holding nothing) are removed, at most
 #: once per PRUNE_EVERY_MS across the cluster.
 CONSUMER_IDLE_S = 3600.0
 PRUNE_EVERY_MS = 600_000
+#: A worker that starts with no fields stored tries this many times more when its
+#: refresh was refused, failed or found another one running, waiting longer each time.
+FIELDS_START_RETRIES = 5
+FIELDS_RETRY_S = 30.0
 
 
 def _ring(runtime: Runtime, groups: list[list[int]], *, countdown_s: float = 0.0) -> int:
@@ -104,3 +114,48 @@ def tick() -> dict[str, int]:
         )
 
     return {"rung": _ring(runtime, runtime.run(decide()))}
+
+
+@app.task(name="leadsync.refresh_fields", ignore_result=True)
+def refresh_fields(only_if_missing: bool = False, attempt: int = 0) -> dict[str, object]:
+    """Learn the instance's lead fields from Marketo's describe and share them in Redis
+    (``worker.ops.fields``); ``only_if_missing`` at a worker's start. Never raises: a
+    failure is logged and the fields learned before stay."""
+    try:
+        runtime = get_runtime(settings)
+        if settings.fields_refresh_s == 0:
+            if runtime.run(fields.forget_fields(runtime.redis, runtime.keys)):
+                logger.warning(
+                    "LEADSYNC_FIELDS_REFRESH_S=0: the learned lead fields are forgotten; "
+                    "producers accept any attribute unless LEADSYNC_KNOWN_FIELDS is set"
+                )
+            report = fields.FieldsRefresh("disabled")
+        elif (describe := describer_for(runtime.api, settings)) is None:
+            report = fields.FieldsRefresh("unsupported")
+        else:
+            report = runtime.run(
+                fields.refresh_fields(
+                    runtime.redis,
+                    runtime.keys,
+                    runtime.limiter,
+                    describe,
+                    settings,
+                    holder=f"fields:{runtime.consumer}",
+                    only_if_missing=only_if_missing,
+                )
+            )
+    except Exception as exc:  # a refresh never takes the worker down
+        logger.exception("refreshing the lead fields failed; the fields learned before stay")
+        report = fields.FieldsRefresh("failed", detail=type(exc).__name__)
+    retry = report.status in ("limited", "failed", "busy") and attempt < FIELDS_START_RETRIES
+    if only_if_missing and retry:
+        countdown_s = max(report.retry_after_s, FIELDS_RETRY_S * 2**attempt)
+        try:
+            refresh_fields.apply_async(
+                kwargs={"only_if_missing": True, "attempt": attempt + 1},
+                queue=QUEUE,
+                countdown=countdown_s,
+            )
+        except Exception:  # beat refreshes them later
+            logger.exception("could not queue the lead-field refresh again")
+    return report.as_dict()

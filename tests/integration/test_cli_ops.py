@@ -7,6 +7,7 @@ import csv
 import socket
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from producers.contract import Keys
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
 from worker.ledger import Ledger
-from worker.ops.health import write_heartbeat
+from worker.ops.health import LocalHeartbeat, local_heartbeat_path
 
 pytestmark = pytest.mark.integration
 
@@ -143,22 +144,20 @@ def test_doctor_names_the_bad_variable_when_settings_do_not_load(redis_url: str)
     assert "LEADSYNC_SHARDS" in result.stdout
 
 
-def test_liveness_needs_a_fresh_heartbeat_from_this_host(redis_url: str) -> None:
-    env = env_for(redis_url)
-    assert invoke(env, "doctor", "--liveness").exit_code == 1
-
-    async def beat(now_s: float | None) -> None:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            await write_heartbeat(client, Keys(), now_s)
-        finally:
-            await client.aclose()
-
-    asyncio.run(beat(1.0))  # a heartbeat from long ago
-    assert invoke(env, "doctor", "--liveness").exit_code == 1
-    asyncio.run(beat(None))
-    result = invoke(env, "doctor", "--liveness")
-    assert result.exit_code == 0, result.stdout
+def test_liveness_needs_a_fresh_local_heartbeat_from_this_pod(redis_url: str) -> None:
+    prefix = f"live{uuid.uuid4().hex[:8]}"
+    env = env_for(redis_url, LEADSYNC_KEY_PREFIX=prefix)
+    path = local_heartbeat_path(prefix)
+    try:
+        assert invoke(env, "doctor", "--liveness").exit_code == 1  # no heartbeat yet
+        # A running main loop that last beat long ago.
+        LocalHeartbeat(path, clock=lambda: 1.0).connected()
+        assert invoke(env, "doctor", "--liveness").exit_code == 1
+        LocalHeartbeat(path).connected()
+        result = invoke(env, "doctor", "--liveness")
+        assert result.exit_code == 0, result.stdout
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def test_enqueue_wait_prints_the_outcomes_once_a_worker_has_sent_them(

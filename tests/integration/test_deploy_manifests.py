@@ -39,7 +39,7 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
     return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
 
 
-@pytest.mark.parametrize("overlay", ["", "staging"], ids=["base", "staging"])
+@pytest.mark.parametrize("overlay", ["", "staging", "overlays/ha"], ids=["base", "staging", "ha"])
 def test_kustomize_renders_valid_objects_all_in_the_leadsync_namespace(overlay: str) -> None:
     docs = kustomize(K8S / overlay)
     for doc in docs:

@@ -166,6 +166,9 @@ def running_pipeline(
             "LEADSYNC_MARKETO_REST_URL": sim.rest_base_url,
             "LEADSYNC_MARKETO_CLIENT_ID": CLIENT_ID,
             "LEADSYNC_MARKETO_CLIENT_SECRET": CLIENT_SECRET,
+            # No describe call in the simulator's log unless a test asks for the learned
+            # fields (tests/integration/test_fields_learned.py does).
+            "LEADSYNC_FIELDS_REFRESH_S": "0",
             **(settings_env or {}),
         }
         producer = LeadProducer.from_url(redis_url, shards=int(env["LEADSYNC_SHARDS"]))

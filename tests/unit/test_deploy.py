@@ -372,11 +372,12 @@ def test_worker_deployment_shuts_down_softly_within_its_grace_period() -> None:
 
 def test_worker_deployment_has_liveness_readiness_and_startup_probes() -> None:
     container = only_container(find("Deployment", "leadsync-worker"))
+    # Liveness reads the pod's local heartbeat (no Redis): an outage restarts nothing.
     liveness = container["livenessProbe"]["exec"]["command"]
     assert liveness == ["leadsync", "doctor", "--liveness"]
     assert container["startupProbe"]["exec"]["command"] == liveness
-    # Readiness is the metrics port, which must be the port the worker is told to use.
-    assert container["readinessProbe"]["tcpSocket"]["port"] == "metrics"
+    # Readiness is where Redis counts.
+    assert container["readinessProbe"]["exec"]["command"] == ["leadsync", "doctor", "--readiness"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert str(ports["metrics"]) == configmap_data()["LEADSYNC_METRICS_PORT"]
 
@@ -410,7 +411,9 @@ def test_beat_has_exactly_one_replica_and_never_two_during_a_rollout() -> None:
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"]["type"] == "Recreate"
     assert not any(
-        doc["kind"] == "ScaledObject" and doc["spec"]["scaleTargetRef"]["name"] == "leadsync-beat"
+        doc["kind"] == "ScaledObject"
+        # (an overlay's patch of a ScaledObject carries only what it changes)
+        and doc["spec"].get("scaleTargetRef", {}).get("name") == "leadsync-beat"
         for _, doc in manifests()
     )
 
@@ -446,6 +449,8 @@ def test_pod_disruption_budget_covers_the_workers() -> None:
     worker = find("Deployment", "leadsync-worker")
     assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["maxUnavailable"] == 1
+    # Workers are unready while Redis is down; a node drain must still move them.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 # --- Kubernetes and compose: the HTTP API ----------------------------------------------

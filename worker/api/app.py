@@ -177,16 +177,14 @@ async def post_batch(request: web.Request) -> web.Response:
 async def enqueue_batch(app: web.Application, records: Sequence[object]) -> list[object]:
     """Validate every record as ``upsert_many`` does and enqueue the valid ones in one
     atomic step; a result per record in input order."""
-    settings = app[SETTINGS]
-    known = frozenset(name.casefold() for name in settings.known_field_names) or None
-    route = await app[PRODUCER].route()
+    route = await app[PRODUCER].route()  # its known fields: configured or learned
     results: list[object] = []
     keys: list[str | int] = []
     argv: list[str | int] = []
     shards: list[int] = []
     for record in records:
         try:
-            shard, command = route.entry(record_lead(record, known))
+            shard, command = route.entry(record_lead(record, route.known))
         except InvalidLead as exc:
             results.append(lead_errors(exc))
             continue
@@ -347,7 +345,7 @@ async def _resources(app: web.Application) -> Any:
         client,
         key_prefix=settings.key_prefix,
         shards=settings.shards,
-        known_fields=settings.known_field_names,
+        known_fields=settings.known_field_names or None,  # none set: the learned fields
     )
     app[KEY_STORE] = KeyStore(client, Keys(settings.key_prefix))
     yield

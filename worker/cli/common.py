@@ -1,5 +1,6 @@
 """Plumbing shared by the commands: settings, a Redis client with the configured
-timeouts (a command never hangs on an unreachable Redis), a producer, progress bars and
+timeouts (a command never hangs on an unreachable Redis; made by worker/connections.py,
+so every URL form works, Sentinel included), a producer, progress bars and
 time formatting. Results go to stdout, progress and problems to stderr."""
 
 from __future__ import annotations
@@ -48,10 +49,17 @@ def run_with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) ->
 @contextmanager
 def producer_for(settings: Settings) -> Iterator[LeadProducer]:
     from producers.producer import LeadProducer
+    from worker.connections import redis_client_sync
 
-    with LeadProducer.from_url(
-        settings.redis_url, key_prefix=settings.key_prefix, shards=settings.shards
-    ) as producer:
+    client = redis_client_sync(settings)  # any URL form, Sentinel included
+    try:
+        producer = LeadProducer(
+            client, key_prefix=settings.key_prefix, shards=settings.shards, owns_client=True
+        )
+    except BaseException:
+        client.close()
+        raise
+    with producer:
         yield producer
 
 

@@ -21,22 +21,37 @@ app = typer.Typer()
 @app.command()
 def doctor(
     liveness: bool = typer.Option(
-        False, "--liveness", help="Only check this pod's worker heartbeat (Kubernetes probe)."
+        False,
+        "--liveness",
+        help=(
+            "Only check this pod's worker heartbeat file (Kubernetes liveness probe; "
+            "no Redis: an outage or failover never fails it)."
+        ),
+    ),
+    readiness: bool = typer.Option(
+        False, "--readiness", help="Only check that Redis answers (Kubernetes readiness probe)."
     ),
     max_age_s: float = typer.Option(
         60.0, "--max-age-s", min=1, help="With --liveness: oldest heartbeat still alive."
     ),
 ) -> None:
-    """Check settings, Redis, the ledger, the limits and the Marketo endpoint.
+    """Check settings, Redis (Sentinel, not a Cluster), the ledger, the limits and the
+    Marketo endpoint.
 
     Exits 1 when a check FAILs.
     """
     from worker.ops.doctor import check_settings, failed, run_checks
     from worker.ops.doctor import liveness as check_liveness
+    from worker.ops.doctor import readiness as check_readiness
 
     settings, first = check_settings()
-    if liveness:
-        check = first if settings is None else asyncio.run(check_liveness(settings, max_age_s))
+    if liveness or readiness:
+        if settings is None:
+            check = first
+        elif liveness:
+            check = check_liveness(settings, max_age_s)
+        else:
+            check = asyncio.run(check_readiness(settings))
         typer.echo(f"{check.level} {check.detail}")
         if check.level != "OK":
             raise typer.Exit(1)

@@ -1,5 +1,6 @@
 """``leadsync doctor``: check a deployment and say in plain words what is wrong and how
-to fix it; ``doctor --liveness``: is this pod's worker alive (its heartbeat is fresh)?
+to fix it; ``doctor --liveness``: is this pod's worker alive (its local heartbeat file,
+no Redis involved); ``doctor --readiness``: does Redis answer (through Sentinel too)?
 
 The Marketo check only fetches the WSDL: a signed call would spend daily quota, so the
 credentials are verified by the first real call (a refusal puts the pipeline on hold,
@@ -13,12 +14,16 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from producers.connect import describe_redis_url, is_sentinel_url, parse_sentinel_url
 from producers.contract import Keys
 from producers.wire import text
 from worker.connections import redis_client
@@ -28,7 +33,8 @@ from worker.ledger import Ledger
 from worker.limits import RedisLimiter
 from worker.marketo.rest.tokens import fetch_token
 from worker.obs.stats import stored_shards
-from worker.ops.health import LIVENESS_MAX_AGE_S, heartbeat_age_s
+from worker.ops.fields import read_fields
+from worker.ops.health import LIVENESS_MAX_AGE_S, local_heartbeat_path, local_liveness
 from worker.scheduling import pace_report
 from worker.settings import Settings
 from worker.transport import AiohttpTransport
@@ -55,21 +61,24 @@ def failed(checks: list[Check]) -> bool:
     return any(check.level == "FAIL" for check in checks)
 
 
-async def liveness(settings: Settings, max_age_s: float = LIVENESS_MAX_AGE_S) -> Check:
-    """OK when this pod's heartbeat is at most ``max_age_s`` old."""
+def liveness(
+    settings: Settings, max_age_s: float = LIVENESS_MAX_AGE_S, path: Path | None = None
+) -> Check:
+    """This pod's worker from its local heartbeat file only (see worker/ops/health.py):
+    a Redis outage or failover never fails it."""
+    level, detail = local_liveness(
+        path or local_heartbeat_path(settings.key_prefix), max_age_s=max_age_s
+    )
+    return Check("liveness", level, f"{socket.gethostname()}: {detail}")
+
+
+async def readiness(settings: Settings) -> Check:
+    """Redis answers (the master, found through the sentinels for a Sentinel URL)."""
     client = redis_client(settings)
     try:
-        age_s = await heartbeat_age_s(client, Keys(settings.key_prefix))
-    except RedisError as exc:
-        return Check("liveness", "FAIL", f"cannot read the heartbeat: {exc.__class__.__name__}")
+        return await check_redis(client, settings, name="readiness")
     finally:
         await client.aclose()
-    host = socket.gethostname()
-    if age_s is None:
-        return Check("liveness", "FAIL", f"no heartbeat from {host}")
-    if age_s > max_age_s:
-        return Check("liveness", "FAIL", f"heartbeat of {host} is {age_s:.0f} s old")
-    return Check("liveness", "OK", f"heartbeat of {host} is {age_s:.1f} s old")
 
 
 # --- the checks ----------------------------------------------------------------------------
@@ -86,19 +95,126 @@ def check_settings(
 
 
 def _where(url: str) -> str:
-    """Host and port of a URL, without user, password or query."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or '?'}:{parts.port}" if parts.port else parts.hostname or "?"
+    """Where a URL points, without user, password or query (Sentinel URLs too)."""
+    return describe_redis_url(url)
 
 
-async def check_redis(redis: Redis, settings: Settings) -> Check:
+async def check_redis(redis: Redis, settings: Settings, name: str = "redis") -> Check:
     try:
         await redis.ping()
     except RedisError as exc:
         return Check(
-            "redis", "FAIL", f"cannot reach {_where(settings.redis_url)}: {exc.__class__.__name__}"
+            name, "FAIL", f"cannot reach {_where(settings.redis_url)}: {exc.__class__.__name__}"
         )
-    return Check("redis", "OK", f"reachable at {_where(settings.redis_url)}")
+    return Check(name, "OK", f"reachable: {_where(settings.redis_url)}")
+
+
+#: Why leadsync refuses Redis Cluster (docs/architecture.md, "Redis: one server, or
+#: Sentinel for failover").
+CLUSTER_UNSUPPORTED = (
+    "Redis Cluster is not supported: Celery's broker (kombu) needs one Redis, and the HTTP "
+    "API's batch step and cross-shard drains write keys of several shards in one step, "
+    "which a Cluster refuses (CROSSSLOT) or redirects (MOVED). Use one Redis, with Redis "
+    "Sentinel for failover (redis+sentinel://...)"
+)
+_CLUSTER_ERRORS = ("MOVED ", "ASK ", "CROSSSLOT ", "CLUSTERDOWN ")
+
+
+def is_cluster_error(exc: BaseException) -> bool:
+    """A reply only a Redis Cluster gives (MOVED, ASK, CROSSSLOT, CLUSTERDOWN)."""
+    return isinstance(exc, ResponseError) and str(exc).upper().startswith(_CLUSTER_ERRORS)
+
+
+async def check_not_cluster(redis: Redis, keys: Keys) -> Check:
+    """FAIL on a Cluster endpoint: ``INFO cluster`` says cluster_enabled:1, or (where INFO
+    is not allowed) a two-shard read is redirected or refused as a Cluster does."""
+    try:
+        info = await redis.info("cluster")
+    except ResponseError as exc:
+        if is_cluster_error(exc):
+            return Check("cluster", "FAIL", CLUSTER_UNSUPPORTED)
+        info = None
+    if info is not None:
+        if str(info.get("cluster_enabled", "0")) == "1":
+            return Check(
+                "cluster", "FAIL", f"cluster_enabled:1 on this endpoint. {CLUSTER_UNSUPPORTED}"
+            )
+        return Check("cluster", "OK", "one Redis (not a Cluster)")
+    try:  # INFO refused (an ACL or a managed service): a read across two shards' slots
+        await redis.exists(keys.stream(0), keys.stream(1))
+    except ResponseError as exc:
+        if is_cluster_error(exc):
+            return Check("cluster", "FAIL", CLUSTER_UNSUPPORTED)
+        return Check(
+            "cluster",
+            "WARN",
+            "cannot tell whether this is a Redis Cluster (INFO and EXISTS refused)",
+        )
+    return Check("cluster", "OK", "one Redis (not a Cluster)")
+
+
+async def check_sentinel(settings: Settings) -> Check | None:
+    """For a Sentinel URL: how many sentinels answer, whether they agree on the master,
+    and whether it has a replica to fail over to. None for other URLs."""
+    if not is_sentinel_url(settings.redis_url):
+        return None
+    parsed = parse_sentinel_url(settings.redis_url, "LEADSYNC_REDIS_URL")
+    answers: list[dict[str, Any]] = []
+    silent = 0
+    for host, port in parsed.sentinels:
+        sentinel = AsyncRedis(
+            host=host,
+            port=port,
+            socket_timeout=settings.redis_socket_timeout_s,
+            socket_connect_timeout=settings.redis_connect_timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            **parsed.sentinel_kwargs(),
+        )
+        try:
+            answer = await sentinel.sentinel_master(parsed.master)
+            if isinstance(answer, dict):
+                answers.append(answer)
+            else:
+                silent += 1
+        except RedisError:
+            silent += 1
+        finally:
+            await sentinel.aclose()
+    name, total = parsed.master, len(parsed.sentinels)
+    if not answers:
+        return Check(
+            "sentinel",
+            "FAIL",
+            f"none of the {total} sentinels answers for master {name!r} (unreachable, wrong "
+            "auth or TLS, or they do not monitor that name)",
+        )
+    masters = {(a.get("ip"), a.get("port")) for a in answers}
+    if len(masters) > 1:
+        return Check(
+            "sentinel",
+            "FAIL",
+            f"the sentinels disagree on master {name!r}: {sorted(map(str, masters))}",
+        )
+    ip, master_port = masters.pop()
+    first = answers[0]
+    replicas = int(first.get("num-slaves", 0))
+    others = int(first.get("num-other-sentinels", 0))
+    quorum = int(first.get("quorum", 0))
+    detail = (
+        f"{len(answers)}/{total} sentinels answer; master {name!r} at {ip}:{master_port}, "
+        f"{replicas} replica(s), {others + 1} sentinels know it, quorum {quorum}"
+    )
+    problems = []
+    if silent:
+        problems.append(f"{silent} listed sentinel(s) do not answer")
+    if replicas == 0:
+        problems.append("no replica: a failover has nowhere to go")
+    if others + 1 < 3:
+        problems.append("fewer than 3 sentinels: run 3 on separate machines")
+    if problems:
+        return Check("sentinel", "WARN", f"{detail}; " + "; ".join(problems))
+    return Check("sentinel", "OK", detail)
 
 
 async def check_persistence(redis: Redis) -> Check:
@@ -213,6 +329,47 @@ async def check_limits(redis: Redis, settings: Settings) -> Check:
     if pace.short:
         return Check("hold", "WARN", f"not held; {usage}; {pace.describe()}")
     return Check("hold", "OK", f"not held; {usage}")
+
+
+async def check_learned_fields(
+    redis: Redis, settings: Settings, now_s: float | None = None
+) -> Check:
+    """How many lead fields workers learned from Marketo's describe, and when."""
+    known = await read_fields(redis, Keys(settings.key_prefix))
+    configured = len(settings.known_field_names)
+    if known is None or known.learned_at is None:
+        if configured:
+            return Check("learned fields", "OK", f"none; LEADSYNC_KNOWN_FIELDS lists {configured}")
+        if settings.fields_refresh_s == 0:
+            return Check(
+                "learned fields",
+                "OK",
+                "learning is off (LEADSYNC_FIELDS_REFRESH_S=0): any attribute is accepted at "
+                "enqueue (an unknown one fails at Marketo); set LEADSYNC_KNOWN_FIELDS to refuse it",
+            )
+        return Check(
+            "learned fields",
+            "WARN",
+            "none learned yet: a worker reads them from Marketo's describe at start and every "
+            f"{settings.fields_refresh_s:,} s; until then any attribute is accepted at enqueue "
+            "(an unknown one fails at Marketo). If this stays, see the worker logs: the API "
+            "user may lack the permission to describe (then set LEADSYNC_KNOWN_FIELDS)",
+        )
+    age_s = max((time.time() if now_s is None else now_s) - known.learned_at, 0.0)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(known.learned_at))
+    detail = f"{known.count} fields learned from Marketo's {known.source or 'describe'} at {when} ({age_s:,.0f} s ago)"
+    if configured:
+        return Check(
+            "learned fields", "OK", f"{detail}; LEADSYNC_KNOWN_FIELDS ({configured}) overrides them"
+        )
+    if settings.fields_refresh_s and age_s > 2 * settings.fields_refresh_s + 3600:
+        return Check(
+            "learned fields",
+            "WARN",
+            f"{detail}: not refreshed for more than twice LEADSYNC_FIELDS_REFRESH_S; see the "
+            "worker logs (producers keep using these)",
+        )
+    return Check("learned fields", "OK", f"{detail}; producers refuse other attributes")
 
 
 async def check_dead_letters(redis: Redis, keys: Keys, shards: int) -> Check:
@@ -334,6 +491,8 @@ async def _guarded(name: str, check: Awaitable[Check]) -> Check:
     try:
         return await check
     except RedisError as exc:
+        if is_cluster_error(exc):
+            return Check(name, "FAIL", CLUSTER_UNSUPPORTED)
         return Check(name, "FAIL", f"Redis error: {exc.__class__.__name__}")
 
 
@@ -343,13 +502,19 @@ async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list
     client = redis_client(settings)
     try:
         checks = [await check_redis(client, settings)]
+        sentinel = await check_sentinel(settings)
+        if sentinel is not None:
+            checks.append(sentinel)
         if checks[0].level == "OK":
+            checks.append(await _guarded("cluster", check_not_cluster(client, keys)))
+        if checks[0].level == "OK" and checks[-1].level != "FAIL":
             checks.append(await _guarded("persistence", check_persistence(client)))
             shards, shard_check = await check_shards(client, settings)
             checks.append(shard_check)
             checks.append(await _guarded("consumer groups", check_groups(client, keys, shards)))
             checks.append(await _guarded("hold", check_limits(client, settings)))
             checks.append(await _guarded("dead letters", check_dead_letters(client, keys, shards)))
+            checks.append(await _guarded("learned fields", check_learned_fields(client, settings)))
     finally:
         await client.aclose()
     if settings.marketo_api == "rest":

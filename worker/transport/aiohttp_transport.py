@@ -29,6 +29,17 @@ class _Exchange:
     """One POST's progress, set by the trace signal."""
 
     body_started: bool = False
+    headers_sent: bool = False
+
+
+async def _on_headers_sent(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    exchange = context.trace_request_ctx
+    if isinstance(exchange, _Exchange):
+        exchange.headers_sent = True
 
 
 async def _on_chunk_sent(
@@ -44,6 +55,7 @@ async def _on_chunk_sent(
 def _trace() -> aiohttp.TraceConfig:
     trace = aiohttp.TraceConfig()
     trace.on_request_chunk_sent.append(_on_chunk_sent)
+    trace.on_request_headers_sent.append(_on_headers_sent)
     return trace
 
 
@@ -77,24 +89,37 @@ class AiohttpTransport:
         return cls(session, max_response_bytes=max_response_bytes)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        return await self._exchange("POST", url, body, headers)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> HttpReply:
+        """A GET has no body: it counts as written once its headers left."""
+        return await self._exchange("GET", url, None, headers)
+
+    async def _exchange(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> HttpReply:
         exchange = _Exchange()
+
+        def written() -> bool:
+            return exchange.body_started if body is not None else exchange.headers_sent
+
         try:
-            async with self.session.post(
-                url, data=body, headers=dict(headers), trace_request_ctx=exchange
+            async with self.session.request(
+                method, url, data=body, headers=dict(headers), trace_request_ctx=exchange
             ) as response:
                 content = await self._read_all(response)
                 return HttpReply(
                     response.status,
                     response.headers.get("Content-Type"),
                     content,
-                    request_written=exchange.body_started,
+                    request_written=written(),
                 )
         except TimeoutError as exc:
-            if exchange.body_started:
+            if written():
                 raise CallTimeout(f"timed out waiting for {_host(url)}") from exc
             raise TransportError(f"timed out connecting to {_host(url)}") from exc
         except aiohttp.ClientError as exc:
-            if exchange.body_started:
+            if written():
                 raise ReplyLost(
                     f"HTTP exchange with {_host(url)} failed after the request was sent: "
                     f"{describe(exc)}"

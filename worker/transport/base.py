@@ -31,4 +31,9 @@ class Transport(Protocol):
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply: ...
 
+    async def get(self, url: str, headers: Mapping[str, str]) -> HttpReply:
+        """A GET (REST describe), with the same errors; ``request_written`` is True once
+        the request's headers left."""
+        ...
+
     async def close(self) -> None: ...

@@ -28,5 +28,9 @@ class MockTransport:
         assert isinstance(reply, HttpReply)
         return reply
 
+    async def get(self, url: str, headers: Mapping[str, str]) -> HttpReply:
+        """A GET reaches the same handler, with an empty body."""
+        return await self.post(url, b"", headers)
+
     async def close(self) -> None:
         return None

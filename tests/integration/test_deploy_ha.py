@@ -1,0 +1,231 @@
+"""The HA overlay (deploy/k8s/overlays/ha) through the real tools available here:
+`kubectl kustomize` renders it, and its Redis and Sentinel start scripts and configs run
+(with stand-ins for the DNS names a cluster would give): the config each script writes is
+the one redis-server and `redis-server --sentinel` accept, and leadsync connects through
+that sentinel with the overlay's URL form."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from producers.connect import redis_client
+from tests.integration.test_deploy_manifests import K8S, by_kind, kustomize
+from tests.support.redis_server import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+HA = K8S / "overlays" / "ha"
+NAMESPACE = "ns"
+
+
+def configmap(source: str, name: str) -> dict[str, str]:
+    for doc in yaml.safe_load_all((HA / source).read_text()):
+        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == name:
+            data: dict[str, str] = doc["data"]
+            return data
+    raise AssertionError(f"no ConfigMap {name} in {source}")
+
+
+def test_kustomize_renders_the_ha_overlay_with_sentinel_triggers_and_one_secret() -> None:
+    base = by_kind(kustomize(K8S))
+    ha = by_kind(kustomize(HA))
+    scaled = ha[("ScaledObject", "leadsync-worker")]
+    triggers = scaled["spec"]["triggers"]
+    # The patch replaced the base's triggers whole: no redis-streams trigger is left.
+    assert {t["type"] for t in triggers} == {"redis-sentinel-streams"}
+    assert all("address" not in t["metadata"] for t in triggers)
+    assert len(triggers) == len(base[("ScaledObject", "leadsync-worker")]["spec"]["triggers"])
+    # Everything else of the ScaledObject is the base's (the scaling formula included).
+    assert (
+        scaled["spec"]["advanced"] == base[("ScaledObject", "leadsync-worker")]["spec"]["advanced"]
+    )
+    auth = ha[("TriggerAuthentication", "leadsync-redis")]["spec"]["secretTargetRef"]
+    assert {ref["parameter"] for ref in auth} == {"password", "sentinelPassword"}
+    secret = ha[("Secret", "leadsync-secrets")]["stringData"]
+    assert set(base[("Secret", "leadsync-secrets")]["stringData"]) < set(secret)
+    assert secret["LEADSYNC_REDIS_URL"].startswith("redis+sentinel://")
+    for kind, name in (("StatefulSet", "redis"), ("StatefulSet", "redis-sentinel")):
+        assert ha[(kind, name)]["metadata"]["namespace"] == "leadsync"
+    # The leadsync Deployments are the base's: they read the URL from the Secret.
+    for name in ("leadsync-worker", "leadsync-beat", "leadsync-api", "leadsync-flower"):
+        assert ha[("Deployment", name)]["spec"] == base[("Deployment", name)]["spec"]
+
+
+# --- the start scripts, run ---------------------------------------------------------------
+
+
+def stub(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def run_script(
+    text: str, tmp_path: Path, hostname: str, master_from_sentinel: str | None = None
+) -> tuple[str, str]:
+    """Run a start script with stand-ins for redis-cli (the sentinel answer) and
+    redis-server (records its arguments); the file it wrote and the arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"run-{hostname}-"))
+    answer = f"echo {master_from_sentinel}" if master_from_sentinel else "exit 1"
+    stub(bin_dir, "redis-cli", answer + "\n")
+    stub(bin_dir, "redis-server", f'echo "$@" > {run_dir}/args\n')
+    script = run_dir / "start.sh"
+    script.write_text(
+        text.replace("/run/redis/", f"{run_dir}/").replace("/run/sentinel/", f"{run_dir}/")
+    )
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "HOSTNAME": hostname,
+        "POD_NAMESPACE": NAMESPACE,
+        "REDIS_PASSWORD": "master-pw",
+        "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+    }
+    subprocess.run(["sh", str(script)], env=env, check=True, timeout=30)
+    written = next(p for p in run_dir.iterdir() if p.suffix == ".conf")
+    return written.read_text(), (run_dir / "args").read_text().strip()
+
+
+def name_of(pod: str) -> str:
+    return f"{pod}.redis.{NAMESPACE}.svc.cluster.local"
+
+
+def test_redis_pods_start_as_master_or_replica_of_whom_the_sentinels_name(tmp_path: Path) -> None:
+    text = configmap("redis-ha.yaml", "redis-ha")["start-redis.sh"]
+    # First start: no sentinel answers; redis-0 is the master, redis-1 its replica.
+    first, args = run_script(text, tmp_path, "redis-0")
+    assert args == "/etc/redis/redis.conf"
+    assert "requirepass master-pw" in first
+    assert "masterauth master-pw" in first
+    assert f"replica-announce-ip {name_of('redis-0')}" in first
+    assert "replicaof" not in first
+    second, _ = run_script(text, tmp_path, "redis-1")
+    assert f"replicaof {name_of('redis-0')} 6379" in second
+    # After a failover to redis-1, a restarted redis-0 replicates it.
+    back, _ = run_script(text, tmp_path, "redis-0", name_of("redis-1"))
+    assert f"replicaof {name_of('redis-1')} 6379" in back
+    # And redis-1 named as master by the sentinels stays master.
+    master, _ = run_script(text, tmp_path, "redis-1", name_of("redis-1"))
+    assert "replicaof" not in master
+
+
+def test_a_sentinel_monitors_the_master_its_peers_name(tmp_path: Path) -> None:
+    text = configmap("sentinel.yaml", "redis-sentinel")["start-sentinel.sh"]
+    fresh, args = run_script(text, tmp_path, "redis-sentinel-0")
+    assert f"sentinel monitor leadsync {name_of('redis-0')} 6379 2" in fresh
+    assert (
+        f"sentinel announce-ip redis-sentinel-0.redis-sentinel.{NAMESPACE}.svc.cluster.local"
+        in fresh
+    )
+    assert "requirepass sentinel-pw" in fresh
+    assert "sentinel auth-pass leadsync master-pw" in fresh
+    assert args.endswith("--sentinel")
+    later, _ = run_script(text, tmp_path, "redis-sentinel-2", name_of("redis-1"))
+    assert f"sentinel monitor leadsync {name_of('redis-1')} 6379 2" in later
+
+
+# --- the configs, run by the real redis-server ----------------------------------------------
+
+
+def spawn(args: list[str], folder: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    return subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)  # fmt: skip
+
+
+def poll(check: Any, timeout_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+
+
+def test_the_overlay_configs_run_and_leadsync_connects_through_the_sentinel(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    redis_port, sentinel_port = free_port(), free_port()
+    # The master: the ConfigMap's redis.conf with the runtime file redis-0 would write.
+    runtime, _ = run_script(
+        configmap("redis-ha.yaml", "redis-ha")["start-redis.sh"], tmp_path, "redis-0"
+    )
+    runtime = runtime.replace(name_of("redis-0"), "127.0.0.1")
+    (tmp_path / "runtime.conf").write_text(runtime)
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = configmap("redis-ha.yaml", "redis-ha")["redis.conf"]
+    conf = conf.replace("dir /data", f"dir {data}").replace("port 6379", f"port {redis_port}")
+    conf = conf.replace("bind 0.0.0.0", "bind 127.0.0.1").replace(
+        "/run/redis/runtime.conf", str(tmp_path / "runtime.conf")
+    )
+    (tmp_path / "redis.conf").write_text(conf)
+    processes.append(spawn([str(tmp_path / "redis.conf")], tmp_path))
+    master = redis.Redis(port=redis_port, password="master-pw", decode_responses=True)
+    poll(master.ping)
+    config = master.config_get("*")
+    assert (config["appendonly"], config["maxmemory-policy"]) == ("yes", "noeviction")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=redis_port).set("x", 1)
+
+    # A sentinel: the config start-sentinel.sh writes, pointed at this master.
+    generated, _ = run_script(
+        configmap("sentinel.yaml", "redis-sentinel")["start-sentinel.sh"],
+        tmp_path,
+        "redis-sentinel-0",
+    )
+    generated = (
+        generated.replace(f"{name_of('redis-0')} 6379", f"127.0.0.1 {redis_port}")
+        .replace(f"redis-sentinel-0.redis-sentinel.{NAMESPACE}.svc.cluster.local", "127.0.0.1")
+        .replace("port 26379", f"port {sentinel_port}\nbind 127.0.0.1")
+        .replace("dir /tmp", f"dir {tmp_path}")
+        .replace(" 2\n", " 1\n")  # one sentinel here: quorum 1
+    )
+    (tmp_path / "sentinel.conf").write_text(generated)
+    processes.append(spawn([str(tmp_path / "sentinel.conf"), "--sentinel"], tmp_path))
+    sentinel = redis.Redis(port=sentinel_port, password="sentinel-pw", decode_responses=True)
+    state = poll(lambda: sentinel.sentinel_master("leadsync"))
+    assert state["is_master"]
+    assert not state["is_sdown"]
+
+    # leadsync reaches the master through it, with the overlay's URL form.
+    client = redis_client(
+        f"redis+sentinel://:master-pw@127.0.0.1:{sentinel_port}/leadsync/0?sentinel_password=sentinel-pw"
+    )
+    try:
+        assert client.set("leadsync:probe", "1")
+        assert master.get("leadsync:probe") == "1"
+    finally:
+        client.close()
+        master.close()
+        sentinel.close()
