@@ -149,18 +149,13 @@ def parse_response(
     apply the call); every unreadable answer is a ProtocolError."""
     if http_status == 413:
         raise BadRequestError("HTTP 413: request body over Marketo's limit; split", code=413)
-    if http_status >= 500:
-        message = f"HTTP {http_status} from leads.json"
-        raise ReplyLost(message) if request_written else TransportError(message)
-    if http_status != 200:
-        raise ProtocolError(f"HTTP {http_status} from leads.json")
-    if content_type is not None and "json" not in content_type.lower():
-        raise ProtocolError(f"leads.json answered {content_type.split(';')[0][:60]}, not JSON")
-    document = load_json(body, "leads.json")
-    if not isinstance(document, dict):
-        raise ProtocolError("leads.json answered JSON that is not an object")
-    if document.get("success") is not True:
-        raise _call_error(document.get("errors"))
+    document = read_document(
+        body,
+        http_status=http_status,
+        content_type=content_type,
+        request_written=request_written,
+        what="leads.json",
+    )
     results = document.get("result")
     if not isinstance(results, list) or len(results) != expected:
         count = len(results) if isinstance(results, list) else "no"
@@ -168,14 +163,35 @@ def parse_response(
     return [_result(item) for item in results]
 
 
-def _call_error(errors: object) -> MarketoError:
+def _call_error(errors: object, what: str) -> MarketoError:
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
-        return ProtocolError("leads.json failed without an error code")
+        return ProtocolError(f"{what} failed without an error code")
     first = errors[0]
     code_text = str(first.get("code", ""))
     code = int(code_text) if code_text.isdigit() else None
     message = str(first.get("message", ""))[:300] or "no message"
     return error_for(code, message)
+
+
+def read_document(
+    body: bytes, *, http_status: int, content_type: str | None, request_written: bool, what: str
+) -> dict[str, object]:
+    """A REST answer's JSON object once Marketo said ``success: true``; otherwise the error
+    of the whole call: a 5xx page after the request left is ReplyLost, an unreadable
+    answer a ProtocolError, Marketo's own code the branch :func:`error_for` names."""
+    if http_status >= 500:
+        message = f"HTTP {http_status} from {what}"
+        raise ReplyLost(message) if request_written else TransportError(message)
+    if http_status != 200:
+        raise ProtocolError(f"HTTP {http_status} from {what}")
+    if content_type is not None and "json" not in content_type.lower():
+        raise ProtocolError(f"{what} answered {content_type.split(';')[0][:60]}, not JSON")
+    document = load_json(body, what)
+    if not isinstance(document, dict):
+        raise ProtocolError(f"{what} answered JSON that is not an object")
+    if document.get("success") is not True:
+        raise _call_error(document.get("errors"), what)
+    return document
 
 
 def load_json(body: bytes, what: str) -> object:

@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from worker.errors import ProtocolError, ReplyLost, ResignError, TransportError
-from worker.marketo.rest.codec import load_json
-from worker.marketo.rest.faults import error_for
+from worker.errors import ProtocolError, ResignError
+from worker.marketo.rest.codec import read_document
 from worker.marketo.rest.tokens import TokenSource
 from worker.transport import Transport
 
@@ -40,24 +39,13 @@ def parse_describe2(
     """The REST names of the lead fields in answer order, or the whole call's error (a
     5xx page after the request left is ReplyLost; an unreadable answer or one without
     fields a ProtocolError)."""
-    if http_status >= 500:
-        message = f"HTTP {http_status} from describe2.json"
-        raise ReplyLost(message) if request_written else TransportError(message)
-    if http_status != 200:
-        raise ProtocolError(f"HTTP {http_status} from describe2.json")
-    if content_type is not None and "json" not in content_type.lower():
-        raise ProtocolError(f"describe2.json answered {content_type.split(';')[0][:60]}, not JSON")
-    document = load_json(body, "describe2.json")
-    if not isinstance(document, dict):
-        raise ProtocolError("describe2.json answered JSON that is not an object")
-    if document.get("success") is not True:
-        errors = document.get("errors")
-        first = errors[0] if isinstance(errors, list) and errors else None
-        if not isinstance(first, dict):
-            raise ProtocolError("describe2.json failed without an error code")
-        code_text = str(first.get("code", ""))
-        message = str(first.get("message", ""))[:300] or "no message"
-        raise error_for(int(code_text) if code_text.isdigit() else None, message)
+    document = read_document(
+        body,
+        http_status=http_status,
+        content_type=content_type,
+        request_written=request_written,
+        what="describe2.json",
+    )
     result = document.get("result")
     described = result[0] if isinstance(result, list) and result else None
     fields = described.get("fields") if isinstance(described, dict) else None
