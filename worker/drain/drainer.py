@@ -169,10 +169,12 @@ class Drainer:
         )
         if report.calls or report.status in ("limited", "held", "backoff"):
             logger.info(
-                "shards=%s status=%s calls=%d leads=%d entries=%d outcomes=%s backlog=%d%s",
+                "shards=%s status=%s calls=%d isolation_calls=%d leads=%d entries=%d outcomes=%s "
+                "backlog=%d%s",
                 ",".join(str(lane.shard) for lane in leased),
                 report.status,
                 report.calls,
+                report.isolation_calls,
                 report.leads_sent,
                 report.entries,
                 dict(report.outcomes),
