@@ -167,8 +167,7 @@ class Simulator:
         sync = operation
         self.log.set_keys(call, tuple(r.key for r in sync.records if r.key is not None))
         check_auth(sync.auth, config, datetime.now(UTC))
-        if injected in ("internal_10001", "internal_20011", "rate_20023", "concurrency_20024"):
-            raise SimFault(int(injected.rsplit("_", 1)[1]), "Injected fault")
+        raise_injected_fault(injected)
 
         limits = self.limits
         limits.admit(config, monotonic_s=time.monotonic(), epoch_s=time.time())
@@ -202,8 +201,7 @@ class Simulator:
         """describeMObject, signed and counted like any call: the fields syncMultipleLeads
         accepts (``known_fields``, by SOAP name) and the read-only Id."""
         check_auth(describe.auth, config, datetime.now(UTC))
-        if injected in ("internal_10001", "internal_20011", "rate_20023", "concurrency_20024"):
-            raise SimFault(int(injected.rsplit("_", 1)[1]), "Injected fault")
+        raise_injected_fault(injected)
         limits = self.limits
         limits.admit(config, monotonic_s=time.monotonic(), epoch_s=time.time())
         held = False
@@ -343,6 +341,21 @@ class Simulator:
     async def admin_reset(self, request: web.Request) -> web.Response:
         await self.reset_now()
         return web.json_response({"reset": True})
+
+
+#: Injected faults that are SOAP faults with the code their name ends in.
+INJECTED_SOAP_FAULTS: Final = (
+    "internal_10001",
+    "internal_20011",
+    "rate_20023",
+    "concurrency_20024",
+)
+
+
+def raise_injected_fault(injected: str | None) -> None:
+    """Raise the SOAP fault an injected fault kind stands for (other kinds are served)."""
+    if injected in INJECTED_SOAP_FAULTS:
+        raise SimFault(int(injected.rsplit("_", 1)[1]), "Injected fault")
 
 
 def _xml(body: bytes, *, status: int = 200) -> web.Response:
