@@ -151,6 +151,33 @@ def test_doctor_reports_the_sentinels_and_readiness_through_them(sentinels: Sent
     assert "1 listed sentinel(s) do not answer" in degraded.detail
 
 
+def _start_cluster_node(binary: str, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A cluster-enabled redis-server answering PING; a new free port when the one picked
+    was taken meanwhile (the server exits), a bounded wait on a loaded machine."""
+    for _ in range(3):
+        port = free_port()
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--save", "", "--cluster-enabled", "yes", "--cluster-config-file",
+             f"nodes-{port}.conf", "--logfile", str(folder / f"log-{port}")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 30
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                try:
+                    client.ping()
+                    return process, port
+                except (redis.ConnectionError, redis.TimeoutError):
+                    time.sleep(0.1)
+        finally:
+            client.close()
+        process.kill()
+        process.wait()
+    raise RuntimeError("a cluster-enabled redis-server did not start")
+
+
 @pytest.fixture
 def cluster_node() -> Iterator[str]:
     """One redis-server with cluster-enabled yes (no slots needed to be a Cluster node)."""
@@ -158,17 +185,8 @@ def cluster_node() -> Iterator[str]:
     if binary is None:
         pytest.skip("redis-server is not installed")
     folder = Path(tempfile.mkdtemp(prefix="leadsync-cluster-"))
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-         "--save", "", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-         "--logfile", str(folder / "log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process, port = _start_cluster_node(binary, folder)
     try:
-        client = redis.Redis(port=port)
-        until_it_works(client.ping)
-        client.close()
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.kill()
