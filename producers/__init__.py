@@ -9,7 +9,7 @@ from __future__ import annotations
 from producers.aio import AsyncLeadProducer
 from producers.config import ProducerConfig
 from producers.contract import LeadUpsert, Outcome, OutcomeStatus, validate_lead
-from producers.errors import ConfigError, InvalidLead, LeadsyncError
+from producers.errors import ConfigError, InvalidLead, LeadsyncError, NotReplicated, Retryable
 from producers.sync import LeadProducer
 
 __all__ = [
@@ -19,8 +19,10 @@ __all__ = [
     "LeadProducer",
     "LeadUpsert",
     "LeadsyncError",
+    "NotReplicated",
     "Outcome",
     "OutcomeStatus",
     "ProducerConfig",
+    "Retryable",
     "validate_lead",
 ]

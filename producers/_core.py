@@ -26,7 +26,7 @@ from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar
 
 from producers import wire
 from producers.config import ProducerConfig
-from producers.errors import ConfigError, InvalidLead
+from producers.errors import ConfigError, InvalidLead, NotReplicated
 from producers.keys import Keys
 from producers.known_fields import (
     LEARNED_AT_FIELD,
@@ -58,6 +58,8 @@ KEY_RULE_FIELD: Final = "key_rule"
 #: A producer looks at the stored key rule again after this long (a worker that starts
 #: later, or changes protocol, is followed without a restart); the learned fields too.
 KEY_RULE_REFRESH_S: Final = 60.0
+#: What NotReplicated suggests waiting: about the time Sentinel takes to switch masters.
+REPLICA_RETRY_AFTER_S: Final = 2.0
 #: Outcomes read per pipelined round trip while waiting for many.
 OUTCOME_CHUNK: Final = 1000
 #: Keyword arguments a record of ``upsert_many`` may carry.
@@ -212,6 +214,12 @@ class Route:
             wire.NEWEST_ID_TTL_S if lead.dedup else 0,
         )
 
+    def batch(self, entries: Sequence[tuple[int, Command]]) -> Command:
+        """One atomic command for many :meth:`entry` commands (``enqueue_batch.lua``)."""
+        keys = [key for _, command in entries for key in command[3:5]]
+        argv = [arg for _, command in entries for arg in command[5:8]]
+        return ("EVAL", wire.ENQUEUE_BATCH_LUA, len(keys), *keys, *argv)
+
     def locate(self, value: str) -> tuple[int, str] | None:
         """(shard, entry id) of a request id, or None when it cannot be one of ours."""
         try:
@@ -332,14 +340,20 @@ class ProducerCore:
         shards: int | None = None,
         known_fields: Iterable[str] | None = None,
         key_rule: str | None = None,
+        replicas: int | None = None,
+        replica_wait_s: float | None = None,
     ) -> None:
         """``known_fields`` (default LEADSYNC_KNOWN_FIELDS, else the learned fields)
         refuses other attribute names; ``key_rule`` (default from LEADSYNC_MARKETO_API and
-        _LOOKUP_FIELD) is used until a worker has stored its own."""
+        _LOOKUP_FIELD) is used until a worker has stored its own; ``replicas`` (default
+        LEADSYNC_ENQUEUE_REPLICAS) must confirm every enqueue within ``replica_wait_s``."""
         prefix, self.wanted, self.known = resolve_config(key_prefix, shards, known_fields)
+        config = ProducerConfig.from_env()
+        self.replicas = config.enqueue_replicas if replicas is None else replicas
+        self.replica_wait_s = config.replica_wait_s if replica_wait_s is None else replica_wait_s
         self.keys = Keys(prefix)
         self.route: Route | None = None
-        self.wanted_rule = key_rule or ProducerConfig.from_env().key_rule
+        self.wanted_rule = key_rule or config.key_rule
         self._rule_read_at = 0.0
         #: Whether this producer follows the fields learned from Marketo's describe.
         self.learns = known_fields is None and self.known is None
@@ -395,24 +409,68 @@ class ProducerCore:
         if self.learns:
             lead = check_fields(lead, route.known)
         shard, command = route.entry(lead)
-        (reply,) = yield send(command)
-        return wire.request_id(shard, wire.text(reply))
+        (reply,), seen = yield from self._enqueue((command,))
+        rid = wire.request_id(shard, wire.text(reply))
+        self._confirmed([rid], seen)
+        return rid
 
     def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> Step[list[str | InvalidLead]]:
-        """Request ids (or the InvalidLead) in record order, one round trip per chunk."""
+        """Request ids (or the InvalidLead) in record order, one round trip per chunk.
+        NotReplicated stops at the first unconfirmed chunk: its ``results`` hold every
+        record up to there (later records were not enqueued)."""
         route = yield from self.agree()
         results: list[str | InvalidLead] = []
         for chunk in bulk_chunks(records, route.known):
             routed = [route_or_refuse(route, item) for item in chunk]
             commands = tuple(item[1] for item in routed if not isinstance(item, InvalidLead))
-            replies = iter((yield Send(commands)) if commands else ())
+            replies, seen = yield from self._enqueue(commands)
+            made = iter(replies)
             results.extend(
                 item
                 if isinstance(item, InvalidLead)
-                else wire.request_id(item[0], wire.text(next(replies)))
+                else wire.request_id(item[0], wire.text(next(made)))
                 for item in routed
             )
+            self._confirmed(results, seen)
         return results
+
+    def enqueue_batch(self, records: Sequence[object]) -> Step[list[str | InvalidLead]]:
+        """Validate every record as :meth:`upsert_many` does and enqueue the valid ones in
+        ONE atomic step (all or none, whatever Redis refuses): the HTTP API's batch. A
+        request id or the InvalidLead per record, in record order."""
+        route = yield from self.agree()
+        routed = [
+            route_or_refuse(route, item)
+            for chunk in bulk_chunks(records, route.known)
+            for item in chunk
+        ]
+        valid = [item for item in routed if not isinstance(item, InvalidLead)]
+        if not valid:
+            return list(routed)  # type: ignore[arg-type]
+        (ids,), seen = yield from self._enqueue((route.batch(valid),))
+        made = iter(
+            wire.request_id(shard, wire.text(i)) for (shard, _), i in zip(valid, ids, strict=True)
+        )
+        results = [item if isinstance(item, InvalidLead) else next(made) for item in routed]
+        self._confirmed(results, seen)
+        return results
+
+    def _enqueue(self, commands: tuple[Command, ...]) -> Step[tuple[list[Any], int | None]]:
+        """Run enqueue commands in one round trip and, with replicas wanted, ``WAIT`` on
+        the same connection after them (WAIT covers the writes of its own connection):
+        the replies and how many replicas confirmed (None when none are wanted)."""
+        if not commands:
+            return [], None
+        if not self.replicas:
+            return list((yield Send(commands))), None
+        timeout_ms = max(1, round(self.replica_wait_s * 1000))
+        *replies, seen = yield Send((*commands, ("WAIT", self.replicas, timeout_ms)))
+        return replies, int(seen)
+
+    def _confirmed(self, results: list[Any], seen: int | None) -> None:
+        """NotReplicated when fewer replicas confirmed than wanted."""
+        if seen is not None and seen < self.replicas:
+            raise NotReplicated(results, self.replicas, seen, REPLICA_RETRY_AFTER_S)
 
     def outcome(self, request: str) -> Step[Outcome | None]:
         """One outcome: final, PENDING while its entry waits, or None when unknown."""

@@ -42,8 +42,16 @@ class AsyncLeadProducer:
         shards: int | None = None,
         owns_client: bool = False,
         known_fields: Iterable[str] | None = None,
+        replicas: int | None = None,
+        replica_wait_s: float | None = None,
     ) -> None:
-        self._core = ProducerCore(key_prefix=key_prefix, shards=shards, known_fields=known_fields)
+        self._core = ProducerCore(
+            key_prefix=key_prefix,
+            shards=shards,
+            known_fields=known_fields,
+            replicas=replicas,
+            replica_wait_s=replica_wait_s,
+        )
         self._client = client
         self._owns_client = owns_client
 
@@ -110,6 +118,10 @@ class AsyncLeadProducer:
     async def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
         """See :meth:`LeadProducer.upsert_many`: the valid records ARE enqueued."""
         return await self._run(self._core.upsert_many(records))
+
+    async def upsert_batch(self, records: Sequence[object]) -> list[str | InvalidLead]:
+        """See :meth:`LeadProducer.upsert_batch`: all valid records in one atomic step."""
+        return await self._run(self._core.enqueue_batch(records))
 
     async def outcome(self, request_id: str) -> Outcome | None:
         """See :meth:`LeadProducer.outcome`."""

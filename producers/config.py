@@ -19,6 +19,7 @@ from producers.lead import key_rule
 ENV_PREFIX: Final = "LEADSYNC_"
 MAX_SHARDS: Final = 1024
 MAX_REDIS_TIMEOUT_S: Final = 60.0
+MAX_REPLICAS: Final = 16
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 T = TypeVar("T")
@@ -45,6 +46,10 @@ class ProducerConfig:
     #: wins; these are used until one has.
     marketo_api: str = "soap"
     marketo_lookup_field: str = "email"
+    #: Replicas that must have an upsert (Redis WAIT) before it is acknowledged.
+    enqueue_replicas: int = 0
+    #: How long an upsert waits for them before NotReplicated.
+    replica_wait_s: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -58,6 +63,15 @@ class ProducerConfig:
                     f"{ENV_PREFIX}{name.upper()}: must be more than 0 and at most "
                     f"{MAX_REDIS_TIMEOUT_S:g} seconds"
                 )
+        if type(self.enqueue_replicas) is not int or not 0 <= self.enqueue_replicas <= MAX_REPLICAS:
+            problems.append(
+                f"LEADSYNC_ENQUEUE_REPLICAS: must be an integer from 0 to {MAX_REPLICAS}"
+            )
+        if not 0 < self.replica_wait_s <= MAX_REDIS_TIMEOUT_S:
+            problems.append(
+                f"LEADSYNC_REPLICA_WAIT_S: must be more than 0 and at most "
+                f"{MAX_REDIS_TIMEOUT_S:g} seconds"
+            )
         if self.marketo_api not in ("soap", "rest"):
             problems.append("LEADSYNC_MARKETO_API: must be soap or rest")
         if not self.marketo_lookup_field.strip():
@@ -91,6 +105,8 @@ class ProducerConfig:
         shards = read("shards", int, defaults.shards)
         socket_timeout_s = read("redis_socket_timeout_s", float, defaults.redis_socket_timeout_s)
         connect_timeout_s = read("redis_connect_timeout_s", float, defaults.redis_connect_timeout_s)
+        replicas = read("enqueue_replicas", int, defaults.enqueue_replicas)
+        replica_wait_s = read("replica_wait_s", float, defaults.replica_wait_s)
         config = defaults
         try:
             config = cls(
@@ -100,6 +116,8 @@ class ProducerConfig:
                 known_fields=split_field_names(env.get(ENV_PREFIX + "KNOWN_FIELDS", "")),
                 redis_socket_timeout_s=socket_timeout_s,
                 redis_connect_timeout_s=connect_timeout_s,
+                enqueue_replicas=replicas,
+                replica_wait_s=replica_wait_s,
                 marketo_api=env.get(ENV_PREFIX + "MARKETO_API", defaults.marketo_api).strip(),
                 marketo_lookup_field=env.get(
                     ENV_PREFIX + "MARKETO_LOOKUP_FIELD", defaults.marketo_lookup_field

@@ -24,3 +24,30 @@ class InvalidLead(LeadsyncError, ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+
+
+class Retryable(LeadsyncError):
+    """Raised when Redis could not take or keep the work now, but will: retry after
+    ``retry_after_s`` (the HTTP API answers 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotReplicated(Retryable):
+    """Raised when LEADSYNC_ENQUEUE_REPLICAS asks for replicas and ``WAIT`` did not see
+    that many take the write in time. The write is on the master and will usually be
+    delivered, but a failover now could lose it: retry (an upsert is safe to repeat; a
+    ``dedup=False`` one may then create two leads). ``results`` holds, in record order,
+    the request id (or InvalidLead) of every record written so far: for ``upsert``, its
+    one id; for ``upsert_many``, every record up to the unconfirmed chunk."""
+
+    def __init__(self, results: list[object], wanted: int, seen: int, retry_after_s: float) -> None:
+        super().__init__(
+            f"written but confirmed by {seen} of {wanted} replica(s) in time; retry",
+            retry_after_s,
+        )
+        self.results = results
+        self.wanted = wanted
+        self.seen = seen

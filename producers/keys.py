@@ -47,6 +47,11 @@ class Keys:
         """Failed cycles in a row of the shard (the rest grows with it)."""
         return f"{self.prefix}:{{{shard}}}:rest-streak"
 
+    def failover(self) -> str:
+        """HASH run_id, changed_at: the master the granting steps last ran on
+        (``worker/failover.lua``)."""
+        return f"{self.prefix}:failover"
+
     def groups_recreated(self) -> str:
         """Shard -> when its consumer group was found missing and recreated."""
         return f"{self.prefix}:groups-recreated"
@@ -128,6 +133,11 @@ class LimiterKeys:
     @property
     def spacing(self) -> str:
         return self._key("spacing")
+
+    @property
+    def failover(self) -> str:
+        """The same key as ``Keys.failover()``: leases and permits share one guard."""
+        return Keys(self.prefix).failover()
 
     def quota(self, day: str) -> str:
         return self._key(f"quota:{day}")

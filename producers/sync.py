@@ -36,10 +36,20 @@ class LeadProducer:
         shards: int | None = None,
         owns_client: bool = False,
         known_fields: Iterable[str] | None = None,
+        replicas: int | None = None,
+        replica_wait_s: float | None = None,
     ) -> None:
         """Wrap ``client`` and agree on the shard count now (one round trip).
-        ``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names."""
-        self._core = ProducerCore(key_prefix=key_prefix, shards=shards, known_fields=known_fields)
+        ``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names;
+        ``replicas`` and ``replica_wait_s`` (default LEADSYNC_ENQUEUE_REPLICAS and
+        LEADSYNC_REPLICA_WAIT_S) must confirm every enqueue."""
+        self._core = ProducerCore(
+            key_prefix=key_prefix,
+            shards=shards,
+            known_fields=known_fields,
+            replicas=replicas,
+            replica_wait_s=replica_wait_s,
+        )
         self._client = client
         self._owns_client = owns_client
         self._route = self._run(self._core.agree())
@@ -109,7 +119,9 @@ class LeadProducer:
         attributes (name -> str, number or bool) and dedup (default True).
 
         Raises InvalidLead (with ``.field``) before anything is written; Redis errors
-        (for example OOM under ``noeviction``) propagate and nothing is enqueued.
+        (for example OOM under ``noeviction``) propagate and nothing is enqueued. With
+        LEADSYNC_ENQUEUE_REPLICAS, raises NotReplicated (retryable, ``retry_after_s``)
+        when too few replicas confirmed the write in LEADSYNC_REPLICA_WAIT_S.
         """
         return self._run(self._core.upsert(lead))
 
@@ -122,6 +134,11 @@ class LeadProducer:
         records of earlier chunks stay enqueued.
         """
         return self._run(self._core.upsert_many(records))
+
+    def upsert_batch(self, records: Sequence[object]) -> list[str | InvalidLead]:
+        """Enqueue the valid records in ONE atomic step (all or none when Redis refuses),
+        as the HTTP API's batch route does; result ``i`` as for :meth:`upsert_many`."""
+        return self._run(self._core.enqueue_batch(records))
 
     def outcome(self, request_id: str) -> Outcome | None:
         """The outcome of a request: final, PENDING while its entry waits in the ledger,

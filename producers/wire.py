@@ -4,6 +4,7 @@ entry ids (and their one ordering rule) and request ids. Pure Python with no I/O
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any, Final
 
 from producers.errors import InvalidLead
@@ -20,12 +21,19 @@ def text(value: bytes | str) -> str:
 #: as the dead letter is kept, so this only has to outlive a lead's quiet spell.
 NEWEST_ID_TTL_S: Final = 8 * 24 * 3600
 
-#: One atomic step per upsert: append the entry and record it as its lead's newest
-#: (ARGV[3] is the id's TTL; 0 for a dedup=false upsert, which creates a new lead).
-ENQUEUE_LUA: Final = (
-    "local i=redis.call('XADD',KEYS[1],'*','k',ARGV[1],'p',ARGV[2]) "
-    "if ARGV[3]~='0' then redis.call('SET',KEYS[2],i,'EX',ARGV[3]) end return i"
-)
+
+def _script(name: str) -> str:
+    """A script of ``scripts/`` without its comment lines: EVAL sends the body with every
+    upsert, so the comments stay in the file."""
+    body = resources.files("producers").joinpath("scripts", name).read_text(encoding="utf-8")
+    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+
+
+#: One atomic step per upsert (``scripts/enqueue.lua``): append the entry and record it
+#: as its lead's newest.
+ENQUEUE_LUA: Final = _script("enqueue.lua")
+#: Every record of an API batch in one atomic step (``scripts/enqueue_batch.lua``).
+ENQUEUE_BATCH_LUA: Final = _script("enqueue_batch.lua")
 
 # One encoder for every entry: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

@@ -73,6 +73,24 @@ class Settings(BaseSettings):
     redis_connect_timeout_s: float = Field(
         5.0, gt=0, le=60, description="Longest a worker waits to connect to Redis."
     )
+    enqueue_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "Replicas that must hold an upsert (Redis WAIT) before it is acknowledged; "
+            "when fewer confirm in LEADSYNC_REPLICA_WAIT_S the upsert raises NotReplicated "
+            "(API: 503 with Retry-After). Workers apply the same rule to leases, renewals, "
+            "rests and settles. Pair it with min-replicas-to-write on the master "
+            "(docs/operations-deploy.md)."
+        ),
+    )
+    replica_wait_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Longest an upsert, lease or settle waits for LEADSYNC_ENQUEUE_REPLICAS.",
+    )
     key_prefix: str = Field(
         "leadsync",
         min_length=1,

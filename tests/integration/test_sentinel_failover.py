@@ -23,7 +23,14 @@ from producers import LeadProducer, OutcomeStatus
 from tests.support.redis_server import free_port
 from tests.support.sentinel_set import MASTER_NAME, SentinelSet, sentinel_set
 from worker.connections import redis_client as worker_redis_client
-from worker.ops.doctor import check_not_cluster, check_sentinel, readiness, run_checks
+from worker.ops.doctor import (
+    Check,
+    check_not_cluster,
+    check_replicas,
+    check_sentinel,
+    readiness,
+    run_checks,
+)
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -139,6 +146,16 @@ def test_doctor_reports_the_sentinels_and_readiness_through_them(sentinels: Sent
     assert ready.level == "OK", ready.detail
     assert "sentinel-pw" not in ready.detail
     assert "master-pw" not in ready.detail
+    # Replicas: one follows; acknowledged upserts are not waited for unless asked.
+    replicas = asyncio.run(_replicas_check(settings))
+    assert replicas.level == "WARN"
+    assert "LEADSYNC_ENQUEUE_REPLICAS=1" in replicas.detail
+    asked = asyncio.run(_replicas_check(settings.model_copy(update={"enqueue_replicas": 1})))
+    assert asked.level == "WARN"
+    assert "min-replicas-to-write is 0" in asked.detail
+    too_many = asyncio.run(_replicas_check(settings.model_copy(update={"enqueue_replicas": 2})))
+    assert too_many.level == "FAIL"
+    assert "1 replica(s) connected" in too_many.detail
     # A sentinel the URL lists but that does not answer is a warning, not a failure.
     wrong = Settings.from_env(
         redis_url=sentinels.url().replace("127.0.0.1:", f"127.0.0.1:{free_port()},127.0.0.1:", 1),
@@ -149,6 +166,14 @@ def test_doctor_reports_the_sentinels_and_readiness_through_them(sentinels: Sent
     assert degraded is not None
     assert degraded.level == "WARN"
     assert "1 listed sentinel(s) do not answer" in degraded.detail
+
+
+async def _replicas_check(settings: Settings) -> Check:
+    client = worker_redis_client(settings)
+    try:
+        return await check_replicas(client, settings)
+    finally:
+        await client.aclose()
 
 
 def _start_cluster_node(binary: str, folder: Path) -> tuple[subprocess.Popen[bytes], int]:

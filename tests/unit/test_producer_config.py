@@ -22,6 +22,8 @@ SHARED = {
     "redis_connect_timeout_s": "redis_connect_timeout_s",
     "marketo_api": "marketo_api",
     "marketo_lookup_field": "marketo_lookup_field",
+    "enqueue_replicas": "enqueue_replicas",
+    "replica_wait_s": "replica_wait_s",
 }
 
 
@@ -47,6 +49,8 @@ def test_producer_config_reads_the_variables_settings_reads(
         "LEADSYNC_REDIS_CONNECT_TIMEOUT_S": "1",
         "LEADSYNC_MARKETO_API": "rest",
         "LEADSYNC_MARKETO_LOOKUP_FIELD": "email",
+        "LEADSYNC_ENQUEUE_REPLICAS": "2",
+        "LEADSYNC_REPLICA_WAIT_S": "0.25",
         "LEADSYNC_MARKETO_REST_URL": "https://123-ABC-456.mktorest.com",
         "LEADSYNC_MARKETO_CLIENT_ID": "id",
         "LEADSYNC_MARKETO_CLIENT_SECRET": "secret",
@@ -73,6 +77,9 @@ def test_producer_config_reads_the_variables_settings_reads(
         ("LEADSYNC_REDIS_SOCKET_TIMEOUT_S", "0"),
         ("LEADSYNC_REDIS_SOCKET_TIMEOUT_S", "61"),
         ("LEADSYNC_REDIS_CONNECT_TIMEOUT_S", "soon"),
+        ("LEADSYNC_ENQUEUE_REPLICAS", "-1"),
+        ("LEADSYNC_ENQUEUE_REPLICAS", "one"),
+        ("LEADSYNC_REPLICA_WAIT_S", "0"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable_that_settings_also_refuses(

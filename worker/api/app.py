@@ -2,14 +2,15 @@
 
 Order of checks on a ``/v1`` POST: the key (401, 403, 429), the content type (415), the
 size (413), the JSON (400), the shape (422), then the Idempotency-Key and the enqueue.
-Redis down or full answers 503 with Retry-After; every other failure is a JSON error
-body, never a stack trace.
+Redis down or full, or an upsert its replicas did not confirm, answers 503 with
+Retry-After; every other failure is a JSON error body, never a stack trace.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
@@ -19,10 +20,10 @@ import redis.asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from producers import AsyncLeadProducer, InvalidLead, Outcome
-from producers._core import LEAD_FIELDS, SHARDS_FIELD, record_lead
+from producers import AsyncLeadProducer, InvalidLead, Outcome, Retryable
+from producers._core import LEAD_FIELDS, SHARDS_FIELD
 from producers.keys import Keys
-from producers.wire import request_id, text
+from producers.wire import text
 from worker.api import idempotency
 from worker.api.auth import KeyStore
 from worker.api.errors import ApiError, error_body, error_response, json_response
@@ -41,16 +42,6 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 REDIS: Final = web.AppKey("redis", redis.asyncio.Redis)
 PRODUCER: Final = web.AppKey("producer", AsyncLeadProducer)
 KEY_STORE: Final = web.AppKey("key_store", KeyStore)
-
-#: Every record of a batch in one atomic step: each XADD with its lead's newest id, as
-#: ``wire.ENQUEUE_LUA`` does for one. Redis checks memory once, before a script starts,
-#: so a full Redis refuses the whole batch and never keeps half of it.
-BATCH_LUA: Final = (
-    "local ids={} for i=1,#ARGV/3 do local a=(i-1)*3 "
-    "local id=redis.call('XADD',KEYS[2*i-1],'*','k',ARGV[a+1],'p',ARGV[a+2]) "
-    "if ARGV[a+3]~='0' then redis.call('SET',KEYS[2*i],id,'EX',ARGV[a+3]) end "
-    "ids[i]=id end return ids"
-)
 
 Answer = tuple[int, object]
 
@@ -175,31 +166,16 @@ async def post_batch(request: web.Request) -> web.Response:
 
 
 async def enqueue_batch(app: web.Application, records: Sequence[object]) -> list[object]:
-    """Validate every record as ``upsert_many`` does and enqueue the valid ones in one
-    atomic step; a result per record in input order."""
-    route = await app[PRODUCER].route()  # its known fields: configured or learned
-    results: list[object] = []
-    keys: list[str | int] = []
-    argv: list[str | int] = []
-    shards: list[int] = []
-    for record in records:
-        try:
-            shard, command = route.entry(record_lead(record, route.known))
-        except InvalidLead as exc:
-            results.append(lead_errors(exc))
-            continue
-        shards.append(shard)
-        keys.extend(command[3:5])  # type: ignore[arg-type]
-        argv.extend(command[5:8])  # type: ignore[arg-type]
-        results.append(None)
-    if shards:
-        ids = await app[REDIS].eval(BATCH_LUA, len(keys), *keys, *argv)  # type: ignore[misc]
-        made = iter(
-            request_id(shard, text(entry)) for shard, entry in zip(shards, ids, strict=True)
-        )
-        results = [{"request_id": next(made)} if item is None else item for item in results]
-        metrics.record_api_upserts(len(shards))
-    return results
+    """The producer's atomic batch (every valid record or none); a result per record in
+    input order."""
+    results = await app[PRODUCER].upsert_batch(records)
+    written = sum(1 for item in results if not isinstance(item, InvalidLead))
+    if written:
+        metrics.record_api_upserts(written)
+    return [
+        lead_errors(item) if isinstance(item, InvalidLead) else {"request_id": item}
+        for item in results
+    ]
 
 
 async def get_lead(request: web.Request) -> web.Response:
@@ -285,6 +261,11 @@ async def errors_middleware(
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc)
+    except Retryable as exc:  # not replicated in time (or, later, backpressure)
+        logger.warning("enqueue refused for now: %s", exc)
+        response = error_response(
+            ApiError(503, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after_s))})
+        )
     except web.HTTPException as exc:  # the router's 404/405, aiohttp's 413
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = {
@@ -346,6 +327,8 @@ async def _resources(app: web.Application) -> Any:
         key_prefix=settings.key_prefix,
         shards=settings.shards,
         known_fields=settings.known_field_names or None,  # none set: the learned fields
+        replicas=settings.enqueue_replicas,
+        replica_wait_s=settings.replica_wait_s,
     )
     app[KEY_STORE] = KeyStore(client, Keys(settings.key_prefix))
     yield

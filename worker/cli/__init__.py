@@ -9,9 +9,13 @@ from importlib.metadata import entry_points
 
 import typer
 
+from producers.errors import Retryable
 from worker.cli import api, dlq, doctor, enqueue, stats
 from worker.cli.common import console
 from worker.errors import ConfigError
+
+#: The exit status of a temporary failure (sysexits.h): retrying later may work.
+EX_TEMPFAIL = 75
 
 app = typer.Typer(
     name="leadsync",
@@ -34,3 +38,6 @@ def main() -> None:
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         sys.exit(2)
+    except Retryable as exc:  # Redis cannot take or keep the work now, but will
+        console.print(f"[yellow]not now:[/] {exc} (retry in {exc.retry_after_s:g} s)")
+        sys.exit(EX_TEMPFAIL)

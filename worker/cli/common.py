@@ -54,7 +54,12 @@ def producer_for(settings: Settings) -> Iterator[LeadProducer]:
     client = redis_client_sync(settings)  # any URL form, Sentinel included
     try:
         producer = LeadProducer(
-            client, key_prefix=settings.key_prefix, shards=settings.shards, owns_client=True
+            client,
+            key_prefix=settings.key_prefix,
+            shards=settings.shards,
+            owns_client=True,
+            replicas=settings.enqueue_replicas,
+            replica_wait_s=settings.replica_wait_s,
         )
     except BaseException:
         client.close()

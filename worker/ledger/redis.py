@@ -26,6 +26,7 @@ from producers.contract import Keys, Outcome
 from producers.producer import KEY_RULE_FIELD, KEY_RULE_REFRESH_S, SHARDS_FIELD, adopt_shards
 from producers.wire import entry_time_s, parse_request_id, text
 from worker.errors import LeaseLost
+from worker.failover import GUARD_LUA, lease_quiet_s
 from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog
 
 if TYPE_CHECKING:
@@ -37,9 +38,10 @@ logger = logging.getLogger(__name__)
 
 _SCRIPT_DIR = resources.files("worker.ledger").joinpath("scripts")
 _LIB = _SCRIPT_DIR.joinpath("lib.lua").read_text(encoding="utf-8")
-#: Every step of the ledger (one file each in ``scripts/``), with ``lib.lua`` in front.
+#: Every step of the ledger (one file each in ``scripts/``), with ``lib.lua`` in front
+#: (and the failover guard: only ``acquire_lease`` calls it).
 SCRIPTS = {
-    path.name.removesuffix(".lua"): _LIB + path.read_text(encoding="utf-8")
+    path.name.removesuffix(".lua"): _LIB + GUARD_LUA + path.read_text(encoding="utf-8")
     for path in sorted(_SCRIPT_DIR.iterdir(), key=lambda p: p.name)
     if path.name.endswith(".lua") and path.name != "lib.lua"
 }
@@ -81,11 +83,20 @@ class Ledger:
         *,
         result_ttl_s: int,
         dead_letter_ttl_s: int = 7 * 24 * 3600,
+        replicas: int = 0,
+        replica_wait_s: float = 1.0,
+        lease_quiet_s: float = 0.0,
     ) -> None:
+        """``replicas``: how many must confirm (WAIT) a lease, renewal, rest or settle
+        before a call relies on it; ``lease_quiet_s``: no lease after a master change for
+        this long (``worker.failover``)."""
         self.redis = redis
         self.keys = keys
         self.result_ttl_s = result_ttl_s
         self.dead_letter_ttl_s = dead_letter_ttl_s
+        self.replicas = replicas
+        self.replica_wait_s = replica_wait_s
+        self.lease_quiet_s = lease_quiet_s
         self._scripts = load_scripts(redis)
 
     @classmethod
@@ -95,7 +106,31 @@ class Ledger:
             Keys(settings.key_prefix),
             result_ttl_s=settings.result_ttl_s,
             dead_letter_ttl_s=settings.dead_letter_ttl_s,
+            replicas=settings.enqueue_replicas,
+            replica_wait_s=settings.replica_wait_s,
+            lease_quiet_s=lease_quiet_s(settings),
         )
+
+    async def _step(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """Run one step; with replicas wanted, WAIT for them on the same connection (WAIT
+        covers the writes made before it on its connection, and every earlier write of
+        the master's). The reply, and whether enough replicas confirmed."""
+        script = self._scripts[name]
+        if not self.replicas:
+            return await script(keys=keys, args=args), True
+        pipe = self.redis.pipeline(transaction=False)
+        await script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.replicas, _ms(self.replica_wait_s))
+        reply, seen = await pipe.execute()
+        if int(seen) < self.replicas:
+            logger.warning(
+                "%s: %d of %d replica(s) confirmed in %g s",
+                name,
+                seen,
+                self.replicas,
+                self.replica_wait_s,
+            )
+        return reply, int(seen) >= self.replicas
 
     # --- setup --------------------------------------------------------------------
 
@@ -146,18 +181,30 @@ class Ledger:
         """A token when this caller now holds the shard; None when another holder has it
         or the shard rests (on Redis's clock: whoever asks, the rest holds)."""
         token = secrets.token_hex(8)
-        reply = await self._scripts["acquire_lease"](
-            keys=[self.keys.lease(shard), self.keys.rest(shard)], args=[token, _ms(ttl_s)]
+        reply, confirmed = await self._step(
+            "acquire_lease",
+            [self.keys.lease(shard), self.keys.rest(shard), self.keys.failover()],
+            [token, _ms(ttl_s), repr(self.lease_quiet_s)],
         )
-        return token if int(reply[0]) == 1 else None
+        if int(reply[0]) != 1:
+            return None
+        if not confirmed:
+            # A lease a failover could roll back (or one taken on a stale master that
+            # no replica follows) must not cover a call: give it up.
+            await self.release_lease(shard, token)
+            return None
+        return token
 
     async def renew_lease(self, shard: int, token: str, ttl_s: float) -> None:
-        """Extend the lease; raise LeaseLost when it is no longer ours."""
-        renewed = await self._scripts["renew_lease"](
-            keys=[self.keys.lease(shard)], args=[token, _ms(ttl_s)]
+        """Extend the lease; raise LeaseLost when it is no longer ours, or when its
+        replicas did not confirm the renewal (the call it would cover must not go)."""
+        renewed, confirmed = await self._step(
+            "renew_lease", [self.keys.lease(shard)], [token, _ms(ttl_s)]
         )
         if not renewed:
             raise LeaseLost(shard, "renew")
+        if not confirmed:
+            raise LeaseLost(shard, "renew (not replicated)")
 
     async def release_lease(self, shard: int, token: str) -> None:
         await self._scripts["release_lease"](keys=[self.keys.lease(shard)], args=[token])
@@ -262,9 +309,11 @@ class Ledger:
                 for key_hash, write_id, fields in settlement.written
             ],
         }
-        written = await self._scripts["settle"](
-            keys=keys,
-            args=[
+        # Not confirmed: logged; the next lease waits for the replicas before any call.
+        written, _ = await self._step(
+            "settle",
+            keys,
+            [
                 token,
                 Keys.GROUP,
                 self.result_ttl_s,
@@ -325,8 +374,9 @@ class Ledger:
         """Keep every sender off the shard for ``delay_s`` from now on Redis's clock (the
         stored time decides; the key's expiry only collects it). A longer rest already
         set stays. Returns how long the shard now rests."""
-        left = await self._scripts["rest"](
-            keys=[self.keys.rest(shard)], args=[repr(delay_s), repr(_REST_GC_S)]
+        # Not confirmed: logged; no lease is confirmed before the replicas have it.
+        left, _ = await self._step(
+            "rest", [self.keys.rest(shard)], [repr(delay_s), repr(_REST_GC_S)]
         )
         return float(text(left))
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-DenyReason: TypeAlias = Literal["hold", "cooldown", "quota", "pace", "rate", "concurrency"]
+DenyReason: TypeAlias = Literal[
+    "failover", "hold", "cooldown", "quota", "pace", "rate", "concurrency"
+]
 
 #: Added to ``request_timeout_s`` for a slot's lifetime: the HTTP call is over by then.
 SLOT_MARGIN_S = 5.0

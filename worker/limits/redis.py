@@ -1,6 +1,7 @@
 """Marketo limits shared by every worker pod, kept atomically in Redis.
 
-One Lua step (``scripts/acquire.lua``) decides whether a call may go out now: hold >
+One Lua step (``scripts/acquire.lua``) decides whether a call may go out now: a recent
+master change (``worker.failover``) > hold >
 cooldown > daily quota > quota pace > sliding-window rate > even spacing (GCRA) >
 concurrency slot. When every check passes it takes a window entry, a quota count, a
 spacing turn and a slot together, so a refused call never leaves a half-taken permit behind, and no two pods can both take the last unit of anything.
@@ -13,7 +14,8 @@ marks the day its call was granted in (never the next one).
 A slot carries an expiry (``request_timeout_s`` + :data:`SLOT_MARGIN_S`), so a pod that
 dies mid-call frees its slot by itself.
 
-All keys share the hash tag ``{limits}`` so the step also runs on Redis Cluster.
+The limits share the hash tag ``{limits}`` (a leftover of a Cluster plan: leadsync runs on
+one Redis master, with Sentinel for failover).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import redis.asyncio
 from producers.keys import LimiterKeys
 from producers.wire import text
 from worker.errors import ConfigError
+from worker.failover import GUARD_LUA
 from worker.limits.base import (
     CONCURRENCY_RETRY_S,
     GC_MARGIN_S,
@@ -93,7 +96,7 @@ class RedisLimiter:
         #: Redis's clock minus this pod's, as the last admission step reported it.
         self._offset_s = 0.0
         self._slot_ttl_s = settings.request_timeout_s + SLOT_MARGIN_S
-        self._acquire = redis.register_script(_script("acquire"))
+        self._acquire = redis.register_script(GUARD_LUA + _script("acquire"))
         self._cooldown = redis.register_script(_script("cooldown"))
         self._quota_exhausted = redis.register_script(_script("quota_exhausted"))
         self._hold = redis.register_script(_script("hold"))
@@ -160,6 +163,7 @@ class RedisLimiter:
                 keys.cooldown,
                 keys.hold,
                 keys.spacing,
+                keys.failover,
             ],
             args=[
                 self._now_arg(),
@@ -180,6 +184,7 @@ class RedisLimiter:
                 repr(quota_day_length_s(local_now, s.quota_timezone)),
                 s.pace_burst_calls,
                 s.rate_burst_calls,
+                repr(s.rate_limit_window_s + WINDOW_MARGIN_S),
             ],
         )
         granted_at_s = self._learn_offset(result[-1] if len(result) > 2 else None, local_now)

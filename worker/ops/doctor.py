@@ -246,6 +246,41 @@ async def check_persistence(redis: Redis) -> Check:
     return Check("persistence", "OK", "appendonly yes, maxmemory-policy noeviction")
 
 
+async def check_replicas(redis: Redis, settings: Settings) -> Check:
+    """Are there replicas enough for LEADSYNC_ENQUEUE_REPLICAS, and does the master refuse
+    writes it could not replicate (min-replicas-to-write)?"""
+    info = await redis.info("replication")
+    connected = int(info.get("connected_slaves", 0))
+    wanted = settings.enqueue_replicas
+    detail = f"{connected} replica(s) connected; LEADSYNC_ENQUEUE_REPLICAS={wanted}"
+    if connected < wanted:
+        return Check(
+            "replicas",
+            "FAIL",
+            f"{detail}: every upsert is refused as not replicated until enough replicas follow",
+        )
+    try:
+        config = await redis.config_get("min-replicas-to-write")
+        min_replicas = int(text(next(iter(config.values()), None) or "0"))
+    except (ResponseError, ValueError):
+        min_replicas = -1  # CONFIG not allowed here: say nothing about it
+    if wanted == 0 and connected > 0:
+        return Check(
+            "replicas",
+            "WARN",
+            f"{detail}: an acknowledged upsert can be lost in a failover "
+            "(set LEADSYNC_ENQUEUE_REPLICAS=1)",
+        )
+    if wanted > 0 and min_replicas == 0:
+        return Check(
+            "replicas",
+            "WARN",
+            f"{detail}; min-replicas-to-write is 0: a master cut off from its replicas "
+            "keeps taking writes that a failover drops (set min-replicas-to-write 1)",
+        )
+    return Check("replicas", "OK", detail)
+
+
 async def check_shards(redis: Redis, settings: Settings) -> tuple[int, Check]:
     stored = await stored_shards(redis, Keys(settings.key_prefix))
     if stored is None:
@@ -509,6 +544,7 @@ async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list
             checks.append(await _guarded("cluster", check_not_cluster(client, keys)))
         if checks[0].level == "OK" and checks[-1].level != "FAIL":
             checks.append(await _guarded("persistence", check_persistence(client)))
+            checks.append(await _guarded("replicas", check_replicas(client, settings)))
             shards, shard_check = await check_shards(client, settings)
             checks.append(shard_check)
             checks.append(await _guarded("consumer groups", check_groups(client, keys, shards)))

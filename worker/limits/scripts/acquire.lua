@@ -1,7 +1,8 @@
 -- One atomic admission step for a Marketo call, shared by every worker pod.
 --
--- Checks, in order: hold > cooldown > daily quota > pace > sliding-window rate > even
--- spacing > concurrency slot. Nothing is written unless every check passes; then the
+-- Checks, in order: a master change (failover.lua, prepended: the window may have been
+-- rolled back, so it counts as full for one window) > hold > cooldown > daily quota >
+-- pace > sliding-window rate > even spacing > concurrency slot. Nothing is written unless every check passes; then the
 -- call takes a window entry, a quota count, its spacing turn and a slot together (and,
 -- while on hold, the probe turn).
 --
@@ -15,12 +16,13 @@
 -- KEYS[4] cooldown  HASH until, reason
 -- KEYS[5] hold      HASH reason, since, next_probe
 -- KEYS[6] spacing   theoretical time of the next evenly spaced grant (GCRA)
+-- KEYS[7] failover  HASH run_id, changed_at (failover.lua)
 --
 -- ARGV: now ('' for Redis TIME), token, slot_member, probe (0/1), rate_calls, window_s,
 --       max_slots, slot_ttl_s, quota_limit, reset_at (Unix s of the next quota reset),
 --       probe_interval_s, concurrency_retry_s, min_retry_s, gc_margin_s,
 --       paced (0/1: a partial batch), day_length_s (of this quota day), pace_burst_calls,
---       rate_burst_calls
+--       rate_burst_calls, failover_quiet_s
 --
 -- Returns {1, 1 if the hold's probe turn was taken else 0, now} when granted, else
 -- {0, reason, retry_after_s, now}; numbers as strings (Lua numbers would be truncated to
@@ -44,6 +46,7 @@ local paced = ARGV[15] == '1'
 local day_length_s = tonumber(ARGV[16])
 local pace_burst = tonumber(ARGV[17])
 local rate_burst = tonumber(ARGV[18])
+local failover_quiet = tonumber(ARGV[19])
 
 local function deny(reason, retry_s)
   return {0, reason, string.format('%.6f', math.max(retry_s, min_retry_s)),
@@ -52,6 +55,12 @@ end
 
 local function ttl_ms(seconds)
   return math.ceil((seconds + gc_margin_s) * 1000)
+end
+
+-- a master change: calls counted on the old master may be lost with it
+local quiet = failover_quiet_s(KEYS[7], failover_quiet)
+if quiet > 0 then
+  return deny('failover', quiet)
 end
 
 -- hold: nothing goes out except one probe per interval, cluster-wide
