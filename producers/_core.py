@@ -467,6 +467,13 @@ class ProducerCore:
         *replies, seen = yield Send((*commands, ("WAIT", self.replicas, timeout_ms)))
         return replies, int(seen)
 
+    def refused(self, message: str) -> NotReplicated | None:
+        """A master that counts too few replicas (min-replicas-to-write) refuses writes
+        with NOREPLICAS: nothing was written, and it will pass once a replica follows."""
+        if "NOREPLICAS" in message:  # a pipeline's error names the command first
+            return NotReplicated([], max(self.replicas, 1), 0, REPLICA_RETRY_AFTER_S, refused=True)
+        return None
+
     def _confirmed(self, results: list[Any], seen: int | None) -> None:
         """NotReplicated when fewer replicas confirmed than wanted."""
         if seen is not None and seen < self.replicas:

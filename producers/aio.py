@@ -95,6 +95,15 @@ class AsyncLeadProducer:
         if isinstance(request, Pause):
             await asyncio.sleep(request.seconds)
             return None
+        try:
+            return await self._execute(request)
+        except redis.ResponseError as exc:
+            refusal = self._core.refused(str(exc))
+            if refusal is None:
+                raise
+            raise refusal from None
+
+    async def _execute(self, request: Send) -> Any:
         if len(request.commands) == 1:  # no pipeline for one command: one XADD is hot
             return [await self._client.execute_command(*request.commands[0])]  # type: ignore[no-untyped-call]
         return await queue(self._client.pipeline(transaction=False), request).execute()

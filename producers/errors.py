@@ -43,9 +43,19 @@ class NotReplicated(Retryable):
     the request id (or InvalidLead) of every record written so far: for ``upsert``, its
     one id; for ``upsert_many``, every record up to the unconfirmed chunk."""
 
-    def __init__(self, results: list[object], wanted: int, seen: int, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        results: list[object],
+        wanted: int,
+        seen: int,
+        retry_after_s: float,
+        *,
+        refused: bool = False,
+    ) -> None:
         super().__init__(
-            f"written but confirmed by {seen} of {wanted} replica(s) in time; retry",
+            "refused: the Redis master has fewer replicas than min-replicas-to-write; retry"
+            if refused
+            else f"written but confirmed by {seen} of {wanted} replica(s) in time; retry",
             retry_after_s,
         )
         self.results = results

@@ -100,6 +100,15 @@ class LeadProducer:
         if isinstance(request, Pause):
             time.sleep(request.seconds)
             return None
+        try:
+            return self._execute(request)
+        except redis.ResponseError as exc:
+            refusal = self._core.refused(str(exc))
+            if refusal is None:
+                raise
+            raise refusal from None
+
+    def _execute(self, request: Send) -> Any:
         if len(request.commands) == 1:  # no pipeline for one command: one XADD is hot
             return [self._client.execute_command(*request.commands[0])]  # type: ignore[no-untyped-call]
         return queue(self._client.pipeline(transaction=False), request).execute()

@@ -155,3 +155,18 @@ async def test_the_api_answers_503_with_retry_after_when_no_replica_confirms(
         )
         assert batch.status == 503
         assert "Retry-After" in batch.headers
+
+
+def test_a_master_refusing_writes_without_replicas_is_not_replicated_for_the_producer(
+    aof_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(aof_server.url)
+    with LeadProducer(client, key_prefix=PREFIX, shards=2, owns_client=True) as producer:
+        client.config_set("min-replicas-to-write", 1)
+        with pytest.raises(NotReplicated) as raised:
+            producer.upsert(email="ann@example.com")
+        assert raised.value.results == []  # NOREPLICAS: nothing was written
+        assert "min-replicas-to-write" in str(raised.value)
+        with pytest.raises(NotReplicated):
+            producer.upsert_many([{"email": "bob@example.com"}, {"email": "cy@example.com"}])
+        assert "ann@example.com" not in str(raised.value)

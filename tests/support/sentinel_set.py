@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,7 +45,11 @@ class SentinelSet:
         failover_timeout_ms: int = 3000,
         master_password: str | None = None,
         sentinel_password: str | None = None,
+        min_replicas_to_write: int = 0,
+        min_replicas_max_lag_s: int = 10,
     ) -> None:
+        """``min_replicas_to_write`` / ``min_replicas_max_lag_s`` go to both servers (the
+        replica may become the master), as ``deploy/`` configures them."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure-redis installs it)")
@@ -59,7 +64,9 @@ class SentinelSet:
         self.master_port = free_port()
         self.replica_port = free_port()
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.min_replicas = (min_replicas_to_write, min_replicas_max_lag_s)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.args: dict[int, list[str]] = {}
 
     # --- addresses ----------------------------------------------------------------------
 
@@ -99,6 +106,7 @@ class SentinelSet:
     # --- lifecycle ----------------------------------------------------------------------
 
     def _spawn(self, port: int, args: list[str]) -> None:
+        self.args[port] = args
         self.processes[port] = subprocess.Popen(
             [self.binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -106,6 +114,7 @@ class SentinelSet:
     def _server(self, port: int, *extra: str) -> None:
         folder = self.dir / str(port)
         folder.mkdir()
+        to_write, max_lag_s = self.min_replicas
         auth = ["--requirepass", self.master_password, "--masterauth", self.master_password]
         self._spawn(
             port,
@@ -114,6 +123,8 @@ class SentinelSet:
                 "--dir", str(folder), "--logfile", str(folder / "redis.log"),
                 # A replica syncs at once (the default waits 5 s for more replicas).
                 "--repl-diskless-sync-delay", "0",
+                "--min-replicas-to-write", str(to_write),
+                "--min-replicas-max-lag", str(max_lag_s),
                 *(auth if self.master_password else []), *extra,
             ],
         )  # fmt: skip
@@ -174,6 +185,26 @@ class SentinelSet:
         process.wait()
         return port
 
+    def restart(self, port: int) -> None:
+        """Start a killed server again with its first arguments (as its pod would be): an
+        old master comes back empty, as a master, until the sentinels make it a replica."""
+        self._spawn(port, self.args[port])
+
+    def freeze(self) -> int:
+        """SIGSTOP the current master (a stalled VM or a long GC pause); returns its port.
+        Its sockets still accept connections; nothing is answered until :meth:`thaw`."""
+        _, port = self.master_address()
+        self.processes[port].send_signal(signal.SIGSTOP)
+        return port
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT: a frozen master wakes up, still believing it is the master."""
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def role(self, port: int) -> str:
+        with self.client(port) as server:
+            return str(server.execute_command("ROLE")[0])
+
     def wait_for_failover(self, old_port: int, timeout_s: float = 15.0) -> tuple[str, int]:
         """Until every sentinel names a new master; its address."""
         for port in self.sentinel_ports:
@@ -187,6 +218,7 @@ class SentinelSet:
     def close(self) -> None:
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)  # a frozen one must wake to die
                 process.kill()
         for process in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
