@@ -197,27 +197,24 @@ class Route:
         return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)), key_rule, known)
 
     def entry(self, lead: LeadUpsert) -> tuple[int, Command]:
-        """The shard and the command of one validated lead: XADD, and the lead's
-        newest-enqueued id, in one atomic step. Raises InvalidLead when the lead lacks the
-        key the rule needs (REST: the lookup field's value), before anything is written."""
+        """The shard and the command of one validated lead: its XADD, in one atomic step.
+        Raises InvalidLead when the lead lacks the key the rule needs (REST: the lookup
+        field's value), before anything is written."""
         key = lead_key(lead, self.key_rule)
         shard = shard_for(key, self.shards)
-        digest = key_digest(key)
         return shard, (
             "EVAL",
             wire.ENQUEUE_LUA,
-            2,
+            1,
             self.streams[shard],
-            self.keys.newest(shard, digest),
-            digest,
+            key_digest(key),
             wire.encode_lead(lead),
-            wire.NEWEST_ID_TTL_S if lead.dedup else 0,
         )
 
     def batch(self, entries: Sequence[tuple[int, Command]]) -> Command:
         """One atomic command for many :meth:`entry` commands (``enqueue_batch.lua``)."""
-        keys = [key for _, command in entries for key in command[3:5]]
-        argv = [arg for _, command in entries for arg in command[5:8]]
+        keys = [command[3] for _, command in entries]
+        argv = [arg for _, command in entries for arg in command[4:6]]
         return ("EVAL", wire.ENQUEUE_BATCH_LUA, len(keys), *keys, *argv)
 
     def locate(self, value: str) -> tuple[int, str] | None:

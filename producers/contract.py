@@ -28,7 +28,6 @@ from producers.lead import (
 from producers.outcome import Outcome, OutcomeStatus
 from producers.wire import (
     ENQUEUE_LUA,
-    NEWEST_ID_TTL_S,
     decode_lead,
     encode_lead,
     entry_order,
@@ -44,7 +43,6 @@ __all__ = [
     "MAX_ATTRIBUTES",
     "MAX_LEAD_ID",
     "MAX_VALUE_CHARS",
-    "NEWEST_ID_TTL_S",
     "ForeignSysType",
     "InvalidLead",
     "Keys",

@@ -27,10 +27,6 @@ class Keys:
     def outcome(self, shard: int, entry_id: str) -> str:
         return f"{self.prefix}:{{{shard}}}:outcome:{entry_id}"
 
-    def newest(self, shard: int, key_hash: str) -> str:
-        """The id of the newest entry enqueued for a lead key (written with its XADD)."""
-        return f"{self.prefix}:{{{shard}}}:newest:{key_hash}"
-
     def written_fields(self, shard: int, key_hash: str) -> str:
         """While a lead has parked writes: each field a later write set, with the id of
         the newest write that set it (a replay never reverts those)."""

@@ -16,12 +16,6 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-#: How long the newest-enqueued id of a lead key is kept after its last write. A replay
-#: reads it to tell whether a newer upsert exists; dead-lettering extends it for as long
-#: as the dead letter is kept, so this only has to outlive a lead's quiet spell.
-NEWEST_ID_TTL_S: Final = 8 * 24 * 3600
-
-
 def _script(name: str) -> str:
     """A script of ``scripts/`` without its comment lines: EVAL sends the body with every
     upsert, so the comments stay in the file."""
@@ -29,8 +23,7 @@ def _script(name: str) -> str:
     return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
 
 
-#: One atomic step per upsert (``scripts/enqueue.lua``): append the entry and record it
-#: as its lead's newest.
+#: One atomic step per upsert (``scripts/enqueue.lua``): append the entry.
 ENQUEUE_LUA: Final = _script("enqueue.lua")
 #: Every record of an API batch in one atomic step (``scripts/enqueue_batch.lua``).
 ENQUEUE_BATCH_LUA: Final = _script("enqueue_batch.lua")

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from marketo_sim.soap import ParsedAttribute, SyncStatus, parse_request_bytes, render_success
-from producers.contract import ENQUEUE_LUA, NEWEST_ID_TTL_S, encode_lead, key_digest, validate_lead
+from producers.contract import ENQUEUE_LUA, encode_lead, key_digest, validate_lead
 from tests.support.drain_kit import Marketo, drain_settings, enqueue, make, ok, statuses
 from tests.support.wire_server import Reply, WireServer, wire_server
 from worker.drain import Drainer
@@ -200,12 +200,10 @@ async def enqueue_once(drainer: Drainer, email: str, *, dedup: bool) -> str:
     digest = key_digest(lead.key)
     entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
         ENQUEUE_LUA,
-        2,
+        1,
         drainer.keys.stream(0),
-        drainer.keys.newest(0, digest),
         digest,
         encode_lead(lead),
-        NEWEST_ID_TTL_S,
     )
     return str(entry_id.decode())
 

@@ -11,7 +11,6 @@ from pydantic import SecretStr
 from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from producers.contract import (
     ENQUEUE_LUA,
-    NEWEST_ID_TTL_S,
     encode_lead,
     key_digest,
     validate_lead,
@@ -126,12 +125,10 @@ async def enqueue(drainer: Drainer, *emails: str, shard: int = 0, **attributes: 
         digest = key_digest(lead.key)
         entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
             ENQUEUE_LUA,
-            2,
+            1,
             drainer.keys.stream(shard),
-            drainer.keys.newest(shard, digest),
             digest,
             encode_lead(lead),
-            NEWEST_ID_TTL_S,
         )
         ids.append(entry_id.decode())
     return ids

@@ -1201,8 +1201,6 @@ class System:
                 return exact[key]
             if key.startswith(k.outcome(s, "")):
                 return "outcome"
-            if key.startswith(k.newest(s, "")):
-                return "newest id"
         if key == k.config():
             return "config hash"
         if key == k.groups_recreated():

@@ -107,7 +107,7 @@ def enqueued(core: ProducerCore, lead: dict[str, Any]) -> tuple[int, str]:
     asked, rid = drive(core.upsert(lead), [[b"1-0"]])
     (send,) = asked
     assert isinstance(send, Send)
-    return int(rid.split("-", 1)[0]), str(send.commands[0][5])
+    return int(rid.split("-", 1)[0]), str(send.commands[0][4])
 
 
 def test_under_rest_an_id_keyed_write_and_an_email_keyed_one_are_one_lead() -> None:

@@ -298,7 +298,6 @@ class Ledger:
                     error,
                     code,
                     attempts,
-                    index(self.keys.newest(shard, entry.key_hash)) if entry.key_hash else 0,
                     index(self.keys.written_fields(shard, entry.key_hash)) if entry.key_hash else 0,
                 ]
                 for entry, error, code, attempts in settlement.dead

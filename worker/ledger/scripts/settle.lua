@@ -4,11 +4,11 @@
 -- (CREATED, UPDATED, FAILED) never changes and a parked one (DEAD_LETTERED) changes
 -- only by a replay.
 -- KEYS[1] lease, KEYS[2] stream, KEYS[3] attempts hash, KEYS[4] dead-letter stream,
--- then the outcome and newest-id keys the plan refers to by index.
+-- then the outcome and written-fields keys the plan refers to by index.
 -- ARGV: token, group, result ttl s, dead-letter ttl s, plan (JSON):
 --   o: [[outcome key index, [field, value, ...]], ...]   outcomes to write
 --   a: [entry id, ...]                                     entries to acknowledge
---   d: [[entry id, origin, key hash, payload, error, code, attempts, newest key index,
+--   d: [[entry id, origin, key hash, payload, error, code, attempts,
 --        written-fields key index], ...]                   entries to park
 --   r: [entry id, ...]                                     attempts to give back
 --   w: [[written-fields key index, write id, [field, ...]], ...]  writes Marketo applied
@@ -36,16 +36,8 @@ if plan.d and #plan.d > 0 then
     redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', 'entry_id', d[1], 'o', d[2],
       'k', d[3], 'p', d[4], 'error', d[5], 'code', d[6], 'attempts', d[7])
     if d[8] > 0 then
-      -- A replay compares with the newest id: keep it as long as the dead letter.
-      local newest_key = KEYS[d[8]]
-      local newest = redis.call('GET', newest_key)
-      if not newest or older(newest, d[1]) then newest = d[1] end
-      local left = redis.call('TTL', newest_key)
-      redis.call('SET', newest_key, newest, 'EX', math.max(dlq_ttl, left))
-    end
-    if d[9] and d[9] > 0 then
-      redis.call('HSET', KEYS[d[9]], '~parked', '1')
-      redis.call('EXPIRE', KEYS[d[9]], dlq_ttl)
+      redis.call('HSET', KEYS[d[8]], '~parked', '1')
+      redis.call('EXPIRE', KEYS[d[8]], dlq_ttl)
     end
   end
   redis.call('EXPIRE', KEYS[4], dlq_ttl)
