@@ -60,6 +60,10 @@ class WriteLog:
         self._log(rid, record)
         return rid
 
+    def acknowledged(self, rid: str, record: Mapping[str, Any]) -> None:
+        """Log a write acknowledged elsewhere (the HTTP API, a retry loop)."""
+        self._log(rid, record)
+
     def _log(self, rid: str, record: Mapping[str, Any]) -> None:
         key = f"email:{str(record['email']).strip().lower()}"
         attributes = {k: str(v) for k, v in record["attributes"].items()}

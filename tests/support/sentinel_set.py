@@ -1,4 +1,4 @@
-"""A real Redis Sentinel set for tests: a master, one replica and N sentinels
+"""A real Redis Sentinel set for tests: a master, one replica (or more) and N sentinels
 (``redis-server --sentinel``), each a process on a free 127.0.0.1 port with its own
 directory; small ``down-after-milliseconds`` and ``failover-timeout`` so a failover takes
 seconds. :meth:`SentinelSet.close` kills and removes everything (call it in a finally)."""
@@ -35,7 +35,8 @@ def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> None:
 
 
 class SentinelSet:
-    """Master + replica + ``sentinels`` sentinels monitoring :data:`MASTER_NAME`."""
+    """Master + ``replicas`` replicas + ``sentinels`` sentinels monitoring
+    :data:`MASTER_NAME`."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class SentinelSet:
         sentinel_password: str | None = None,
         min_replicas_to_write: int = 0,
         min_replicas_max_lag_s: int = 10,
+        replicas: int = 1,
     ) -> None:
         """``min_replicas_to_write`` / ``min_replicas_max_lag_s`` go to both servers (the
         replica may become the master), as ``deploy/`` configures them."""
@@ -62,7 +64,8 @@ class SentinelSet:
         self.master_password = master_password
         self.sentinel_password = sentinel_password
         self.master_port = free_port()
-        self.replica_port = free_port()
+        self.replica_ports = [free_port() for _ in range(replicas)]
+        self.replica_port = self.replica_ports[0]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.min_replicas = (min_replicas_to_write, min_replicas_max_lag_s)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -155,13 +158,18 @@ class SentinelSet:
         """Start everything and wait until every sentinel knows the replica and (with
         several) the other sentinels, so that a failover can happen at once."""
         self._server(self.master_port)
-        self._server(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
+        for port in self.replica_ports:
+            self._server(port, "--replicaof", "127.0.0.1", str(self.master_port))
         with self.client(self.master_port) as master:
-            _wait(
-                lambda: (master.info("replication").get("slave0") or {}).get("state") == "online",
-                timeout_s,
-                "the replica to sync",
-            )
+
+            def synced() -> bool:
+                info = master.info("replication")
+                return all(
+                    (info.get(f"slave{n}") or {}).get("state") == "online"
+                    for n in range(len(self.replica_ports))
+                )
+
+            _wait(synced, timeout_s, "the replicas to sync")
         for port in self.sentinel_ports:
             self._sentinel(port)
 
@@ -169,7 +177,7 @@ class SentinelSet:
             with self.sentinel_client(port) as sentinel:
                 state: dict[str, Any] = sentinel.sentinel_master(MASTER_NAME)
             return (
-                int(state.get("num-slaves", 0)) >= 1
+                int(state.get("num-slaves", 0)) >= len(self.replica_ports)
                 and int(state.get("num-other-sentinels", 0)) >= self.sentinel_count - 1
             )
 

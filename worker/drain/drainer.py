@@ -94,6 +94,13 @@ class Drainer:
             pause_at=self._pause_at,
         )
 
+    @property
+    def _release_patience_s(self) -> float:
+        """How long a drain keeps asking an unanswering Redis to take its lease back
+        (through a failover): half the lease's TTL, so it never waits longer than the
+        lease would have held the shard anyway."""
+        return self.settings.lease_ttl_s / 2
+
     async def drain(self, shard: int) -> DrainReport:
         """Batch cycles of ``shard`` under one lease: while full batches keep going out,
         up to BATCHES_PER_DRAIN of them or LEADSYNC_DRAIN_BUDGET_S, whichever comes first
@@ -109,7 +116,7 @@ class Drainer:
         try:
             await self._bounded(self._cycles(shard, token, report, deadline_s), report, [shard])
         finally:
-            await self.ledger.release_lease(shard, token)
+            await self.ledger.release_lease(shard, token, patience_s=self._release_patience_s)
         (report.backlog,) = [b.entries for b in await self.ledger.backlogs_of([shard])]
         if report.calls or report.dead_lettered or report.status in ("limited", "held", "backoff"):
             logger.info(
@@ -163,7 +170,9 @@ class Drainer:
             )
         finally:
             for lane in leased:
-                await self.ledger.release_lease(lane.shard, lane.token)
+                await self.ledger.release_lease(
+                    lane.shard, lane.token, patience_s=self._release_patience_s
+                )
         report.backlog = sum(
             b.entries for b in await self.ledger.backlogs_of(lane.shard for lane in leased)
         )

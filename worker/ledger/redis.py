@@ -20,7 +20,10 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from producers.contract import Keys, Outcome
 from producers.producer import KEY_RULE_FIELD, KEY_RULE_REFRESH_S, SHARDS_FIELD, adopt_shards
@@ -62,10 +65,6 @@ def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
         decoded.get("o") or None,
         decoded.get("f") == "1",
     )
-
-
-def _outcome_key(keys: Keys, shard: int, outcome: Outcome) -> str:
-    return keys.outcome(shard, parse_request_id(outcome.request_id)[1])
 
 
 def load_scripts(redis: Redis) -> dict[str, AsyncScript]:
@@ -206,8 +205,18 @@ class Ledger:
         if not confirmed:
             raise LeaseLost(shard, "renew (not replicated)")
 
-    async def release_lease(self, shard: int, token: str) -> None:
-        await self._scripts["release_lease"](keys=[self.keys.lease(shard)], args=[token])
+    async def release_lease(self, shard: int, token: str, *, patience_s: float = 0.0) -> None:
+        """Give the lease back. With ``patience_s``, a Redis that does not answer (a
+        failover under way) is asked again for that long: a lease left to expire holds
+        its shard still for the rest of its TTL."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(patience_s),
+            wait=wait_fixed(_RELEASE_RETRY_S),
+            retry=retry_if_exception_type((RedisConnectionError, RedisTimeoutError)),
+            reraise=True,
+        ):
+            with attempt:
+                await self._scripts["release_lease"](keys=[self.keys.lease(shard)], args=[token])
 
     # --- reading --------------------------------------------------------------------
 
@@ -279,15 +288,21 @@ class Ledger:
             self.keys.dead_letters(shard),
         ]
 
+        places: dict[str, int] = {}
+
         def index(key: str) -> int:
-            keys.append(key)
-            return len(keys)  # Lua's KEYS is 1-based
+            if key not in places:
+                keys.append(key)
+                places[key] = len(keys)  # Lua's KEYS is 1-based
+            return places[key]
+
+        def outcome(o: Outcome) -> list[object]:
+            entry_id = parse_request_id(o.request_id)[1]
+            bucket, field = self.keys.outcome_slot(shard, entry_id)
+            return [index(bucket), field, o.pack(), index(self.keys.outcome(shard, entry_id))]
 
         plan = {
-            "o": [
-                [index(_outcome_key(self.keys, shard, o)), _flat(o.to_fields())]
-                for o in settlement.outcomes
-            ],
+            "o": [outcome(o) for o in settlement.outcomes],
             "a": settlement.acks,
             "d": [
                 [
@@ -421,13 +436,11 @@ class Ledger:
         return backlogs
 
 
+#: How often a lease release is tried again while Redis does not answer.
+_RELEASE_RETRY_S = 0.25
 #: A rest key outlives its stored time by this much; the stored time decides.
 _REST_GC_S = 60.0
 
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-def _flat(fields: dict[str, str]) -> list[str]:
-    return [x for pair in fields.items() for x in pair]
