@@ -110,7 +110,7 @@ def test_both_redis_pods_are_configured_as_a_database_like_deploy_redis_conf() -
         assert conf[name] == base[name], name
     assert conf["include"] == "/run/redis/runtime.conf"
     redis = one("redis-ha.yaml", "StatefulSet", "redis")
-    assert redis["spec"]["replicas"] == 2, "a master and a replica"
+    assert redis["spec"]["replicas"] == 3, "a master and two replicas"
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
 
 
