@@ -225,10 +225,12 @@ class Route:
             return None
         return (shard, entry_id) if shard < self.shards else None
 
-    def lookup(self, shard: int, entry_id: str) -> tuple[Command, Command]:
-        """XRANGE before HGETALL: the order :func:`read_outcome` relies on."""
+    def lookup(self, shard: int, entry_id: str) -> tuple[Command, Command, Command]:
+        """XRANGE before the outcome's HGET (and the previous version's HGETALL): the
+        order :func:`read_outcome` relies on."""
         return (
             ("XRANGE", self.streams[shard], entry_id, entry_id),
+            ("HGET", *self.keys.outcome_slot(shard, entry_id)),
             ("HGETALL", self.keys.outcome(shard, entry_id)),
         )
 
@@ -237,13 +239,20 @@ class Route:
 
 
 def read_outcome(
-    request: str, entry_id: str, entries: Sequence[Any], fields: Mapping[Any, Any]
+    request: str,
+    entry_id: str,
+    entries: Sequence[Any],
+    packed: bytes | str | None,
+    fields: Mapping[Any, Any],
 ) -> Outcome | None:
-    """Interpret ``XRANGE id id`` followed by ``HGETALL outcome`` (in that order).
+    """Interpret the replies of :meth:`Route.lookup`: ``XRANGE id id``, then the packed
+    outcome (``HGET``), then the previous version's hash (``HGETALL``), in that order.
 
     The worker writes the outcome and deletes the entry in one atomic step, so when the
-    XRANGE found nothing the HGETALL that ran after it sees the outcome unless it expired.
+    XRANGE found nothing the reads that ran after it see the outcome unless it expired.
     """
+    if packed:
+        return Outcome.unpack(request, packed)
     if fields:
         outcome = Outcome.from_fields(request, fields)
         if outcome.enqueued_at is None:
@@ -487,7 +496,9 @@ class ProducerCore:
         commands = [command for place in located if place for command in route.lookup(*place)]
         replies = iter((yield Send(tuple(commands))) if commands else ())
         return [
-            None if place is None else read_outcome(rid, place[1], next(replies), next(replies))
+            None
+            if place is None
+            else read_outcome(rid, place[1], next(replies), next(replies), next(replies))
             for rid, place in zip(requests, located, strict=True)
         ]
 

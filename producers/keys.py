@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
+
+#: The span of enqueue times whose outcomes share one bucket hash (part of the stored
+#: format: readers find an outcome by it). 10 s keeps a bucket listpack-encoded up to
+#: ~50 upserts/s per shard and still shares it between a few upserts at 1 per 10 s.
+OUTCOME_BUCKET_MS: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +30,19 @@ class Keys:
         return f"{self.prefix}:{{{shard}}}:attempts"
 
     def outcome(self, shard: int, entry_id: str) -> str:
+        """The previous version's outcome: one hash per request. Still read (and removed
+        when an outcome is written over it), so an upgrade loses no outcome."""
         return f"{self.prefix}:{{{shard}}}:outcome:{entry_id}"
+
+    def outcome_slot(self, shard: int, entry_id: str) -> tuple[str, str]:
+        """Where an outcome is stored: (bucket hash, field). A bucket holds the outcomes of
+        the shard's entries enqueued in one OUTCOME_BUCKET_MS window (Redis keeps a hash
+        of up to 512 short fields listpack-encoded: ~30 B per outcome, where a key per
+        outcome costs ~230 B), and expires LEADSYNC_RESULT_TTL_S after its last write;
+        the field is the entry id's place in the window."""
+        ms, _, seq = entry_id.partition("-")
+        bucket, offset = divmod(int(ms), OUTCOME_BUCKET_MS)
+        return f"{self.prefix}:{{{shard}}}:outcomes:{bucket}", f"{offset}-{seq or 0}"
 
     def written_fields(self, shard: int, key_hash: str) -> str:
         """While a lead has parked writes: each field a later write set, with the id of

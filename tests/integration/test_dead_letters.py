@@ -18,6 +18,8 @@ from producers.contract import (
 )
 from producers.producer import LeadProducer
 from tests.support.drain_kit import Marketo, enqueue, fault, make, ok
+from tests.support.outcomes import status_of as stored_status
+from tests.support.outcomes import stored
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
 from worker.drain import Drainer
@@ -56,9 +58,7 @@ async def cycles(drainer: Drainer, n: int = 2) -> None:
 
 
 async def status_of(client: redis.asyncio.Redis, rid: str) -> str | None:
-    shard, entry_id = rid.split("-", 1)
-    value = await client.hget(Keys().outcome(int(shard), entry_id), "status")
-    return value.decode() if value else None
+    return await stored_status(client, Keys(), rid)
 
 
 async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_after_replay(
@@ -180,8 +180,9 @@ async def test_a_write_every_field_of_which_was_set_since_ends_superseded_not_pa
     letters = await list_dead_letters(client, drainer.keys, 1)
     report = await replay(client, drainer.keys, letters, result_ttl_s=3600)
     assert (report.superseded, report.replayed) == ([old], 0)
-    outcome = await client.hgetall(Keys().outcome(0, old.split("-", 1)[1]))
-    assert (outcome[b"status"], outcome[b"error_code"]) == (b"FAILED", b"SUPERSEDED")
+    outcome = await stored(client, Keys(), old)
+    assert outcome is not None
+    assert (outcome.status, outcome.error_code) == ("FAILED", "SUPERSEDED")
     assert await client.xlen(drainer.keys.dead_letters(0)) == 0, "terminal, not parked"
     await cycles(drainer, 1)
     assert marketo.leads["cy@example.com"] == {"Company": "New"}

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio
 
 from producers.contract import Keys, Outcome, OutcomeStatus
+from tests.support.outcomes import status_of
 from worker.errors import LeaseLost
 from worker.ledger import Ledger, RawEntry, Settlement
 
@@ -42,8 +43,8 @@ def answered(entry_id: str, status: OutcomeStatus) -> tuple[RawEntry, Outcome]:
 
 
 async def status(ledger: Ledger, entry_id: str) -> bytes | None:
-    value: bytes | None = await ledger.redis.hget(ledger.keys.outcome(0, entry_id), "status")
-    return value
+    value = await status_of(ledger.redis, ledger.keys, f"0-{entry_id}")
+    return None if value is None else value.encode()
 
 
 async def test_settle_writes_outcomes_then_acks_and_never_rewrites_a_terminal_one(
@@ -62,6 +63,44 @@ async def test_settle_writes_outcomes_then_acks_and_never_rewrites_a_terminal_on
     again.answer(*answered(entry, OutcomeStatus.UPDATED))
     assert await ledger.settle(0, token, again) == 0
     assert await status(ledger, entry) == b"CREATED"
+
+
+async def test_an_outcome_is_one_field_of_its_windows_bucket_kept_the_result_ttl(
+    ledger: Ledger,
+) -> None:
+    token = await lease(ledger)
+    entries = [await add(ledger) for _ in range(3)]
+    settlement = Settlement(0)
+    for entry in entries:
+        settlement.answer(*answered(entry, OutcomeStatus.CREATED))
+    assert await ledger.settle(0, token, settlement) == 3
+    buckets = {ledger.keys.outcome_slot(0, entry)[0] for entry in entries}
+    for bucket in buckets:
+        assert await ledger.redis.object("encoding", bucket) == b"listpack"
+        assert 3590 <= await ledger.redis.ttl(bucket) <= 3600
+    bucket, field = ledger.keys.outcome_slot(0, entries[0])
+    assert (await ledger.redis.hget(bucket, field) or b"").startswith(b"C0,7")
+    assert await ledger.redis.keys(ledger.keys.outcome(0, "*")) == [], "no key per outcome"
+
+
+async def test_outcomes_the_previous_version_wrote_are_honoured_and_replaced(
+    ledger: Ledger,
+) -> None:
+    """Upgrade: a terminal outcome stored as the old hash is never rewritten; a PENDING
+    one (a replay's) is answered in the new form and the old hash goes."""
+    token = await lease(ledger)
+    done, replayed = await add(ledger), await add(ledger)
+    for entry, status_name in ((done, "CREATED"), (replayed, "PENDING")):
+        legacy = Outcome(f"0-{entry}", OutcomeStatus(status_name), attempts=1)
+        await ledger.redis.hset(ledger.keys.outcome(0, entry), mapping=legacy.to_fields())
+    settlement = Settlement(0)
+    settlement.answer(*answered(done, OutcomeStatus.UPDATED))
+    settlement.answer(*answered(replayed, OutcomeStatus.UPDATED))
+    assert await ledger.settle(0, token, settlement) == 1
+    assert await status(ledger, done) == b"CREATED"
+    assert await status(ledger, replayed) == b"UPDATED"
+    assert await ledger.redis.exists(ledger.keys.outcome(0, replayed)) == 0
+    assert await ledger.redis.hget(*ledger.keys.outcome_slot(0, done)) is None
 
 
 async def test_a_cycle_claims_every_pending_entry_before_it_reads_a_new_one(

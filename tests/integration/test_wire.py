@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from marketo_sim.soap import ParsedAttribute, SyncStatus, parse_request_bytes, render_success
 from producers.contract import ENQUEUE_LUA, encode_lead, key_digest, validate_lead
 from tests.support.drain_kit import Marketo, drain_settings, enqueue, make, ok, statuses
+from tests.support.outcomes import stored
 from tests.support.wire_server import Reply, WireServer, wire_server
 from worker.drain import Drainer
 from worker.errors import (
@@ -240,10 +241,11 @@ async def test_dedup_false_records_of_an_unknown_outcome_are_parked_not_resent(
         try:
             entry = await enqueue_once(drainer, "dup@x.com", dedup=False)
             await drainer.drain(0)
-            outcome = await redis.hgetall(drainer.keys.outcome(0, entry))
-            assert outcome[b"status"] == b"DEAD_LETTERED"
-            assert outcome[b"error_code"] == b"OUTCOME_UNKNOWN"
-            assert b"dlq replay" in outcome[b"error"]
+            outcome = await stored(redis, drainer.keys, f"0-{entry}")
+            assert outcome is not None
+            assert outcome.status == "DEAD_LETTERED"
+            assert outcome.error_code == "OUTCOME_UNKNOWN"
+            assert "dlq replay" in (outcome.error or "")
             assert await redis.xlen(drainer.keys.dead_letters(0)) == 1
             assert len(server.requests) == 1
         finally:

@@ -11,10 +11,12 @@ from pydantic import SecretStr
 from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from producers.contract import (
     ENQUEUE_LUA,
+    Outcome,
     encode_lead,
     key_digest,
     validate_lead,
 )
+from tests.support.outcomes import status_of, stored
 from worker.drain import Drainer
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
@@ -134,8 +136,13 @@ async def enqueue(drainer: Drainer, *emails: str, shard: int = 0, **attributes: 
     return ids
 
 
+async def outcome_of(drainer: Drainer, entry_id: str, shard: int = 0) -> Outcome:
+    """The stored outcome of an entry (it must have one)."""
+    found = await stored(drainer.ledger.redis, drainer.keys, f"{shard}-{entry_id}")
+    assert found is not None, entry_id
+    return found
+
+
 async def statuses(drainer: Drainer, entry_ids: list[str], shard: int = 0) -> list[str | None]:
-    values = [
-        await drainer.ledger.redis.hget(drainer.keys.outcome(shard, e), "status") for e in entry_ids
-    ]
-    return [v.decode() if v else None for v in values]
+    redis = drainer.ledger.redis
+    return [await status_of(redis, drainer.keys, f"{shard}-{e}") for e in entry_ids]

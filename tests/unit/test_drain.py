@@ -14,7 +14,17 @@ from redis.asyncio import Redis
 
 from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
 from producers.contract import LeadUpsert, OutcomeStatus, encode_lead, key_digest, validate_lead
-from tests.support.drain_kit import Clock, Marketo, enqueue, fault, make, ok, poison_on, statuses
+from tests.support.drain_kit import (
+    Clock,
+    Marketo,
+    enqueue,
+    fault,
+    make,
+    ok,
+    outcome_of,
+    poison_on,
+    statuses,
+)
 from worker.core.batching import QueuedLead, plan_batches
 from worker.core.isolation import isolation_budget
 from worker.drain import Drainer, pick_batch
@@ -101,8 +111,7 @@ async def test_a_poison_record_is_isolated_and_the_rest_are_sent(
     result = await statuses(drainer, ids)
     assert result[5] == "FAILED"
     assert result[:5] + result[6:] == ["CREATED"] * 8
-    code = await redis.hget(drainer.keys.outcome(0, ids[5]), "error_code")
-    assert code == b"20105"
+    assert (await outcome_of(drainer, ids[5])).error_code == "20105"
     assert len(marketo.calls) <= 1 + 2 * 4, "splitting is logarithmic"
 
 
@@ -281,8 +290,7 @@ async def test_a_batch_whose_every_record_has_an_unknown_field_costs_one_call(
     await drainer.drain(0)
     assert sizes == [300]
     assert await statuses(drainer, ids) == ["FAILED"] * 300
-    error = await redis.hget(drainer.keys.outcome(0, ids[0]), "error")
-    assert b"NewField" in error
+    assert "NewField" in ((await outcome_of(drainer, ids[0])).error or "")
 
 
 async def test_three_records_with_unknown_fields_among_good_ones_cost_two_calls(
@@ -298,8 +306,8 @@ async def test_three_records_with_unknown_fields_among_good_ones_cost_two_calls(
     await drainer.drain(0)
     assert sizes == [300, 297]
     assert await statuses(drainer, bad) == ["FAILED"] * 3
-    error = await redis.hget(drainer.keys.outcome(0, bad[0]), "error")
-    assert error == b"20105 unknown field Pants", "a lead's reason names only its own fields"
+    error = (await outcome_of(drainer, bad[0])).error
+    assert error == "20105 unknown field Pants", "a lead's reason names only its own fields"
     assert await statuses(drainer, good) == ["CREATED"] * 297
 
 

@@ -49,12 +49,14 @@ def test_outcomes_ask_once_for_every_well_formed_id_and_answer_in_order() -> Non
 
     asked, outcomes = drive(
         core.outcomes(["0-5-0", "bogus", "1-6-0"]),
-        [[[], {b"status": b"CREATED", b"lead_id": b"9"}, [(b"6-0", {})], {}]],
+        [[[], b"C1,9", {}, [(b"6-0", {})], None, {}]],
     )
 
     (send,) = asked
     assert isinstance(send, Send)
-    assert [c[0] for c in send.commands] == ["XRANGE", "HGETALL", "XRANGE", "HGETALL"]
+    assert [c[0] for c in send.commands] == ["XRANGE", "HGET", "HGETALL"] * 2
+    assert send.commands[1][1:] == Keys().outcome_slot(0, "5-0")
+    assert send.commands[2][1] == Keys().outcome(0, "5-0"), "the previous version's form"
     first, unknown, pending = outcomes
     assert isinstance(first, Outcome)
     assert (first.status, first.lead_id, first.enqueued_at) == (OutcomeStatus.CREATED, 9, 0.005)
@@ -66,11 +68,11 @@ def test_outcomes_ask_once_for_every_well_formed_id_and_answer_in_order() -> Non
 def test_wait_outcome_pauses_between_looks_until_the_outcome_is_final() -> None:
     core = ProducerCore(shards=1, known_fields=())
     drive(core.agree(), [[True, b"1", None]])
-    still_pending = [[(b"1-0", {})], {}]
+    still_pending = [[(b"1-0", {})], None, {}]
 
     asked, outcome = drive(
         core.wait_outcome("0-1-0", timeout_s=60, poll_s=0.01),
-        [still_pending, None, [[], {b"status": b"FAILED", b"error": b"bad"}]],
+        [still_pending, None, [[], None, {b"status": b"FAILED", b"error": b"bad"}]],
     )
 
     assert [type(r) for r in asked] == [Send, Pause, Send]
@@ -82,8 +84,8 @@ def test_wait_outcome_pauses_between_looks_until_the_outcome_is_final() -> None:
 def test_wait_outcomes_looks_again_only_at_the_unfinished_and_reports_progress() -> None:
     core = ProducerCore(shards=1, known_fields=())
     drive(core.agree(), [[True, b"1", None]])
-    pending = [[(b"1-0", {})], {}]
-    done = [[], {b"status": b"CREATED", b"lead_id": b"7"}]
+    pending = [[(b"1-0", {})], None, {}]
+    done = [[], b"C1,7", {}]
     progress: list[int] = []
 
     asked, outcomes = drive(
@@ -94,7 +96,7 @@ def test_wait_outcomes_looks_again_only_at_the_unfinished_and_reports_progress()
     assert [type(r) for r in asked] == [Send, Pause, Send]
     second = asked[2]
     assert isinstance(second, Send)
-    assert len(second.commands) == 2, "only the unfinished request is read again"
+    assert len(second.commands) == 3, "only the unfinished request is read again"
     assert progress == [1, 2]
     assert [o.status for o in outcomes.values() if o] == [OutcomeStatus.CREATED] * 2
 

@@ -232,14 +232,22 @@ async def replay(
                     "o": letter.origin,
                     "f": 1 if force else 0,
                     "s": 1 if superseded else 0,
-                    "out": _flat(_reopened(letter, superseded).to_fields()),
+                    "of": keys.outcome_slot(letter.shard, letter.origin)[1],
+                    "out": _reopened(letter, superseded).pack(),
                 }
             )
         answers = await script(
             keys=[
                 keys.stream(first.shard),
                 keys.dead_letters(first.shard),
-                *(keys.outcome(first.shard, letter.origin) for letter in group),
+                *(
+                    key
+                    for letter in group
+                    for key in (
+                        keys.outcome_slot(first.shard, letter.origin)[0],
+                        keys.outcome(first.shard, letter.origin),
+                    )
+                ),
             ],
             args=[result_ttl_s, json.dumps(writes, separators=(",", ":"))],
         )
@@ -294,7 +302,3 @@ def _reopened(letter: DeadLetter, superseded: bool) -> Outcome:
         attempts=letter.attempts,
         finished_at=time.time(),
     )
-
-
-def _flat(fields: dict[str, str]) -> list[str]:
-    return [x for pair in fields.items() for x in pair]

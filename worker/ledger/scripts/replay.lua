@@ -5,20 +5,22 @@
 -- Marketo already applied keeps its fields (the drain drops them from the replayed one,
 -- see settle.lua's written fields), unless the replay is forced (f = 1). A write every one
 -- of whose fields a newer applied write set is answered terminal instead (superseded).
--- KEYS[1] stream, KEYS[2] dead-letter stream, then one outcome key per write (by index)
+-- KEYS[1] stream, KEYS[2] dead-letter stream, then per write its outcome's bucket hash
+-- and the previous version's outcome key
 -- ARGV[1] result ttl s, ARGV[2] the writes as JSON, oldest first:
 --   [{d: dlq id, k: key hash, p: payload, o: origin, f: 0/1, s: 0/1 (superseded),
---     out: [outcome field, value, ...] (PENDING, or the superseded answer)}, ...]
+--     of: the outcome's field in its bucket,
+--     out: the packed outcome (PENDING, or the superseded answer)}, ...]
 -- Returns one word per write: the new entry id, 'superseded', 'gone' or 'answered'.
 local ttl = tonumber(ARGV[1])
 local writes = cjson.decode(ARGV[2])
 local results = {}
 for i, w in ipairs(writes) do
-  local outcome_key = KEYS[2 + i]
-  local status = redis.call('HGET', outcome_key, 'status')
+  local bucket, legacy = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local status = outcome_status(bucket, w.of, legacy)
   if #redis.call('XRANGE', KEYS[2], w.d, w.d) == 0 then
     results[i] = 'gone'
-  elseif status and status ~= 'DEAD_LETTERED' then
+  elseif status and status ~= 'D' then
     results[i] = 'answered'
   else
     if w.s == 1 then
@@ -28,9 +30,7 @@ for i, w in ipairs(writes) do
     else
       results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o)
     end
-    redis.call('DEL', outcome_key)
-    redis.call('HSET', outcome_key, unpack(w.out))
-    redis.call('EXPIRE', outcome_key, ttl)
+    store_outcome(bucket, w.of, legacy, w.out, ttl)
     redis.call('XDEL', KEYS[2], w.d)
   end
 end

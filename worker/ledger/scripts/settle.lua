@@ -1,12 +1,15 @@
 -- Fenced: everything a cycle decided, in one atomic step. Outcomes are written before
 -- the XACK + XDEL of their entries, so nothing is acknowledged before its outcome
--- exists. An outcome is written only over nothing or PENDING: a terminal outcome
+-- exists. An outcome (a packed value in its bucket hash, lib.lua) is written only over
+-- nothing or PENDING: a terminal outcome
 -- (CREATED, UPDATED, FAILED) never changes and a parked one (DEAD_LETTERED) changes
 -- only by a replay.
 -- KEYS[1] lease, KEYS[2] stream, KEYS[3] attempts hash, KEYS[4] dead-letter stream,
--- then the outcome and written-fields keys the plan refers to by index.
+-- then the outcome buckets, the previous version's outcome keys and the written-fields
+-- keys the plan refers to by index.
 -- ARGV: token, group, result ttl s, dead-letter ttl s, plan (JSON):
---   o: [[outcome key index, [field, value, ...]], ...]   outcomes to write
+--   o: [[bucket key index, field, packed outcome, previous version's key index], ...]
+--                                                          outcomes to write
 --   a: [entry id, ...]                                     entries to acknowledge
 --   d: [[entry id, origin, key hash, payload, error, code, attempts,
 --        written-fields key index], ...]                   entries to park
@@ -20,12 +23,10 @@ local group, ttl, dlq_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local plan = cjson.decode(ARGV[5])
 local written = 0
 for _, item in ipairs(plan.o or {}) do
-  local key = KEYS[item[1]]
-  local status = redis.call('HGET', key, 'status')
-  if not status or status == 'PENDING' then
-    redis.call('DEL', key)
-    redis.call('HSET', key, unpack(item[2]))
-    redis.call('EXPIRE', key, ttl)
+  local bucket, legacy = KEYS[item[1]], KEYS[item[4]]
+  local status = outcome_status(bucket, item[2], legacy)
+  if not status or status == 'P' then
+    store_outcome(bucket, item[2], legacy, item[3], ttl)
     written = written + 1
   end
 end
