@@ -17,6 +17,7 @@ SCENARIOS = {
     "api": "bench.scenarios.api",
     "wire": "bench.scenarios.wire",
     "hostile": "bench.scenarios.hostile",
+    "failover": "bench.scenarios.failover",
 }
 
 
