@@ -14,6 +14,7 @@ from marketo_sim.soap import parse_request_bytes
 from producers.contract import (
     Keys,
     OutcomeStatus,
+    parse_request_id,
     request_id,
 )
 from producers.producer import LeadProducer
@@ -85,6 +86,35 @@ async def test_an_entry_dead_lettered_twice_still_answers_its_original_request_a
     assert await status_of(client, rid) == OutcomeStatus.CREATED.value
     assert await client.xlen(drainer.keys.dead_letters(0)) == 0
     assert await client.xlen(drainer.keys.stream(0)) == 0
+
+
+async def test_a_request_the_previous_version_parked_is_replayed_and_answered(
+    client: redis.asyncio.Redis,
+) -> None:
+    """Upgrade: a DEAD_LETTERED outcome stored as the previous version's hash per request
+    is replayed (back to PENDING, in the new form) and answered; the old hash goes."""
+    marketo = switch()
+    drainer = drainer_for(client, marketo)
+    rid = await enqueue_one(drainer, "old@example.com")
+    await cycles(drainer)
+    shard, entry_id = parse_request_id(rid)
+    parked = await stored(client, drainer.keys, rid)
+    assert parked is not None
+    assert parked.status is OutcomeStatus.DEAD_LETTERED
+    bucket, field = drainer.keys.outcome_slot(shard, entry_id)
+    await client.hdel(bucket, field)  # as the previous version stored it:
+    await client.hset(drainer.keys.outcome(shard, entry_id), mapping=parked.to_fields())
+    assert await status_of(client, rid) == OutcomeStatus.DEAD_LETTERED.value
+
+    report = await replay(
+        client, drainer.keys, await list_dead_letters(client, drainer.keys, 1), result_ttl_s=60
+    )
+    assert report.replayed == 1
+    assert await client.exists(drainer.keys.outcome(shard, entry_id)) == 0
+    assert await status_of(client, rid) == OutcomeStatus.PENDING.value
+    marketo.behaviours = [ok]
+    await cycles(drainer, 1)
+    assert await status_of(client, rid) == OutcomeStatus.CREATED.value
 
 
 class FieldMarketo:
