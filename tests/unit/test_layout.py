@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Units of the worker, lowest first: a unit imports only units of lower layers (and
 #: itself). Celery sits at the top edge; the pure core and the families below it.
 LAYERS: list[set[str]] = [
-    {"worker.errors", "worker.faultpoints"},
+    {"worker.errors", "worker.faultpoints", "worker.lua"},
     {"worker.settings"},
     {"worker.connections", "worker.failover"},
     {"worker.core", "worker.transport", "worker.ledger", "worker.limits"},

@@ -25,17 +25,15 @@ import redis.asyncio
 
 from producers.keys import Keys
 from worker.api.errors import ApiError
+from worker.lua import script
 
 SCOPES: Final = ("write", "read")
 #: Every key starts with this, so a leaked one is easy to recognise in a scan.
 KEY_PREFIX: Final = "lsk_"
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
-#: Count a request in its second; the first of a second sets the expiry.
-RATE_LUA: Final = (
-    "local c=redis.call('INCR',KEYS[1]) "
-    "if c==1 then redis.call('PEXPIRE',KEYS[1],ARGV[1]) end return c"
-)
+#: Count a request in its window (``scripts/rate.lua``); the first of a window sets the expiry.
+RATE_LUA: Final = script("worker.api", "rate.lua")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from producers.wire import entry_time_s, parse_request_id, text
 from worker.errors import LeaseLost
 from worker.failover import GUARD_LUA, lease_quiet_s
 from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog
+from worker.lua import COMPARE_AND_DELETE_LUA
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -42,12 +43,13 @@ logger = logging.getLogger(__name__)
 _SCRIPT_DIR = resources.files("worker.ledger").joinpath("scripts")
 _LIB = _SCRIPT_DIR.joinpath("lib.lua").read_text(encoding="utf-8")
 #: Every step of the ledger (one file each in ``scripts/``), with ``lib.lua`` in front
-#: (and the failover guard: only ``acquire_lease`` calls it).
+#: (and the failover guard: only ``acquire_lease`` calls it). Releasing a lease is the
+#: shared compare-and-delete (``worker/lua/compare_and_delete.lua``).
 SCRIPTS = {
     path.name.removesuffix(".lua"): _LIB + GUARD_LUA + path.read_text(encoding="utf-8")
     for path in sorted(_SCRIPT_DIR.iterdir(), key=lambda p: p.name)
     if path.name.endswith(".lua") and path.name != "lib.lua"
-}
+} | {"release_lease": COMPARE_AND_DELETE_LUA}
 
 
 def _entry(entry_id: Any, fields: Any) -> RawEntry | None:

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from producers.keys import Keys
 from producers.wire import text
 from worker.errors import AuthError, OutcomeUnknown, ProtocolError, TransientError
+from worker.lua import COMPARE_AND_DELETE_LUA
 from worker.marketo.rest.codec import load_json
 from worker.transport import Transport
 
@@ -37,11 +38,6 @@ EXPIRY_SAFETY_S: Final = 5.0
 LOCK_TTL_S: Final = 15.0
 #: How often a waiting process looks for the token another one is fetching.
 POLL_S: Final = 0.05
-
-_DROP_IF_SAME = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class TokenSource:
@@ -73,7 +69,7 @@ class TokenSource:
         self._on_fetch = on_fetch
         self._clock = clock
         self._sleep = sleep
-        self._drop = redis_client.register_script(_DROP_IF_SAME)
+        self._drop = redis_client.register_script(COMPARE_AND_DELETE_LUA)
 
     async def token(self) -> str:
         """The shared token: from Redis, or fetched by this process under the lock, or
