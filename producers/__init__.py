@@ -9,11 +9,19 @@ from __future__ import annotations
 from producers.aio import AsyncLeadProducer
 from producers.config import ProducerConfig
 from producers.contract import LeadUpsert, Outcome, OutcomeStatus, validate_lead
-from producers.errors import ConfigError, InvalidLead, LeadsyncError, NotReplicated, Retryable
+from producers.errors import (
+    Backpressure,
+    ConfigError,
+    InvalidLead,
+    LeadsyncError,
+    NotReplicated,
+    Retryable,
+)
 from producers.sync import LeadProducer
 
 __all__ = [
     "AsyncLeadProducer",
+    "Backpressure",
     "ConfigError",
     "InvalidLead",
     "LeadProducer",

@@ -26,7 +26,7 @@ from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar
 
 from producers import wire
 from producers.config import ProducerConfig
-from producers.errors import ConfigError, InvalidLead, NotReplicated
+from producers.errors import Backpressure, ConfigError, InvalidLead, NotReplicated, Retryable
 from producers.keys import Keys
 from producers.known_fields import (
     LEARNED_AT_FIELD,
@@ -86,9 +86,11 @@ class LeadFields(TypedDict, total=False):
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Run these commands in one round trip (pipelined, no transaction); reply in order."""
+    """Run these commands in one round trip (pipelined, no transaction); reply in order.
+    ``partial``: a command's error comes back in its place instead of being raised."""
 
     commands: tuple[Command, ...]
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,20 @@ def adopt_shards(stored: bytes | str | None, wanted: int, config_key: str) -> in
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """When the enqueue steps refuse new work with Backpressure: a shard's stream holding
+    ``max_shard_backlog`` entries, or Redis at ``memory_high_water`` of its maxmemory
+    (0 turns either off)."""
+
+    max_shard_backlog: int = 0
+    memory_high_water: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: ProducerConfig) -> Admission:
+        return cls(config.max_shard_backlog, config.memory_high_water)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """Where entries go once the shard count is agreed; stream names are precomputed."""
 
@@ -185,6 +201,8 @@ class Route:
     #: The attribute names accepted (configured, or learned from Marketo's describe);
     #: None accepts any.
     known: KnownFields | None = None
+    #: When new work is refused (``scripts/admit.lua``).
+    admission: Admission = dataclasses.field(default_factory=lambda: Admission())
 
     @classmethod
     def build(
@@ -193,8 +211,10 @@ class Route:
         shards: int,
         key_rule: str = SOAP_KEY_RULE,
         known: KnownFields | None = None,
+        admission: Admission | None = None,
     ) -> Route:
-        return cls(keys, shards, tuple(keys.stream(s) for s in range(shards)), key_rule, known)
+        streams = tuple(keys.stream(s) for s in range(shards))
+        return cls(keys, shards, streams, key_rule, known, admission or Admission())
 
     def entry(self, lead: LeadUpsert) -> tuple[int, Command]:
         """The shard and the command of one validated lead: its XADD, in one atomic step.
@@ -205,17 +225,30 @@ class Route:
         return shard, (
             "EVAL",
             wire.ENQUEUE_LUA,
-            1,
+            2,
             self.streams[shard],
+            self.keys.admission(),
             key_digest(key),
             wire.encode_lead(lead),
+            self.admission.max_shard_backlog,
+            self.admission.memory_high_water,
         )
 
     def batch(self, entries: Sequence[tuple[int, Command]]) -> Command:
-        """One atomic command for many :meth:`entry` commands (``enqueue_batch.lua``)."""
-        keys = [command[3] for _, command in entries]
-        argv = [arg for _, command in entries for arg in command[4:6]]
-        return ("EVAL", wire.ENQUEUE_BATCH_LUA, len(keys), *keys, *argv)
+        """One atomic command for many :meth:`entry` commands (``enqueue_batch.lua``):
+        all admitted, or none."""
+        streams = [command[3] for _, command in entries]
+        argv = [arg for _, command in entries for arg in command[5:7]]
+        return (
+            "EVAL",
+            wire.ENQUEUE_BATCH_LUA,
+            1 + len(streams),
+            self.keys.admission(),
+            *streams,
+            self.admission.max_shard_backlog,
+            self.admission.memory_high_water,
+            *argv,
+        )
 
     def locate(self, value: str) -> tuple[int, str] | None:
         """(shard, entry id) of a request id, or None when it cannot be one of ours."""
@@ -348,15 +381,23 @@ class ProducerCore:
         key_rule: str | None = None,
         replicas: int | None = None,
         replica_wait_s: float | None = None,
+        config: ProducerConfig | None = None,
     ) -> None:
-        """``known_fields`` (default LEADSYNC_KNOWN_FIELDS, else the learned fields)
+        """``config`` (default: read from LEADSYNC_* now) supplies what is not passed.
+        ``known_fields`` (default LEADSYNC_KNOWN_FIELDS, else the learned fields)
         refuses other attribute names; ``key_rule`` (default from LEADSYNC_MARKETO_API and
         _LOOKUP_FIELD) is used until a worker has stored its own; ``replicas`` (default
         LEADSYNC_ENQUEUE_REPLICAS) must confirm every enqueue within ``replica_wait_s``."""
-        prefix, self.wanted, self.known = resolve_config(key_prefix, shards, known_fields)
-        config = ProducerConfig.from_env()
+        config = config or ProducerConfig.from_env()
+        prefix, self.wanted, self.known = resolve_config(
+            config.key_prefix if key_prefix is None else key_prefix,
+            config.shards if shards is None else shards,
+            config.known_fields if known_fields is None else known_fields,
+        )
         self.replicas = config.enqueue_replicas if replicas is None else replicas
         self.replica_wait_s = config.replica_wait_s if replica_wait_s is None else replica_wait_s
+        self.admission = Admission.from_config(config)
+        self.backpressure_retry_s = config.backpressure_retry_s
         self.keys = Keys(prefix)
         self.route: Route | None = None
         self.wanted_rule = key_rule or config.key_rule
@@ -382,7 +423,9 @@ class ProducerCore:
             )
             shards = adopt_shards(replies[1], self.wanted, config)
             known = self._adopt_fields(replies[3]) if self.learns else configured(self.known)
-            self.route = Route.build(self.keys, shards, self._adopt_rule(replies[2]), known)
+            self.route = Route.build(
+                self.keys, shards, self._adopt_rule(replies[2]), known, self.admission
+            )
         elif time.monotonic() - self._rule_read_at > KEY_RULE_REFRESH_S:
             replies = yield send(
                 ("HGET", config, KEY_RULE_FIELD),
@@ -425,20 +468,33 @@ class ProducerCore:
         NotReplicated stops at the first unconfirmed chunk: its ``results`` hold every
         record up to there (later records were not enqueued)."""
         route = yield from self.agree()
-        results: list[str | InvalidLead] = []
+        results: list[str | InvalidLead | None] = []
         for chunk in bulk_chunks(records, route.known):
             routed = [route_or_refuse(route, item) for item in chunk]
             commands = tuple(item[1] for item in routed if not isinstance(item, InvalidLead))
-            replies, seen = yield from self._enqueue(commands)
+            replies, seen = yield from self._enqueue(commands, partial=True)
             made = iter(replies)
-            results.extend(
-                item
-                if isinstance(item, InvalidLead)
-                else wire.request_id(item[0], wire.text(next(made)))
-                for item in routed
-            )
+            refusal: Retryable | None = None
+            for item in routed:
+                if isinstance(item, InvalidLead):
+                    results.append(item)
+                    continue
+                reply = next(made)
+                if isinstance(reply, Exception):
+                    refusal = refusal or self.refused(str(reply))
+                    if refusal is None:
+                        raise reply
+                    results.append(None)
+                else:
+                    results.append(wire.request_id(item[0], wire.text(reply)))
+            if isinstance(refusal, Backpressure):
+                raise Backpressure(str(refusal), refusal.retry_after_s, list(results))
+            if refusal is not None:
+                raise NotReplicated(
+                    list(results), max(self.replicas, 1), 0, REPLICA_RETRY_AFTER_S, refused=True
+                )
             self._confirmed(results, seen)
-        return results
+        return results  # type: ignore[return-value]  # no None without a refusal
 
     def enqueue_batch(self, records: Sequence[object]) -> Step[list[str | InvalidLead]]:
         """Validate every record as :meth:`upsert_many` does and enqueue the valid ones in
@@ -461,22 +517,31 @@ class ProducerCore:
         self._confirmed(results, seen)
         return results
 
-    def _enqueue(self, commands: tuple[Command, ...]) -> Step[tuple[list[Any], int | None]]:
+    def _enqueue(
+        self, commands: tuple[Command, ...], *, partial: bool = False
+    ) -> Step[tuple[list[Any], int | None]]:
         """Run enqueue commands in one round trip and, with replicas wanted, ``WAIT`` on
         the same connection after them (WAIT covers the writes of its own connection):
-        the replies and how many replicas confirmed (None when none are wanted)."""
+        the replies and how many replicas confirmed (None when none are wanted).
+        ``partial``: a refused command's error in its place (see :class:`Send`)."""
         if not commands:
             return [], None
         if not self.replicas:
-            return list((yield Send(commands))), None
+            return list((yield Send(commands, partial))), None
         timeout_ms = max(1, round(self.replica_wait_s * 1000))
-        *replies, seen = yield Send((*commands, ("WAIT", self.replicas, timeout_ms)))
+        *replies, seen = yield Send((*commands, ("WAIT", self.replicas, timeout_ms)), partial)
         return replies, int(seen)
 
-    def refused(self, message: str) -> NotReplicated | None:
-        """A master that counts too few replicas (min-replicas-to-write) refuses writes
-        with NOREPLICAS: nothing was written, and it will pass once a replica follows."""
-        if "NOREPLICAS" in message:  # a pipeline's error names the command first
+    def refused(self, message: str) -> Retryable | None:
+        """An enqueue Redis refused for now, nothing written: Backpressure from the
+        admission step (``scripts/admit.lua``), or NotReplicated from a master that
+        counts too few replicas (min-replicas-to-write) and will take it once one
+        follows. None for any other error."""
+        # A pipeline's error names the command first: look inside, never show it.
+        if "BACKPRESSURE" in message:
+            reason = message[message.index("BACKPRESSURE") + len("BACKPRESSURE") :].strip()
+            return Backpressure(f"refused for now ({reason}); retry", self.backpressure_retry_s)
+        if "NOREPLICAS" in message:
             return NotReplicated([], max(self.replicas, 1), 0, REPLICA_RETRY_AFTER_S, refused=True)
         return None
 

@@ -44,6 +44,7 @@ class AsyncLeadProducer:
         known_fields: Iterable[str] | None = None,
         replicas: int | None = None,
         replica_wait_s: float | None = None,
+        config: ProducerConfig | None = None,
     ) -> None:
         self._core = ProducerCore(
             key_prefix=key_prefix,
@@ -51,6 +52,7 @@ class AsyncLeadProducer:
             known_fields=known_fields,
             replicas=replicas,
             replica_wait_s=replica_wait_s,
+            config=config,
         )
         self._client = client
         self._owns_client = owns_client
@@ -104,9 +106,10 @@ class AsyncLeadProducer:
             raise refusal from None
 
     async def _execute(self, request: Send) -> Any:
-        if len(request.commands) == 1:  # no pipeline for one command: one XADD is hot
+        if len(request.commands) == 1 and not request.partial:  # one XADD is hot: no pipeline
             return [await self._client.execute_command(*request.commands[0])]  # type: ignore[no-untyped-call]
-        return await queue(self._client.pipeline(transaction=False), request).execute()
+        pipe = queue(self._client.pipeline(transaction=False), request)
+        return await pipe.execute(raise_on_error=not request.partial)
 
     async def route(self) -> Route:
         """The agreed routing (one round trip the first time)."""

@@ -50,6 +50,12 @@ class ProducerConfig:
     enqueue_replicas: int = 0
     #: How long an upsert waits for them before NotReplicated.
     replica_wait_s: float = 1.0
+    #: Backpressure when a shard's stream holds this many entries (0: no bound).
+    max_shard_backlog: int = 200_000
+    #: Backpressure when Redis's used memory reaches this fraction of maxmemory (0: none).
+    memory_high_water: float = 0.85
+    #: The retry-after of Backpressure.
+    backpressure_retry_s: float = 5.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +73,12 @@ class ProducerConfig:
             problems.append(
                 f"LEADSYNC_ENQUEUE_REPLICAS: must be an integer from 0 to {MAX_REPLICAS}"
             )
+        if type(self.max_shard_backlog) is not int or self.max_shard_backlog < 0:
+            problems.append("LEADSYNC_MAX_SHARD_BACKLOG: must be an integer, 0 or more")
+        if not 0 <= self.memory_high_water < 1:
+            problems.append("LEADSYNC_MEMORY_HIGH_WATER: must be at least 0 and below 1")
+        if not 0 < self.backpressure_retry_s <= 3600:
+            problems.append("LEADSYNC_BACKPRESSURE_RETRY_S: must be more than 0 and at most 3600")
         if not 0 < self.replica_wait_s <= MAX_REDIS_TIMEOUT_S:
             problems.append(
                 f"LEADSYNC_REPLICA_WAIT_S: must be more than 0 and at most "
@@ -107,6 +119,9 @@ class ProducerConfig:
         connect_timeout_s = read("redis_connect_timeout_s", float, defaults.redis_connect_timeout_s)
         replicas = read("enqueue_replicas", int, defaults.enqueue_replicas)
         replica_wait_s = read("replica_wait_s", float, defaults.replica_wait_s)
+        max_backlog = read("max_shard_backlog", int, defaults.max_shard_backlog)
+        high_water = read("memory_high_water", float, defaults.memory_high_water)
+        retry_s = read("backpressure_retry_s", float, defaults.backpressure_retry_s)
         config = defaults
         try:
             config = cls(
@@ -118,6 +133,9 @@ class ProducerConfig:
                 redis_connect_timeout_s=connect_timeout_s,
                 enqueue_replicas=replicas,
                 replica_wait_s=replica_wait_s,
+                max_shard_backlog=max_backlog,
+                memory_high_water=high_water,
+                backpressure_retry_s=retry_s,
                 marketo_api=env.get(ENV_PREFIX + "MARKETO_API", defaults.marketo_api).strip(),
                 marketo_lookup_field=env.get(
                     ENV_PREFIX + "MARKETO_LOOKUP_FIELD", defaults.marketo_lookup_field

@@ -1,16 +1,38 @@
 """The contract between web apps and workers, in one import: the lead model and its
-validation (:mod:`producers.lead`), the wire form of a ledger entry
-(:mod:`producers.wire`), the Redis key names (:mod:`producers.keys`) and the outcome
-model (:mod:`producers.outcome`).
+validation (:mod:`producers.lead`, :mod:`producers.known_fields`), the wire form of a
+ledger entry (:mod:`producers.wire`), the Redis key names (:mod:`producers.keys`), the
+outcome model (:mod:`producers.outcome`), the shard and key-rule agreement of the
+producer core (:mod:`producers._core`) and the Redis connection forms both sides
+connect with (:mod:`producers.connect`).
 
-Pure Python with no I/O, so producers (which must not import Celery, lxml or aiohttp)
+This is the one module of ``producers`` the worker imports from, besides the package
+itself (``LeadProducer``, ``AsyncLeadProducer`` and the errors): ``tests/unit/test_layout.py``
+checks it. Nothing here does I/O at import or needs Celery, lxml or aiohttp, so producers
 and the worker's SOAP codec share exactly the same rules.
 """
 
 from __future__ import annotations
 
+from producers._core import (
+    BULK_CHUNK,
+    KEY_RULE_FIELD,
+    KEY_RULE_REFRESH_S,
+    LEAD_FIELDS,
+    SHARDS_FIELD,
+    adopt_shards,
+    record_lead,
+)
+from producers.connect import (
+    async_redis_client,
+    check_redis_url,
+    describe_redis_url,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redis_client,
+)
 from producers.errors import InvalidLead
-from producers.keys import Keys
+from producers.keys import Keys, LimiterKeys
+from producers.known_fields import KnownFields, decode_known_fields, encode_known_fields
 from producers.lead import (
     FOREIGN_SYS_TYPES,
     MAX_ATTRIBUTES,
@@ -21,6 +43,7 @@ from producers.lead import (
     check_known_fields,
     check_xml_text,
     key_digest,
+    key_rule,
     lead_key,
     shard_for,
     validate_lead,
@@ -38,26 +61,44 @@ from producers.wire import (
 )
 
 __all__ = [
+    "BULK_CHUNK",
     "ENQUEUE_LUA",
     "FOREIGN_SYS_TYPES",
+    "KEY_RULE_FIELD",
+    "KEY_RULE_REFRESH_S",
+    "LEAD_FIELDS",
     "MAX_ATTRIBUTES",
     "MAX_LEAD_ID",
     "MAX_VALUE_CHARS",
+    "SHARDS_FIELD",
     "ForeignSysType",
     "InvalidLead",
     "Keys",
+    "KnownFields",
     "LeadUpsert",
+    "LimiterKeys",
     "Outcome",
     "OutcomeStatus",
+    "adopt_shards",
+    "async_redis_client",
     "check_known_fields",
+    "check_redis_url",
     "check_xml_text",
+    "decode_known_fields",
     "decode_lead",
+    "describe_redis_url",
+    "encode_known_fields",
     "encode_lead",
     "entry_order",
     "entry_time_s",
+    "is_sentinel_url",
     "key_digest",
+    "key_rule",
     "lead_key",
     "parse_request_id",
+    "parse_sentinel_url",
+    "record_lead",
+    "redis_client",
     "request_id",
     "shard_for",
     "text",

@@ -61,3 +61,17 @@ class NotReplicated(Retryable):
         self.results = results
         self.wanted = wanted
         self.seen = seen
+
+
+class Backpressure(Retryable):
+    """Raised when Redis is filling up (a shard's backlog at LEADSYNC_MAX_SHARD_BACKLOG, or
+    its memory at LEADSYNC_MEMORY_HIGH_WATER of maxmemory): the upsert was refused with
+    nothing written, before Redis would refuse everything. Retry after ``retry_after_s``.
+    ``results``, for ``upsert_many``, holds every record of the call up to the refused
+    chunk: a request id, an InvalidLead, or None for a record refused (retry those)."""
+
+    def __init__(
+        self, message: str, retry_after_s: float, results: list[object] | None = None
+    ) -> None:
+        super().__init__(message, retry_after_s)
+        self.results = results or []

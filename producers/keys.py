@@ -60,6 +60,11 @@ class Keys:
         """Failed cycles in a row of the shard (the rest grows with it)."""
         return f"{self.prefix}:{{{shard}}}:rest-streak"
 
+    def admission(self) -> str:
+        """HASH used, max: Redis's memory as the enqueue steps last read it (100 ms TTL;
+        ``producers/scripts/admit.lua``)."""
+        return f"{self.prefix}:admission"
+
     def failover(self) -> str:
         """HASH run_id, changed_at: the master the granting steps last ran on
         (``worker/failover.lua``)."""

@@ -38,17 +38,20 @@ class LeadProducer:
         known_fields: Iterable[str] | None = None,
         replicas: int | None = None,
         replica_wait_s: float | None = None,
+        config: ProducerConfig | None = None,
     ) -> None:
         """Wrap ``client`` and agree on the shard count now (one round trip).
         ``known_fields`` (default LEADSYNC_KNOWN_FIELDS) refuses other attribute names;
         ``replicas`` and ``replica_wait_s`` (default LEADSYNC_ENQUEUE_REPLICAS and
-        LEADSYNC_REPLICA_WAIT_S) must confirm every enqueue."""
+        LEADSYNC_REPLICA_WAIT_S) must confirm every enqueue; ``config`` (default: read
+        from LEADSYNC_*) supplies every other setting."""
         self._core = ProducerCore(
             key_prefix=key_prefix,
             shards=shards,
             known_fields=known_fields,
             replicas=replicas,
             replica_wait_s=replica_wait_s,
+            config=config,
         )
         self._client = client
         self._owns_client = owns_client
@@ -109,9 +112,10 @@ class LeadProducer:
             raise refusal from None
 
     def _execute(self, request: Send) -> Any:
-        if len(request.commands) == 1:  # no pipeline for one command: one XADD is hot
+        if len(request.commands) == 1 and not request.partial:  # one XADD is hot: no pipeline
             return [self._client.execute_command(*request.commands[0])]  # type: ignore[no-untyped-call]
-        return queue(self._client.pipeline(transaction=False), request).execute()
+        pipe = queue(self._client.pipeline(transaction=False), request)
+        return pipe.execute(raise_on_error=not request.partial)
 
     @property
     def shards(self) -> int:

@@ -24,9 +24,9 @@ def _script(name: str) -> str:
 
 
 #: One atomic step per upsert (``scripts/enqueue.lua``): append the entry.
-ENQUEUE_LUA: Final = _script("enqueue.lua")
+ENQUEUE_LUA: Final = _script("admit.lua") + "\n" + _script("enqueue.lua")
 #: Every record of an API batch in one atomic step (``scripts/enqueue_batch.lua``).
-ENQUEUE_BATCH_LUA: Final = _script("enqueue_batch.lua")
+ENQUEUE_BATCH_LUA: Final = _script("admit.lua") + "\n" + _script("enqueue_batch.lua")
 
 # One encoder for every entry: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

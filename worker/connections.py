@@ -15,8 +15,8 @@ from urllib.parse import quote
 import redis
 import redis.asyncio
 
-from producers.connect import async_redis_client, is_sentinel_url, parse_sentinel_url
-from producers.connect import redis_client as sync_redis_client
+from producers.contract import async_redis_client, is_sentinel_url, parse_sentinel_url
+from producers.contract import redis_client as sync_redis_client
 from worker.settings import Settings, env_name
 
 #: A pooled connection idle this long is checked with PING before use.

@@ -31,9 +31,9 @@ from __future__ import annotations
 # The root and the two errors a web app meets live in the light producers package;
 # re-exported here so that ``from worker.errors import InvalidLead`` keeps working.
 # (The ``X as X`` form marks them as re-exported for mypy's strict mode.)
-from producers.errors import ConfigError as ConfigError
-from producers.errors import InvalidLead as InvalidLead
-from producers.errors import LeadsyncError as LeadsyncError
+from producers import ConfigError as ConfigError
+from producers import InvalidLead as InvalidLead
+from producers import LeadsyncError as LeadsyncError
 
 
 class LedgerError(LeadsyncError):

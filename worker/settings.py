@@ -21,8 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.connect import check_redis_url
-from producers.lead import key_rule
+from producers import ProducerConfig
+from producers.contract import check_redis_url, key_rule
 from worker.errors import ConfigError
 
 ENV_PREFIX = "LEADSYNC_"
@@ -90,6 +90,27 @@ class Settings(BaseSettings):
         gt=0,
         le=60,
         description="Longest an upsert, lease or settle waits for LEADSYNC_ENQUEUE_REPLICAS.",
+    )
+    max_shard_backlog: int = Field(
+        200_000,
+        ge=0,
+        description=(
+            "Upserts refused with Backpressure (API: 503 with Retry-After) while their "
+            "shard's stream holds this many waiting entries; 0: no bound."
+        ),
+    )
+    memory_high_water: float = Field(
+        0.85,
+        ge=0,
+        lt=1,
+        description=(
+            "Upserts refused with Backpressure while Redis's used memory is at this fraction "
+            "of its maxmemory (read at most ten times a second), before Redis itself refuses "
+            "every write; 0: no bound, and none without a maxmemory."
+        ),
+    )
+    backpressure_retry_s: float = Field(
+        5.0, gt=0, le=3600, description="The retry-after that Backpressure suggests."
     )
     key_prefix: str = Field(
         "leadsync",
@@ -449,6 +470,25 @@ class Settings(BaseSettings):
     def known_field_names(self) -> tuple[str, ...]:
         """LEADSYNC_KNOWN_FIELDS as a tuple of names (empty: any attribute is accepted)."""
         return tuple(name.strip() for name in self.known_fields.split(",") if name.strip())
+
+    def producer_config(self) -> ProducerConfig:
+        """What a producer made by the worker, the API or the CLI needs: these settings,
+        not the environment's (a test or a caller may have overridden them)."""
+        return ProducerConfig(
+            redis_url=self.redis_url,
+            key_prefix=self.key_prefix,
+            shards=self.shards,
+            known_fields=self.known_field_names,
+            redis_socket_timeout_s=self.redis_socket_timeout_s,
+            redis_connect_timeout_s=self.redis_connect_timeout_s,
+            marketo_api=self.marketo_api,
+            marketo_lookup_field=self.marketo_lookup_field,
+            enqueue_replicas=self.enqueue_replicas,
+            replica_wait_s=self.replica_wait_s,
+            max_shard_backlog=self.max_shard_backlog,
+            memory_high_water=self.memory_high_water,
+            backpressure_retry_s=self.backpressure_retry_s,
+        )
 
     @cached_property
     def effective_broker_url(self) -> str:

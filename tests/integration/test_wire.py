@@ -201,10 +201,13 @@ async def enqueue_once(drainer: Drainer, email: str, *, dedup: bool) -> str:
     digest = key_digest(lead.key)
     entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
         ENQUEUE_LUA,
-        1,
+        2,
         drainer.keys.stream(0),
+        drainer.keys.admission(),
         digest,
         encode_lead(lead),
+        0,
+        0,
     )
     return str(entry_id.decode())
 

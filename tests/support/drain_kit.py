@@ -127,10 +127,13 @@ async def enqueue(drainer: Drainer, *emails: str, shard: int = 0, **attributes: 
         digest = key_digest(lead.key)
         entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
             ENQUEUE_LUA,
-            1,
+            2,
             drainer.keys.stream(shard),
+            drainer.keys.admission(),
             digest,
             encode_lead(lead),
+            0,
+            0,
         )
         ids.append(entry_id.decode())
     return ids

@@ -754,6 +754,7 @@ ALLOWED_WITHOUT_TTL: Final = frozenset(
         "shard stream",  # pending work; entries leave on commit
         "attempts hash",  # bounded: its fields must be pending entry ids
         "config hash",  # one small hash
+        "failover guard",  # one small hash: the master's run_id must outlive anything else
         "limiter hold",  # cleared by a probe or an operator
         "dead-letter stream",  # bounded: every record is a parked request
     }
@@ -1203,6 +1204,10 @@ class System:
                 return "outcome"
         if key == k.config():
             return "config hash"
+        if key == k.failover():
+            return "failover guard"
+        if key == k.admission():
+            return "admission cache"
         if key == k.groups_recreated():
             return "groups recreated"
         if key == self.limiter.keys.hold:

@@ -24,6 +24,9 @@ SHARED = {
     "marketo_lookup_field": "marketo_lookup_field",
     "enqueue_replicas": "enqueue_replicas",
     "replica_wait_s": "replica_wait_s",
+    "max_shard_backlog": "max_shard_backlog",
+    "memory_high_water": "memory_high_water",
+    "backpressure_retry_s": "backpressure_retry_s",
 }
 
 
@@ -80,6 +83,9 @@ def test_producer_config_reads_the_variables_settings_reads(
         ("LEADSYNC_ENQUEUE_REPLICAS", "-1"),
         ("LEADSYNC_ENQUEUE_REPLICAS", "one"),
         ("LEADSYNC_REPLICA_WAIT_S", "0"),
+        ("LEADSYNC_MAX_SHARD_BACKLOG", "-1"),
+        ("LEADSYNC_MEMORY_HIGH_WATER", "1"),
+        ("LEADSYNC_BACKPRESSURE_RETRY_S", "0"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable_that_settings_also_refuses(
@@ -124,3 +130,10 @@ def test_the_worker_error_tree_hangs_from_the_producers_root() -> None:
 def test_a_shard_count_that_is_not_an_integer_is_a_config_error(shards: object) -> None:
     with pytest.raises(ConfigError):
         ProducerConfig(shards=shards)  # type: ignore[arg-type]
+
+
+def test_settings_hand_producers_their_own_values_not_the_environments() -> None:
+    settings = Settings(shards=3, key_prefix="t9", enqueue_replicas=1, max_shard_backlog=7)
+    config = settings.producer_config()
+    for name, attribute in SHARED.items():
+        assert getattr(config, name) == getattr(settings, attribute), name

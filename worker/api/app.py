@@ -327,8 +327,7 @@ async def _resources(app: web.Application) -> Any:
         key_prefix=settings.key_prefix,
         shards=settings.shards,
         known_fields=settings.known_field_names or None,  # none set: the learned fields
-        replicas=settings.enqueue_replicas,
-        replica_wait_s=settings.replica_wait_s,
+        config=settings.producer_config(),
     )
     app[KEY_STORE] = KeyStore(client, Keys(settings.key_prefix))
     yield

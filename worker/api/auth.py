@@ -23,7 +23,7 @@ from typing import Final
 
 import redis.asyncio
 
-from producers.keys import Keys
+from producers.contract import Keys
 from worker.api.errors import ApiError
 from worker.lua import script
 

@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from producers.errors import Retryable
+from producers import Retryable
 from worker.cli import api, dlq, doctor, enqueue, stats
 from worker.cli.common import console
 from worker.errors import ConfigError

@@ -52,7 +52,7 @@ def api(
 
 
 def _with_store(work: Callable[[KeyStore], Awaitable[T]]) -> T:
-    from producers.keys import Keys
+    from producers.contract import Keys
     from worker.api.auth import KeyStore
 
     settings = settings_from_env()

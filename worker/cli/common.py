@@ -20,7 +20,7 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from producers.producer import LeadProducer
+    from producers import LeadProducer
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def run_with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) ->
 
 @contextmanager
 def producer_for(settings: Settings) -> Iterator[LeadProducer]:
-    from producers.producer import LeadProducer
+    from producers import LeadProducer
     from worker.connections import redis_client_sync
 
     client = redis_client_sync(settings)  # any URL form, Sentinel included
@@ -58,8 +58,7 @@ def producer_for(settings: Settings) -> Iterator[LeadProducer]:
             key_prefix=settings.key_prefix,
             shards=settings.shards,
             owns_client=True,
-            replicas=settings.enqueue_replicas,
-            replica_wait_s=settings.replica_wait_s,
+            config=settings.producer_config(),
         )
     except BaseException:
         client.close()

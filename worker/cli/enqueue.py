@@ -25,8 +25,8 @@ from worker.cli.common import (
 from worker.errors import InvalidLead
 
 if TYPE_CHECKING:
+    from producers import LeadProducer
     from producers.contract import Outcome
-    from producers.producer import LeadProducer
 
 app = typer.Typer()
 
@@ -53,7 +53,7 @@ def enqueue(
     every other column is a Marketo attribute. Bad rows are reported by line and skipped.
     Exits 1 when a row was skipped or (with --wait) a lead did not end CREATED or UPDATED.
     """
-    from producers.producer import BULK_CHUNK
+    from producers.contract import BULK_CHUNK
     from worker.ops.ingest import Row, count_lines, detect_format, parse_mapping, read_rows
 
     try:

@@ -25,9 +25,17 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from producers.contract import Keys, Outcome
-from producers.producer import KEY_RULE_FIELD, KEY_RULE_REFRESH_S, SHARDS_FIELD, adopt_shards
-from producers.wire import entry_time_s, parse_request_id, text
+from producers.contract import (
+    KEY_RULE_FIELD,
+    KEY_RULE_REFRESH_S,
+    SHARDS_FIELD,
+    Keys,
+    Outcome,
+    adopt_shards,
+    entry_time_s,
+    parse_request_id,
+    text,
+)
 from worker.errors import LeaseLost
 from worker.failover import GUARD_LUA, lease_quiet_s
 from worker.ledger.base import Claimed, RawEntry, Settlement, ShardBacklog

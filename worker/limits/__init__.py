@@ -1,7 +1,7 @@
 """The limits Marketo sets, shared by every worker pod: rate window, even spacing,
 concurrency slots, daily quota and its pace, cooldown and hold."""
 
-from producers.keys import LimiterKeys
+from producers.contract import LimiterKeys
 from worker.limits.base import (
     CONCURRENCY_RETRY_S,
     GC_MARGIN_S,

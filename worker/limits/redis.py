@@ -30,8 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio
 
-from producers.keys import LimiterKeys
-from producers.wire import text
+from producers.contract import LimiterKeys, text
 from worker.errors import ConfigError
 from worker.failover import GUARD_LUA
 from worker.limits.base import (

@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from producers.contract import Keys
-from producers.producer import SHARDS_FIELD
-from producers.wire import text
+from producers.contract import SHARDS_FIELD, Keys, text
 from worker.ledger import Ledger, ShardBacklog
 from worker.limits import LimiterState, RedisLimiter
 from worker.scheduling import PaceReport, pace_report

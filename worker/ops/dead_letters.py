@@ -39,8 +39,8 @@ from producers.contract import (
     decode_lead,
     entry_order,
     request_id,
+    text,
 )
-from producers.wire import text
 from worker.core.newer_fields import SUPERSEDED_REASON, set_since
 from worker.errors import InvalidLead
 from worker.ledger.redis import load_scripts

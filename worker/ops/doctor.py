@@ -23,9 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from producers.connect import describe_redis_url, is_sentinel_url, parse_sentinel_url
-from producers.contract import Keys
-from producers.wire import text
+from producers.contract import Keys, describe_redis_url, is_sentinel_url, parse_sentinel_url, text
 from worker.connections import redis_client
 from worker.core.fields import rest_name
 from worker.errors import ConfigError, MarketoError

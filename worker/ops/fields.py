@@ -17,8 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from producers.keys import Keys
-from producers.known_fields import KnownFields, decode_known_fields, encode_known_fields
+from producers.contract import Keys, KnownFields, decode_known_fields, encode_known_fields
 from worker.errors import MarketoError, OutcomeUnknown, QuotaExceededError, ThrottledError
 from worker.limits import RedisLimiter
 from worker.limits.base import Denied, Permit

@@ -24,8 +24,7 @@ from urllib.parse import urlencode
 import redis.asyncio
 from pydantic import SecretStr
 
-from producers.keys import Keys
-from producers.wire import text
+from producers.contract import Keys, text
 from worker.errors import AuthError, OutcomeUnknown, ProtocolError, TransientError
 from worker.lua import COMPARE_AND_DELETE_LUA
 from worker.marketo.rest.codec import load_json

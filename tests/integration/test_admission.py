@@ -1,0 +1,126 @@
+"""Admission before Redis fills: an upsert is refused with Backpressure (nothing written)
+when its shard's backlog or Redis's memory passes the high-water mark, the API answers 503
+with Retry-After, and a producer writing as fast as it can into a small Redis meets
+Backpressure, never Redis's own OOM error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from producers import Backpressure, InvalidLead, LeadProducer
+from producers.contract import Keys
+from tests.support.api_kit import running_api
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "adm"
+
+
+@pytest.fixture
+def small_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def producer(url: str, shards: int = 1) -> LeadProducer:
+    return LeadProducer(
+        redis.Redis.from_url(url), key_prefix=PREFIX, shards=shards, owns_client=True
+    )
+
+
+def backlog(url: str, shards: int = 1) -> int:
+    with redis.Redis.from_url(url) as client:
+        return sum(int(client.xlen(Keys(PREFIX).stream(s))) for s in range(shards))
+
+
+def test_a_full_shard_refuses_with_backpressure_and_writes_nothing(
+    small_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEADSYNC_MAX_SHARD_BACKLOG", "3")
+    monkeypatch.setenv("LEADSYNC_BACKPRESSURE_RETRY_S", "7")
+    with producer(small_redis.url) as p:
+        for n in range(3):
+            p.upsert(email=f"p{n}@example.com")
+        with pytest.raises(Backpressure) as raised:
+            p.upsert(email="late@example.com")
+        assert raised.value.retry_after_s == 7
+        assert "backlog" in str(raised.value)
+        assert "late@example.com" not in str(raised.value)
+        assert backlog(small_redis.url) == 3
+
+        # upsert_many: the refused records are None, the invalid one its InvalidLead.
+        with pytest.raises(Backpressure) as many:
+            p.upsert_many([{"email": "a@example.com"}, {"email": "bad"}])
+        refused, invalid = many.value.results
+        assert refused is None
+        assert isinstance(invalid, InvalidLead)
+        # The API's atomic batch: all or none.
+        with pytest.raises(Backpressure):
+            p.upsert_batch([{"email": "b@example.com"}])
+        assert backlog(small_redis.url) == 3
+
+
+def test_upsert_many_keeps_what_it_admitted_and_names_what_it_refused(
+    small_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEADSYNC_MAX_SHARD_BACKLOG", "2")
+    with producer(small_redis.url) as p:
+        with pytest.raises(Backpressure) as raised:
+            p.upsert_many([{"email": f"m{n}@example.com"} for n in range(4)])
+        results = raised.value.results
+        assert [isinstance(r, str) for r in results] == [True, True, False, False]
+        assert backlog(small_redis.url) == 2
+
+
+async def test_the_api_answers_503_with_retry_after_under_backpressure(
+    small_redis: RedisServer,
+) -> None:
+    async with running_api(small_redis.url, max_shard_backlog=1, backpressure_retry_s=9) as api:
+        key = await api.key("app")
+        first = await api.call("POST", "/v1/leads", key=key, json_body={"email": "a@example.com"})
+        assert first.status == 202
+        answers = [
+            await api.call("POST", "/v1/leads", key=key, json_body={"email": f"x{n}@example.com"})
+            for n in range(8)  # one of the four shards is full by now
+        ]
+        refused = [a for a in answers if a.status == 503]
+        assert refused, [a.status for a in answers]
+        assert refused[0].headers["Retry-After"] == "9"
+        assert "backlog" in refused[0].body["errors"][0]["message"]
+
+
+def test_a_producer_filling_redis_meets_backpressure_never_oom(
+    small_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with redis.Redis.from_url(small_redis.url) as client:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 24 * 1024 * 1024)
+    monkeypatch.setenv("LEADSYNC_MEMORY_HIGH_WATER", "0.8")
+    monkeypatch.setenv("LEADSYNC_MAX_SHARD_BACKLOG", "0")
+    filler = "x" * 1500
+    written = 0
+
+    def fill(p: LeadProducer) -> None:
+        nonlocal written
+        for chunk in range(200):  # up to 200,000 records: far more than fits
+            records = [
+                {"email": f"f{chunk}-{n}@example.com", "attributes": {"Notes": filler}}
+                for n in range(1000)
+            ]
+            written += len(p.upsert_many(records))
+
+    with producer(small_redis.url, shards=4) as p:
+        with pytest.raises(Backpressure) as raised:
+            fill(p)
+        assert "memory" in str(raised.value)
+        assert written > 1000  # it did fill up first
+        # Live work goes on being refused cleanly, never with Redis's OOM error.
+        with pytest.raises(Backpressure):
+            p.upsert(email="one-more@example.com")
