@@ -33,8 +33,17 @@ LEASE_MARGIN_S = 1.0
 #: Marketo documents 300 as the largest supported batch for syncMultipleLeads.
 MAX_BATCH_SIZE = 300
 
-#: The daily call quota Marketo gives by default, per protocol.
+#: The daily call quota Marketo gives an instance by default, per protocol. Every
+#: integration of the instance (CRM sync, enrichment, other services) spends from it.
 DEFAULT_QUOTAS = {"soap": 10_000, "rest": 50_000}
+#: leadsync's share of the instance's quota when LEADSYNC_DAILY_QUOTA is unset: half of
+#: the default quota, so the instance's other integrations keep the other half.
+DEFAULT_SHARE = 0.5
+
+
+def default_quota_share(api: str) -> int:
+    """LEADSYNC_DAILY_QUOTA when unset: :data:`DEFAULT_SHARE` of the protocol's default."""
+    return int(DEFAULT_QUOTAS.get(api, DEFAULT_QUOTAS["soap"]) * DEFAULT_SHARE)
 
 
 class Settings(BaseSettings):
@@ -218,11 +227,15 @@ class Settings(BaseSettings):
         5, ge=1, description="Calls in flight at once, across all pods."
     )
     daily_quota: int = Field(
-        10_000,
+        default_quota_share("soap"),
         ge=1,
         description=(
-            "Calls per day; the day resets at 00:00 in LEADSYNC_QUOTA_TIMEZONE "
-            f"(unset: {DEFAULT_QUOTAS['soap']:,} for SOAP, {DEFAULT_QUOTAS['rest']:,} for REST)."
+            "leadsync's share of the Marketo instance's daily call quota, which every "
+            "integration of the instance spends from: set it to the instance's quota "
+            "(Admin > Web Services) less what the others need. The day resets at 00:00 in "
+            f"LEADSYNC_QUOTA_TIMEZONE. Unset: {default_quota_share('soap'):,} for SOAP, "
+            f"{default_quota_share('rest'):,} for REST, half of Marketo's default quota "
+            f"({DEFAULT_QUOTAS['soap']:,} / {DEFAULT_QUOTAS['rest']:,})."
         ),
     )
     pace_burst_calls: int = Field(
@@ -402,10 +415,10 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _quota_follows_the_api(cls, data: object) -> object:
-        """The daily-quota default is the protocol's: SOAP 10,000, REST 50,000."""
+        """The default share follows the protocol: SOAP 5,000, REST 25,000."""
         if isinstance(data, dict) and data.get("daily_quota") in (None, ""):
             api = str(data.get("marketo_api") or "soap")
-            data = {**data, "daily_quota": DEFAULT_QUOTAS.get(api, DEFAULT_QUOTAS["soap"])}
+            data = {**data, "daily_quota": default_quota_share(api)}
         return data
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ from worker.obs.stats import stored_shards
 from worker.ops.fields import read_fields
 from worker.ops.health import LIVENESS_MAX_AGE_S, local_heartbeat_path, local_liveness
 from worker.scheduling import pace_report
-from worker.settings import Settings
+from worker.settings import DEFAULT_QUOTAS, Settings
 from worker.transport import AiohttpTransport
 from worker.transport.aiohttp_transport import describe as describe_error
 
@@ -342,9 +342,9 @@ async def check_limits(redis: Redis, settings: Settings) -> Check:
             "fix LEADSYNC_MARKETO_USER_ID / LEADSYNC_MARKETO_ENCRYPTION_KEY; "
             f"a probe call every {settings.hold_probe_interval_s:.0f} s resumes by itself",
         )
-    usage = f"quota {state.quota_used_today}/{state.quota_limit} today"
+    usage = f"quota share {state.quota_used_today}/{state.quota_limit} today"
     if state.quota_used_today >= state.quota_limit:
-        return Check("hold", "WARN", f"daily quota spent ({usage}); sending resumes at reset")
+        return Check("hold", "WARN", f"daily quota share spent ({usage}); sending resumes at reset")
     if state.cooldown_remaining_s > 0:
         return Check(
             "hold",
@@ -362,6 +362,30 @@ async def check_limits(redis: Redis, settings: Settings) -> Check:
     if pace.short:
         return Check("hold", "WARN", f"not held; {usage}; {pace.describe()}")
     return Check("hold", "OK", f"not held; {usage}")
+
+
+def check_quota_share(settings: Settings) -> Check:
+    """LEADSYNC_DAILY_QUOTA is leadsync's share of the instance's daily quota: at or past
+    the instance's default quota it leaves nothing to the instance's other integrations."""
+    share = settings.daily_quota
+    instance = DEFAULT_QUOTAS[settings.marketo_api]
+    detail = (
+        f"LEADSYNC_DAILY_QUOTA={share:,} calls a day, leadsync's share of the instance's "
+        f"quota (Marketo's default for {settings.marketo_api.upper()}: {instance:,})"
+    )
+    if share >= instance:
+        return Check(
+            "quota share",
+            "WARN",
+            f"{detail}: it takes the whole default quota and leaves nothing to the "
+            "instance's other integrations, unless the instance's quota was raised "
+            "(Admin > Web Services shows it); set it to that quota less what they need",
+        )
+    return Check(
+        "quota share",
+        "OK",
+        f"{detail}; it leaves {instance - share:,} of the default to the others",
+    )
 
 
 async def check_learned_fields(
@@ -551,6 +575,7 @@ async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list
             checks.append(await _guarded("learned fields", check_learned_fields(client, settings)))
     finally:
         await client.aclose()
+    checks.append(check_quota_share(settings))
     if settings.marketo_api == "rest":
         checks.extend(await check_marketo_rest(settings, http_timeout_s))
     else:
