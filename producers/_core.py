@@ -464,37 +464,34 @@ class ProducerCore:
         return rid
 
     def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> Step[list[str | InvalidLead]]:
-        """Request ids (or the InvalidLead) in record order, one round trip per chunk.
-        NotReplicated stops at the first unconfirmed chunk: its ``results`` hold every
-        record up to there (later records were not enqueued)."""
+        """Request ids (or the InvalidLead) in record order, one round trip per chunk of
+        BULK_CHUNK records, each chunk ONE atomic step (``enqueue_batch.lua``): admitted
+        whole or refused whole, so a refused older write of a lead can never be retried
+        after a newer one of the same chunk got in. Backpressure or NotReplicated stops
+        at the first chunk refused or unconfirmed: ``results`` hold every record before
+        it (a refused chunk is not in them; an unconfirmed one is)."""
         route = yield from self.agree()
-        results: list[str | InvalidLead | None] = []
+        results: list[str | InvalidLead] = []
         for chunk in bulk_chunks(records, route.known):
             routed = [route_or_refuse(route, item) for item in chunk]
-            commands = tuple(item[1] for item in routed if not isinstance(item, InvalidLead))
-            replies, seen = yield from self._enqueue(commands, partial=True)
-            made = iter(replies)
-            refusal: Retryable | None = None
-            for item in routed:
-                if isinstance(item, InvalidLead):
-                    results.append(item)
-                    continue
-                reply = next(made)
-                if isinstance(reply, Exception):
-                    refusal = refusal or self.refused(str(reply))
-                    if refusal is None:
-                        raise reply
-                    results.append(None)
-                else:
-                    results.append(wire.request_id(item[0], wire.text(reply)))
-            if isinstance(refusal, Backpressure):
-                raise Backpressure(str(refusal), refusal.retry_after_s, list(results))
-            if refusal is not None:
-                raise NotReplicated(
-                    list(results), max(self.replicas, 1), 0, REPLICA_RETRY_AFTER_S, refused=True
-                )
+            valid = [item for item in routed if not isinstance(item, InvalidLead)]
+            if not valid:
+                results.extend(routed)  # type: ignore[arg-type]  # all InvalidLead
+                continue
+            (ids,), seen = yield from self._enqueue((route.batch(valid),), partial=True)
+            if isinstance(ids, Exception):
+                refusal = self.refused(str(ids))
+                if refusal is None:
+                    raise ids
+                refusal.results = list(results)  # type: ignore[attr-defined]
+                raise refusal
+            made = iter(
+                wire.request_id(shard, wire.text(i))
+                for (shard, _), i in zip(valid, ids, strict=True)
+            )
+            results.extend(item if isinstance(item, InvalidLead) else next(made) for item in routed)
             self._confirmed(results, seen)
-        return results  # type: ignore[return-value]  # no None without a refusal
+        return results
 
     def enqueue_batch(self, records: Sequence[object]) -> Step[list[str | InvalidLead]]:
         """Validate every record as :meth:`upsert_many` does and enqueue the valid ones in

@@ -67,8 +67,8 @@ class Backpressure(Retryable):
     """Raised when Redis is filling up (a shard's backlog at LEADSYNC_MAX_SHARD_BACKLOG, or
     its memory at LEADSYNC_MEMORY_HIGH_WATER of maxmemory): the upsert was refused with
     nothing written, before Redis would refuse everything. Retry after ``retry_after_s``.
-    ``results``, for ``upsert_many``, holds every record of the call up to the refused
-    chunk: a request id, an InvalidLead, or None for a record refused (retry those)."""
+    ``results``, for ``upsert_many``, holds every record of the call before the refused
+    chunk (a request id or an InvalidLead each): resend from ``len(results)`` on."""
 
     def __init__(
         self, message: str, retry_after_s: float, results: list[object] | None = None

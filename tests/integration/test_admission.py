@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from producers import Backpressure, InvalidLead, LeadProducer
+from producers import Backpressure, LeadProducer
 from producers.contract import Keys
 from tests.support.api_kit import running_api
 from tests.support.redis_server import RedisServer
@@ -55,28 +55,35 @@ def test_a_full_shard_refuses_with_backpressure_and_writes_nothing(
         assert "late@example.com" not in str(raised.value)
         assert backlog(small_redis.url) == 3
 
-        # upsert_many: the refused records are None, the invalid one its InvalidLead.
+        # upsert_many: the refused chunk is not in the results: nothing before it.
         with pytest.raises(Backpressure) as many:
             p.upsert_many([{"email": "a@example.com"}, {"email": "bad"}])
-        refused, invalid = many.value.results
-        assert refused is None
-        assert isinstance(invalid, InvalidLead)
+        assert many.value.results == []
         # The API's atomic batch: all or none.
         with pytest.raises(Backpressure):
             p.upsert_batch([{"email": "b@example.com"}])
         assert backlog(small_redis.url) == 3
 
 
-def test_upsert_many_keeps_what_it_admitted_and_names_what_it_refused(
+def test_upsert_many_admits_or_refuses_a_chunk_whole_and_reports_what_went_before(
     small_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LEADSYNC_MAX_SHARD_BACKLOG", "2")
+    """Per-record refusals could let a newer write of a lead in while its older one is
+    refused, and the app's retry would then apply the older one last."""
+    monkeypatch.setenv("LEADSYNC_MAX_SHARD_BACKLOG", "1500")
+    records = [
+        {"email": f"m{n % 50}@example.com", "attributes": {"Company": f"write {n}"}}
+        for n in range(2500)  # chunks of 1000, 1000 and 500
+    ]
     with producer(small_redis.url) as p:
         with pytest.raises(Backpressure) as raised:
-            p.upsert_many([{"email": f"m{n}@example.com"} for n in range(4)])
+            p.upsert_many(records)
         results = raised.value.results
-        assert [isinstance(r, str) for r in results] == [True, True, False, False]
-        assert backlog(small_redis.url) == 2
+        # The first chunk went in whole (backlog 0 < 1500), the second too (1000 < 1500),
+        # the third was refused whole (2000 >= 1500): resend from len(results).
+        assert len(results) == 2000
+        assert all(isinstance(r, str) for r in results)
+        assert backlog(small_redis.url) == 2000
 
 
 async def test_the_api_answers_503_with_retry_after_under_backpressure(
