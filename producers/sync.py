@@ -139,12 +139,13 @@ class LeadProducer:
         return self._run(self._core.upsert(lead))
 
     def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
-        """Enqueue many upserts, one pipelined round trip per 1000 records.
+        """Enqueue many upserts, one atomic step (one round trip) per 1000 records.
 
         Result ``i`` is the request id of record ``i``, or the InvalidLead that rejected it.
         Invalid records do not stop the rest: every valid record IS enqueued. Unknown
         record keys are rejected as InvalidLead naming the key. A Redis error propagates;
-        records of earlier chunks stay enqueued.
+        records of earlier chunks stay enqueued. Backpressure (Redis filling up) and
+        NotReplicated stop at a chunk; their ``results`` hold the records before it.
         """
         return self._run(self._core.upsert_many(records))
 
