@@ -117,6 +117,11 @@ class Keys:
         """Requests of one API key in one wall-clock second (its per-key rate)."""
         return f"{self.prefix}:api:rate:{key_digest}:{second}"
 
+    def api_auth_failures(self, client_digest: str) -> str:
+        """Failed authentications of one client (hashed address, or hashed presented key)
+        in the current window of LEADSYNC_API_AUTH_FAILURE_WINDOW_S."""
+        return f"{self.prefix}:api:auth-failures:{client_digest}"
+
     def api_idempotency(self, key_name: str, route: str, idempotency_digest: str) -> str:
         """The answer to an Idempotency-Key of one API key on one route (or a marker while
         the first request with it is being served)."""

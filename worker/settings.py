@@ -392,6 +392,30 @@ class Settings(BaseSettings):
         description="Retry-After (seconds) the HTTP API sends with 503 when Redis is down or full.",
     )
 
+    api_default_rate_per_s: float = Field(
+        50.0,
+        ge=0,
+        description=(
+            "Requests per second an API key created without --rate-per-s may make "
+            "(past it: 429 with Retry-After); 0: no limit for such keys."
+        ),
+    )
+    api_auth_failures: int = Field(
+        10,
+        ge=0,
+        description=(
+            "Failed authentications (unknown or revoked key) one client address may make in "
+            "LEADSYNC_API_AUTH_FAILURE_WINDOW_S; past them every request of that address gets "
+            "429 with Retry-After until the window ends; 0: not throttled."
+        ),
+    )
+    api_auth_failure_window_s: int = Field(
+        60,
+        ge=1,
+        le=24 * 3600,
+        description="Window in which LEADSYNC_API_AUTH_FAILURES are counted, per client address.",
+    )
+
     # Testing only
     fault_point: str = Field(
         "",

@@ -8,7 +8,14 @@ hashed, looked up by its digest and the stored digest compared with
 ``hmac.compare_digest``. Keys never enter a log line, a metric or an error message.
 
 The per-key rate is a fixed one-second window counted in Redis (one INCR per request, a
-key that expires), so every API process shares it.
+key that expires), so every API process shares it. A key made without a rate gets
+LEADSYNC_API_DEFAULT_RATE_PER_S (keys made before that setting too).
+
+Failed authentications (an unknown or revoked key) are counted per client address in a
+window of LEADSYNC_API_AUTH_FAILURE_WINDOW_S; past LEADSYNC_API_AUTH_FAILURES every
+request from that address gets 429 with Retry-After (the rest of the window), before any
+lookup. The counter is named by a hash of the address; where no address is known, by a
+hash of the presented key, so a client that keeps sending a revoked key is slowed too.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ import redis.asyncio
 from producers.contract import Keys
 from worker.api.errors import ApiError
 from worker.lua import script
+from worker.settings import Settings
 
 SCOPES: Final = ("write", "read")
 #: Every key starts with this, so a leaked one is easy to recognise in a scan.
@@ -86,12 +95,34 @@ def check_scopes(scopes: list[str]) -> tuple[str, ...]:
     return tuple(scope for scope in SCOPES if scope in scopes)
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The limits every key and client get (from the settings of the same names)."""
+
+    default_rate_per_s: float = Settings.model_fields["api_default_rate_per_s"].default
+    auth_failures: int = Settings.model_fields["api_auth_failures"].default
+    auth_failure_window_s: int = Settings.model_fields["api_auth_failure_window_s"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            settings.api_default_rate_per_s,
+            settings.api_auth_failures,
+            settings.api_auth_failure_window_s,
+        )
+
+
 class KeyStore:
     """The API keys in Redis."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys, policy: Policy = Policy()) -> None:
         self._client = client
         self._keys = keys
+        self.policy = policy
+
+    @classmethod
+    def for_settings(cls, client: redis.asyncio.Redis, settings: Settings) -> KeyStore:
+        return cls(client, Keys(settings.key_prefix), Policy.from_settings(settings))
 
     async def create(
         self, name: str, scopes: list[str], rate_per_s: float | None = None
@@ -130,9 +161,12 @@ class KeyStore:
         found = ApiKey.from_record(raw)
         return found if hmac.compare_digest(found.digest, digest) else None
 
-    async def authenticate(self, header: str | None, scope: str) -> ApiKey:
+    async def authenticate(
+        self, header: str | None, scope: str, client: str | None = None
+    ) -> ApiKey:
         """The key of an ``Authorization: Bearer`` header with ``scope``, or ApiError
-        401 (no or bad key), 403 (scope missing) or 429 (past its rate)."""
+        401 (no or bad key), 403 (scope missing) or 429 (past its rate, or ``client``, the
+        caller's address, failed too often)."""
         scheme, _, key = (header or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -142,8 +176,13 @@ class KeyStore:
                 field="Authorization",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        failures = self._failures_key(client, key)
+        if failures is not None:
+            await self._check_failures(failures)
         api_key = await self.lookup(key)
         if api_key is None:
+            if failures is not None:
+                await self._count_failure(failures)
             raise ApiError(
                 401,
                 "the API key is unknown or revoked",
@@ -152,20 +191,52 @@ class KeyStore:
             )
         if scope not in api_key.scopes:
             raise ApiError(403, f"this API key lacks the {scope!r} scope", field="Authorization")
-        if api_key.rate_per_s is not None:
-            await self._check_rate(api_key)
+        rate = api_key.rate_per_s or self.policy.default_rate_per_s
+        if rate:
+            await self._check_rate(api_key, rate)
         return api_key
 
-    async def _check_rate(self, api_key: ApiKey) -> None:
-        assert api_key.rate_per_s is not None
-        now = time.time()
-        second = int(now)
+    async def _check_rate(self, api_key: ApiKey, rate_per_s: float) -> None:
+        second = int(time.time())
         count = await self._client.eval(  # type: ignore[misc]
             RATE_LUA, 1, self._keys.api_rate(api_key.digest[:16], second), 2000
         )
-        if int(count) > api_key.rate_per_s:
+        if int(count) > rate_per_s:
+            whose = "this API key's" if api_key.rate_per_s else "the default"
             raise ApiError(
                 429,
-                f"past this API key's rate of {api_key.rate_per_s:g} requests/s",
+                f"past {whose} rate of {rate_per_s:g} requests/s",
                 headers={"Retry-After": "1"},
             )
+
+    # --- failed authentications ----------------------------------------------------
+
+    def _failures_key(self, client: str | None, key: str) -> str | None:
+        """The counter of ``client``'s failures (a hash: no address or key in a key name)."""
+        if not self.policy.auth_failures:
+            return None
+        who = f"addr:{client}" if client else f"key:{digest_of(key)}"
+        return self._keys.api_auth_failures(hashlib.sha256(who.encode()).hexdigest()[:24])
+
+    async def _check_failures(self, failures: str) -> None:
+        """429 while the client is past its failures, before any lookup."""
+        count = await self._client.get(failures)
+        if count is not None and int(count) >= self.policy.auth_failures:
+            await self._refuse_failing(failures)
+
+    async def _count_failure(self, failures: str) -> None:
+        window_ms = self.policy.auth_failure_window_s * 1000
+        count = await self._client.eval(RATE_LUA, 1, failures, window_ms)  # type: ignore[misc]
+        if int(count) > self.policy.auth_failures:
+            await self._refuse_failing(failures)
+
+    async def _refuse_failing(self, failures: str) -> None:
+        left_ms = await self._client.pttl(failures)
+        retry_after = max(1, math.ceil(left_ms / 1000)) if left_ms > 0 else 1
+        raise ApiError(
+            429,
+            f"too many failed authentications from this client "
+            f"({self.policy.auth_failures} in {self.policy.auth_failure_window_s} s)",
+            field="Authorization",
+            headers={"Retry-After": str(retry_after)},
+        )

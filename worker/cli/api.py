@@ -52,13 +52,12 @@ def api(
 
 
 def _with_store(work: Callable[[KeyStore], Awaitable[T]]) -> T:
-    from producers.contract import Keys
     from worker.api.auth import KeyStore
 
     settings = settings_from_env()
 
     async def run(redis: Redis) -> T:
-        return await work(KeyStore(redis, Keys(settings.key_prefix)))
+        return await work(KeyStore.for_settings(redis, settings))
 
     return run_with_redis(settings, run)
 
@@ -70,7 +69,10 @@ def create(
         ..., "--scope", help="write (POST) or read (GET); repeat for both."
     ),
     rate_per_s: int | None = typer.Option(
-        None, "--rate-per-s", min=1, help="Most requests per second for this key."
+        None,
+        "--rate-per-s",
+        min=1,
+        help="Most requests per second for this key (default: LEADSYNC_API_DEFAULT_RATE_PER_S).",
     ),
 ) -> None:
     """Make a key and print it ALONE on the last line of stdout (it is shown only once)."""
@@ -79,7 +81,11 @@ def create(
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
-    rate = f", {made.rate_per_s} requests/s" if made.rate_per_s else ""
+    rate = (
+        f", {made.rate_per_s} requests/s"
+        if made.rate_per_s
+        else f", the default rate: {settings_from_env().api_default_rate_per_s:g} requests/s"
+    )
     err_console.print(f"created API key {made.name!r} ({', '.join(made.scopes)}{rate}); keep it:")
     typer.echo(key)
 
@@ -92,7 +98,7 @@ def list_keys() -> None:
     for column in ("name", "scopes", "rate/s", "created"):
         table.add_column(column)
     for item in found:
-        rate = "-" if item.rate_per_s is None else f"{item.rate_per_s:g}"
+        rate = "default" if item.rate_per_s is None else f"{item.rate_per_s:g}"
         table.add_row(item.name, ",".join(item.scopes), rate, when(item.created))
     console.print(table)
 
