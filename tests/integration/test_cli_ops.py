@@ -118,7 +118,7 @@ def test_stats_shows_the_backlog_of_each_shard(redis_url: str, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "2 entries" in result.stdout
     assert "quota used today" in result.stdout
-    assert "0 of 10000" in result.stdout
+    assert "0 of 5000" in result.stdout, "the default share: half the SOAP default quota"
 
 
 def test_doctor_fails_in_plain_words_when_the_consumer_groups_are_missing(redis_url: str) -> None:
