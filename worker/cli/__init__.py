@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 import typer
 
 from producers import Retryable
-from worker.cli import api, backfill, dlq, doctor, enqueue, stats
+from worker.cli import api, backfill, dlq, doctor, enqueue, stats, top
 from worker.cli.common import console
 from worker.errors import ConfigError
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for module in (enqueue, backfill, stats, doctor, api):
+for module in (enqueue, backfill, stats, top, doctor, api):
     for command in module.app.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(dlq.app, name="dlq")
