@@ -41,6 +41,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	scripts/ensure-redis
 	scripts/ensure-langs
+	scripts/ensure-promtool
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(ARGS)

@@ -1,0 +1,270 @@
+"""The monitoring files parsed and checked without promtool (tests/integration/
+test_monitoring.py runs promtool): the Kubernetes copies are current, every alert has a
+runbook section and tests, the objects select what they should, compose's "monitoring"
+profile wires Prometheus and Grafana to the files."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.support.monitoring import (
+    ALERTS,
+    ALERTS_TEST,
+    MONITORING,
+    OVERLAY,
+    ROOT,
+    alerts,
+    dashboard,
+    load_yaml,
+    panel_queries,
+    panels,
+    recorded_names,
+    rule_groups,
+    runbook_anchors,
+    used_metric_names,
+)
+from tests.unit.test_deploy import compose, find, only_container
+from worker.settings import Settings, default_quota_share
+
+MONITORING_SERVICES = {"prometheus", "grafana", "redis-exporter"}
+
+
+def render_module() -> ModuleType:
+    path = MONITORING / "render-k8s"
+    loader = importlib.machinery.SourceFileLoader("render_k8s", str(path))
+    spec = importlib.util.spec_from_loader("render_k8s", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def overlay_doc(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(OVERLAY / name)
+    return doc
+
+
+# --- the Kubernetes copies ---------------------------------------------------------------
+
+
+def test_the_committed_kubernetes_copies_are_what_render_k8s_writes(tmp_path: Path) -> None:
+    render_module().render(tmp_path)
+    for name in ("prometheusrule.yaml", "dashboard-configmap.yaml"):
+        assert (tmp_path / name).read_text() == (OVERLAY / name).read_text(), (
+            f"{name} is stale: run deploy/monitoring/render-k8s"
+        )
+
+
+def test_the_prometheusrule_holds_exactly_the_rules_of_alerts_yml() -> None:
+    rule = overlay_doc("prometheusrule.yaml")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["kind"] == "PrometheusRule"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    assert rule["spec"] == load_yaml(ALERTS)
+
+
+def test_the_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar() -> None:
+    configmap = overlay_doc("dashboard-configmap.yaml")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["data"] == {"leadsync.json": (MONITORING / "grafana" / "leadsync.json").read_text()}  # fmt: skip
+
+
+def test_the_overlay_builds_on_the_base_and_lists_the_monitoring_objects() -> None:
+    kustomization = overlay_doc("kustomization.yaml")
+    assert kustomization["resources"][0] == "../../base"
+    assert kustomization["namespace"] == "leadsync"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in map(overlay_doc, kustomization["resources"][1:])}  # fmt: skip
+    assert kinds == {
+        ("PodMonitor", "leadsync-worker"), ("ServiceMonitor", "leadsync-api"),
+        ("PrometheusRule", "leadsync"), ("ConfigMap", "leadsync-dashboard"),
+    }  # fmt: skip
+
+
+def job_relabeling(endpoint: dict[str, Any]) -> str:
+    (relabeling,) = endpoint["relabelings"]
+    assert set(relabeling) <= {"targetLabel", "replacement", "action"}
+    assert relabeling["targetLabel"] == "job"
+    job: str = relabeling["replacement"]
+    return job
+
+
+def test_the_podmonitor_scrapes_the_worker_pods_metrics_port_as_job_leadsync_worker() -> None:
+    monitor = overlay_doc("podmonitor.yaml")
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(monitor["spec"]) <= {"selector", "podMetricsEndpoints", "jobLabel", "namespaceSelector"}  # fmt: skip
+    worker = find("Deployment", "leadsync-worker")
+    pod_labels = worker["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "relabelings"}
+    ports = {p["name"]: p["containerPort"] for p in only_container(worker)["ports"]}
+    assert ports[endpoint["port"]] == Settings.model_fields["metrics_port"].default
+    assert endpoint["path"] == "/metrics"
+    assert job_relabeling(endpoint) == "leadsync-worker"
+
+
+def test_the_servicemonitor_scrapes_the_api_service_as_job_leadsync_api() -> None:
+    monitor = overlay_doc("servicemonitor.yaml")
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(monitor["spec"]) <= {"selector", "endpoints", "jobLabel", "namespaceSelector"}
+    service = find("Service", "leadsync-api")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()  # fmt: skip
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "relabelings"}
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert job_relabeling(endpoint) == "leadsync-api"
+
+
+# --- the rules ---------------------------------------------------------------------------
+
+
+def test_every_alert_has_a_severity_a_summary_a_description_and_a_runbook_section() -> None:
+    anchors = runbook_anchors()
+    for alert in alerts():
+        name = alert["alert"]
+        assert alert["labels"]["severity"] in {"warning", "critical"}, name
+        annotations = alert["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert path == "docs/operations-deploy.md", name
+        assert anchor == name.lower(), name
+        assert anchor in anchors, f"docs/operations-deploy.md has no section {name}"
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for test in load_yaml(ALERTS_TEST)["tests"]:
+        for case in test.get("alert_rule_test", []):
+            (firing if case["exp_alerts"] else quiet).add(case["alertname"])
+    names = {alert["alert"] for alert in alerts()}
+    assert names - firing == set(), "never seen firing"
+    assert names - quiet == set(), "never seen quiet"
+
+
+def test_the_rules_compare_against_the_settings_defaults() -> None:
+    """leadsync:config:* stand for settings; their values are the defaults (an operator
+    who changes a setting changes the rule, docs/operations-deploy.md says so)."""
+    values = {
+        rule["record"]: float(re.fullmatch(r"vector\(([0-9.]+)\)", rule["expr"]).group(1))  # type: ignore[union-attr]
+        for group in rule_groups()
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    fields = Settings.model_fields
+    assert values == {
+        "leadsync:config:daily_quota": default_quota_share("soap"),
+        "leadsync:config:flush_interval_seconds": fields["flush_interval_s"].default,
+        "leadsync:config:memory_high_water": fields["memory_high_water"].default,
+    }
+
+
+def test_recording_rules_the_rules_and_panels_use_are_defined() -> None:
+    used = {name for name in used_metric_names() if ":" in name}
+    assert used <= recorded_names()
+
+
+# --- the dashboard -----------------------------------------------------------------------
+
+
+def test_the_dashboard_panels_have_titles_descriptions_and_the_datasource_variable() -> None:
+    board = dashboard()
+    assert board["uid"] == "leadsync"
+    (variable,) = board["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == ("datasource", "datasource", "prometheus")  # fmt: skip
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels():
+        assert panel["title"], panel
+        assert panel["description"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+
+
+def test_rates_in_the_dashboard_use_grafanas_rate_interval() -> None:
+    for query in panel_queries():
+        for window in re.findall(r"\brate\([^\[]*\[([^\]]+)\]", query.expr):
+            assert window == "$__rate_interval", (query.panel, query.expr)
+
+
+def test_the_dashboard_shows_what_operators_asked_for() -> None:
+    used = " ".join(q.expr for q in panel_queries())
+    for metric in (
+        "leadsync_api_upserts_accepted_total", "leadsync_backlog_entries",
+        "leadsync_oldest_entry_age_seconds", "leadsync_marketo_call_seconds_count",
+        "leadsync_quota_used_today", "leadsync:config:daily_quota", "leadsync_leads_per_call",
+        "leadsync_outcomes_total", 'status="DEAD_LETTERED"', "leadsync_pace_wait_seconds",
+        "leadsync_cooldown_seconds", "leadsync_marketo_call_seconds_bucket",
+        "leadsync_identity_calls_total", "leadsync_api_requests_total",
+        "leadsync_api_request_seconds_bucket",
+    ):  # fmt: skip
+        assert metric in used, metric
+
+
+# --- docker compose, profile "monitoring" ------------------------------------------------
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    found = {}
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+            found[target] = (ROOT / source).resolve()
+    return found
+
+
+def test_prometheus_and_grafana_run_only_under_the_monitoring_profile() -> None:
+    services = compose()["services"]
+    for name in MONITORING_SERVICES:
+        assert services[name]["profiles"] == ["monitoring"], name
+    for name, spec in services.items():
+        if "monitoring" in spec.get("profiles", []):
+            assert name in MONITORING_SERVICES
+
+
+def test_compose_prometheus_loads_alerts_yml_and_scrapes_the_jobs_the_rules_name() -> None:
+    prometheus = compose()["services"]["prometheus"]
+    files = mounts(prometheus)
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))  # fmt: skip
+    config = load_yaml(files[config_path])
+    assert [files[path] for path in config["rule_files"]] == [ALERTS.resolve()]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}  # fmt: skip
+    worker_port = compose()["services"]["worker"]["expose"][0]
+    assert worker_port == str(Settings.model_fields["metrics_port"].default)
+    assert targets["leadsync-worker"] == [f"worker:{worker_port}"]
+    api_command = compose()["services"]["api"]["command"]
+    assert targets["leadsync-api"] == [f"api:{api_command[api_command.index('--port') + 1]}"]
+    assert targets["redis"] == ["redis-exporter:9121"]
+    assert (
+        compose()["services"]["redis-exporter"]["environment"]["REDIS_ADDR"] == "redis://redis:6379"
+    )
+    used_jobs = set(re.findall(r'job="([^"]+)"', ALERTS.read_text()))
+    assert used_jobs <= set(targets)
+
+
+def test_compose_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    grafana = compose()["services"]["grafana"]
+    files = mounts(grafana)
+    provisioning = files["/etc/grafana/provisioning"]
+    (source,) = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    (provider,) = load_yaml(provisioning / "dashboards" / "leadsync.yml")["providers"]
+    folder = provider["options"]["path"]
+    dashboards = {target: path for target, path in files.items() if target.startswith(folder + "/")}
+    assert list(dashboards.values()) == [(MONITORING / "grafana" / "leadsync.json").resolve()]
+
+
+@pytest.mark.parametrize("name", sorted(MONITORING_SERVICES - {"redis-exporter"}))
+def test_monitoring_services_have_healthchecks(name: str) -> None:
+    # redis_exporter's image has no shell or HTTP client to run one with.
+    assert compose()["services"][name]["healthcheck"]["test"]
