@@ -405,8 +405,9 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Failed authentications (unknown or revoked key) one client address may make in "
-            "LEADSYNC_API_AUTH_FAILURE_WINDOW_S; past them every request of that address gets "
-            "429 with Retry-After until the window ends; 0: not throttled."
+            "LEADSYNC_API_AUTH_FAILURE_WINDOW_S; past them every bad key from that address gets "
+            "429 with Retry-After until the window ends (a working key still passes: a NAT "
+            "or proxy is never locked out); 0: not throttled."
         ),
     )
     api_auth_failure_window_s: int = Field(

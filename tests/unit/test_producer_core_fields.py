@@ -11,6 +11,7 @@ import pytest
 from producers._core import KEY_RULE_REFRESH_S, ProducerCore, Send, record_lead
 from producers.contract import InvalidLead, Keys
 from producers.known_fields import LEARNED_AT_FIELD, encode_known_fields
+from producers.wire import ENQUEUE_BATCH_LUA
 from tests.unit.test_producer_core import drive
 
 FIELDS_KEY = Keys().known_fields()
@@ -92,11 +93,13 @@ def test_upsert_many_refuses_the_unknown_records_and_sends_the_rest() -> None:
                 {"email": "c@x.com"},
             ]
         ),
-        [[b"1-0", b"2-0"]],
+        [[[b"1-0", b"2-0"]]],
     )
     (send,) = asked
     assert isinstance(send, Send)
-    assert len(send.commands) == 2
+    (batch,) = send.commands  # one atomic step for the chunk's two valid records
+    assert batch[:2] == ("EVAL", ENQUEUE_BATCH_LUA)
+    assert batch[2] == 3  # the admission cache and two streams
     assert isinstance(results[1], InvalidLead)
     assert results[1].field == "attributes.Pants"
     assert all(isinstance(r, str) for r in (results[0], results[2]))

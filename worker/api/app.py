@@ -21,9 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producers import AsyncLeadProducer, InvalidLead, Outcome, Retryable
-from producers._core import LEAD_FIELDS, SHARDS_FIELD
-from producers.keys import Keys
-from producers.wire import text
+from producers.contract import LEAD_FIELDS, SHARDS_FIELD, text
 from worker.api import idempotency
 from worker.api.auth import KeyStore
 from worker.api.errors import ApiError, error_body, error_response, json_response
@@ -97,7 +95,9 @@ def check_lead_fields(body: object, field: str = "body") -> Mapping[str, Any]:
 
 async def authorized(request: web.Request, scope: str) -> str:
     """The API key's name, or ApiError 401/403/429."""
-    api_key = await request.app[KEY_STORE].authenticate(request.headers.get("Authorization"), scope)
+    api_key = await request.app[KEY_STORE].authenticate(
+        request.headers.get("Authorization"), scope, client=request.remote
+    )
     return api_key.name
 
 
@@ -329,7 +329,7 @@ async def _resources(app: web.Application) -> Any:
         known_fields=settings.known_field_names or None,  # none set: the learned fields
         config=settings.producer_config(),
     )
-    app[KEY_STORE] = KeyStore(client, Keys(settings.key_prefix))
+    app[KEY_STORE] = KeyStore.for_settings(client, settings)
     yield
     await client.aclose()
 

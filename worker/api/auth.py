@@ -165,8 +165,8 @@ class KeyStore:
         self, header: str | None, scope: str, client: str | None = None
     ) -> ApiKey:
         """The key of an ``Authorization: Bearer`` header with ``scope``, or ApiError
-        401 (no or bad key), 403 (scope missing) or 429 (past its rate, or ``client``, the
-        caller's address, failed too often)."""
+        401 (no or bad key), 403 (scope missing) or 429 (past its rate, or, for a bad
+        key, ``client``, the caller's address, failed too often)."""
         scheme, _, key = (header or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -177,11 +177,12 @@ class KeyStore:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         failures = self._failures_key(client, key)
-        if failures is not None:
-            await self._check_failures(failures)
         api_key = await self.lookup(key)
         if api_key is None:
+            # Only failures are throttled: a working key behind the same address (a NAT,
+            # a proxy) is never locked out by another caller's bad keys.
             if failures is not None:
+                await self._check_failures(failures)
                 await self._count_failure(failures)
             raise ApiError(
                 401,
