@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from marketo_sim.config import SimConfig
 from marketo_sim.embedded import worker_command
 from marketo_sim.runner import SimulatorThread
@@ -118,7 +120,14 @@ class Pipeline:
             still = []
             for start in range(0, len(waiting), 2000):
                 part = waiting[start : start + 2000]
-                for rid, outcome in zip(part, self.producer.outcomes(part), strict=True):
+                try:
+                    found = self.producer.outcomes(part)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # A Redis that fails over drops its clients; the app asks again (the
+                    # producer's client does not retry on its own: leadsync's loops do).
+                    still.extend(part)
+                    continue
+                for rid, outcome in zip(part, found, strict=True):
                     if outcome is not None and outcome.status.is_final:
                         final[rid] = outcome
                     else:
