@@ -18,6 +18,7 @@ SCENARIOS = {
     "wire": "bench.scenarios.wire",
     "hostile": "bench.scenarios.hostile",
     "failover": "bench.scenarios.failover",
+    "backfill": "bench.scenarios.backfill",
 }
 
 
