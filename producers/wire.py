@@ -76,8 +76,13 @@ def request_id(shard: int, entry_id: str) -> str:
 
 
 def parse_request_id(value: str) -> tuple[int, str]:
-    """Split a request id into (shard, entry id); raise ValueError when malformed."""
-    shard_text, _, entry_id = value.partition("-")
+    """Split a request id into (shard, entry id); raise ValueError when malformed. An id
+    of the HTTP API (``<shard>-<ms>-<seq>.<tag>``, the tag binding it to an API key) is
+    the same request: the library, with Redis's own access, reads it without the tag."""
+    plain, dot, tag = value.partition(".")
+    if dot and not (tag and all(c in "0123456789abcdef" for c in tag)):
+        raise ValueError(f"not a leadsync request id: {value!r}")
+    shard_text, _, entry_id = plain.partition("-")
     ms, _, seq = entry_id.partition("-")
     if not (shard_text.isdigit() and ms.isdigit() and seq.isdigit()):
         raise ValueError(f"not a leadsync request id: {value!r}")

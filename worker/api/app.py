@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
@@ -22,8 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producers import AsyncLeadProducer, InvalidLead, Outcome, Retryable
 from producers.contract import LEAD_FIELDS, SHARDS_FIELD, text
-from worker.api import idempotency
-from worker.api.auth import KeyStore
+from worker.api import idempotency, request_ids
+from worker.api.auth import READ_ALL, KeyStore
 from worker.api.errors import ApiError, error_body, error_response, json_response
 from worker.connections import redis_client
 from worker.obs import metrics
@@ -44,9 +45,10 @@ KEY_STORE: Final = web.AppKey("key_store", KeyStore)
 Answer = tuple[int, object]
 
 
-def outcome_json(outcome: Outcome) -> dict[str, object]:
+def outcome_json(outcome: Outcome, asked: str) -> dict[str, object]:
+    """The outcome as JSON, under the id the caller ``asked`` for (the tagged one)."""
     return {
-        "request_id": outcome.request_id,
+        "request_id": asked,
         "status": outcome.status.value,
         "lead_id": outcome.lead_id,
         "error": outcome.error,
@@ -93,12 +95,28 @@ def check_lead_fields(body: object, field: str = "body") -> Mapping[str, Any]:
     return body
 
 
-async def authorized(request: web.Request, scope: str) -> str:
-    """The API key's name, or ApiError 401/403/429."""
-    api_key = await request.app[KEY_STORE].authenticate(
-        request.headers.get("Authorization"), scope, client=request.remote
-    )
-    return api_key.name
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated API key: its name and the secret of its request-id tags."""
+
+    name: str
+    secret: bytes
+    reads_all: bool
+
+    def bind(self, request_id: str) -> str:
+        return request_ids.bind(self.secret, request_id)
+
+    def readable(self, value: str) -> str | None:
+        """The request id behind ``value`` when this key may read it, else None."""
+        return request_ids.unbind(None if self.reads_all else self.secret, value)
+
+
+async def authorized(request: web.Request, scope: str) -> Caller:
+    """The calling API key, or ApiError 401/403/429."""
+    header = request.headers.get("Authorization")
+    api_key = await request.app[KEY_STORE].authenticate(header, scope, client=request.remote)
+    presented = (header or "").partition(" ")[2].strip()  # authenticate checked the form
+    return Caller(api_key.name, request_ids.id_secret(presented), READ_ALL in api_key.scopes)
 
 
 async def idempotent(
@@ -127,7 +145,7 @@ async def idempotent(
 
 
 async def post_lead(request: web.Request) -> web.Response:
-    key_name = await authorized(request, "write")
+    caller = await authorized(request, "write")
     fields = check_lead_fields(await json_body(request))
     producer = request.app[PRODUCER]
 
@@ -137,14 +155,14 @@ async def post_lead(request: web.Request) -> web.Response:
         except InvalidLead as exc:
             return 422, lead_errors(exc)
         metrics.record_api_upserts(1)
-        return 202, {"request_id": rid}
+        return 202, {"request_id": caller.bind(rid)}
 
-    status, body = await idempotent(request, key_name, serve)
+    status, body = await idempotent(request, caller.name, serve)
     return json_response(body, status)
 
 
 async def post_batch(request: web.Request) -> web.Response:
-    key_name = await authorized(request, "write")
+    caller = await authorized(request, "write")
     body = await json_body(request)
     if not isinstance(body, dict):
         raise ApiError(422, 'must be a JSON object {"records": [...]}', field="body")
@@ -159,13 +177,15 @@ async def post_batch(request: web.Request) -> web.Response:
     app = request.app
 
     async def serve() -> Answer:
-        return 200, {"results": await enqueue_batch(app, records)}
+        return 200, {"results": await enqueue_batch(app, records, caller)}
 
-    status, answer = await idempotent(request, key_name, serve)
+    status, answer = await idempotent(request, caller.name, serve)
     return json_response(answer, status)
 
 
-async def enqueue_batch(app: web.Application, records: Sequence[object]) -> list[object]:
+async def enqueue_batch(
+    app: web.Application, records: Sequence[object], caller: Caller
+) -> list[object]:
     """The producer's atomic batch (every valid record or none); a result per record in
     input order."""
     results = await app[PRODUCER].upsert_batch(records)
@@ -173,33 +193,45 @@ async def enqueue_batch(app: web.Application, records: Sequence[object]) -> list
     if written:
         metrics.record_api_upserts(written)
     return [
-        lead_errors(item) if isinstance(item, InvalidLead) else {"request_id": item}
+        lead_errors(item) if isinstance(item, InvalidLead) else {"request_id": caller.bind(item)}
         for item in results
     ]
 
 
 async def get_lead(request: web.Request) -> web.Response:
-    await authorized(request, "read")
-    rid = request.match_info["request_id"]
-    outcome = await request.app[PRODUCER].outcome(rid)
+    caller = await authorized(request, "read")
+    asked = request.match_info["request_id"]
+    rid = caller.readable(asked)
+    # Another key's id is answered like an unknown one: existence is never revealed.
+    outcome = None if rid is None else await request.app[PRODUCER].outcome(rid)
     if outcome is None:
         raise ApiError(
-            404, "no such request (malformed, unknown, or its outcome expired)", field="request_id"
+            404,
+            "no such request (malformed, unknown, another API key's, or its outcome expired)",
+            field="request_id",
         )
-    return json_response(outcome_json(outcome))
+    return json_response(outcome_json(outcome, asked))
 
 
 async def get_outcomes(request: web.Request) -> web.Response:
-    await authorized(request, "read")
+    caller = await authorized(request, "read")
     raw = request.query.get("ids", "")
     ids = [part.strip() for part in raw.split(",") if part.strip()]
     if not ids:
         raise ApiError(422, "give one or more request ids: ?ids=ID1,ID2", field="ids")
     if len(ids) > MAX_RECORDS:
         raise ApiError(413, f"at most {MAX_RECORDS} ids per request", field="ids")
-    found = await request.app[PRODUCER].outcomes(ids)
+    readable = [caller.readable(asked) for asked in ids]
+    looked_up = [rid for rid in readable if rid is not None]
+    found = iter(await request.app[PRODUCER].outcomes(looked_up) if looked_up else ())
+    outcomes = [None if rid is None else next(found) for rid in readable]
     return json_response(
-        {"outcomes": [None if outcome is None else outcome_json(outcome) for outcome in found]}
+        {
+            "outcomes": [
+                None if outcome is None else outcome_json(outcome, asked)
+                for asked, outcome in zip(ids, outcomes, strict=True)
+            ]
+        }
     )
 
 

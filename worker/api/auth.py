@@ -36,7 +36,10 @@ from worker.api.errors import ApiError
 from worker.lua import script
 from worker.settings import Settings
 
-SCOPES: Final = ("write", "read")
+#: ``read:all`` reads every key's outcomes (any request id, tagged or plain; an operator's
+#: key): ``read`` reads only the ids its own key was given (``request_ids``).
+SCOPES: Final = ("write", "read", "read:all")
+READ_ALL: Final = "read:all"
 #: Every key starts with this, so a leaked one is easy to recognise in a scan.
 KEY_PREFIX: Final = "lsk_"
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -65,6 +68,10 @@ class ApiKey:
                 "digest": self.digest,
             }
         )
+
+    def allows(self, scope: str) -> bool:
+        """``read:all`` includes ``read``."""
+        return scope in self.scopes or (scope == "read" and READ_ALL in self.scopes)
 
     @classmethod
     def from_record(cls, raw: bytes | str) -> ApiKey:
@@ -190,7 +197,7 @@ class KeyStore:
                 field="Authorization",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        if scope not in api_key.scopes:
+        if not api_key.allows(scope):
             raise ApiError(403, f"this API key lacks the {scope!r} scope", field="Authorization")
         rate = api_key.rate_per_s or self.policy.default_rate_per_s
         if rate:

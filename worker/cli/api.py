@@ -66,7 +66,10 @@ def _with_store(work: Callable[[KeyStore], Awaitable[T]]) -> T:
 def create(
     name: str = typer.Argument(..., help="A name for the key (one key per name)."),
     scopes: list[str] = typer.Option(  # noqa: B008
-        ..., "--scope", help="write (POST) or read (GET); repeat for both."
+        ...,
+        "--scope",
+        help="write (POST), read (GET its own request ids) or read:all (GET any key's "
+        "request ids: operators); repeat for several.",
     ),
     rate_per_s: int | None = typer.Option(
         None,
