@@ -511,3 +511,32 @@ async def test_a_call_whose_outcome_is_unknown_keeps_its_slot_until_marketo_is_d
     assert (await refused(limiter, "next")).reason == "concurrency"
     clock.advance(0.2)
     await take(limiter, "next")
+
+
+async def test_a_call_counts_in_the_window_from_when_it_leaves_not_from_its_grant(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Marketo counts a call when it arrives. A call held up after its grant (a loaded
+    event loop, a large body to sign) counted from its grant let a call granted one
+    window later arrive within Marketo's window of it (bench backfill: 101 in 20 s)."""
+    limiter = make_limiter(rate_limit_calls=1, rate_burst_calls=1, rate_limit_window_s=10.0)
+    late = await take(limiter)
+    clock.advance(1.0)
+    await limiter.depart(late)  # it leaves a second after its grant
+    await limiter.release(late)
+    clock.advance(9.3)  # a window (and its margin) after the grant, not after it left
+    denied = await refused(limiter)
+    assert denied.reason == "rate"
+    assert denied.retry_after_s == pytest.approx(1.0 + 10.0 + WINDOW_MARGIN_S - 10.3)
+    clock.advance(denied.retry_after_s)
+    await take(limiter)
+
+
+async def test_a_turn_given_back_is_not_put_back_by_its_departure(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(rate_limit_calls=1, rate_burst_calls=1, rate_limit_window_s=10.0)
+    turn = await take(limiter)
+    await limiter.give_back(turn)
+    await limiter.depart(turn)
+    assert await limiter._redis.zcard(limiter.keys.window) == 0

@@ -100,6 +100,7 @@ class RedisLimiter:
         self._quota_exhausted = redis.register_script(_script("quota_exhausted"))
         self._hold = redis.register_script(_script("hold"))
         self._keep_slot = redis.register_script(_script("keep_slot"))
+        self._depart = redis.register_script(_script("depart"))
         self._give_back = redis.register_script(
             _SCRIPT_DIR.joinpath("give_back.lua").read_text(encoding="utf-8")
         )
@@ -197,6 +198,12 @@ class RedisLimiter:
             )
         reason = cast(DenyReason, _text(result[1]))
         return Denied(reason=reason, retry_after_s=max(float(_text(result[2]) or 0), MIN_RETRY_S))
+
+    async def depart(self, permit: Permit) -> None:
+        """The permit's call leaves now: its window entry takes this time (on Redis's
+        clock), so the window counts calls when they leave, as Marketo does when they
+        arrive, not when they were granted (``scripts/depart.lua``)."""
+        await self._depart(keys=[self._keys.window], args=[self._now_arg(), permit.token])
 
     async def release(self, permit: Permit) -> None:
         """Free the slot. The window entry and quota count stay: the call was made."""
