@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -21,19 +22,33 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process with its own directory (AOF on when asked)."""
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        user: tuple[str, str] | None = None,
+    ) -> None:
+        """``extra_args`` go to redis-server as they are (``--aclfile PATH``); ``user``
+        (name, password) is who :attr:`url` logs in as (the default user when None)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure-redis installs it)")
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
+        self.user = user
         self.dir = Path(tempfile.mkdtemp(prefix="leadsync-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_as(*self.user) if self.user else f"redis://127.0.0.1:{self.port}/0"
+
+    def url_as(self, name: str, password: str) -> str:
+        return f"redis://{name}:{password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         args = [
@@ -54,6 +69,7 @@ class RedisServer:
             "noeviction",
             "--logfile",
             str(self.dir / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
