@@ -52,8 +52,16 @@ def test_kustomize_renders_the_ha_overlay_with_sentinel_triggers_and_one_secret(
         scaled["spec"]["advanced"] == base[("ScaledObject", "leadsync-worker")]["spec"]["advanced"]
     )
     auth = ha[("TriggerAuthentication", "leadsync-redis")]["spec"]["secretTargetRef"]
-    assert {ref["parameter"] for ref in auth} == {"password", "sentinelPassword"}
+    assert {ref["parameter"] for ref in auth} == {
+        "username",
+        "password",
+        "tls",
+        "ca",
+        "sentinelPassword",
+    }
     secret = ha[("Secret", "leadsync-secrets")]["stringData"]
+    api_url = ha[("Secret", "leadsync-api-secrets")]["stringData"]["LEADSYNC_REDIS_URL"]
+    assert api_url.startswith("redis+sentinel://"), "the API's own Secret names the sentinels"
     assert set(base[("Secret", "leadsync-secrets")]["stringData"]) < set(secret)
     assert secret["LEADSYNC_REDIS_URL"].startswith("redis+sentinel://")
     for kind, name in (("StatefulSet", "redis"), ("StatefulSet", "redis-sentinel")):

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -105,8 +106,8 @@ def configmap_data() -> dict[str, str]:
     return data
 
 
-def secret_keys() -> set[str]:
-    return set(find("Secret", "leadsync-secrets")["stringData"])
+def secret_keys(name: str = "leadsync-secrets") -> set[str]:
+    return set(find("Secret", name)["stringData"])
 
 
 def env_example() -> dict[str, str]:
@@ -343,8 +344,10 @@ def test_every_secret_and_configmap_reference_resolves() -> None:
             for item in container.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert ref["name"] == "leadsync-secrets"
-                    assert ref["key"] in secret_keys(), ref["key"]
+                    # The API has a Secret of its own (its Redis user's URL and nothing else).
+                    api = deployment["metadata"]["name"] == "leadsync-api"
+                    assert ref["name"] == ("leadsync-api-secrets" if api else "leadsync-secrets")
+                    assert ref["key"] in secret_keys(ref["name"]), ref["key"]
                     assert ref["key"] == item["name"], "secret keys are named as their variables"
             for source in container.get("envFrom", []):
                 find("ConfigMap", source["configMapRef"]["name"])
@@ -569,12 +572,22 @@ def test_keda_scales_the_worker_on_the_total_backlog_of_every_shard() -> None:
     assert modifiers["metricType"] == "AverageValue"
 
 
-def test_keda_reads_the_redis_password_from_the_leadsync_secret() -> None:
+def test_keda_logs_in_as_its_own_acl_user_over_tls_from_the_leadsync_secret() -> None:
+    """As its own ACL user (username), over TLS when the Secret says so, with the CA."""
     auth = find("TriggerAuthentication", "leadsync-redis")
-    (ref,) = auth["spec"]["secretTargetRef"]
-    assert ref["parameter"] == "password"
-    assert ref["name"] == "leadsync-secrets"
-    assert ref["key"] in secret_keys()
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    # The redis-streams scaler's TriggerAuthentication parameters (keda.sh/docs/scalers/
+    # redis-streams): username, password, tls (enable|disable), ca, cert, key, keyPassword.
+    assert set(refs) == {"username", "password", "tls", "ca"}
+    for ref in refs.values():
+        assert ref["name"] == "leadsync-secrets"
+        assert ref["key"] in secret_keys()
+    secret = find("Secret", "leadsync-secrets")["stringData"]
+    assert secret[refs["tls"]["key"]] in ("enable", "disable")
+    assert secret[refs["username"]["key"]] == "leadsync-keda"
+    # tls in the TriggerAuthentication excludes enableTLS/unsafeSsl on the triggers.
+    for trigger in find("ScaledObject", "leadsync-worker")["spec"]["triggers"]:
+        assert not {"enableTLS", "unsafeSsl"} & set(trigger["metadata"])
 
 
 def test_keda_manifests_use_only_known_fields() -> None:
@@ -718,3 +731,20 @@ def test_example_leads_are_valid_and_use_reserved_example_domains_only() -> None
         lead = validate_lead(**json.loads(line))
         assert lead.email is not None
         assert lead.email.endswith("@example.com")
+
+
+def test_the_example_secrets_log_in_as_the_users_of_the_shipped_acl_file() -> None:
+    """Each component's URL (and KEDA's login) names its user in deploy/redis-acl/users.acl
+    with that file's placeholder password."""
+    users = {}
+    for line in (DEPLOY / "redis-acl" / "users.acl").read_text().splitlines():
+        words = line.split()
+        assert words[0] == "user", "an ACL file holds user lines only (no comments)"
+        users[words[1]] = next((w[1:] for w in words if w.startswith(">")), None)
+    assert users["default"] is None, "the default user is off"
+    worker = urlsplit(find("Secret", "leadsync-secrets")["stringData"]["LEADSYNC_REDIS_URL"])
+    api = urlsplit(find("Secret", "leadsync-api-secrets")["stringData"]["LEADSYNC_REDIS_URL"])
+    assert (worker.username, worker.password) == ("leadsync-worker", users["leadsync-worker"])
+    assert (api.username, api.password) == ("leadsync-api", users["leadsync-api"])
+    secret = find("Secret", "leadsync-secrets")["stringData"]
+    assert users[secret["REDIS_USERNAME"]] == secret["REDIS_PASSWORD"]

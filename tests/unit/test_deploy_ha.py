@@ -48,7 +48,9 @@ def one(name: str, kind: str, object_name: str | None = None) -> dict[str, Any]:
 
 
 def ha_url() -> str:
-    url: str = one("secret-patch.yaml", "Secret")["stringData"]["LEADSYNC_REDIS_URL"]
+    url: str = one("secret-patch.yaml", "Secret", "leadsync-secrets")["stringData"][
+        "LEADSYNC_REDIS_URL"
+    ]
     return url
 
 
@@ -138,7 +140,7 @@ def test_the_start_scripts_are_valid_shell(configmap: str, key: str, tmp_path: P
 
 
 def test_redis_and_sentinel_pods_are_hardened_and_read_their_passwords_from_the_secret() -> None:
-    keys = secret_keys() | set(one("secret-patch.yaml", "Secret")["stringData"])
+    keys = secret_keys() | set(one("secret-patch.yaml", "Secret", "leadsync-secrets")["stringData"])
     for source, name in (("redis-ha.yaml", "redis"), ("sentinel.yaml", "redis-sentinel")):
         pod = one(source, "StatefulSet", name)["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -182,8 +184,8 @@ def test_keda_reads_every_shard_through_the_sentinels() -> None:
         assert trigger["authenticationRef"]["name"] == "leadsync-redis"
     auth = one("keda-patch.yaml", "TriggerAuthentication", "leadsync-redis")
     refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
-    assert set(refs) == {"password", "sentinelPassword"}
-    patched = set(one("secret-patch.yaml", "Secret")["stringData"])
+    assert set(refs) == {"username", "password", "tls", "ca", "sentinelPassword"}
+    patched = set(one("secret-patch.yaml", "Secret", "leadsync-secrets")["stringData"])
     assert {ref["key"] for ref in refs.values()} <= secret_keys() | patched
 
 
