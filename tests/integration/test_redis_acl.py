@@ -1,6 +1,7 @@
 """The shipped Redis ACL users (deploy/redis-acl/users.acl) on a real redis-server started
 with ``--aclfile``: the API user runs the whole API and reaches neither the limiter nor
-the REST token, the worker user drains, the KEDA user counts entries and reads none."""
+the REST token, the worker user drains, the KEDA user counts entries and reads none;
+``leadsync doctor --role`` checks each user's permissions with ACL DRYRUN."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import Result
+from typer.testing import CliRunner
 
 from producers.keys import Keys, LimiterKeys
 from tests.support.api_kit import SHARDS, running_api
 from tests.support.pipeline import running_pipeline
 from tests.support.redis_server import RedisServer
+from worker.cli import app
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +211,64 @@ def test_the_keda_user_counts_entries_and_reads_none(
             keda.get(Keys().rest_token("0123456789abcdef"))
     finally:
         keda.close()
+
+
+# --- leadsync doctor --role ---------------------------------------------------------------
+
+
+def doctor(url: str, *args: str) -> Result:
+    env = {
+        "LEADSYNC_REDIS_URL": url,
+        "LEADSYNC_SHARDS": "4",
+        "LEADSYNC_MARKETO_USER_ID": "u",
+        "LEADSYNC_MARKETO_ENCRYPTION_KEY": "k",
+        "LEADSYNC_MARKETO_ENDPOINT": "http://127.0.0.1:9/soap/mktows/2_2",
+        "COLUMNS": "400",
+    }
+    return CliRunner().invoke(app, ["doctor", *args], env=env)
+
+
+def permissions_row(result: Result) -> str:
+    (row,) = [line for line in result.stdout.splitlines() if "permissions" in line]
+    return row
+
+
+@pytest.mark.parametrize(("user", "role"), [(API, "api"), (WORKER, "worker"), (KEDA, "keda")])
+def test_doctor_as_an_admin_finds_each_shipped_user_fit_for_its_role(
+    server: RedisServer, admin: redis.Redis, user: tuple[str, str], role: str
+) -> None:
+    result = doctor(server.url, "--role", role, "--acl-user", user[0])
+    row = permissions_row(result)
+    assert "OK" in row, row
+    assert f"user '{user[0]}' as {role}" in row
+
+
+def test_doctor_names_the_missing_command_and_key_pattern_never_a_secret(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    # The API's user checked as a worker: no limiter, no token, no dead letters.
+    result = doctor(server.url, "--role", "worker", "--acl-user", API[0])
+    row = permissions_row(result)
+    assert "FAIL" in row
+    assert "GET leadsync:{limits}:rest-token:*" in row
+    assert "XADD leadsync:{<shard>}:dlq" in row
+    assert result.exit_code == 1
+    # The worker's user checked as the API: it may do all, and more than it should.
+    too_much = permissions_row(doctor(server.url, "--role", "api", "--acl-user", WORKER[0]))
+    assert "WARN" in too_much
+    assert "REST token" in too_much
+    for password in (API[1], WORKER[1], ADMIN[1]):
+        assert password not in result.stdout
+
+
+def test_doctor_infers_the_role_and_skips_when_acl_commands_are_refused(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    as_admin = permissions_row(doctor(server.url))
+    assert "OK" in as_admin
+    assert "as worker" in as_admin  # leadsync-admin: no api or keda in its name
+    # A restricted user may not ask ACL anything: the check is skipped, not failed.
+    result = doctor(server.url_as(*KEDA), "--role", "keda")
+    assert "skipped" in permissions_row(result)
+    assert "WARN" in permissions_row(result)
+    assert result.exit_code == 0, result.stdout

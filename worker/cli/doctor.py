@@ -34,6 +34,19 @@ def doctor(
     max_age_s: float = typer.Option(
         60.0, "--max-age-s", min=1, help="With --liveness: oldest heartbeat still alive."
     ),
+    role: str | None = typer.Option(
+        None,
+        "--role",
+        help=(
+            "api, worker or keda: check what this component's Redis user may do (ACL "
+            "DRYRUN), and for api and keda nothing else; default: inferred from the user."
+        ),
+    ),
+    acl_user: str | None = typer.Option(
+        None,
+        "--acl-user",
+        help="Check this Redis user's permissions instead of the current one's (admin URL).",
+    ),
 ) -> None:
     """Check settings, Redis (Sentinel, not a Cluster), the ledger, the limits and the
     Marketo endpoint.
@@ -43,6 +56,11 @@ def doctor(
     from worker.ops.doctor import check_settings, failed, run_checks
     from worker.ops.doctor import liveness as check_liveness
     from worker.ops.doctor import readiness as check_readiness
+    from worker.ops.permissions import ROLES
+
+    if role is not None and role not in ROLES:
+        typer.echo(f"--role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
 
     settings, first = check_settings()
     if liveness or readiness:
@@ -56,7 +74,14 @@ def doctor(
         if check.level != "OK":
             raise typer.Exit(1)
         return
-    checks = [first] if settings is None else [first, *asyncio.run(run_checks(settings))]
+    checks = (
+        [first]
+        if settings is None
+        else [
+            first,
+            *asyncio.run(run_checks(settings, role=role, acl_user=acl_user)),
+        ]
+    )
     console.print(_checks_table(checks))
     if failed(checks):
         raise typer.Exit(1)

@@ -33,6 +33,7 @@ from worker.marketo.rest.tokens import fetch_token
 from worker.obs.stats import stored_shards
 from worker.ops.fields import read_fields
 from worker.ops.health import LIVENESS_MAX_AGE_S, local_heartbeat_path, local_liveness
+from worker.ops.permissions import Role, check_permissions
 from worker.scheduling import pace_report
 from worker.settings import DEFAULT_QUOTAS, Settings
 from worker.transport import AiohttpTransport
@@ -553,8 +554,25 @@ async def _guarded(name: str, check: Awaitable[Check]) -> Check:
         return Check(name, "FAIL", f"Redis error: {exc.__class__.__name__}")
 
 
-async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list[Check]:
-    """Every check after settings; Redis-based ones are skipped when Redis is unreachable."""
+async def permissions_check(
+    redis: Redis, settings: Settings, role: Role | None, acl_user: str | None
+) -> Check:
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+    level, detail = await check_permissions(redis, settings.key_prefix, role, acl_user, db)
+    return Check("permissions", level, detail)
+
+
+async def run_checks(
+    settings: Settings,
+    *,
+    http_timeout_s: float = 5.0,
+    role: Role | None = None,
+    acl_user: str | None = None,
+) -> list[Check]:
+    """Every check after settings; Redis-based ones are skipped when Redis is unreachable.
+    ``role`` api or keda: only Redis and what that component's user may do (their users
+    cannot read the worker's keys); ``acl_user``: check that user's permissions instead
+    of the current one's (needs an admin's URL)."""
     keys = Keys(settings.key_prefix)
     client = redis_client(settings)
     try:
@@ -562,6 +580,10 @@ async def run_checks(settings: Settings, *, http_timeout_s: float = 5.0) -> list
         sentinel = await check_sentinel(settings)
         if sentinel is not None:
             checks.append(sentinel)
+        if checks[0].level == "OK":
+            checks.append(await permissions_check(client, settings, role, acl_user))
+        if role in ("api", "keda"):
+            return checks
         if checks[0].level == "OK":
             checks.append(await _guarded("cluster", check_not_cluster(client, keys)))
         if checks[0].level == "OK" and checks[-1].level != "FAIL":
