@@ -283,17 +283,21 @@ def read_outcome(
 
     The worker writes the outcome and deletes the entry in one atomic step, so when the
     XRANGE found nothing the reads that ran after it see the outcome unless it expired.
+    An HTTP API id (``<request id>.<tag>``) is read as its request id and answered under
+    the id as given.
     """
+    plain = request.partition(".")[0]
     if packed:
-        return Outcome.unpack(request, packed)
-    if fields:
-        outcome = Outcome.from_fields(request, fields)
+        outcome = Outcome.unpack(plain, packed)
+    elif fields:
+        outcome = Outcome.from_fields(plain, fields)
         if outcome.enqueued_at is None:
             outcome = dataclasses.replace(outcome, enqueued_at=wire.entry_time_s(entry_id))
-        return outcome
-    if entries:
-        return Outcome(request, OutcomeStatus.PENDING, enqueued_at=wire.entry_time_s(entry_id))
-    return None
+    elif entries:
+        outcome = Outcome(plain, OutcomeStatus.PENDING, enqueued_at=wire.entry_time_s(entry_id))
+    else:
+        return None
+    return outcome if plain == request else dataclasses.replace(outcome, request_id=request)
 
 
 def timed_out(last: Outcome | None, request: str) -> Outcome:

@@ -4,12 +4,14 @@ with a wrong tag is answered exactly like an unknown id (404, or null in a list)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
+from producers import AsyncLeadProducer
 from producers.contract import Keys, Outcome, OutcomeStatus, parse_request_id
-from tests.support.api_kit import Api, running_api
+from tests.support.api_kit import SHARDS, Api, running_api
 from worker.api import request_ids
 from worker.api.auth import KeyStore
 
@@ -70,12 +72,21 @@ async def test_a_final_outcome_is_served_under_the_tagged_id(api: Api) -> None:
     shop = await api.key("shop", "write", "read")
     (rid,) = await enqueue(api, shop)
     shard, entry_id = parse_request_id(rid)  # the library reads an API id as its own
-    done = Outcome(request_ids.split(rid)[0], OutcomeStatus.CREATED, lead_id=42)
-    await api.redis.hset(Keys().outcome(shard, entry_id), mapping=done.to_fields())
+    plain = request_ids.split(rid)[0]
+    done = Outcome(plain, OutcomeStatus.CREATED, lead_id=42, attempts=1, finished_at=2e9)
+    bucket, field = Keys().outcome_slot(shard, entry_id)  # where the worker settles it
+    await api.redis.hset(bucket, field, done.pack())
+    await api.redis.xdel(Keys().stream(shard), entry_id)
     answer = await api.call("GET", f"/v1/leads/{rid}", key=shop)
     assert answer.body["status"] == "CREATED"
     assert answer.body["lead_id"] == 42
     assert answer.body["request_id"] == rid
+    # The producers library (and `leadsync status`) read the tagged id as the request.
+    producer = AsyncLeadProducer(api.redis, shards=SHARDS)
+    found = await producer.outcome(rid)
+    assert found is not None
+    assert (found.request_id, found.lead_id) == (rid, 42)
+    assert (await producer.outcome(plain)) == dataclasses.replace(found, request_id=plain)
 
 
 async def test_a_revoked_keys_ids_are_readable_only_by_read_all(api: Api) -> None:
