@@ -580,13 +580,16 @@ async def run_checks(
         sentinel = await check_sentinel(settings)
         if sentinel is not None:
             checks.append(sentinel)
-        if checks[0].level == "OK":
-            checks.append(await permissions_check(client, settings, role, acl_user))
-        if role in ("api", "keda"):
+        if role in ("api", "keda"):  # their users may not even run INFO
+            if checks[0].level == "OK":
+                checks.append(await permissions_check(client, settings, role, acl_user))
             return checks
         if checks[0].level == "OK":
+            # A Cluster first: nothing else would make sense on one.
             checks.append(await _guarded("cluster", check_not_cluster(client, keys)))
-        if checks[0].level == "OK" and checks[-1].level != "FAIL":
+            if checks[-1].level != "FAIL":
+                checks.append(await permissions_check(client, settings, role, acl_user))
+        if checks[0].level == "OK" and checks[-1].name != "cluster":
             checks.append(await _guarded("persistence", check_persistence(client)))
             checks.append(await _guarded("replicas", check_replicas(client, settings)))
             shards, shard_check = await check_shards(client, settings)
