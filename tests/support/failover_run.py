@@ -79,6 +79,17 @@ class FailoverReport:
     delivery_resumed_s: float | None
     refusals: dict[str, dict[str, int]]
     enqueue_ms: dict[str, list[float]]
+    #: The end of the worker's log, to tell what happened when a promise broke.
+    log_tail: str = ""
+
+    def brief(self) -> str:
+        """The figures without the timings or the log (an assertion message)."""
+        return (
+            f"{self.fault}: acknowledged={self.acknowledged} intake_resumed_s="
+            f"{self.intake_resumed_s} delivery_resumed_s={self.delivery_resumed_s} "
+            f"refusals={self.refusals} calls={self.summary['calls']} "
+            f"problems={self.problems()}"
+        )
 
     def problems(self) -> list[str]:
         found = self.verdict.problems()
@@ -212,8 +223,8 @@ def run_failover(
     pause_s: float = 0.01,
     replicas: int = 1,
 ) -> FailoverReport:
-    """``fault``: "kill" (SIGKILL the master; its pod restarts it a second later, and
-    the sentinels make it a replica) or "freeze" (SIGSTOP it past the sentinels'
+    """``fault``: "kill" (SIGKILL the master; its pod restarts it a second later, as a
+    replica of the new master, as the HA overlay's start script does) or "freeze" (SIGSTOP it past the sentinels'
     timeout, then SIGCONT: it wakes as a stale master and is demoted)."""
     # Two replicas: with LEADSYNC_ENQUEUE_REPLICAS=1 a master needs one replica left after
     # a failover to take writes (with one, intake waits for the failed node to come back
@@ -329,4 +340,5 @@ def _write_through(
         delivery_resumed_s=min(calls_after) - fault_at if calls_after else None,
         refusals={name: w.refusals for name, w in writers.items()},
         enqueue_ms=timings,
+        log_tail=pipeline.logs()[-6000:],
     )

@@ -194,9 +194,16 @@ class SentinelSet:
         return port
 
     def restart(self, port: int) -> None:
-        """Start a killed server again with its first arguments (as its pod would be): an
-        old master comes back empty, as a master, until the sentinels make it a replica."""
-        self._spawn(port, self.args[port])
+        """Start a killed server again, as its pod would (deploy/k8s/overlays/ha's
+        start-redis.sh): it asks the sentinels for the master and starts as its replica.
+        (Started with its first arguments, an old master would come back empty and take
+        writes as a master until the sentinels noticed it.)"""
+        host, master_port = self.master_address()
+        args = list(self.args[port])
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            del args[at : at + 3]
+        self._spawn(port, [*args, "--replicaof", host, str(master_port)])
 
     def freeze(self) -> int:
         """SIGSTOP the current master (a stalled VM or a long GC pause); returns its port.
