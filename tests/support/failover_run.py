@@ -218,12 +218,15 @@ def run_failover(
     *,
     before_s: float = 3.0,
     after_s: float = 8.0,
-    settle_s: float = 40.0,
+    settle_s: float = 90.0,
     people: int = 30,
     pause_s: float = 0.01,
     replicas: int = 1,
 ) -> FailoverReport:
-    """``fault``: "kill" (SIGKILL the master; its pod restarts it a second later, as a
+    """``settle_s``: how long acknowledged upserts may take to end terminal after the
+    writers stop (a kill sometimes leaves the new master without a confirming replica
+    for a while: upserts and leases then wait for WAIT; slow, not lost).
+    ``fault``: "kill" (SIGKILL the master; its pod restarts it a second later, as a
     replica of the new master, as the HA overlay's start script does) or "freeze" (SIGSTOP it past the sentinels'
     timeout, then SIGCONT: it wakes as a stale master and is demoted)."""
     # Two replicas: with LEADSYNC_ENQUEUE_REPLICAS=1 a master needs one replica left after

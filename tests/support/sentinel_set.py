@@ -34,6 +34,14 @@ def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _connect(port: int, password: str | None) -> redis.Redis:
+    """A short-timeout client of one local server or sentinel."""
+    return redis.Redis(
+        port=port, password=password, socket_timeout=2, socket_connect_timeout=1,
+        decode_responses=True,
+    )  # fmt: skip
+
+
 class SentinelSet:
     """Master + ``replicas`` replicas + ``sentinels`` sentinels monitoring
     :data:`MASTER_NAME`."""
@@ -83,22 +91,10 @@ class SentinelSet:
         return f"{scheme}://{auth}{hosts}/{MASTER_NAME}/{db}" + (f"?{options}" if options else "")
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            port=port,
-            password=self.master_password,
-            socket_timeout=2,
-            socket_connect_timeout=1,
-            decode_responses=True,
-        )
+        return _connect(port, self.master_password)
 
     def sentinel_client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            port=port,
-            password=self.sentinel_password,
-            socket_timeout=2,
-            socket_connect_timeout=1,
-            decode_responses=True,
-        )
+        return _connect(port, self.sentinel_password)
 
     def master_address(self, sentinel_port: int | None = None) -> tuple[str, int]:
         """The master's address as a sentinel sees it."""
