@@ -60,7 +60,10 @@ def broker_variable(settings: Settings) -> str:
 
 def create_app(settings: Settings) -> Celery:
     """The Celery app for these settings (no I/O happens here)."""
+    from worker.broker import install as install_transports
     from worker.connections import celery_redis
+
+    install_transports()  # kombu's Redis channels, with a lost connection named as such
 
     # leadsync's redis+sentinel:// URL becomes kombu's sentinel://...;sentinel://... with
     # master_name and sentinel_kwargs (worker/connections.py); other URLs pass through.

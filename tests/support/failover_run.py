@@ -81,6 +81,9 @@ class FailoverReport:
     enqueue_ms: dict[str, list[float]]
     #: The end of the worker's log, to tell what happened when a promise broke.
     log_tail: str = ""
+    #: Worker processes that exited during the run and were started again (as their
+    #: pod's restartPolicy would): not a broken promise, but worth a look in the log.
+    worker_restarts: int = 0
 
     def brief(self) -> str:
         """The figures without the timings or the log (an assertion message)."""
@@ -88,6 +91,7 @@ class FailoverReport:
             f"{self.fault}: acknowledged={self.acknowledged} intake_resumed_s="
             f"{self.intake_resumed_s} delivery_resumed_s={self.delivery_resumed_s} "
             f"refusals={self.refusals} calls={self.summary['calls']} "
+            f"worker_restarts={self.worker_restarts} "
             f"problems={self.problems()}"
         )
 
@@ -247,11 +251,38 @@ def run_failover(
             "LEADSYNC_REDIS_CONNECT_TIMEOUT_S": "1",
         }
         sim = SimConfig(rate_limit_calls=RATE_CALLS, rate_window_s=RATE_WINDOW_S)
-        with running_pipeline(url, sim_config=sim, settings_env=env, shards=SHARDS) as pipeline:
-            pipeline.start_worker(concurrency=2)
-            return _write_through(
+        with (
+            running_pipeline(url, sim_config=sim, settings_env=env, shards=SHARDS) as pipeline,
+            _restart_policy(pipeline) as restarts,
+        ):
+            report = _write_through(
                 pipeline, cluster, fault, before_s, after_s, settle_s, people, pause_s, replicas
             )
+            return dataclasses.replace(report, worker_restarts=len(restarts))
+
+
+@contextlib.contextmanager
+def _restart_policy(pipeline: Pipeline, every_s: float = 0.5) -> Iterator[list[float]]:
+    """One worker, started again whenever it exits (Kubernetes' restartPolicy: Always):
+    yields the times it was restarted."""
+    restarts: list[float] = []
+    stop = threading.Event()
+    worker = pipeline.start_worker(concurrency=2)
+
+    def watch() -> None:
+        nonlocal worker
+        while not stop.wait(every_s):
+            if worker.poll() is not None:
+                restarts.append(time.time())
+                worker = pipeline.start_worker(concurrency=2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield restarts
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
 
 
 def _write_through(
