@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[set[str]] = [
     {"worker.errors", "worker.faultpoints", "worker.lua"},
     {"worker.settings"},
-    {"worker.connections", "worker.failover"},
+    {"worker.connections", "worker.failover", "worker.broker"},
     {"worker.core", "worker.transport", "worker.ledger", "worker.limits"},
     {"worker.marketo", "worker.scheduling"},
     {"worker.obs"},
