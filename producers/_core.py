@@ -34,6 +34,7 @@ from producers.known_fields import (
     configured,
     decode_known_fields,
 )
+from producers.lanes import Lane, check_lane, stream_index
 from producers.lead import (
     SOAP_KEY_RULE,
     LeadUpsert,
@@ -178,21 +179,52 @@ def adopt_shards(stored: bytes | str | None, wanted: int, config_key: str) -> in
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """When the enqueue steps refuse new work with Backpressure: a shard's stream holding
-    ``max_shard_backlog`` entries, or Redis at ``memory_high_water`` of its maxmemory
-    (0 turns either off)."""
+    """When the enqueue steps refuse new work with Backpressure: a shard's live stream
+    holding ``max_shard_backlog`` entries (its bulk stream ``max_bulk_backlog``), or Redis
+    at ``memory_high_water`` of its maxmemory; bulk already at ``memory_high_water -
+    live_memory_reserve``, so live intake keeps that reserve (0 turns a bound off)."""
 
     max_shard_backlog: int = 0
     memory_high_water: float = 0.0
+    max_bulk_backlog: int = 0
+    live_memory_reserve: float = 0.0
 
     @classmethod
     def from_config(cls, config: ProducerConfig) -> Admission:
-        return cls(config.max_shard_backlog, config.memory_high_water)
+        return cls(
+            config.max_shard_backlog,
+            config.memory_high_water,
+            config.max_bulk_backlog,
+            config.live_memory_reserve,
+        )
+
+    def bounds(self, lane: Lane) -> tuple[int, float]:
+        """(max backlog per stream, memory high water) for ``lane``."""
+        if lane == "live":
+            return self.max_shard_backlog, self.memory_high_water
+        high_water = self.memory_high_water
+        if high_water > 0:
+            high_water = max(high_water - self.live_memory_reserve, 0.01)
+        return self.max_bulk_backlog, high_water
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where one validated lead goes: its stream's number (the request id's first part),
+    the keys its enqueue step touches, and what the entry holds."""
+
+    index: int
+    stream: str
+    sequence: str
+    fields: str
+    digest: str
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where entries go once the shard count is agreed; stream names are precomputed."""
+    """Where entries go once the shard count is agreed; stream names are precomputed
+    (live streams 0..shards-1, then the bulk streams)."""
 
     keys: Keys
     shards: int
@@ -213,40 +245,54 @@ class Route:
         known: KnownFields | None = None,
         admission: Admission | None = None,
     ) -> Route:
-        streams = tuple(keys.stream(s) for s in range(shards))
+        streams = tuple(keys.stream(s) for s in range(2 * shards))
         return cls(keys, shards, streams, key_rule, known, admission or Admission())
 
-    def entry(self, lead: LeadUpsert) -> tuple[int, Command]:
-        """The shard and the command of one validated lead: its XADD, in one atomic step.
-        Raises InvalidLead when the lead lacks the key the rule needs (REST: the lookup
-        field's value), before anything is written."""
+    def place(self, lead: LeadUpsert, lane: Lane = "live") -> Placed:
+        """Where ``lead`` goes in ``lane``. Raises InvalidLead when the lead lacks the key
+        the rule needs (REST: the lookup field's value), before anything is written."""
         key = lead_key(lead, self.key_rule)
         shard = shard_for(key, self.shards)
-        return shard, (
-            "EVAL",
-            wire.ENQUEUE_LUA,
-            2,
-            self.streams[shard],
-            self.keys.admission(),
-            key_digest(key),
+        digest = key_digest(key)
+        index = stream_index(shard, self.shards, lane)
+        return Placed(
+            index,
+            self.streams[index],
+            self.keys.sequence(shard),
+            self.keys.written_fields(shard, digest),
+            digest,
             wire.encode_lead(lead),
-            self.admission.max_shard_backlog,
-            self.admission.memory_high_water,
         )
 
-    def batch(self, entries: Sequence[tuple[int, Command]]) -> Command:
-        """One atomic command for many :meth:`entry` commands (``enqueue_batch.lua``):
-        all admitted, or none."""
-        streams = [command[3] for _, command in entries]
-        argv = [arg for _, command in entries for arg in command[5:7]]
+    def entry(self, placed: Placed, lane: Lane = "live") -> Command:
+        """The one atomic step (``enqueue.lua``) that enqueues ``placed``."""
+        return (
+            "EVAL",
+            wire.ENQUEUE_LUA,
+            4,
+            placed.stream,
+            self.keys.admission(),
+            placed.sequence,
+            placed.fields,
+            placed.digest,
+            placed.payload,
+            *self.admission.bounds(lane),
+            1 if lane == "bulk" else 0,
+        )
+
+    def batch(self, placed: Sequence[Placed], lane: Lane = "live") -> Command:
+        """One atomic command for many leads of one lane (``enqueue_batch.lua``): all
+        admitted, or none."""
+        keys = [key for p in placed for key in (p.stream, p.sequence, p.fields)]
+        argv = [arg for p in placed for arg in (p.digest, p.payload)]
         return (
             "EVAL",
             wire.ENQUEUE_BATCH_LUA,
-            1 + len(streams),
+            1 + len(keys),
             self.keys.admission(),
-            *streams,
-            self.admission.max_shard_backlog,
-            self.admission.memory_high_water,
+            *keys,
+            *self.admission.bounds(lane),
+            1 if lane == "bulk" else 0,
             *argv,
         )
 
@@ -256,7 +302,7 @@ class Route:
             shard, entry_id = wire.parse_request_id(value)
         except ValueError:
             return None
-        return (shard, entry_id) if shard < self.shards else None
+        return (shard, entry_id) if shard < len(self.streams) else None
 
     def lookup(self, shard: int, entry_id: str) -> tuple[Command, Command, Command]:
         """XRANGE before the outcome's HGET (and the previous version's HGETALL): the
@@ -352,14 +398,14 @@ def bulk_chunks(
 
 
 def route_or_refuse(
-    route: Route, item: LeadUpsert | InvalidLead
-) -> tuple[int, Command] | InvalidLead:
-    """The shard and command of a valid lead, or why it cannot go (a refusal stays one;
-    a lead without the key the rule needs becomes one)."""
+    route: Route, item: LeadUpsert | InvalidLead, lane: Lane = "live"
+) -> Placed | InvalidLead:
+    """Where a valid lead goes, or why it cannot go (a refusal stays one; a lead without
+    the key the rule needs becomes one)."""
     if isinstance(item, InvalidLead):
         return item
     try:
-        return route.entry(item)
+        return route.place(item, lane)
     except InvalidLead as exc:
         return exc
 
@@ -454,35 +500,39 @@ class ProducerCore:
         self._fields_version, known = decode_known_fields(stored)
         return known
 
-    def upsert(self, fields: LeadFields) -> Step[str]:
+    def upsert(self, fields: LeadFields, lane: Lane = "live") -> Step[str]:
         """Validate (InvalidLead before anything is written: configured known fields
         before any I/O, learned ones after the handshake), then one XADD round trip."""
+        lane = check_lane(lane)
         lead = check_known_fields(validate_lead(**fields), self.known)
         route = yield from self.agree()
         if self.learns:
             lead = check_fields(lead, route.known)
-        shard, command = route.entry(lead)
-        (reply,), seen = yield from self._enqueue((command,))
-        rid = wire.request_id(shard, wire.text(reply))
+        placed = route.place(lead, lane)
+        (reply,), seen = yield from self._enqueue((route.entry(placed, lane),))
+        rid = wire.request_id(placed.index, wire.text(reply))
         self._confirmed([rid], seen)
         return rid
 
-    def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> Step[list[str | InvalidLead]]:
+    def upsert_many(
+        self, records: Iterable[Mapping[str, Any]], lane: Lane = "live"
+    ) -> Step[list[str | InvalidLead]]:
         """Request ids (or the InvalidLead) in record order, one round trip per chunk of
         BULK_CHUNK records, each chunk ONE atomic step (``enqueue_batch.lua``): admitted
         whole or refused whole, so a refused older write of a lead can never be retried
         after a newer one of the same chunk got in. Backpressure or NotReplicated stops
         at the first chunk refused or unconfirmed: ``results`` hold every record before
         it (a refused chunk is not in them; an unconfirmed one is)."""
+        lane = check_lane(lane)
         route = yield from self.agree()
         results: list[str | InvalidLead] = []
         for chunk in bulk_chunks(records, route.known):
-            routed = [route_or_refuse(route, item) for item in chunk]
+            routed = [route_or_refuse(route, item, lane) for item in chunk]
             valid = [item for item in routed if not isinstance(item, InvalidLead)]
             if not valid:
                 results.extend(routed)  # type: ignore[arg-type]  # all InvalidLead
                 continue
-            (ids,), seen = yield from self._enqueue((route.batch(valid),), partial=True)
+            (ids,), seen = yield from self._enqueue((route.batch(valid, lane),), partial=True)
             if isinstance(ids, Exception):
                 refusal = self.refused(str(ids))
                 if refusal is None:
@@ -490,30 +540,30 @@ class ProducerCore:
                 refusal.results = list(results)  # type: ignore[attr-defined]
                 raise refusal
             made = iter(
-                wire.request_id(shard, wire.text(i))
-                for (shard, _), i in zip(valid, ids, strict=True)
+                wire.request_id(p.index, wire.text(i)) for p, i in zip(valid, ids, strict=True)
             )
             results.extend(item if isinstance(item, InvalidLead) else next(made) for item in routed)
             self._confirmed(results, seen)
         return results
 
-    def enqueue_batch(self, records: Sequence[object]) -> Step[list[str | InvalidLead]]:
+    def enqueue_batch(
+        self, records: Sequence[object], lane: Lane = "live"
+    ) -> Step[list[str | InvalidLead]]:
         """Validate every record as :meth:`upsert_many` does and enqueue the valid ones in
         ONE atomic step (all or none, whatever Redis refuses): the HTTP API's batch. A
         request id or the InvalidLead per record, in record order."""
+        lane = check_lane(lane)
         route = yield from self.agree()
         routed = [
-            route_or_refuse(route, item)
+            route_or_refuse(route, item, lane)
             for chunk in bulk_chunks(records, route.known)
             for item in chunk
         ]
         valid = [item for item in routed if not isinstance(item, InvalidLead)]
         if not valid:
             return list(routed)  # type: ignore[arg-type]
-        (ids,), seen = yield from self._enqueue((route.batch(valid),))
-        made = iter(
-            wire.request_id(shard, wire.text(i)) for (shard, _), i in zip(valid, ids, strict=True)
-        )
+        (ids,), seen = yield from self._enqueue((route.batch(valid, lane),))
+        made = iter(wire.request_id(p.index, wire.text(i)) for p, i in zip(valid, ids, strict=True))
         results = [item if isinstance(item, InvalidLead) else next(made) for item in routed]
         self._confirmed(results, seen)
         return results

@@ -24,6 +24,7 @@ from producers.config import ProducerConfig
 from producers.connect import async_redis_client
 from producers.errors import InvalidLead
 from producers.keys import Keys
+from producers.lanes import Lane
 from producers.outcome import Outcome
 
 T = TypeVar("T")
@@ -123,17 +124,21 @@ class AsyncLeadProducer:
     def keys(self) -> Keys:
         return self._core.keys
 
-    async def upsert(self, **lead: Unpack[LeadFields]) -> str:
+    async def upsert(self, *, lane: Lane = "live", **lead: Unpack[LeadFields]) -> str:
         """See :meth:`LeadProducer.upsert`."""
-        return await self._run(self._core.upsert(lead))
+        return await self._run(self._core.upsert(lead, lane))
 
-    async def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
+    async def upsert_many(
+        self, records: Iterable[Mapping[str, Any]], *, lane: Lane = "live"
+    ) -> list[str | InvalidLead]:
         """See :meth:`LeadProducer.upsert_many`: the valid records ARE enqueued."""
-        return await self._run(self._core.upsert_many(records))
+        return await self._run(self._core.upsert_many(records, lane))
 
-    async def upsert_batch(self, records: Sequence[object]) -> list[str | InvalidLead]:
+    async def upsert_batch(
+        self, records: Sequence[object], *, lane: Lane = "live"
+    ) -> list[str | InvalidLead]:
         """See :meth:`LeadProducer.upsert_batch`: all valid records in one atomic step."""
-        return await self._run(self._core.enqueue_batch(records))
+        return await self._run(self._core.enqueue_batch(records, lane))
 
     async def outcome(self, request_id: str) -> Outcome | None:
         """See :meth:`LeadProducer.outcome`."""

@@ -54,6 +54,11 @@ class ProducerConfig:
     max_shard_backlog: int = 200_000
     #: Backpressure when Redis's used memory reaches this fraction of maxmemory (0: none).
     memory_high_water: float = 0.85
+    #: Backpressure for the bulk lane when a shard's bulk stream holds this many (0: none).
+    max_bulk_backlog: int = 500_000
+    #: The part of maxmemory only live upserts may take: bulk is refused this far below
+    #: memory_high_water.
+    live_memory_reserve: float = 0.15
     #: The retry-after of Backpressure.
     backpressure_retry_s: float = 5.0
 
@@ -77,6 +82,10 @@ class ProducerConfig:
             problems.append("LEADSYNC_MAX_SHARD_BACKLOG: must be an integer, 0 or more")
         if not 0 <= self.memory_high_water < 1:
             problems.append("LEADSYNC_MEMORY_HIGH_WATER: must be at least 0 and below 1")
+        if type(self.max_bulk_backlog) is not int or self.max_bulk_backlog < 0:
+            problems.append("LEADSYNC_MAX_BULK_BACKLOG: must be an integer, 0 or more")
+        if not 0 <= self.live_memory_reserve < 1:
+            problems.append("LEADSYNC_LIVE_MEMORY_RESERVE: must be at least 0 and below 1")
         if not 0 < self.backpressure_retry_s <= 3600:
             problems.append("LEADSYNC_BACKPRESSURE_RETRY_S: must be more than 0 and at most 3600")
         if not 0 < self.replica_wait_s <= MAX_REDIS_TIMEOUT_S:
@@ -122,6 +131,8 @@ class ProducerConfig:
         max_backlog = read("max_shard_backlog", int, defaults.max_shard_backlog)
         high_water = read("memory_high_water", float, defaults.memory_high_water)
         retry_s = read("backpressure_retry_s", float, defaults.backpressure_retry_s)
+        max_bulk = read("max_bulk_backlog", int, defaults.max_bulk_backlog)
+        reserve = read("live_memory_reserve", float, defaults.live_memory_reserve)
         config = defaults
         try:
             config = cls(
@@ -136,6 +147,8 @@ class ProducerConfig:
                 max_shard_backlog=max_backlog,
                 memory_high_water=high_water,
                 backpressure_retry_s=retry_s,
+                max_bulk_backlog=max_bulk,
+                live_memory_reserve=reserve,
                 marketo_api=env.get(ENV_PREFIX + "MARKETO_API", defaults.marketo_api).strip(),
                 marketo_lookup_field=env.get(
                     ENV_PREFIX + "MARKETO_LOOKUP_FIELD", defaults.marketo_lookup_field

@@ -19,6 +19,8 @@ from producers._core import (
     KEY_RULE_REFRESH_S,
     LEAD_FIELDS,
     SHARDS_FIELD,
+    Placed,
+    Route,
     adopt_shards,
     record_lead,
 )
@@ -33,6 +35,7 @@ from producers.connect import (
 from producers.errors import InvalidLead
 from producers.keys import Keys, LimiterKeys
 from producers.known_fields import KnownFields, decode_known_fields, encode_known_fields
+from producers.lanes import LANES, Lane, check_lane, lane_of, stream_index
 from producers.lead import (
     FOREIGN_SYS_TYPES,
     MAX_ATTRIBUTES,
@@ -66,6 +69,7 @@ __all__ = [
     "FOREIGN_SYS_TYPES",
     "KEY_RULE_FIELD",
     "KEY_RULE_REFRESH_S",
+    "LANES",
     "LEAD_FIELDS",
     "MAX_ATTRIBUTES",
     "MAX_LEAD_ID",
@@ -75,13 +79,17 @@ __all__ = [
     "InvalidLead",
     "Keys",
     "KnownFields",
+    "Lane",
     "LeadUpsert",
     "LimiterKeys",
     "Outcome",
     "OutcomeStatus",
+    "Placed",
+    "Route",
     "adopt_shards",
     "async_redis_client",
     "check_known_fields",
+    "check_lane",
     "check_redis_url",
     "check_xml_text",
     "decode_known_fields",
@@ -94,6 +102,7 @@ __all__ = [
     "is_sentinel_url",
     "key_digest",
     "key_rule",
+    "lane_of",
     "lead_key",
     "parse_request_id",
     "parse_sentinel_url",
@@ -101,6 +110,7 @@ __all__ = [
     "redis_client",
     "request_id",
     "shard_for",
+    "stream_index",
     "text",
     "validate_lead",
 ]

@@ -49,6 +49,11 @@ class Keys:
         the newest write that set it (a replay never reverts those)."""
         return f"{self.prefix}:{{{shard}}}:fields:{key_hash}"
 
+    def sequence(self, shard: int) -> str:
+        """The last entry id given in the shard's two streams (live and bulk): their ids
+        are one sequence (``producers/scripts/next_id.lua``)."""
+        return f"{self.prefix}:{{{shard}}}:seq"
+
     def dead_letters(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dlq"
 
@@ -164,3 +169,7 @@ class LimiterKeys:
 
     def quota(self, day: str) -> str:
         return self._key(f"quota:{day}")
+
+    def bulk_quota(self, day: str) -> str:
+        """The bulk lane's calls in the quota day (its own budget, LEADSYNC_BULK_DAILY_CALLS)."""
+        return self._key(f"bulk-quota:{day}")

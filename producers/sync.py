@@ -14,6 +14,7 @@ from producers.config import ProducerConfig
 from producers.connect import redis_client
 from producers.errors import InvalidLead
 from producers.keys import Keys
+from producers.lanes import Lane
 from producers.outcome import Outcome
 
 T = TypeVar("T")
@@ -126,19 +127,23 @@ class LeadProducer:
     def keys(self) -> Keys:
         return self._route.keys
 
-    def upsert(self, **lead: Unpack[LeadFields]) -> str:
+    def upsert(self, *, lane: Lane = "live", **lead: Unpack[LeadFields]) -> str:
         """Enqueue one upsert and return its request id (one XADD round trip). The
         keywords: email, marketo_id, foreign_sys_person_id, foreign_sys_type,
-        attributes (name -> str, number or bool) and dedup (default True).
+        attributes (name -> str, number or bool) and dedup (default True); ``lane``:
+        "live" (default) or "bulk" for a backfill (sent only while no live batch waits,
+        under its own daily call budget, never out of order with the lead's live writes).
 
         Raises InvalidLead (with ``.field``) before anything is written; Redis errors
         (for example OOM under ``noeviction``) propagate and nothing is enqueued. With
         LEADSYNC_ENQUEUE_REPLICAS, raises NotReplicated (retryable, ``retry_after_s``)
         when too few replicas confirmed the write in LEADSYNC_REPLICA_WAIT_S.
         """
-        return self._run(self._core.upsert(lead))
+        return self._run(self._core.upsert(lead, lane))
 
-    def upsert_many(self, records: Iterable[Mapping[str, Any]]) -> list[str | InvalidLead]:
+    def upsert_many(
+        self, records: Iterable[Mapping[str, Any]], *, lane: Lane = "live"
+    ) -> list[str | InvalidLead]:
         """Enqueue many upserts, one atomic step (one round trip) per 1000 records.
 
         Result ``i`` is the request id of record ``i``, or the InvalidLead that rejected it.
@@ -147,12 +152,14 @@ class LeadProducer:
         records of earlier chunks stay enqueued. Backpressure (Redis filling up) and
         NotReplicated stop at a chunk; their ``results`` hold the records before it.
         """
-        return self._run(self._core.upsert_many(records))
+        return self._run(self._core.upsert_many(records, lane))
 
-    def upsert_batch(self, records: Sequence[object]) -> list[str | InvalidLead]:
+    def upsert_batch(
+        self, records: Sequence[object], *, lane: Lane = "live"
+    ) -> list[str | InvalidLead]:
         """Enqueue the valid records in ONE atomic step (all or none when Redis refuses),
         as the HTTP API's batch route does; result ``i`` as for :meth:`upsert_many`."""
-        return self._run(self._core.enqueue_batch(records))
+        return self._run(self._core.enqueue_batch(records, lane))
 
     def outcome(self, request_id: str) -> Outcome | None:
         """The outcome of a request: final, PENDING while its entry waits in the ledger,

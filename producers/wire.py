@@ -23,10 +23,11 @@ def _script(name: str) -> str:
     return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
 
 
+_PRELUDE: Final = _script("admit.lua") + "\n" + _script("next_id.lua") + "\n"
 #: One atomic step per upsert (``scripts/enqueue.lua``): append the entry.
-ENQUEUE_LUA: Final = _script("admit.lua") + "\n" + _script("enqueue.lua")
+ENQUEUE_LUA: Final = _PRELUDE + _script("enqueue.lua")
 #: Every record of an API batch in one atomic step (``scripts/enqueue_batch.lua``).
-ENQUEUE_BATCH_LUA: Final = _script("admit.lua") + "\n" + _script("enqueue_batch.lua")
+ENQUEUE_BATCH_LUA: Final = _PRELUDE + _script("enqueue_batch.lua")
 
 # One encoder for every entry: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

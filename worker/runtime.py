@@ -56,7 +56,7 @@ class Runtime:
         )
         self.shards = self.run(self.ledger.agree_shards(self.settings.shards))
         self.run(self.ledger.store_key_rule(self.settings.key_rule))
-        self.run(self.ledger.ensure_groups(self.shards))
+        self.run(self.ledger.ensure_groups(2 * self.shards))  # live and bulk streams
         self.drainer = Drainer(
             ledger=self.ledger,
             api=self.api,

@@ -97,6 +97,35 @@ def call_groups(
     return groups
 
 
+def bulk_drains(
+    live: Sequence[ShardBacklog],
+    bulk: Sequence[ShardBacklog],
+    state: LimiterState,
+    *,
+    live_rung: bool,
+) -> list[list[int]]:
+    """The bulk stream to drain now, if any: only while no live drain is being rung,
+    nothing stops calls (hold, cooldown, quota) and the bulk budget's pace line lets a
+    call go; among the bulk streams whose shard has no live entry waiting and is free,
+    the one with the oldest entry. One per tick: the budget spreads the calls anyway, and
+    a drain that sent rings itself again while its backlog lasts."""
+    if (
+        live_rung
+        or state.hold_reason is not None
+        or state.cooldown_remaining_s > 0
+        or state.quota_used_today >= state.quota_limit
+        or state.bulk_used_today >= state.bulk_limit
+        or state.bulk_pace_wait_s > 0
+    ):
+        return []
+    quiet = {b.shard for b in live if b.entries == 0 and not b.busy}
+    ready = [b for b in bulk if b.entries > 0 and not b.busy and b.shard - len(live) in quiet]
+    if not ready:
+        return []
+    oldest = max(ready, key=lambda b: b.oldest_age_s or 0.0)
+    return [[oldest.shard]]
+
+
 @dataclass(frozen=True, slots=True)
 class PaceReport:
     """Whether the quota pace holds partial batches back, and what the inflow would need."""

@@ -46,6 +46,16 @@ def default_quota_share(api: str) -> int:
     return int(DEFAULT_QUOTAS.get(api, DEFAULT_QUOTAS["soap"]) * DEFAULT_SHARE)
 
 
+#: The bulk lane's budget when LEADSYNC_BULK_DAILY_CALLS is unset: this part of
+#: Marketo's default quota (with the default share, 70 % of the quota in all, so the
+#: instance's other integrations keep 30 %).
+DEFAULT_BULK_SHARE = 0.2
+
+
+def default_bulk_budget(api: str) -> int:
+    return int(DEFAULT_QUOTAS.get(api, DEFAULT_QUOTAS["soap"]) * DEFAULT_BULK_SHARE)
+
+
 class Settings(BaseSettings):
     """Configuration for producers, workers, the CLI and the demo."""
 
@@ -120,6 +130,33 @@ class Settings(BaseSettings):
     )
     backpressure_retry_s: float = Field(
         5.0, gt=0, le=3600, description="The retry-after that Backpressure suggests."
+    )
+    max_bulk_backlog: int = Field(
+        500_000,
+        ge=0,
+        description=(
+            "Bulk-lane upserts refused with Backpressure while their shard's bulk stream "
+            "holds this many waiting entries; 0: no bound."
+        ),
+    )
+    live_memory_reserve: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description=(
+            "The part of Redis's maxmemory only live upserts may take: bulk-lane upserts are "
+            "refused this far below LEADSYNC_MEMORY_HIGH_WATER."
+        ),
+    )
+    bulk_daily_calls: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "The bulk lane's own daily call budget, apart from LEADSYNC_DAILY_QUOTA and "
+            "spread evenly over the quota day; unset: a fifth of Marketo's default quota "
+            f"(SOAP {default_bulk_budget('soap'):,}, REST {default_bulk_budget('rest'):,}). "
+            "0 stops the bulk lane."
+        ),
     )
     key_prefix: str = Field(
         "leadsync",
@@ -446,6 +483,13 @@ class Settings(BaseSettings):
             data = {**data, "daily_quota": default_quota_share(api)}
         return data
 
+    @property
+    def bulk_budget_calls(self) -> int:
+        """The bulk lane's daily calls (LEADSYNC_BULK_DAILY_CALLS or its default)."""
+        if self.bulk_daily_calls is not None:
+            return self.bulk_daily_calls
+        return default_bulk_budget(self.marketo_api)
+
     @model_validator(mode="after")
     def _check_rest(self) -> Settings:
         if self.marketo_api != "rest":
@@ -526,6 +570,8 @@ class Settings(BaseSettings):
             max_shard_backlog=self.max_shard_backlog,
             memory_high_water=self.memory_high_water,
             backpressure_retry_s=self.backpressure_retry_s,
+            max_bulk_backlog=self.max_bulk_backlog,
+            live_memory_reserve=self.live_memory_reserve,
         )
 
     @cached_property

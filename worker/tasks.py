@@ -11,11 +11,11 @@ from typing import Any
 
 from worker.app import QUEUE, app, settings
 from worker.marketo.describe import describer_for
-from worker.obs.metrics import observe_backlogs, observe_limiter, observe_pace
+from worker.obs.metrics import observe_backlogs, observe_bulk, observe_limiter, observe_pace
 from worker.ops import fields
 from worker.ops.health import write_heartbeat
 from worker.runtime import Runtime, get_runtime
-from worker.scheduling import call_groups, pace_report
+from worker.scheduling import bulk_drains, call_groups, pace_report
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,17 @@ def tick() -> dict[str, int]:
         observe_pace(pace.waiting_batches)
         await write_heartbeat(runtime.redis, runtime.keys)
         if await runtime.redis.set(runtime.keys.prune_turn(), 1, nx=True, px=PRUNE_EVERY_MS):
-            await runtime.ledger.prune_consumers(runtime.shards, CONSUMER_IDLE_S)
-        return call_groups(
+            await runtime.ledger.prune_consumers(2 * runtime.shards, CONSUMER_IDLE_S)
+        groups = call_groups(
             backlogs,
             state,
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
         )
+        shards = runtime.shards
+        bulk = await runtime.ledger.backlogs_of(range(shards, 2 * shards))
+        observe_bulk(bulk, state, shards)
+        return groups + bulk_drains(backlogs, bulk, state, live_rung=bool(groups))
 
     return {"rung": _ring(runtime, runtime.run(decide()))}
 

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from marketo_sim.soap import ParsedAttribute, SyncStatus, parse_request_bytes, render_success
-from producers.contract import ENQUEUE_LUA, encode_lead, key_digest, validate_lead
+from producers.contract import Route, validate_lead
 from tests.support.drain_kit import Marketo, drain_settings, enqueue, make, ok, statuses
 from tests.support.outcomes import stored
 from tests.support.wire_server import Reply, WireServer, wire_server
@@ -197,18 +197,9 @@ async def close(*drainers: Drainer) -> None:
 
 async def enqueue_once(drainer: Drainer, email: str, *, dedup: bool) -> str:
     await drainer.ledger.ensure_groups([0])
-    lead = validate_lead(email=email, dedup=dedup)
-    digest = key_digest(lead.key)
-    entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
-        ENQUEUE_LUA,
-        2,
-        drainer.keys.stream(0),
-        drainer.keys.admission(),
-        digest,
-        encode_lead(lead),
-        0,
-        0,
-    )
+    route = Route.build(drainer.keys, 1)
+    command = route.entry(route.place(validate_lead(email=email, dedup=dedup)))
+    entry_id = await drainer.ledger.redis.execute_command(*command)
     return str(entry_id.decode())
 
 

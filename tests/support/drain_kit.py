@@ -10,8 +10,9 @@ from pydantic import SecretStr
 
 from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from producers.contract import (
-    ENQUEUE_LUA,
     Outcome,
+    Placed,
+    Route,
     encode_lead,
     key_digest,
     validate_lead,
@@ -125,16 +126,17 @@ async def enqueue(drainer: Drainer, *emails: str, shard: int = 0, **attributes: 
     for email in emails:
         lead = validate_lead(email=email, attributes=attributes or None)
         digest = key_digest(lead.key)
-        entry_id = await drainer.ledger.redis.eval(  # type: ignore[misc]
-            ENQUEUE_LUA,
-            2,
-            drainer.keys.stream(shard),
-            drainer.keys.admission(),
+        keys = drainer.keys
+        placed = Placed(
+            shard,
+            keys.stream(shard),
+            keys.sequence(shard),
+            keys.written_fields(shard, digest),
             digest,
             encode_lead(lead),
-            0,
-            0,
         )
+        command = Route.build(keys, shard + 1).entry(placed)
+        entry_id = await drainer.ledger.redis.execute_command(*command)
         ids.append(entry_id.decode())
     return ids
 

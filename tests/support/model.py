@@ -757,6 +757,7 @@ ALLOWED_WITHOUT_TTL: Final = frozenset(
         "failover guard",  # one small hash: the master's run_id must outlive anything else
         "limiter hold",  # cleared by a probe or an operator
         "dead-letter stream",  # bounded: every record is a parked request
+        "id sequence",  # one short string per shard
     }
 )
 
@@ -1197,6 +1198,7 @@ class System:
                 k.lease(s): "lease",
                 k.rest(s): "shard rest",
                 k.rest_streak(s): "shard rest streak",
+                k.sequence(s): "id sequence",
             }
             if key in exact:
                 return exact[key]

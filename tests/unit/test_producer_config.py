@@ -27,6 +27,8 @@ SHARED = {
     "max_shard_backlog": "max_shard_backlog",
     "memory_high_water": "memory_high_water",
     "backpressure_retry_s": "backpressure_retry_s",
+    "max_bulk_backlog": "max_bulk_backlog",
+    "live_memory_reserve": "live_memory_reserve",
 }
 
 

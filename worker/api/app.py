@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producers import AsyncLeadProducer, InvalidLead, Outcome, Retryable
-from producers.contract import LEAD_FIELDS, SHARDS_FIELD, text
+from producers.contract import LEAD_FIELDS, SHARDS_FIELD, Lane, check_lane, text
 from worker.api import idempotency, request_ids
 from worker.api.auth import READ_ALL, KeyStore
 from worker.api.errors import ApiError, error_body, error_response, json_response
@@ -129,6 +129,8 @@ async def idempotent(
     route = (
         request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
     )
+    if "lane" in request.query:
+        route += f"?lane={request.query['lane']}"  # another lane is another request
     key = request.app[PRODUCER].keys.api_idempotency(key_name, route, idempotency.check_key(header))
     request_fingerprint = idempotency.fingerprint(request.method, route, await request.read())
     return await idempotency.once(
@@ -144,14 +146,23 @@ async def idempotent(
 # --- handlers --------------------------------------------------------------------------
 
 
+def request_lane(request: web.Request) -> Lane:
+    """The lane asked for with ``?lane=`` (live when absent)."""
+    try:
+        return check_lane(request.query.get("lane", "live"))
+    except InvalidLead as exc:
+        raise ApiError(422, exc.reason, field="lane") from None
+
+
 async def post_lead(request: web.Request) -> web.Response:
     caller = await authorized(request, "write")
+    lane = request_lane(request)
     fields = check_lead_fields(await json_body(request))
     producer = request.app[PRODUCER]
 
     async def serve() -> Answer:
         try:
-            rid = await producer.upsert(**fields)
+            rid = await producer.upsert(lane=lane, **fields)
         except InvalidLead as exc:
             return 422, lead_errors(exc)
         metrics.record_api_upserts(1)
@@ -163,6 +174,7 @@ async def post_lead(request: web.Request) -> web.Response:
 
 async def post_batch(request: web.Request) -> web.Response:
     caller = await authorized(request, "write")
+    lane = request_lane(request)
     body = await json_body(request)
     if not isinstance(body, dict):
         raise ApiError(422, 'must be a JSON object {"records": [...]}', field="body")
@@ -177,18 +189,18 @@ async def post_batch(request: web.Request) -> web.Response:
     app = request.app
 
     async def serve() -> Answer:
-        return 200, {"results": await enqueue_batch(app, records, caller)}
+        return 200, {"results": await enqueue_batch(app, records, caller, lane)}
 
     status, answer = await idempotent(request, caller.name, serve)
     return json_response(answer, status)
 
 
 async def enqueue_batch(
-    app: web.Application, records: Sequence[object], caller: Caller
+    app: web.Application, records: Sequence[object], caller: Caller, lane: Lane = "live"
 ) -> list[object]:
     """The producer's atomic batch (every valid record or none); a result per record in
     input order."""
-    results = await app[PRODUCER].upsert_batch(records)
+    results = await app[PRODUCER].upsert_batch(records, lane=lane)
     written = sum(1 for item in results if not isinstance(item, InvalidLead))
     if written:
         metrics.record_api_upserts(written)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from producers.contract import Lane, stream_index
 from worker.cli.common import (
     console,
     err_console,
@@ -68,11 +70,18 @@ def backfill(
         min=0,
         help="Give up (exit 75, resume later) when Redis refuses or fails this long.",
     ),
+    bulk: bool = typer.Option(
+        True,
+        "--bulk/--live",
+        help="The lane: bulk (default: sent only while no live batch waits, under "
+        "LEADSYNC_BULK_DAILY_CALLS) or live.",
+    ),
 ) -> None:
     """Enqueue every row of a large CSV or JSONL file, resumably.
 
     Rows go in chunks of 1000 (one round trip each), keyed and mapped as for
-    `leadsync enqueue`. Each chunk's request ids are appended to the ids file (fsynced)
+    `leadsync enqueue`, into the bulk lane unless --live: the apps' live upserts go
+    first, and the backfill spends its own daily call budget. Each chunk's request ids are appended to the ids file (fsynced)
     once Redis took it; after a crash or Ctrl-C, the same command continues after the
     last row in the ids file. The one window: a crash after Redis took a chunk and before
     its ids were written sends that chunk again. An upsert is safe to repeat, but a row
@@ -121,10 +130,11 @@ def backfill(
             progress.update(sent, description=label, completed=done, total=max(total, done))
             progress.update(delivered, completed=tracker.delivered, total=tracker.tracked)
 
+        lane: Lane = "bulk" if bulk else "live"
         runner = Backfill(
             journal=journal,
-            upsert_many=producer.upsert_many,
-            backlog=lambda: _backlog(client, producer),
+            upsert_many=partial(producer.upsert_many, lane=lane),
+            backlog=lambda: _backlog(client, producer, lane),
             outcomes=producer.outcomes,
             on_change=on_change,
             max_backlog=max_backlog,
@@ -177,9 +187,9 @@ def backfill(
         raise typer.Exit(1)
 
 
-def _backlog(client: redis.Redis, producer: LeadProducer) -> int:
-    """Entries in every shard stream (one round trip)."""
+def _backlog(client: redis.Redis, producer: LeadProducer, lane: Lane) -> int:
+    """Entries in every shard stream of ``lane`` (one round trip)."""
     pipe = client.pipeline(transaction=False)
     for shard in range(producer.shards):
-        pipe.xlen(producer.keys.stream(shard))
+        pipe.xlen(producer.keys.stream(stream_index(shard, producer.shards, lane)))
     return sum(int(n) for n in pipe.execute())

@@ -46,6 +46,12 @@ def enqueue(
     wait: bool = typer.Option(False, "--wait", help="Wait for every outcome, then summarize."),
     timeout_s: float = typer.Option(300.0, "--timeout-s", min=0, help="How long --wait waits."),
     errors_shown: int = typer.Option(100, "--errors-shown", min=0, help="Bad rows listed at most."),
+    bulk: bool = typer.Option(
+        False,
+        "--bulk",
+        help="The bulk lane: sent only while no live batch waits, under its own daily "
+        "call budget (LEADSYNC_BULK_DAILY_CALLS).",
+    ),
 ) -> None:
     """Enqueue every row of a CSV or JSONL file as a lead upsert.
 
@@ -70,7 +76,9 @@ def enqueue(
         good = [row for row in rows if row.record is not None]
         bad.extend((row.line, row.error or "") for row in rows if row.record is None)
         for row, result in zip(
-            good, producer.upsert_many(r.record or {} for r in good), strict=True
+            good,
+            producer.upsert_many((r.record or {} for r in good), lane="bulk" if bulk else "live"),
+            strict=True,
         ):
             if isinstance(result, InvalidLead):
                 bad.append((row.line, str(result)))

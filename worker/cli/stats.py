@@ -55,19 +55,35 @@ def _limits_table(snap: StatsSnapshot, settings: Settings) -> Table:
         ("cooldown", cooldown),
         ("outcomes, last minute", outcomes or "none"),
         ("dead letters", str(sum(snap.dead_letters))),
+        (
+            "bulk lane",
+            f"{snap.bulk_total} entries, oldest {age(snap.bulk_oldest_age_s)}; calls today "
+            f"{state.bulk_used_today} of {state.bulk_limit}; done in "
+            f"{_duration(snap.bulk_finish_in_s)} at the budget's pace",
+        ),
     ):
         table.add_row(name, value)
     return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "never (no bulk budget)"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _shards_table(snap: StatsSnapshot, all_shards: bool) -> Table:
     table = Table(title=f"shards ({snap.shards})")
     for column in ("shard", "backlog", "oldest", "leased", "dead letters"):
         table.add_column(column, justify="right")
-    for backlog, dead in zip(snap.backlogs, snap.dead_letters, strict=True):
+    streams = (*snap.backlogs, *snap.bulk)
+    for backlog, dead in zip(streams, snap.dead_letters[: len(streams)], strict=True):
         if all_shards or backlog.entries or dead or backlog.busy:
+            bulk = backlog.shard >= snap.shards
             table.add_row(
-                str(backlog.shard),
+                f"{backlog.shard - snap.shards} bulk" if bulk else str(backlog.shard),
                 str(backlog.entries),
                 age(backlog.oldest_age_s),
                 "yes" if backlog.busy else "",

@@ -283,7 +283,9 @@ class Caller:
             self._renewed_at_s = time.monotonic()
             for lane in lanes:
                 await self.ledger.renew_lease(lane.shard, lane.token, self.settings.lease_ttl_s)
-            permit = await self.limiter.acquire(self.consumer, probe=True, paced=paced)
+            permit = await self.limiter.acquire(
+                self.consumer, probe=True, paced=paced, bulk=any(lane.bulk for lane in lanes)
+            )
             if isinstance(permit, Permit):
                 return permit
             if (

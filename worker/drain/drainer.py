@@ -138,7 +138,8 @@ class Drainer:
     async def _cycles(self, shard: int, token: str, report: DrainReport, deadline_s: float) -> None:
         for _ in range(self.settings.batches_per_drain):
             calls_before = report.calls
-            await self._cycle([Lane.of(shard, token)], report, deadline_s)
+            lane = Lane.of(shard, token, bulk=self.ledger.is_bulk(shard))
+            await self._cycle([lane], report, deadline_s)
             if report.status != "sent" or report.calls == calls_before:
                 break
             if time.monotonic() > deadline_s:
@@ -272,7 +273,7 @@ class Drainer:
     ) -> None:
         batch_size = self.settings.batch_size
         for lane in lanes:
-            lane.claim = await self._claim(lane.shard, lane.token, batch_size)
+            lane.claim = await self._claim(lane.shard, lane.token, batch_size, bulk=lane.bulk)
         await self._pause_at("after_claim")
         now_s = self.clock()
         due: list[tuple[Lane, Batch]] = []
@@ -352,10 +353,13 @@ class Drainer:
         for lane, part in parts:
             lane.settlement.refund(e for e in part.entry_ids if e not in answered)
 
-    async def _claim(self, shard: int, token: str, batch_size: int) -> Claim:
+    async def _claim(self, shard: int, token: str, batch_size: int, *, bulk: bool = False) -> Claim:
         """Claim rounds until the coalesced records fill a batch or the shard has nothing
         more. Every pending entry is claimed before any new one is read; when more are
-        pending than READ_FACTOR rounds hold, no new entry is read this cycle."""
+        pending than READ_FACTOR rounds hold, no new entry is read this cycle.
+
+        A bulk write is its own origin: like a replayed write, it loses the fields a newer
+        live write of its lead already set (the ids of both lanes are one sequence)."""
         claim = Claim()
         keys: set[str] = set()
         cursor = "0-0"
@@ -380,7 +384,8 @@ class Drainer:
                 except InvalidLead as exc:
                     claim.invalid.append((entry, exc))
                     continue
-                claim.queued.append(QueuedLead(entry.entry_id, entry.key_hash, lead, entry.origin))
+                origin = entry.origin or (entry.entry_id if bulk else None)
+                claim.queued.append(QueuedLead(entry.entry_id, entry.key_hash, lead, origin))
                 if lead.dedup:  # a createDuplicate write is another lead: it sets no field here
                     claim.fields[entry.entry_id] = tuple(field_key(n) for n in lead.attributes)
                 keys.add(entry.key_hash if lead.dedup else entry.entry_id)

@@ -87,7 +87,10 @@ class Lane:
     settlement: Settlement
     claim: Claim = field(default_factory=Claim)
     attempts: dict[str, int] = field(default_factory=dict)
+    #: The shard's bulk stream (``shard`` is then its stream number): its calls count in
+    #: the bulk budget, and its writes lose the fields a newer live write already set.
+    bulk: bool = False
 
     @classmethod
-    def of(cls, shard: int, token: str) -> Lane:
-        return cls(shard, token, Settlement(shard))
+    def of(cls, shard: int, token: str, *, bulk: bool = False) -> Lane:
+        return cls(shard, token, Settlement(shard), bulk=bulk)

@@ -57,6 +57,9 @@ class Settlement:
     #: Writes Marketo applied: (lead key hash, the write's id, its fields' keys); the settle
     #: records them for leads with parked writes, so a replay never reverts them.
     written: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    #: The lead key hash of every entry acknowledged (a bulk lane's settle counts them off
+    #: its leads' bulk marks).
+    settled_keys: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.outcomes or self.acks or self.dead or self.refunds)
@@ -68,6 +71,7 @@ class Settlement:
         if entry.origin:
             self.outcomes.append(replace(outcome, request_id=request_id(self.shard, entry.origin)))
         self.acks.append(entry.entry_id)
+        self.settled_keys.append(entry.key_hash)
 
     def park(self, entry: RawEntry, outcome: Outcome, error: str) -> None:
         """Move the entry, with its own payload, to the dead-letter stream."""

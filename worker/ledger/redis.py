@@ -106,7 +106,19 @@ class Ledger:
         self.replicas = replicas
         self.replica_wait_s = replica_wait_s
         self.lease_quiet_s = lease_quiet_s
+        #: The agreed shard count (:meth:`agree_shards`): streams numbered from it on are
+        #: the shards' bulk lanes; 0 until agreed (every number is then a live shard).
+        self.shards = 0
         self._scripts = load_scripts(redis)
+
+    def home(self, shard: int) -> int:
+        """The shard a stream number belongs to: a bulk stream shares its shard's lease,
+        rest, written-fields records and id sequence, so a lead's live and bulk writes
+        are never in two calls at once and keep their order."""
+        return shard - self.shards if self.is_bulk(shard) else shard
+
+    def is_bulk(self, shard: int) -> bool:
+        return 0 < self.shards <= shard
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings) -> Ledger:
@@ -148,7 +160,8 @@ class Ledger:
         workers always hash keys onto the same streams."""
         config = self.keys.config()
         await self.redis.hsetnx(config, SHARDS_FIELD, configured)
-        return adopt_shards(await self.redis.hget(config, SHARDS_FIELD), configured, config)
+        self.shards = adopt_shards(await self.redis.hget(config, SHARDS_FIELD), configured, config)
+        return self.shards
 
     async def store_key_rule(self, rule: str) -> None:
         """Store how lead keys are made (``producers.lead.key_rule``: this worker's
@@ -192,7 +205,11 @@ class Ledger:
         token = secrets.token_hex(8)
         reply, confirmed = await self._step(
             "acquire_lease",
-            [self.keys.lease(shard), self.keys.rest(shard), self.keys.failover()],
+            [
+                self.keys.lease(self.home(shard)),
+                self.keys.rest(self.home(shard)),
+                self.keys.failover(),
+            ],
             [token, _ms(ttl_s), repr(self.lease_quiet_s)],
         )
         if int(reply[0]) != 1:
@@ -208,7 +225,7 @@ class Ledger:
         """Extend the lease; raise LeaseLost when it is no longer ours, or when its
         replicas did not confirm the renewal (the call it would cover must not go)."""
         renewed, confirmed = await self._step(
-            "renew_lease", [self.keys.lease(shard)], [token, _ms(ttl_s)]
+            "renew_lease", [self.keys.lease(self.home(shard))], [token, _ms(ttl_s)]
         )
         if not renewed:
             raise LeaseLost(shard, "renew")
@@ -226,7 +243,9 @@ class Ledger:
             reraise=True,
         ):
             with attempt:
-                await self._scripts["release_lease"](keys=[self.keys.lease(shard)], args=[token])
+                await self._scripts["release_lease"](
+                    keys=[self.keys.lease(self.home(shard))], args=[token]
+                )
 
     # --- reading --------------------------------------------------------------------
 
@@ -267,8 +286,11 @@ class Ledger:
     async def _claim(
         self, shard: int, token: str, consumer: str, count: int, ttl_s: float, cursor: str
     ) -> Any:
+        # A bulk stream is read only while its shard's live stream is empty: a live write
+        # waiting (newer or older than the bulk ones) goes first.
+        live = self.keys.stream(self.home(shard)) if self.is_bulk(shard) else ""
         return await self._scripts["claim"](
-            keys=[self.keys.lease(shard), self.keys.stream(shard)],
+            keys=[self.keys.lease(self.home(shard)), self.keys.stream(shard), live],
             args=[token, _ms(ttl_s), Keys.GROUP, consumer, cursor, count],
         )
 
@@ -279,7 +301,8 @@ class Ledger:
         if not entry_ids:
             return []
         reply = await self._scripts["bump_attempts"](
-            keys=[self.keys.lease(shard), self.keys.attempts(shard)], args=[token, *entry_ids]
+            keys=[self.keys.lease(self.home(shard)), self.keys.attempts(shard)],
+            args=[token, *entry_ids],
         )
         if int(reply[0]) != 1:
             raise LeaseLost(shard, "attempt count")
@@ -291,8 +314,9 @@ class Ledger:
         is never rewritten). Raise LeaseLost, writing nothing, when the lease is gone."""
         if not settlement:
             return 0
+        home = self.home(shard)
         keys = [
-            self.keys.lease(shard),
+            self.keys.lease(home),
             self.keys.stream(shard),
             self.keys.attempts(shard),
             self.keys.dead_letters(shard),
@@ -323,14 +347,20 @@ class Ledger:
                     error,
                     code,
                     attempts,
-                    index(self.keys.written_fields(shard, entry.key_hash)) if entry.key_hash else 0,
+                    index(self.keys.written_fields(home, entry.key_hash)) if entry.key_hash else 0,
                 ]
                 for entry, error, code, attempts in settlement.dead
             ],
             "r": settlement.refunds,
             "w": [
-                [index(self.keys.written_fields(shard, key_hash)), write_id, list(fields)]
+                [index(self.keys.written_fields(home, key_hash)), write_id, list(fields)]
                 for key_hash, write_id, fields in settlement.written
+            ],
+            # A bulk entry settled: its lead waits for one bulk write less.
+            "b": [
+                index(self.keys.written_fields(home, key_hash))
+                for key_hash in (settlement.settled_keys if self.is_bulk(shard) else ())
+                if key_hash
             ],
         }
         # Not confirmed: logged; the next lease waits for the replicas before any call.
@@ -359,7 +389,7 @@ class Ledger:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for key_hash in hashes:
-            pipe.hgetall(self.keys.written_fields(shard, key_hash))
+            pipe.hgetall(self.keys.written_fields(self.home(shard), key_hash))
         replies = await pipe.execute()
         return {
             key_hash: {text(k): text(v) for k, v in reply.items() if not text(k).startswith("~")}
@@ -400,20 +430,20 @@ class Ledger:
         set stays. Returns how long the shard now rests."""
         # Not confirmed: logged; no lease is confirmed before the replicas have it.
         left, _ = await self._step(
-            "rest", [self.keys.rest(shard)], [repr(delay_s), repr(_REST_GC_S)]
+            "rest", [self.keys.rest(self.home(shard))], [repr(delay_s), repr(_REST_GC_S)]
         )
         return float(text(left))
 
     async def rest_streak(self, shard: int) -> int:
         """One more failed cycle in a row for this shard; the new count."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(self.keys.rest_streak(shard))
-        pipe.expire(self.keys.rest_streak(shard), 3600)
+        pipe.incr(self.keys.rest_streak(self.home(shard)))
+        pipe.expire(self.keys.rest_streak(self.home(shard)), 3600)
         streak, _ = await pipe.execute()
         return int(streak)
 
     async def clear_rest_streak(self, shard: int) -> None:
-        await self.redis.delete(self.keys.rest_streak(shard))
+        await self.redis.delete(self.keys.rest_streak(self.home(shard)))
 
     # --- inspection ------------------------------------------------------------------
 
@@ -431,8 +461,8 @@ class Ledger:
         for shard in shards:
             pipe.xlen(self.keys.stream(shard))
             pipe.xrange(self.keys.stream(shard), count=1)
-            pipe.exists(self.keys.lease(shard))
-            pipe.get(self.keys.rest(shard))
+            pipe.exists(self.keys.lease(self.home(shard)))
+            pipe.get(self.keys.rest(self.home(shard)))
         (seconds, micros), *replies = await pipe.execute()
         redis_now_s = float(seconds) + micros / 1_000_000
         backlogs = []

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 DenyReason: TypeAlias = Literal[
-    "failover", "hold", "cooldown", "quota", "pace", "rate", "concurrency"
+    "failover",
+    "hold",
+    "cooldown",
+    "quota",
+    "pace",
+    "rate",
+    "concurrency",
+    "bulk_budget",
+    "bulk_pace",
 ]
 
 #: Added to ``request_timeout_s`` for a slot's lifetime: the HTTP call is over by then.
@@ -39,6 +47,8 @@ class Permit:
     acquired_at: float
     probe: bool = False
     quota_key: str = ""
+    #: A bulk-lane call: counted in the bulk budget's day, not in the quota share.
+    bulk: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +73,8 @@ class LimiterState:
     hold_reason: str | None
     hold_since: float | None
     next_probe_in_s: float | None
+    #: The bulk lane's calls today and its budget (LEADSYNC_BULK_DAILY_CALLS).
+    bulk_used_today: int = 0
+    bulk_limit: int = 0
+    #: How long the next bulk call waits for the bulk budget's pace line (0: it may go).
+    bulk_pace_wait_s: float = 0.0

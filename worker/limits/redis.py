@@ -112,6 +112,15 @@ class RedisLimiter:
     def _quota_key(self, now_s: float) -> str:
         return self._keys.quota(quota_day(now_s, self._settings.quota_timezone))
 
+    def _bulk_key(self, now_s: float) -> str:
+        return self._keys.bulk_quota(quota_day(now_s, self._settings.quota_timezone))
+
+    @property
+    def _bulk_burst(self) -> int:
+        """Bulk calls that may go at once at the start of a quota day: a 50th of its budget
+        (at least one), so the budget is spread over the day."""
+        return min(self._settings.pace_burst_calls, max(1, self._settings.bulk_budget_calls // 50))
+
     def _reset_in_s(self, now_s: float) -> float:
         return next_quota_reset(now_s, self._settings.quota_timezone) - now_s
 
@@ -143,23 +152,28 @@ class RedisLimiter:
         return f"{holder}|{token}"
 
     async def acquire(
-        self, holder: str, *, probe: bool = False, paced: bool = False
+        self, holder: str, *, probe: bool = False, paced: bool = False, bulk: bool = False
     ) -> Permit | Denied:
         """Take leave for one call, or say why not and for how long.
 
         While on hold only ``probe=True`` callers can pass, and only one per
         ``hold_probe_interval_s`` across the cluster. ``paced=True`` (a partial batch)
-        also waits for the pace line (:func:`pace_wait_s`).
+        also waits for the pace line (:func:`pace_wait_s`). A ``bulk`` call counts in the
+        bulk lane's own budget (LEADSYNC_BULK_DAILY_CALLS), always paced, so the budget
+        is spread over the day; the window, spacing and slots are the live calls' own.
         """
         s = self._settings
         local_now = self._local_now()
         token = secrets.token_hex(8)
         keys = self._keys
+        if bulk and s.bulk_budget_calls <= 0:
+            return Denied("bulk_budget", self._reset_in_s(local_now))
+        quota_key = self._bulk_key(local_now) if bulk else self._quota_key(local_now)
         result = await self._acquire(
             keys=[
                 keys.window,
                 keys.slots,
-                self._quota_key(local_now),
+                quota_key,
                 keys.cooldown,
                 keys.hold,
                 keys.spacing,
@@ -174,15 +188,15 @@ class RedisLimiter:
                 repr(s.rate_limit_window_s + WINDOW_MARGIN_S),
                 s.max_concurrent_calls,
                 repr(self._slot_ttl_s),
-                s.daily_quota,
+                s.bulk_budget_calls if bulk else s.daily_quota,
                 repr(next_quota_reset(local_now, s.quota_timezone)),
                 repr(s.hold_probe_interval_s),
                 repr(CONCURRENCY_RETRY_S),
                 repr(MIN_RETRY_S),
                 repr(GC_MARGIN_S),
-                1 if paced else 0,
+                1 if paced or bulk else 0,
                 repr(quota_day_length_s(local_now, s.quota_timezone)),
-                s.pace_burst_calls,
+                self._bulk_burst if bulk else s.pace_burst_calls,
                 s.rate_burst_calls,
                 repr(s.rate_limit_window_s + WINDOW_MARGIN_S),
             ],
@@ -194,9 +208,12 @@ class RedisLimiter:
                 token=token,
                 acquired_at=granted_at_s,
                 probe=bool(int(result[1])),
-                quota_key=self._quota_key(local_now),
+                quota_key=quota_key,
+                bulk=bulk,
             )
         reason = cast(DenyReason, _text(result[1]))
+        if bulk and reason in ("quota", "pace"):
+            reason = "bulk_budget" if reason == "quota" else "bulk_pace"
         return Denied(reason=reason, retry_after_s=max(float(_text(result[2]) or 0), MIN_RETRY_S))
 
     async def depart(self, permit: Permit) -> None:
@@ -235,7 +252,7 @@ class RedisLimiter:
             args=[
                 permit.token,
                 self._slot_member(permit.holder, permit.token),
-                self._settings.daily_quota,
+                self._settings.bulk_budget_calls if permit.bulk else self._settings.daily_quota,
             ],
         )
 
@@ -259,6 +276,8 @@ class RedisLimiter:
         now = self._local_now()
         granted_s = permit.acquired_at if permit is not None else now
         key = permit.quota_key if permit is not None and permit.quota_key else None
+        if permit is not None and permit.bulk:
+            key = None  # the instance's quota is spent: the live share's day stops too
         reset_in_s = max(self._reset_in_s(granted_s) - (now - granted_s), 0.0)
         await self._quota_exhausted(
             keys=[key or self._quota_key(granted_s)],
@@ -299,7 +318,8 @@ class RedisLimiter:
             pipe.get(self._quota_key(now))
             pipe.hmget(keys.cooldown, ["until", "reason"])
             pipe.hmget(keys.hold, ["reason", "since", "next_probe"])
-            calls, slots, used, cooldown, hold = await pipe.execute()
+            pipe.get(self._bulk_key(now))
+            calls, slots, used, cooldown, hold, bulk_used = await pipe.execute()
         cooldown_until = _number(cooldown[0])
         cooldown_left_s = max(cooldown_until - now, 0.0) if cooldown_until is not None else 0.0
         hold_reason, hold_since, next_probe = _text(hold[0]), _number(hold[1]), _number(hold[2])
@@ -321,4 +341,14 @@ class RedisLimiter:
             hold_reason=hold_reason,
             hold_since=hold_since,
             next_probe_in_s=max(next_probe - now, 0.0) if next_probe is not None else None,
+            bulk_used_today=int(bulk_used or 0),
+            bulk_limit=s.bulk_budget_calls,
+            bulk_pace_wait_s=pace_wait_s(
+                int(bulk_used or 0),
+                now,
+                quota=max(s.bulk_budget_calls, 1),
+                reset_at_s=next_quota_reset(now, s.quota_timezone),
+                day_length_s=quota_day_length_s(now, s.quota_timezone),
+                burst=self._bulk_burst,
+            ),
         )

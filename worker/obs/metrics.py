@@ -112,6 +112,28 @@ OLDEST_AGE = Gauge(
     ["shard"],
     multiprocess_mode="mostrecent",
 )
+BULK_BACKLOG = Gauge(
+    "leadsync_bulk_backlog_entries",
+    "Entries in a shard's bulk stream not yet committed.",
+    ["shard"],
+    multiprocess_mode="mostrecent",
+)
+BULK_OLDEST_AGE = Gauge(
+    "leadsync_bulk_oldest_entry_age_seconds",
+    "Age of the oldest entry of a shard's bulk stream (0 when empty).",
+    ["shard"],
+    multiprocess_mode="mostrecent",
+)
+BULK_CALLS_TODAY = Gauge(
+    "leadsync_bulk_calls_today",
+    "Bulk-lane calls counted in today's bulk budget.",
+    multiprocess_mode="mostrecent",
+)
+BULK_BUDGET = Gauge(
+    "leadsync_bulk_budget_calls",
+    "The bulk lane's daily call budget (LEADSYNC_BULK_DAILY_CALLS).",
+    multiprocess_mode="mostrecent",
+)
 CALLS_IN_WINDOW = Gauge(
     "leadsync_limiter_calls_in_window",
     "Calls made in the current rate window, across all pods.",
@@ -257,6 +279,17 @@ def observe_backlogs(backlogs: Iterable[ShardBacklog]) -> None:
     for backlog in backlogs:
         BACKLOG.labels(shard=str(backlog.shard)).set(backlog.entries)
         OLDEST_AGE.labels(shard=str(backlog.shard)).set(backlog.oldest_age_s or 0.0)
+
+
+@never_raises
+def observe_bulk(backlogs: Iterable[ShardBacklog], state: LimiterState, shards: int) -> None:
+    """The bulk lane: its streams (labelled by their shard) and its budget."""
+    for backlog in backlogs:
+        shard = str(backlog.shard - shards)
+        BULK_BACKLOG.labels(shard=shard).set(backlog.entries)
+        BULK_OLDEST_AGE.labels(shard=shard).set(backlog.oldest_age_s or 0.0)
+    BULK_CALLS_TODAY.set(state.bulk_used_today)
+    BULK_BUDGET.set(state.bulk_limit)
 
 
 @never_raises

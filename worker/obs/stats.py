@@ -8,6 +8,7 @@ minute" is the same number whichever pod or laptop asks.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -66,6 +67,10 @@ async def stored_shards(redis: Redis, keys: Keys) -> int | None:
     return int(stored) if stored.isdigit() else None
 
 
+#: Seconds in a quota day (a DST day differs by an hour: an estimate needs no more).
+DAY_S = 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     """One look at the pipeline. ``dead_letters[s]`` is the length of shard s's DLQ."""
@@ -77,6 +82,9 @@ class StatsSnapshot:
     limiter: LimiterState
     outcomes_last_minute: Mapping[str, int]
     pace: PaceReport
+    #: The bulk streams (numbered ``shards + s``).
+    bulk: tuple[ShardBacklog, ...] = ()
+    batch_size: int = 300
 
     @property
     def backlog_total(self) -> int:
@@ -87,6 +95,27 @@ class StatsSnapshot:
         ages = [b.oldest_age_s for b in self.backlogs if b.oldest_age_s is not None]
         return max(ages) if ages else None
 
+    @property
+    def bulk_total(self) -> int:
+        return sum(b.entries for b in self.bulk)
+
+    @property
+    def bulk_oldest_age_s(self) -> float | None:
+        ages = [b.oldest_age_s for b in self.bulk if b.oldest_age_s is not None]
+        return max(ages) if ages else None
+
+    @property
+    def bulk_finish_in_s(self) -> float | None:
+        """When the bulk backlog is sent at its budget's pace (full calls, the budget
+        spread over the day); None without a budget."""
+        if not self.bulk_total:
+            return 0.0
+        budget = self.limiter.bulk_limit
+        if budget <= 0:
+            return None
+        calls = math.ceil(self.bulk_total / self.batch_size)
+        return calls * DAY_S / budget
+
 
 async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None) -> StatsSnapshot:
     """Read everything ``leadsync stats`` shows; writes nothing."""
@@ -95,22 +124,23 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
     shards = await stored_shards(redis, keys) or settings.shards
     ledger = Ledger.for_settings(redis, settings)
     backlogs = await ledger.backlogs(shards, now_s)
+    bulk = await ledger.backlogs_of(range(shards, 2 * shards), now_s)
     limiter = await RedisLimiter(redis, settings, clock=lambda: now_s).state()
     pipe = redis.pipeline(transaction=False)
-    for shard in range(shards):
+    for shard in range(2 * shards):  # live and bulk streams
         pipe.xlen(keys.dead_letters(shard))
     for bucket in window_buckets(now_s):
         pipe.hgetall(outcome_bucket_key(keys, bucket))
     replies = await pipe.execute()
     outcomes: Counter[str] = Counter()
-    for bucket in replies[shards:]:
+    for bucket in replies[2 * shards :]:
         for status, n in bucket.items():
             outcomes[text(status)] += int(n)
     return StatsSnapshot(
         taken_at=now_s,
         shards=shards,
         backlogs=tuple(backlogs),
-        dead_letters=tuple(int(n) for n in replies[:shards]),
+        dead_letters=tuple(int(n) for n in replies[: 2 * shards]),
         limiter=limiter,
         outcomes_last_minute=dict(outcomes),
         pace=pace_report(
@@ -119,4 +149,6 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
         ),
+        bulk=tuple(bulk),
+        batch_size=settings.batch_size,
     )

@@ -259,7 +259,7 @@ def _shards_table(frame: TopFrame, max_rows: int | None) -> Table | Text:
     lines = [
         (backlog, dead, rest)
         for backlog, dead, rest in zip(
-            stats.backlogs, stats.dead_letters, frame.rest_left_s, strict=True
+            stats.backlogs, stats.dead_letters[: stats.shards], frame.rest_left_s, strict=True
         )
         if backlog.entries or dead or backlog.busy or rest > 0
     ]

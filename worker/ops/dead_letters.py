@@ -107,10 +107,12 @@ class ReplayReport:
 
 
 def _shards(shards: int, only: int | None) -> Iterable[int]:
+    """The dead-letter streams to read: every shard's live and bulk ones (a bulk stream
+    is numbered ``shards + s``, as its request ids are), or ``only``."""
     if only is None:
-        return range(shards)
-    if not 0 <= only < shards:
-        raise ValueError(f"shard {only} does not exist (0..{shards - 1})")
+        return range(2 * shards)
+    if not 0 <= only < 2 * shards:
+        raise ValueError(f"shard {only} does not exist (0..{2 * shards - 1}, bulk from {shards})")
     return (only,)
 
 

@@ -2,12 +2,15 @@
 -- the cursor on (any consumer's: a crashed holder's entries come back), and reads
 -- never-delivered entries ONLY once every pending entry has been claimed: a newer
 -- write must never go out before an older pending write of the same lead.
--- KEYS[1] lease, KEYS[2] stream
+-- A bulk stream (KEYS[3]: its shard's live stream) gives nothing while a live entry
+-- waits: live writes go first, and a bulk write never overtakes an older live one.
+-- KEYS[1] lease, KEYS[2] stream, KEYS[3] the live stream when KEYS[2] is a bulk one, else ''
 -- ARGV: token, lease ttl ms, group, consumer, cursor ('0-0' to start, 'done' once the
 --       pending list was walked), count
 -- Returns {-1} when the lease is not ours, else {1, cursor, entries}.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if KEYS[3] ~= '' and redis.call('XLEN', KEYS[3]) > 0 then return {1, 'done', {}} end
 local group, consumer, cursor, want = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local entries = {}
 while cursor ~= 'done' and #entries < want do

@@ -15,6 +15,7 @@
 --        written-fields key index], ...]                   entries to park
 --   r: [entry id, ...]                                     attempts to give back
 --   w: [[written-fields key index, write id, [field, ...]], ...]  writes Marketo applied
+--   b: [written-fields key index, ...]                     bulk entries settled
 -- A lead with parked writes keeps, in its written-fields hash, each field a later applied
 -- write set and the id of the newest such write: a replay never reverts those fields.
 -- Returns -1 when the lease is not ours, else the number of outcomes written.
@@ -54,6 +55,21 @@ for _, w in ipairs(plan.w or {}) do
     for _, name in ipairs(w[3]) do
       local seen = redis.call('HGET', key, name)
       if not seen or older(seen, w[2]) then redis.call('HSET', key, name, w[2]) end
+    end
+  end
+end
+-- A lead's bulk mark counts its bulk writes still waiting; with none left (and no parked
+-- write), nothing older than the applied writes remains: the record goes.
+for _, i in ipairs(plan.b or {}) do
+  local key = KEYS[i]
+  if redis.call('HEXISTS', key, '~bulk') == 1 then
+    if redis.call('HINCRBY', key, '~bulk', -1) <= 0 then
+      redis.call('HDEL', key, '~bulk')
+      if redis.call('HEXISTS', key, '~parked') == 1 then
+        redis.call('EXPIRE', key, dlq_ttl)
+      else
+        redis.call('DEL', key)
+      end
     end
   end
 end
