@@ -75,13 +75,15 @@ def crash_on_call(monkeypatch: pytest.MonkeyPatch, call: int, *, after_write: bo
     real = LeadProducer.upsert_many
     calls = []
 
-    def crashing(self: LeadProducer, records: Sequence[Mapping[str, Any]]) -> list[Any]:
+    def crashing(
+        self: LeadProducer, records: Sequence[Mapping[str, Any]], **options: Any
+    ) -> list[Any]:
         calls.append(1)
         if len(calls) == call:
             if after_write:
-                real(self, records)
+                real(self, records, **options)
             raise RuntimeError("simulated crash")
-        return real(self, records)
+        return real(self, records, **options)
 
     monkeypatch.setattr(LeadProducer, "upsert_many", crashing)
 
