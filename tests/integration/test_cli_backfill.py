@@ -50,6 +50,11 @@ def write_csv(path: Path) -> Path:
     return path
 
 
+def bulk_stream(shard: int) -> str:
+    """A shard's bulk stream: where ``leadsync backfill`` puts rows unless --live."""
+    return Keys().stream(SHARDS + shard)
+
+
 def invoke(redis_url: str, *args: str) -> Result:
     return CliRunner().invoke(app, ["backfill", *args], env=env_for(redis_url))
 
@@ -58,7 +63,7 @@ def stream_entries(redis_url: str) -> Iterator[Any]:
     client = redis.Redis.from_url(redis_url)
     try:
         for shard in range(SHARDS):
-            for _, fields in client.xrange(Keys().stream(shard)):
+            for _, fields in client.xrange(bulk_stream(shard)):
                 yield decode_lead(fields[b"p"])
     finally:
         client.close()
@@ -178,18 +183,18 @@ def test_max_backlog_holds_a_chunk_until_entries_are_delivered(
     client = redis.Redis.from_url(redis_url)
 
     def deliver_instead_of_sleeping(self: Backfill, seconds: float) -> None:
-        backlog = sum(client.xlen(Keys().stream(s)) for s in range(SHARDS))
+        backlog = sum(client.xlen(bulk_stream(s)) for s in range(SHARDS))
         seen.append((seconds, backlog))
         if len(seen) == 3:  # still waiting twice, then the workers catch up
             for shard in range(SHARDS):
-                client.xtrim(Keys().stream(shard), maxlen=0)
+                client.xtrim(bulk_stream(shard), maxlen=0)
 
     monkeypatch.setattr(Backfill, "sleep", deliver_instead_of_sleeping)
     try:
         result = invoke(
             redis_url, str(leads), "--map", "E-mail=email", "--no-wait", "--max-backlog", "1500"
         )
-        remaining = sum(client.xlen(Keys().stream(s)) for s in range(SHARDS))
+        remaining = sum(client.xlen(bulk_stream(s)) for s in range(SHARDS))
     finally:
         client.close()
     assert result.exit_code == 1, result.output  # invalid rows
@@ -229,3 +234,17 @@ def test_with_a_worker_every_lead_is_delivered_under_a_small_backlog_bound(
     assert result.exit_code == 0, result.output
     assert "enqueued 1200" in result.output
     assert "delivered 1200 of 1200 CREATED 1200" in (result.output)
+
+
+def test_live_puts_the_rows_in_the_live_lane(redis_url: str, tmp_path: Path) -> None:
+    leads = tmp_path / "few.jsonl"
+    leads.write_text('{"email": "a@example.com"}\n{"email": "b@example.com"}\n')
+    result = invoke(redis_url, str(leads), "--live", "--no-wait")
+    assert result.exit_code == 0, result.output
+    client = redis.Redis.from_url(redis_url)
+    try:
+        live = sum(client.xlen(Keys().stream(s)) for s in range(SHARDS))
+        bulk = sum(client.xlen(bulk_stream(s)) for s in range(SHARDS))
+    finally:
+        client.close()
+    assert (live, bulk) == (2, 0)

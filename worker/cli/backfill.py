@@ -71,16 +71,16 @@ def backfill(
         help="Give up (exit 75, resume later) when Redis refuses or fails this long.",
     ),
     bulk: bool = typer.Option(
-        False,
+        True,
         "--bulk/--live",
-        help="The lane: live (default) or bulk (sent only while no live batch waits, "
-        "under LEADSYNC_BULK_DAILY_CALLS).",
+        help="The lane: bulk (default: sent only while no live batch waits, under "
+        "LEADSYNC_BULK_DAILY_CALLS) or live.",
     ),
 ) -> None:
     """Enqueue every row of a large CSV or JSONL file, resumably.
 
     Rows go in chunks of 1000 (one round trip each), keyed and mapped as for
-    `leadsync enqueue`; with --bulk into the bulk lane: the apps' live upserts go
+    `leadsync enqueue`, into the bulk lane unless --live: the apps' live upserts go
     first, and the backfill spends its own daily call budget. Each chunk's request ids are appended to the ids file (fsynced)
     once Redis took it; after a crash or Ctrl-C, the same command continues after the
     last row in the ids file. The one window: a crash after Redis took a chunk and before
