@@ -13,8 +13,12 @@ import typer
 
 from producers.contract import Lane, stream_index
 from worker.cli.common import (
+    ColumnMaps,
+    InputFile,
+    InputFormat,
     console,
     err_console,
+    input_spec,
     producer_for,
     progress_bar,
     settings_from_env,
@@ -35,13 +39,9 @@ EX_TEMPFAIL = 75
 
 @app.command()
 def backfill(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A CSV or JSONL file."),  # noqa: B008
-    file_format: str | None = typer.Option(
-        None, "--format", help="csv or jsonl (default: from the file extension)."
-    ),
-    maps: list[str] = typer.Option(  # noqa: B008
-        [], "--map", help="Rename a column before use: COL=FIELD (repeatable)."
-    ),
+    file: InputFile,
+    file_format: InputFormat = None,
+    maps: ColumnMaps = None,
     ids: Path | None = typer.Option(  # noqa: B008
         None,
         "--ids",
@@ -93,13 +93,9 @@ def backfill(
     from producers.contract import BULK_CHUNK
     from worker.connections import redis_client_sync
     from worker.ops.backfill import Backfill, GaveUp, Journal, JournalError, input_fingerprint
-    from worker.ops.ingest import count_lines, detect_format, parse_mapping, read_rows
+    from worker.ops.ingest import count_lines, read_rows
 
-    try:
-        mapping = parse_mapping(maps)
-        kind = detect_format(file, file_format)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    mapping, kind = input_spec(file, file_format, maps)
     ids = ids or file.with_name(file.name + ".ids")
     settings = settings_from_env()
     started = time.monotonic()

@@ -9,13 +9,44 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from worker.connections import redis_client
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.ops.ingest import FileFormat
+
+# The input options `leadsync enqueue` and `leadsync backfill` share.
+InputFile = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, help="A CSV or JSONL file.")
+]
+InputFormat = Annotated[
+    str | None,
+    typer.Option("--format", help="csv or jsonl (default: from the file extension)."),
+]
+ColumnMaps = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="Rename a column before use: COL=FIELD (repeatable)."),
+]
+
+
+def input_spec(
+    file: Path, file_format: str | None, maps: list[str] | None
+) -> tuple[dict[str, str], FileFormat]:
+    """The column mapping and the file's format, or a usage error naming what is wrong."""
+    from worker.ops.ingest import detect_format, parse_mapping
+
+    try:
+        return parse_mapping(maps or []), detect_format(file, file_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -14,9 +14,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from worker.cli.common import (
+    ColumnMaps,
+    InputFile,
+    InputFormat,
     age,
     console,
     err_console,
+    input_spec,
     producer_for,
     progress_bar,
     settings_from_env,
@@ -33,13 +37,9 @@ app = typer.Typer()
 
 @app.command()
 def enqueue(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A CSV or JSONL file."),  # noqa: B008
-    file_format: str | None = typer.Option(
-        None, "--format", help="csv or jsonl (default: from the file extension)."
-    ),
-    maps: list[str] = typer.Option(  # noqa: B008
-        [], "--map", help="Rename a column before use: COL=FIELD (repeatable)."
-    ),
+    file: InputFile,
+    file_format: InputFormat = None,
+    maps: ColumnMaps = None,
     ids_out: Path | None = typer.Option(  # noqa: B008
         None, "--ids-out", help="Write 'line,request_id' rows here instead of to stdout."
     ),
@@ -60,13 +60,9 @@ def enqueue(
     Exits 1 when a row was skipped or (with --wait) a lead did not end CREATED or UPDATED.
     """
     from producers.contract import BULK_CHUNK
-    from worker.ops.ingest import Row, count_lines, detect_format, parse_mapping, read_rows
+    from worker.ops.ingest import Row, count_lines, read_rows
 
-    try:
-        mapping = parse_mapping(maps)
-        kind = detect_format(file, file_format)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    mapping, kind = input_spec(file, file_format, maps)
     settings = settings_from_env()
     total = max(count_lines(file) - (1 if kind == "csv" else 0), 0)
     accepted: list[tuple[int, str]] = []
