@@ -92,7 +92,10 @@ def tick() -> dict[str, int]:
     runtime = get_runtime(settings)
 
     async def decide() -> list[list[int]]:
-        backlogs = await runtime.ledger.backlogs(runtime.shards)
+        shards = runtime.shards
+        # Live streams 0..shards-1 and bulk streams shards..2*shards-1, in one round trip.
+        streams = await runtime.ledger.backlogs(2 * shards)
+        backlogs, bulk = streams[:shards], streams[shards:]
         state = await runtime.limiter.state()
         observe_backlogs(backlogs)
         observe_limiter(state)
@@ -112,8 +115,6 @@ def tick() -> dict[str, int]:
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
         )
-        shards = runtime.shards
-        bulk = await runtime.ledger.backlogs_of(range(shards, 2 * shards))
         observe_bulk(bulk, state, shards)
         return groups + bulk_drains(backlogs, bulk, state, live_rung=bool(groups))
 

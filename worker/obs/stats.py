@@ -123,8 +123,9 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
     keys = Keys(settings.key_prefix)
     shards = await stored_shards(redis, keys) or settings.shards
     ledger = Ledger.for_settings(redis, settings)
-    backlogs = await ledger.backlogs(shards, now_s)
-    bulk = await ledger.backlogs_of(range(shards, 2 * shards), now_s)
+    ledger.shards = shards  # a bulk stream's lease and rest are its shard's
+    streams = await ledger.backlogs(2 * shards, now_s)
+    backlogs, bulk = streams[:shards], streams[shards:]
     limiter = await RedisLimiter(redis, settings, clock=lambda: now_s).state()
     pipe = redis.pipeline(transaction=False)
     for shard in range(2 * shards):  # live and bulk streams
