@@ -113,3 +113,21 @@ async def test_a_lane_that_does_not_exist_is_refused_before_anything_is_written(
     with pytest.raises(InvalidLead) as refused:
         await producer.upsert(email="x@example.com", lane="fast")  # type: ignore[arg-type]
     assert refused.value.field == "lane"
+
+
+async def test_a_parked_bulk_write_leaves_the_leads_mark_alive_while_another_waits(
+    client: redis.asyncio.Redis,
+) -> None:
+    """Parking sets the written-fields record's expiry (the dead letters' TTL); while a
+    bulk write of the lead still waits, it must not expire before that write goes, or
+    newer live writes would stop being recorded and the bulk write could revert them."""
+    drainer, marketo, producer = await setup(client, max_attempts=1, transient_retries=0)
+    marketo.failing = True
+    await producer.upsert(email="cy@example.com", attributes={"City": "A"}, lane="bulk")
+    await drainer.drain(BULK)  # the call fails: its one attempt is spent
+    await producer.upsert(email="cy@example.com", attributes={"City": "B"}, lane="bulk")
+    await drainer.drain(BULK)  # the first is parked; the second waits (and fails once)
+    (mark,) = await client.keys("leadsync:{0}:fields:*")
+    assert await client.hget(mark, "~parked") == b"1"
+    assert await client.hget(mark, "~bulk") == b"1"
+    assert await client.ttl(mark) == -1, "no expiry while a bulk write of the lead waits"

@@ -39,7 +39,10 @@ if plan.d and #plan.d > 0 then
       'k', d[3], 'p', d[4], 'error', d[5], 'code', d[6], 'attempts', d[7])
     if d[8] > 0 then
       redis.call('HSET', KEYS[d[8]], '~parked', '1')
-      redis.call('EXPIRE', KEYS[d[8]], dlq_ttl)
+      -- while bulk writes of the lead wait, the record lives until the last one goes
+      if redis.call('HEXISTS', KEYS[d[8]], '~bulk') == 0 then
+        redis.call('EXPIRE', KEYS[d[8]], dlq_ttl)
+      end
     end
   end
   redis.call('EXPIRE', KEYS[4], dlq_ttl)
