@@ -66,7 +66,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from producers.contract import OutcomeStatus, shard_for
+from producers.contract import Lane, OutcomeStatus, shard_for
 from tests.support.model import (
     BEHAVIOURS,
     EVERY_SHARD,
@@ -226,16 +226,20 @@ class DrainMachine(RuleBasedStateMachine):
                 st.sampled_from(("a", "b", "c")),
                 st.sampled_from((True, True, True, False)),  # dedup
                 st.sampled_from((False, False, False, False, False, True)),  # poisoned
+                st.sampled_from(("live", "live", "bulk")),
             ),
             min_size=1,
             max_size=4,
         )
     )
-    def enqueue(self, writes: list[tuple[str, str, bool, bool]]) -> None:
+    def enqueue(self, writes: list[tuple[str, str, bool, bool, Lane]]) -> None:
+        """Writes into either lane: a lead's bulk and live writes keep their order."""
         with self.step():
-            for person, value, dedup, poisoned in writes:
+            for person, value, dedup, poisoned, lane in writes:
                 draft = self.ref.new_write(f"email:{person}", value, dedup=dedup, poisoned=poisoned)
-                rid = self.run(self.system.enqueue(person, draft.attributes, dedup=dedup))
+                rid = self.run(
+                    self.system.enqueue(person, draft.attributes, dedup=dedup, lane=lane)
+                )
                 self.ref.accept(replace(draft, request_id=rid))
 
     def _drain(
@@ -249,14 +253,15 @@ class DrainMachine(RuleBasedStateMachine):
 
     @rule(
         worker=st.integers(0, 2),
-        shard=st.sampled_from((0, 1, EVERY_SHARD)),
+        shard=st.sampled_from((0, 1, 2, 3, EVERY_SHARD)),
         pause_at=st.sampled_from((None, None, None, *PAUSE_POINTS)),
     )
     def drain(self, worker: int, shard: int, pause_at: PausePoint | None) -> None:
-        """One shard's drain, or (EVERY_SHARD) one call filled from both shards."""
+        """One stream's drain (2 and 3: the shards' bulk streams), or (EVERY_SHARD) one
+        call filled from both shards' live streams."""
         self._drain(worker, shard, pause_at)
 
-    @rule(worker=st.integers(0, 2), shard=st.integers(0, 1), times=st.integers(1, 3))
+    @rule(worker=st.integers(0, 2), shard=st.integers(0, 3), times=st.integers(1, 3))
     def drain_again_and_again(self, worker: int, shard: int, times: int) -> None:
         for _ in range(times):
             self._drain(worker, shard, None)
@@ -287,7 +292,7 @@ class DrainMachine(RuleBasedStateMachine):
         on with it. (A behaviour scripted alone is mostly cleared by a settle before a call
         takes it; this one meets the next call, or is taken back.) ``queued``: then another
         worker's drain message, already queued, runs at once."""
-        self.enqueue([(person, "u", dedup, False)])
+        self.enqueue([(person, "u", dedup, False, "live")])
         script = self.marketo.script
         script.insert(0, behaviour)
         waiting = len(script)
@@ -298,7 +303,7 @@ class DrainMachine(RuleBasedStateMachine):
         if queued:
             self._drain(worker + 1, shard, None, waited=False)
 
-    @rule(worker=st.integers(0, 2), shard=st.sampled_from((0, 1, EVERY_SHARD)))
+    @rule(worker=st.integers(0, 2), shard=st.sampled_from((0, 1, 2, 3, EVERY_SHARD)))
     def drain_without_waiting(self, worker: int, shard: int) -> None:
         """A drain message that was queued (or redelivered) runs before any time passes:
         a shard still resting turns it away."""
@@ -371,7 +376,7 @@ class DrainMachine(RuleBasedStateMachine):
         for index in self.system.paused():
             self.run(self.system.resume(index))
         for _ in range(SETTLE_ROUNDS):
-            for shard in range(self.system.shards):
+            for shard in self.system.streams:
                 self.run(self.system.drain(self.system.idle()[0], shard))
             if any(self.run(self.system.backlog()).values()):
                 continue

@@ -35,7 +35,7 @@ from prometheus_client import REGISTRY
 
 from marketo_sim import rest as sim_rest
 from marketo_sim import soap as sim_soap
-from producers.contract import Keys, OutcomeStatus, parse_request_id, shard_for
+from producers.contract import Keys, Lane, OutcomeStatus, parse_request_id, shard_for
 from producers.producer import AsyncLeadProducer
 from tests.support.wire_server import Reply
 from worker.core.fields import rest_name, soap_name
@@ -896,6 +896,7 @@ class System:
             # Few: a call whose outcome is unknown keeps its slot, and refusals follow.
             max_concurrent_calls=max_concurrent_calls,
             daily_quota=1_000_000,
+            bulk_daily_calls=1_000_000,
             throttle_cooldown_s=3600.0,  # cleared by the test, never by the clock
             hold_probe_interval_s=3600.0,  # no probe passes until the test clears the hold
             lease_ttl_s=3600.0,  # expired by the test, never by the clock
@@ -919,7 +920,7 @@ class System:
     async def start(self) -> None:
         await self.redis.flushdb()
         await self.ledger.agree_shards(self.shards)
-        await self.ledger.ensure_groups(self.shards)
+        await self.ledger.ensure_groups(2 * self.shards)  # live and bulk streams
 
     async def close(self) -> None:
         tasks = [t for t in self.abandoned if not t.done()]
@@ -1048,8 +1049,12 @@ class System:
 
     # --- producer side ---------------------------------------------------------------------
 
-    async def enqueue(self, email: str, attributes: Mapping[str, str], *, dedup: bool) -> str:
-        return await self.producer.upsert(email=email, attributes=attributes, dedup=dedup)
+    async def enqueue(
+        self, email: str, attributes: Mapping[str, str], *, dedup: bool, lane: Lane = "live"
+    ) -> str:
+        return await self.producer.upsert(
+            email=email, attributes=attributes, dedup=dedup, lane=lane
+        )
 
     async def outcomes(self, request_ids: Sequence[str]) -> dict[str, OutcomeStatus | None]:
         return (await self.outcome_details(request_ids)).statuses
@@ -1088,7 +1093,9 @@ class System:
     # --- time, limits, leases ---------------------------------------------------------------
 
     def _shards(self, shard: int) -> list[int]:
-        return list(range(self.shards)) if shard == EVERY_SHARD else [shard]
+        """The shards (leases, rests) a drain of ``shard`` uses: a bulk stream's are its
+        shard's."""
+        return list(range(self.shards)) if shard == EVERY_SHARD else [shard % self.shards]
 
     async def _time_passes(self, shard: int) -> None:
         """The shard's rest is over (Drainer._back_off's key). When it is the rest after a
@@ -1165,9 +1172,14 @@ class System:
 
     # --- ledger inspection --------------------------------------------------------------------
 
+    @property
+    def streams(self) -> range:
+        """Every stream: the live ones, then the bulk ones (``shards + s``)."""
+        return range(2 * self.shards)
+
     async def backlog(self) -> dict[int, int]:
-        """Entries not yet committed, per shard."""
-        return {s: int(await self.redis.xlen(self.keys.stream(s))) for s in range(self.shards)}
+        """Entries not yet committed, per stream."""
+        return {s: int(await self.redis.xlen(self.keys.stream(s))) for s in self.streams}
 
     async def pending_owners(self, shard: int) -> dict[str, str]:
         """Entry id -> the consumer that holds it in the group's pending list."""
@@ -1190,7 +1202,7 @@ class System:
 
     def _kind(self, key: str) -> str:
         k = self.keys
-        for s in range(self.shards):
+        for s in self.streams:
             exact = {
                 k.stream(s): "shard stream",
                 k.attempts(s): "attempts hash",
@@ -1204,6 +1216,8 @@ class System:
                 return exact[key]
             if key.startswith(k.outcome(s, "")):
                 return "outcome"
+            if key.startswith(k.written_fields(s, "")):
+                return "written fields"
         if key == k.config():
             return "config hash"
         if key == k.failover():
@@ -1220,6 +1234,18 @@ class System:
             return "stats"
         return "other"
 
+    async def _bulk_marks_match(self, unexpiring: Sequence[str]) -> list[str]:
+        """Invariant 5 for written-fields hashes: one lives without a TTL only while its
+        lead has bulk writes waiting, and its ``~bulk`` count is their number; a lead
+        with bulk writes waiting has one."""
+        waiting = await _bulk_marks_counted(self.redis, self.keys, self.shards)
+        problems = []
+        for key in sorted(set(unexpiring) | set(waiting)):
+            count = int(_text(await self.redis.hget(key, "~bulk") or b"0"))
+            if count != waiting.get(key, 0):
+                problems.append(f"{key}: ~bulk {count}, bulk writes waiting {waiting.get(key, 0)}")
+        return problems
+
     async def key_audit(self, parked: Mapping[str, OutcomeStatus | None]) -> list[str]:
         """Invariant 5: every key without a TTL is of an allowed kind, and the allowed ones
         are bounded: attempts fields are pending entry ids, dead-letter records are parked
@@ -1230,11 +1256,15 @@ class System:
         for key in keys:
             pipe.pttl(key)
         ttls = await pipe.execute()
+        bulk_marks: list[str] = []
         for key, ttl in zip(keys, ttls, strict=True):
             kind = self._kind(key)
-            if int(ttl) == -1 and kind not in ALLOWED_WITHOUT_TTL:
+            if int(ttl) == -1 and kind == "written fields":
+                bulk_marks.append(key)
+            elif int(ttl) == -1 and kind not in ALLOWED_WITHOUT_TTL:
                 problems.append(f"{key} ({kind}) has no TTL")
-        for s in range(self.shards):
+        problems += await self._bulk_marks_match(bulk_marks)
+        for s in self.streams:
             pending = set(await self.pending_owners(s))
             extra = sorted(set(await self.attempts(s)) - pending)
             if extra:
@@ -1246,6 +1276,15 @@ class System:
             if rid in parked and parked[rid] is not OutcomeStatus.DEAD_LETTERED:
                 problems.append(f"{rid}: dead-letter record but outcome {parked[rid]}")
         return problems
+
+
+async def _bulk_marks_counted(redis: Any, keys: Keys, shards: int) -> Counter[str]:
+    """Written-fields key -> how many entries of its lead wait in its shard's bulk stream."""
+    waiting: Counter[str] = Counter()
+    for s in range(shards):
+        for _, fields in await redis.xrange(keys.stream(shards + s)):
+            waiting[keys.written_fields(s, _text(fields[b"k"]))] += 1
+    return waiting
 
 
 def _isolation_calls() -> int:
