@@ -128,9 +128,10 @@ class Ticker:
 
 
 def backlog(client: redis.Redis, keys: Keys, shards: int) -> int:
-    """Entries still in the shard streams (an entry is deleted when its outcome is stored)."""
+    """Entries still in the shard streams, live and bulk (an entry is deleted when its
+    outcome is stored)."""
     pipe = client.pipeline(transaction=False)
-    for shard in range(shards):
+    for shard in range(2 * shards):
         pipe.xlen(keys.stream(shard))
     return int(sum(pipe.execute()))
 
