@@ -53,7 +53,6 @@ from producers.lead import (
 )
 from producers.outcome import Outcome, OutcomeStatus
 from producers.wire import (
-    ENQUEUE_LUA,
     decode_lead,
     encode_lead,
     entry_order,
@@ -65,7 +64,6 @@ from producers.wire import (
 
 __all__ = [
     "BULK_CHUNK",
-    "ENQUEUE_LUA",
     "FOREIGN_SYS_TYPES",
     "KEY_RULE_FIELD",
     "KEY_RULE_REFRESH_S",

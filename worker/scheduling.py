@@ -105,15 +105,14 @@ def bulk_drains(
     live_rung: bool,
 ) -> list[list[int]]:
     """The bulk stream to drain now, if any: only while no live drain is being rung,
-    nothing stops calls (hold, cooldown, quota) and the bulk budget's pace line lets a
-    call go; among the bulk streams whose shard has no live entry waiting and is free,
+    nothing stops calls (hold, cooldown) and the bulk budget (its own, apart from the live
+    share; a 20015 exhausts both) and its pace line let a call go; among the bulk streams whose shard has no live entry waiting and is free,
     the one with the oldest entry. One per tick: the budget spreads the calls anyway, and
     a drain that sent rings itself again while its backlog lasts."""
     if (
         live_rung
         or state.hold_reason is not None
         or state.cooldown_remaining_s > 0
-        or state.quota_used_today >= state.quota_limit
         or state.bulk_used_today >= state.bulk_limit
         or state.bulk_pace_wait_s > 0
     ):

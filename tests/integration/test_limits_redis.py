@@ -540,3 +540,43 @@ async def test_a_turn_given_back_is_not_put_back_by_its_departure(
     await limiter.give_back(turn)
     await limiter.depart(turn)
     assert await limiter._redis.zcard(limiter.keys.window) == 0
+
+
+# --- the bulk lane's budget ------------------------------------------------------------
+
+
+async def test_bulk_calls_follow_their_own_pace_line_and_never_touch_the_share(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """At noon of a day with a 1,000-call bulk budget, 500 bulk calls plus its burst (a
+    50th: 20) may have gone; the next waits for the line, while live calls go on and the
+    live share's count stays untouched."""
+    limiter = make_limiter(bulk_daily_calls=1000, daily_quota=10)
+    granted = 0
+    while isinstance(permit := await limiter.acquire("pod-a", bulk=True), Permit):
+        assert permit.bulk
+        granted += 1
+    assert permit.reason == "bulk_pace"
+    assert granted == 520
+    state = await limiter.state()
+    assert (state.quota_used_today, state.bulk_used_today) == (0, 520)
+    assert state.bulk_pace_wait_s == pytest.approx(permit.retry_after_s, abs=0.01)
+    await take(limiter)  # a live call is not held by the bulk line
+    clock.advance(permit.retry_after_s + 0.01)
+    assert isinstance(await limiter.acquire("pod-a", bulk=True), Permit)
+
+
+async def test_a_quota_fault_heard_by_either_lane_stops_both(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Marketo's 20015 is the instance's quota: after a bulk call hears it, neither a live
+    nor a bulk call goes until the reset (and the other way round)."""
+    for lane_first in (True, False):
+        limiter = make_limiter(bulk_daily_calls=1000, key_prefix=f"q{lane_first}")
+        permit = await limiter.acquire("pod-a", bulk=lane_first)
+        assert isinstance(permit, Permit)
+        await limiter.pause_until_quota_reset(permit)
+        live, bulk = await limiter.acquire("pod-a"), await limiter.acquire("pod-a", bulk=True)
+        assert isinstance(live, Denied), live
+        assert isinstance(bulk, Denied), bulk
+        assert (live.reason, bulk.reason) == ("quota", "bulk_budget")

@@ -10,7 +10,7 @@ import pytest
 from tests.unit.test_limits_clock import unix
 from worker.ledger import ShardBacklog
 from worker.limits import LimiterState, pace_wait_s, quota_day_length_s
-from worker.scheduling import call_groups, due_shards, pace_report
+from worker.scheduling import bulk_drains, call_groups, due_shards, pace_report
 
 IDLE = LimiterState(
     calls_in_window=0,
@@ -147,3 +147,49 @@ def test_busy_shards_are_left_out_and_a_hold_rings_only_the_probe() -> None:
     assert groups(backlogs, held) == [[0]]
     assert groups(backlogs, dataclasses.replace(held, next_probe_in_s=9.0)) == []
     assert groups(backlogs, dataclasses.replace(IDLE, cooldown_remaining_s=3.0)) == []
+
+
+# --- the bulk lane -------------------------------------------------------------------------
+
+BULK_READY = dataclasses.replace(IDLE, bulk_limit=2_000)
+#: Two shards: 0 has a live entry waiting, 1 has none; both bulk streams hold entries.
+LIVE_TWO = [ShardBacklog(0, 3, 1.0, False), ShardBacklog(1, 0, None, False)]
+BULK_TWO = [ShardBacklog(2, 500, 900.0, False), ShardBacklog(3, 400, 60.0, False)]
+
+
+def bulk(state: LimiterState = BULK_READY, **changes: object) -> list[list[int]]:
+    live = changes.pop("live", LIVE_TWO)
+    streams = changes.pop("bulk", BULK_TWO)
+    return bulk_drains(live, streams, state, live_rung=bool(changes.pop("live_rung", False)))  # type: ignore[arg-type]
+
+
+def test_bulk_drains_only_a_stream_whose_shard_has_no_live_entry_waiting() -> None:
+    assert bulk() == [[3]], "shard 0's bulk waits for its live entry, though older"
+    quiet = [ShardBacklog(0, 0, None, False), LIVE_TWO[1]]
+    assert bulk(live=quiet) == [[2]], "then the oldest bulk entry goes first, one per tick"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        dataclasses.replace(BULK_READY, bulk_used_today=2_000),
+        dataclasses.replace(BULK_READY, bulk_pace_wait_s=4.0),
+        dataclasses.replace(BULK_READY, hold_reason="auth"),
+        dataclasses.replace(BULK_READY, cooldown_remaining_s=3.0),
+        dataclasses.replace(BULK_READY, bulk_limit=0),
+    ],
+    ids=["budget spent", "pace line", "hold", "cooldown", "no budget"],
+)
+def test_nothing_bulk_goes_when_its_budget_or_a_limit_says_no(state: LimiterState) -> None:
+    assert bulk(state) == []
+
+
+def test_no_bulk_drain_while_a_live_one_is_rung_or_its_shard_is_busy() -> None:
+    assert bulk(live_rung=True) == []
+    busy = [ShardBacklog(2, 500, 900.0, True), ShardBacklog(3, 400, 60.0, True)]
+    assert bulk(bulk=busy) == []
+
+
+def test_the_live_share_spent_does_not_stop_the_bulk_budget() -> None:
+    """Two budgets: a 20015 exhausts both counters, a live share used up only its own."""
+    assert bulk(dataclasses.replace(BULK_READY, quota_used_today=10_000)) == [[3]]

@@ -269,20 +269,28 @@ class RedisLimiter:
         """Marketo says the daily quota is spent (20015): no call until the next reset.
 
         The quota is shared with other integrations, so Marketo's word beats our count:
-        the day's counter is raised to the limit and expires after the day. The day is
+        the day's counters (the live share's and the bulk lane's) are raised to their
+        limits and expire after the day. The day is
         the one ``permit`` (the refused call's) was granted in: an answer that arrives just
         after midnight does not block the new day.
         """
         now = self._local_now()
         granted_s = permit.acquired_at if permit is not None else now
-        key = permit.quota_key if permit is not None and permit.quota_key else None
-        if permit is not None and permit.bulk:
-            key = None  # the instance's quota is spent: the live share's day stops too
         reset_in_s = max(self._reset_in_s(granted_s) - (now - granted_s), 0.0)
-        await self._quota_exhausted(
-            keys=[key or self._quota_key(granted_s)],
-            args=[self._now_arg(), self._settings.daily_quota, _ms(reset_in_s + GC_MARGIN_S)],
-        )
+        # The instance's quota is spent, whichever lane's call heard it: both lanes'
+        # counters of the call's day go to their limits.
+        live_key, bulk_key = self._quota_key(granted_s), self._bulk_key(granted_s)
+        if permit is not None and permit.quota_key:  # the day the call was counted in
+            live_key, bulk_key = (
+                (live_key, permit.quota_key) if permit.bulk else (permit.quota_key, bulk_key)
+            )
+        for key, limit in (
+            (live_key, self._settings.daily_quota),
+            (bulk_key, self._settings.bulk_budget_calls),
+        ):
+            await self._quota_exhausted(
+                keys=[key], args=[self._now_arg(), limit, _ms(reset_in_s + GC_MARGIN_S)]
+            )
         logger.warning("daily quota spent; calls resume in %.0f s", reset_in_s)
 
     async def hold(self, reason: str) -> None:
