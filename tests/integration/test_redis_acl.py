@@ -62,6 +62,7 @@ def every_key_name(prefix: str = "leadsync") -> dict[str, str]:
         "outcome": keys.outcome(3, "1764660000000-0"),
         "outcome_bucket": bucket,
         "written_fields": keys.written_fields(3, "abc"),
+        "sequence": keys.sequence(3),
         "dead_letters": keys.dead_letters(3),
         "rest": keys.rest(3),
         "rest_streak": keys.rest_streak(3),
@@ -96,9 +97,20 @@ def may(admin: redis.Redis, user: str, *command: str) -> bool:
     return bool(answer in (b"OK", "OK"))
 
 
-#: What the API user may read and write, by key family (nothing else at all).
-API_READS = {"stream", "outcome", "outcome_bucket", "admission", "config", "known_fields"}
-API_WRITES = {"stream", "admission", "config"}
+#: What the API user may read and write, by key family (nothing else at all). The id
+#: sequence and the written-fields hashes (field names and entry ids, never a value) are
+#: the enqueue step's: a bulk write marks its lead's hash.
+API_READS = {
+    "stream",
+    "outcome",
+    "outcome_bucket",
+    "admission",
+    "config",
+    "known_fields",
+    "sequence",
+    "written_fields",
+}
+API_WRITES = {"stream", "admission", "config", "sequence", "written_fields"}
 API_OWN = {"api_keys", "api_key_names", "api_rate", "api_auth_failures", "api_idempotency"}
 
 
@@ -145,6 +157,10 @@ async def test_the_api_user_serves_the_api_and_cannot_reach_the_limiter_or_token
         assert [o["status"] for o in many.body["outcomes"]] == ["PENDING", "PENDING"]
         assert (await api.call("GET", "/v1/leads/0-1-0", key="lsk_not-a-key")).status == 401
         assert await api.backlog() == 2
+        # A bulk write marks its lead's written-fields hash in the same step.
+        bulk = await api.call("POST", "/v1/leads?lane=bulk", key=key, json_body=lead)
+        assert bulk.status == 202, bulk.body
+        assert await api.backlog() == 2  # live streams only
     assert refusals(admin, API[0]) == []  # the API never needed more than it has
 
     token_key = Keys().rest_token("0123456789abcdef")
@@ -174,6 +190,9 @@ def test_the_worker_user_drains_over_rest_and_the_api_reads_the_outcomes(
 ) -> None:
     with running_pipeline(server.url_as(*WORKER), shards=SHARDS, api="rest") as pipeline:
         ids = pipeline.producer.upsert_many([{"email": f"p{n}@example.com"} for n in range(30)])
+        ids += pipeline.producer.upsert_many(
+            [{"email": f"b{n}@example.com"} for n in range(10)], lane="bulk"
+        )
         pipeline.start_worker(concurrency=2)
         outcomes = pipeline.wait_all([str(rid) for rid in ids], timeout_s=60)
         assert all(o is not None and o.status == "CREATED" for o in outcomes.values()), (

@@ -9,8 +9,6 @@ from kombu import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker import broker
-from worker.app import create_app
-from worker.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -24,7 +22,9 @@ from worker.settings import Settings
 def test_a_detached_channel_raises_a_connection_error(
     url: str, transport: type, options: dict[str, str]
 ) -> None:
-    create_app(Settings())  # installs the transports, as the worker does at import
+    # What create_app does (importing worker.app here would switch this test process's
+    # metrics to multiprocess files, and the in-process API tests would export nothing).
+    broker.install()
     connection = Connection(url, transport_options=options)
     assert type(connection.transport) is transport
     channel = transport.Channel.__new__(transport.Channel)  # no I/O: only the lookup

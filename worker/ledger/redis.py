@@ -288,9 +288,9 @@ class Ledger:
     ) -> Any:
         # A bulk stream is read only while its shard's live stream is empty: a live write
         # waiting (newer or older than the bulk ones) goes first.
-        live = self.keys.stream(self.home(shard)) if self.is_bulk(shard) else ""
+        home = self.home(shard)
         return await self._scripts["claim"](
-            keys=[self.keys.lease(self.home(shard)), self.keys.stream(shard), live],
+            keys=[self.keys.lease(home), self.keys.stream(shard), self.keys.stream(home)],
             args=[token, _ms(ttl_s), Keys.GROUP, consumer, cursor, count],
         )
 

@@ -61,6 +61,12 @@ def needs(role: Role, prefix: str, db: int = 0) -> list[Need]:
         _need(stream_pattern, "XRANGE", stream, "-", "+"),
         _need(stream_pattern, "XLEN", stream),
         _need(stream_pattern, "EVAL", "return 1", "1", stream),
+        # The enqueue step (producers/scripts/next_id.lua): the shard's id sequence and,
+        # for a bulk write, the lead's written-fields mark.
+        _need(f"{p}:{{<shard>}}:seq", "SET", keys.sequence(0), "1-0"),
+        _need(f"{p}:{{<shard>}}:fields:*", "HINCRBY", keys.written_fields(0, "0"), "~bulk", "1"),
+        _need(f"{p}:{{<shard>}}:fields:*", "PERSIST", keys.written_fields(0, "0")),
+        _need("(server)", "TIME"),
         _need(f"{p}:{{<shard>}}:outcomes:*", "HGET", bucket, field),
         _need(f"{p}:{{<shard>}}:outcome:*", "HGETALL", keys.outcome(0, "1764660000000-0")),
         _need(f"{p}:admission", "HSET", keys.admission(), "used", "0"),
@@ -105,7 +111,6 @@ def needs(role: Role, prefix: str, db: int = 0) -> list[Need]:
             "PSUBSCRIBE",
             f"{p}:celery:/{db}.celery.pidbox",
         ),
-        _need("(server)", "TIME"),
     ]
 
 
