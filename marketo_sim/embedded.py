@@ -100,6 +100,19 @@ def worker_command(
     return args
 
 
+def stop_group(process: subprocess.Popen[bytes], first: signal.Signals, wait_s: float = 30) -> None:
+    """Signal the process group of ``process`` (started with ``start_new_session``) with
+    ``first``; kill what is left after ``wait_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, first)
+    try:
+        process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @contextlib.contextmanager
 def celery_worker(
     env: Mapping[str, str], *, concurrency: int, beat: bool = True, log_path: Path | None = None
@@ -124,13 +137,6 @@ def celery_worker(
     try:
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, signal.SIGTERM)
         output.close()
         shutil.rmtree(workdir, ignore_errors=True)
