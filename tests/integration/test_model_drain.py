@@ -89,6 +89,7 @@ from tests.support.model import (
     WireProtocol,
     wire_for,
 )
+from tests.support.model_regressions import REGRESSIONS, Regression
 from tests.support.wire_server import WireServer, wire_server
 from worker.marketo.rest.faults import error_for
 from worker.marketo.soap.faults import fault_error
@@ -863,3 +864,34 @@ async def test_a_dedup_false_write_never_supersedes_the_leads_parked_write(
         assert len(marketo.duplicates) == 1
     finally:
         await system.close()
+
+
+@pytest.mark.parametrize("regression", REGRESSIONS, ids=lambda r: r.name)
+def test_a_case_the_machine_found_keeps_its_promises(
+    redis_url: str, regression: Regression
+) -> None:
+    """Failures the machine found, replayed step by step with every invariant checked
+    after each step (tests/support/model_regressions.py says what each one broke)."""
+    DrainMachine.redis_url = redis_url
+    DrainMachine.protocol = regression.protocol
+    DrainMachine.split_replies = regression.split_replies
+    DrainMachine.transient_retries = regression.transient_retries
+    try:
+        machine = DrainMachine()
+        checks = [
+            getattr(machine, name)
+            for name in dir(DrainMachine)
+            if getattr(getattr(DrainMachine, name), "hypothesis_stateful_invariant", None)
+        ]
+        assert checks, "the machine's invariants"
+        try:
+            for name, arguments in regression.steps:
+                getattr(machine, name)(**arguments)
+                for check in checks:
+                    check()
+        finally:
+            machine.teardown()
+    finally:
+        DrainMachine.protocol = "soap"
+        DrainMachine.split_replies = False
+        DrainMachine.transient_retries = 0

@@ -350,8 +350,9 @@ class ScriptedMarketo:
     overlap_violations: list[str] = field(default_factory=list)
     #: Invariant 7: (the post of the "ok" call that answered a write, what was sent again).
     resent: list[tuple[int | None, str]] = field(default_factory=list)
-    #: Seq -> the post of the last "ok" call that applied and answered that write.
-    _answered_ok: dict[int, int | None] = field(default_factory=dict)
+    #: A write as sent (``_sent_write``) -> the post of the last "ok" call that applied
+    #: and answered it.
+    _answered_ok: dict[tuple[str, int], int | None] = field(default_factory=dict)
     _ids: dict[str, int] = field(default_factory=dict)
     _next_id: int = 1
 
@@ -390,10 +391,13 @@ class ScriptedMarketo:
         if busy:
             self.overlap_violations.append(f"keys {busy} are already in a call in flight")
         for record in request.records:
-            seq = _seq(record)
-            if seq in self._answered_ok:
+            sent = _sent_write(record)
+            if sent is not None and sent in self._answered_ok:
                 self.resent.append(
-                    (self._answered_ok[seq], f"{record.key} Seq {seq} sent again in post {post}")
+                    (
+                        self._answered_ok[sent],
+                        f"{record.key} Seq {_seq(record)} sent again in post {post}",
+                    )
                 )
         self.in_flight.update(keys)
         held = False
@@ -436,8 +440,9 @@ class ScriptedMarketo:
         if behaviour == "lost_truncated":
             cut = self.wire.answer(results, truncated=True)
             return Answer(cut, lost="truncated", whole=whole), False
-        for seq in seqs:
-            self._answered_ok[seq] = post
+        for record in records:
+            if (sent := _sent_write(record)) is not None:
+                self._answered_ok[sent] = post
         return Answer(whole), False
 
     def _process(
@@ -488,6 +493,14 @@ class ScriptedMarketo:
 
 def _seq(record: Record) -> int:
     return int(record.attributes.get(SEQ, "-1"))
+
+
+def _sent_write(record: Record) -> tuple[str, int] | None:
+    """What names one write as sent: its lead and Seq. None for what is left of a write
+    whose Seq a newer write already set: such remnants of two writes can be the same
+    fields (a poisoned field alone), so invariant 7 cannot tell them apart."""
+    seq = _seq(record)
+    return (record.key, seq) if seq >= 0 else None
 
 
 @dataclass
@@ -1143,10 +1156,10 @@ class System:
         await self.limiter.clear_hold()
 
     async def clear_quota(self) -> None:
-        """The quota day rolled over."""
-        pattern = self.limiter.keys.quota("*")
-        async for key in self.redis.scan_iter(match=pattern):
-            await self.redis.delete(key)
+        """The quota day rolled over: both lanes' day counters (a 20015 spends both)."""
+        for pattern in (self.limiter.keys.quota("*"), self.limiter.keys.bulk_quota("*")):
+            async for key in self.redis.scan_iter(match=pattern):
+                await self.redis.delete(key)
 
     async def clear_limits(self) -> None:
         await self.refuse_calls(False)

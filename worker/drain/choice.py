@@ -163,7 +163,10 @@ def settle_entry(
         lane.settlement.wrote(entry, fields)
         return
     lane.settlement.answer(entry, outcome)
-    if status in (OutcomeStatus.CREATED, OutcomeStatus.UPDATED):
+    # Applied now; or refused now, after an earlier call that carried it and whose
+    # answer was lost (attempts > 1) may have applied it: either way an older parked
+    # write of the lead must not send these fields over it.
+    if status in (OutcomeStatus.CREATED, OutcomeStatus.UPDATED) or attempts > 1:
         lane.settlement.wrote(entry, fields)
 
 

@@ -389,7 +389,12 @@ class Drainer:
                 if lead.dedup:  # a createDuplicate write is another lead: it sets no field here
                     claim.fields[entry.entry_id] = tuple(field_key(n) for n in lead.attributes)
                 keys.add(entry.key_hash if lead.dedup else entry.entry_id)
-            if len(claimed.entries) < batch_size or len(keys) >= batch_size:
+            # The pending list is walked whole first: its entries may have been sent (a
+            # call whose answer was lost), and a lead's older pending write must never go
+            # out without its newer pending one. It holds at most what one claim took
+            # (new entries are read only once it is walked), so the rounds suffice.
+            walked = claimed.cursor == "done"
+            if walked and (len(claimed.entries) < batch_size or len(keys) >= batch_size):
                 break
         await self._keep_newer_fields(shard, claim)
         return claim
