@@ -293,7 +293,18 @@ FAILED_AFTER_A_LOST_REPLY: list[tuple[str, dict[str, Any]]] = [
     ),
 ]
 
+#: Found by the machine (SOAP): a bulk write parked after faults and replayed went back
+#: into its bulk stream without its lead's bulk mark (the park had counted it off), so
+#: live writes applied while it waited would not record the fields it must not revert.
+BULK_REPLAY_UNMARKED: list[tuple[str, dict[str, Any]]] = [
+    ("script_marketo", {"behaviour": "fault_10001", "times": 2}),
+    ("enqueue", {"writes": [_w("cat", lane="bulk")]}),
+    ("drain_again_and_again", {"shard": 2, "times": 3, "worker": 0}),
+    ("replay_dead_letters", {}),
+]
+
 REGRESSIONS = [
+    Regression("bulk-replay-unmarked", "soap", BULK_REPLAY_UNMARKED),
     Regression("cross-shard-lost-then-split", "rest", CROSS_SHARD_LOST_THEN_SPLIT),
     Regression(
         "failed-after-a-lost-reply",

@@ -38,6 +38,7 @@ from producers.contract import (
     OutcomeStatus,
     decode_lead,
     entry_order,
+    lane_of,
     request_id,
     text,
 )
@@ -64,6 +65,11 @@ class DeadLetter:
     code: str
     error: str
     attempts: int
+    #: The shard whose lease and written-fields records the stream shares (a bulk
+    #: stream's home shard; ``shard`` itself for a live stream).
+    home: int
+    #: The letter was parked from a bulk stream: its replay waits there, marked as bulk.
+    bulk: bool
     payload: str = field(repr=False)
 
     @property
@@ -116,8 +122,9 @@ def _shards(shards: int, only: int | None) -> Iterable[int]:
     return (only,)
 
 
-def _letter(shard: int, dlq_id: str, fields: dict[str, str]) -> DeadLetter:
+def _letter(shard: int, shards: int, dlq_id: str, fields: dict[str, str]) -> DeadLetter:
     entry_id = fields.get("entry_id", "")
+    lane, home = lane_of(shard, shards)
     return DeadLetter(
         dlq_id=dlq_id,
         shard=shard,
@@ -128,6 +135,8 @@ def _letter(shard: int, dlq_id: str, fields: dict[str, str]) -> DeadLetter:
         error=fields.get("error", ""),
         attempts=int(fields.get("attempts") or 0),
         payload=fields.get("p", ""),
+        home=home,
+        bulk=lane == "bulk",
     )
 
 
@@ -168,7 +177,9 @@ async def list_page(
             for raw_id, raw_fields in page:
                 dlq_id = text(raw_id)
                 start = "(" + dlq_id
-                letter = _letter(s, dlq_id, {text(k): text(v) for k, v in raw_fields.items()})
+                letter = _letter(
+                    s, shards, dlq_id, {text(k): text(v) for k, v in raw_fields.items()}
+                )
                 if code in (None, letter.code):
                     found.append(letter)
                     if len(found) >= limit:
@@ -216,7 +227,7 @@ async def replay(
     for group in await _groups(redis, keys, letters):
         first = group[0]
         written = (
-            await _written(redis, keys, first.shard, first.key_hash)
+            await _written(redis, keys, first.home, first.key_hash)
             if first.key_hash and first.dedup
             else {}
         )
@@ -236,12 +247,14 @@ async def replay(
                     "s": 1 if superseded else 0,
                     "of": keys.outcome_slot(letter.shard, letter.origin)[1],
                     "out": _reopened(letter, superseded).pack(),
+                    "b": 1 if letter.bulk and letter.key_hash else 0,
                 }
             )
         answers = await script(
             keys=[
                 keys.stream(first.shard),
                 keys.dead_letters(first.shard),
+                keys.written_fields(first.home, first.key_hash or "-"),
                 *(
                     key
                     for letter in group

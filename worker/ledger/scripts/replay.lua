@@ -5,18 +5,22 @@
 -- Marketo already applied keeps its fields (the drain drops them from the replayed one,
 -- see settle.lua's written fields), unless the replay is forced (f = 1). A write every one
 -- of whose fields a newer applied write set is answered terminal instead (superseded).
--- KEYS[1] stream, KEYS[2] dead-letter stream, then per write its outcome's bucket hash
--- and the previous version's outcome key
+-- A write parked from a bulk stream goes back into it marked as bulk (its lead's
+-- written-fields hash counts it in ~bulk, as the enqueue step does), so live writes
+-- applied while it waits record the fields it must not send over them.
+-- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] the lead's written-fields hash,
+-- then per write its outcome's bucket hash and the previous version's outcome key
 -- ARGV[1] result ttl s, ARGV[2] the writes as JSON, oldest first:
 --   [{d: dlq id, k: key hash, p: payload, o: origin, f: 0/1, s: 0/1 (superseded),
 --     of: the outcome's field in its bucket,
---     out: the packed outcome (PENDING, or the superseded answer)}, ...]
+--     out: the packed outcome (PENDING, or the superseded answer),
+--     b: 1 when it goes back into a bulk stream}, ...]
 -- Returns one word per write: the new entry id, 'superseded', 'gone' or 'answered'.
 local ttl = tonumber(ARGV[1])
 local writes = cjson.decode(ARGV[2])
 local results = {}
 for i, w in ipairs(writes) do
-  local bucket, legacy = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local bucket, legacy = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local status = outcome_status(bucket, w.of, legacy)
   if #redis.call('XRANGE', KEYS[2], w.d, w.d) == 0 then
     results[i] = 'gone'
@@ -29,6 +33,10 @@ for i, w in ipairs(writes) do
       results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o, 'f', '1')
     else
       results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o)
+    end
+    if w.s ~= 1 and w.b == 1 then
+      redis.call('HINCRBY', KEYS[3], '~bulk', 1)
+      redis.call('PERSIST', KEYS[3])
     end
     store_outcome(bucket, w.of, legacy, w.out, ttl)
     redis.call('XDEL', KEYS[2], w.d)
