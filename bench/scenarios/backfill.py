@@ -426,7 +426,9 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
         "backfill": (
             "none"
             if not with_backfill
-            else f"--max-backlog {0 if name == 'unthrottled' else CLI_MAX_BACKLOG:,}"
+            else "bulk lane, --max-backlog 0"
+            if name == "bulk"
+            else f"--live --max-backlog {0 if name == 'unthrottled' else CLI_MAX_BACKLOG:,}"
             + (" (none)" if name == "unthrottled" else " (default)")
         ),
         "shard_cap": cap if cap is not None else config.max_shard_backlog,
