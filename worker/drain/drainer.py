@@ -393,8 +393,9 @@ class Drainer:
             # call whose answer was lost), and a lead's older pending write must never go
             # out without its newer pending one. It holds at most what one claim took
             # (new entries are read only once it is walked), so the rounds suffice.
-            walked = claimed.cursor == "done"
-            if walked and (len(claimed.entries) < batch_size or len(keys) >= batch_size):
+            if claimed.pending_done and (
+                len(claimed.entries) < batch_size or len(keys) >= batch_size
+            ):
                 break
         await self._keep_newer_fields(shard, claim)
         return claim
