@@ -26,7 +26,14 @@ from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar
 
 from producers import wire
 from producers.config import ProducerConfig
-from producers.errors import Backpressure, ConfigError, InvalidLead, NotReplicated, Retryable
+from producers.errors import (
+    Backpressure,
+    ConfigError,
+    InvalidLead,
+    NotReplicated,
+    Resharded,
+    Retryable,
+)
 from producers.keys import Keys
 from producers.known_fields import (
     LEARNED_AT_FIELD,
@@ -52,6 +59,12 @@ logger = logging.getLogger("producers.producer")
 BULK_CHUNK: Final = 1000
 #: The field of the ``Keys.config()`` hash that holds the agreed shard count.
 SHARDS_FIELD: Final = "shards"
+#: Fields of the ``Keys.reshard()`` hash while ``leadsync reshard`` changes the count: the
+#: target count, and the phase (``freeze``: intake refused while the streams drain;
+#: ``switch``: no lease either, while the last calls end). ``scripts/fence.lua``, the
+#: lease and the replay steps read them.
+RESHARD_TO: Final = "to"
+RESHARD_PHASE: Final = "phase"
 #: The field of the ``Keys.config()`` hash where a worker stores its key rule
 #: (``producers.lead.key_rule``): how a lead's key is made, so producers order writes by
 #: the key Marketo matches on.
@@ -61,6 +74,9 @@ KEY_RULE_FIELD: Final = "key_rule"
 KEY_RULE_REFRESH_S: Final = 60.0
 #: What NotReplicated suggests waiting: about the time Sentinel takes to switch masters.
 REPLICA_RETRY_AFTER_S: Final = 2.0
+#: Enqueue attempts of one step while the stored shard count keeps changing under it
+#: (each RESHARDED answer places the records again by the new count).
+RESHARD_ATTEMPTS: Final = 3
 #: Outcomes read per pipelined round trip while waiting for many.
 OUTCOME_CHUNK: Final = 1000
 #: Keyword arguments a record of ``upsert_many`` may carry.
@@ -69,6 +85,7 @@ LEAD_FIELDS: Final = frozenset(
 )
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 #: One Redis command with its arguments, as ``execute_command`` takes it.
 Command = tuple[str | int | float, ...]
@@ -102,6 +119,14 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
+class Raise:
+    """An answer that is an error (a refusal): raised inside the step at its request, so
+    the step may handle it (a RESHARDED refusal is: the step places its records again)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class Done(Generic[T]):
     """What :func:`advance` returns once a step has its result."""
 
@@ -113,9 +138,11 @@ Step = Generator[Send | Pause, Any, T]
 
 
 def advance(step: Step[T], answer: Any) -> Send | Pause | Done[T]:
-    """Give ``step`` the answer to its last request (None to start it); return its next
-    request, or Done with its result."""
+    """Give ``step`` the answer to its last request (None to start it; a :class:`Raise`
+    is raised inside it); return its next request, or Done with its result."""
     try:
+        if isinstance(answer, Raise):
+            return step.throw(answer.error)
         return step.send(answer)
     except StopIteration as finished:
         return Done(finished.value)
@@ -269,15 +296,18 @@ class Route:
         return (
             "EVAL",
             wire.ENQUEUE_LUA,
-            4,
+            6,
             placed.stream,
             self.keys.admission(),
             placed.sequence,
             placed.fields,
+            self.keys.config(),
+            self.keys.reshard(),
             placed.digest,
             placed.payload,
             *self.admission.bounds(lane),
             1 if lane == "bulk" else 0,
+            self.shards,
         )
 
     def batch(self, placed: Sequence[Placed], lane: Lane = "live") -> Command:
@@ -288,27 +318,33 @@ class Route:
         return (
             "EVAL",
             wire.ENQUEUE_BATCH_LUA,
-            1 + len(keys),
+            3 + len(keys),
             self.keys.admission(),
+            self.keys.config(),
+            self.keys.reshard(),
             *keys,
             *self.admission.bounds(lane),
             1 if lane == "bulk" else 0,
+            self.shards,
             *argv,
         )
 
     def locate(self, value: str) -> tuple[int, str] | None:
-        """(shard, entry id) of a request id, or None when it cannot be one of ours."""
+        """(stream number, entry id) of a request id, or None when it cannot be one of
+        ours. Any number is looked up: an id made under an earlier shard count (before
+        ``leadsync reshard``) names a stream this layout may not have, and its outcome
+        stays where it was written."""
         try:
-            shard, entry_id = wire.parse_request_id(value)
+            return wire.parse_request_id(value)
         except ValueError:
             return None
-        return (shard, entry_id) if shard < len(self.streams) else None
 
     def lookup(self, shard: int, entry_id: str) -> tuple[Command, Command, Command]:
         """XRANGE before the outcome's HGET (and the previous version's HGETALL): the
         order :func:`read_outcome` relies on."""
+        stream = self.streams[shard] if shard < len(self.streams) else self.keys.stream(shard)
         return (
-            ("XRANGE", self.streams[shard], entry_id, entry_id),
+            ("XRANGE", stream, entry_id, entry_id),
             ("HGET", *self.keys.outcome_slot(shard, entry_id)),
             ("HGETALL", self.keys.outcome(shard, entry_id)),
         )
@@ -395,6 +431,16 @@ def bulk_chunks(
             chunk = []
     if chunk:
         yield chunk
+
+
+def routed_batch(
+    route: Route, items: Sequence[LeadUpsert | InvalidLead], lane: Lane
+) -> tuple[tuple[list[Placed | InvalidLead], list[Placed]], Command | None]:
+    """Every item placed by ``route`` (or refused), the valid ones, and the one atomic
+    command that enqueues them (None when none is valid)."""
+    routed = [route_or_refuse(route, item, lane) for item in items]
+    valid = [item for item in routed if not isinstance(item, InvalidLead)]
+    return (routed, valid), route.batch(valid, lane) if valid else None
 
 
 def route_or_refuse(
@@ -505,11 +551,14 @@ class ProducerCore:
         before any I/O, learned ones after the handshake), then one XADD round trip."""
         lane = check_lane(lane)
         lead = check_known_fields(validate_lead(**fields), self.known)
-        route = yield from self.agree()
         if self.learns:
-            lead = check_fields(lead, route.known)
-        placed = route.place(lead, lane)
-        (reply,), seen = yield from self._enqueue((route.entry(placed, lane),))
+            lead = check_fields(lead, (yield from self.agree()).known)
+
+        def one(route: Route) -> tuple[Placed, Command]:
+            placed = route.place(lead, lane)
+            return placed, route.entry(placed, lane)
+
+        placed, reply, seen = yield from self._placed(one)
         rid = wire.request_id(placed.index, wire.text(reply))
         self._confirmed([rid], seen)
         return rid
@@ -527,12 +576,13 @@ class ProducerCore:
         route = yield from self.agree()
         results: list[str | InvalidLead] = []
         for chunk in bulk_chunks(records, route.known):
-            routed = [route_or_refuse(route, item, lane) for item in chunk]
-            valid = [item for item in routed if not isinstance(item, InvalidLead)]
+            (routed, valid), ids, seen = yield from self._placed(
+                lambda route: routed_batch(route, chunk, lane),  # noqa: B023  # called at once
+                partial=True,
+            )
             if not valid:
                 results.extend(routed)  # type: ignore[arg-type]  # all InvalidLead
                 continue
-            (ids,), seen = yield from self._enqueue((route.batch(valid, lane),), partial=True)
             if isinstance(ids, Exception):
                 refusal = self.refused(str(ids))
                 if refusal is None:
@@ -554,19 +604,46 @@ class ProducerCore:
         request id or the InvalidLead per record, in record order."""
         lane = check_lane(lane)
         route = yield from self.agree()
-        routed = [
-            route_or_refuse(route, item, lane)
-            for chunk in bulk_chunks(records, route.known)
-            for item in chunk
-        ]
-        valid = [item for item in routed if not isinstance(item, InvalidLead)]
+        items = [item for chunk in bulk_chunks(records, route.known) for item in chunk]
+        (routed, valid), ids, seen = yield from self._placed(
+            lambda route: routed_batch(route, items, lane)
+        )
         if not valid:
             return list(routed)  # type: ignore[arg-type]
-        (ids,), seen = yield from self._enqueue((route.batch(valid, lane),))
         made = iter(wire.request_id(p.index, wire.text(i)) for p, i in zip(valid, ids, strict=True))
         results = [item if isinstance(item, InvalidLead) else next(made) for item in routed]
         self._confirmed(results, seen)
         return results
+
+    def _placed(
+        self, place: Callable[[Route], tuple[U, Command | None]], *, partial: bool = False
+    ) -> Step[tuple[U, Any, int | None]]:
+        """Place records by the agreed route and run the one enqueue command ``place``
+        builds (None: nothing to send): what ``place`` made, the command's reply and how
+        many replicas confirmed. When ``leadsync reshard`` changed the shard count since
+        the route was agreed (the step answers RESHARDED, nothing written), adopt the
+        stored count and place them again."""
+        for attempt in range(RESHARD_ATTEMPTS):
+            route = yield from self.agree()
+            made, command = place(route)
+            if command is None:
+                return made, None, None
+            try:
+                (reply,), seen = yield from self._enqueue((command,), partial=partial)
+            except Resharded as moved:
+                if attempt + 1 == RESHARD_ATTEMPTS:
+                    raise
+                self._follow(moved.shards)
+                continue
+            return made, reply, seen
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _follow(self, shards: int) -> None:
+        """Place by ``shards`` from now on: the count ``leadsync reshard`` stored."""
+        route = self.route
+        assert route is not None  # agreed before any enqueue
+        logger.info("shard count changed from %d to %d; placing by it", route.shards, shards)
+        self.route = Route.build(self.keys, shards, route.key_rule, route.known, self.admission)
 
     def _enqueue(
         self, commands: tuple[Command, ...], *, partial: bool = False
@@ -578,17 +655,32 @@ class ProducerCore:
         if not commands:
             return [], None
         if not self.replicas:
-            return list((yield Send(commands, partial))), None
-        timeout_ms = max(1, round(self.replica_wait_s * 1000))
-        *replies, seen = yield Send((*commands, ("WAIT", self.replicas, timeout_ms)), partial)
-        return replies, int(seen)
+            replies = list((yield Send(commands, partial)))
+            seen = None
+        else:
+            timeout_ms = max(1, round(self.replica_wait_s * 1000))
+            *replies, confirmed = yield Send(
+                (*commands, ("WAIT", self.replicas, timeout_ms)), partial
+            )
+            seen = int(confirmed)
+        for reply in replies:  # a partial send answers a refusal in place
+            if isinstance(reply, Exception) and isinstance(
+                moved := self.refused(str(reply)), Resharded
+            ):
+                raise moved
+        return replies, seen
 
     def refused(self, message: str) -> Retryable | None:
         """An enqueue Redis refused for now, nothing written: Backpressure from the
-        admission step (``scripts/admit.lua``), or NotReplicated from a master that
-        counts too few replicas (min-replicas-to-write) and will take it once one
-        follows. None for any other error."""
+        admission step (``scripts/admit.lua``) or while the shard count changes,
+        Resharded when it changed (``scripts/fence.lua``), or NotReplicated from a
+        master that counts too few replicas (min-replicas-to-write) and will take it
+        once one follows. None for any other error."""
         # A pipeline's error names the command first: look inside, never show it.
+        if "RESHARDED" in message:
+            stored = message[message.index("RESHARDED") + len("RESHARDED") :].split()
+            if stored and stored[0].isdigit() and int(stored[0]) > 0:
+                return Resharded(int(stored[0]))
         if "BACKPRESSURE" in message:
             reason = message[message.index("BACKPRESSURE") + len("BACKPRESSURE") :].strip()
             return Backpressure(f"refused for now ({reason}); retry", self.backpressure_retry_s)

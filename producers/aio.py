@@ -14,6 +14,7 @@ from producers._core import (
     LeadFields,
     Pause,
     ProducerCore,
+    Raise,
     Route,
     Send,
     Step,
@@ -104,7 +105,7 @@ class AsyncLeadProducer:
             refusal = self._core.refused(str(exc))
             if refusal is None:
                 raise
-            raise refusal from None
+            return Raise(refusal)  # raised inside the step: it may place its records again
 
     async def _execute(self, request: Send) -> Any:
         if len(request.commands) == 1 and not request.partial:  # one XADD is hot: no pipeline

@@ -75,3 +75,13 @@ class Backpressure(Retryable):
     ) -> None:
         super().__init__(message, retry_after_s)
         self.results = results or []
+
+
+class Resharded(Retryable):
+    """Raised when the shard count changed (``leadsync reshard``) since this producer
+    placed its records: nothing was written. The producer places them again by the
+    stored count ``shards`` on its own; this escapes only when the count keeps changing."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__(f"the shard count changed to {shards}; retry", 0.0)
+        self.shards = shards

@@ -82,6 +82,12 @@ class Keys:
     def config(self) -> str:
         return f"{self.prefix}:config"
 
+    def reshard(self) -> str:
+        """HASH to, phase while ``leadsync reshard`` changes the shard count (the enqueue,
+        lease and replay steps read it). It expires unless the command keeps renewing it,
+        so a command that dies never leaves intake refused."""
+        return f"{self.prefix}:reshard"
+
     def known_fields(self) -> str:
         """The lead fields a worker learned from Marketo's describe (a hash: each
         case-folded spelling -> the name, plus ``@learned_at``, ``@source``, ``@count``;

@@ -9,7 +9,17 @@ from typing import Any, TypeVar, Unpack
 
 import redis
 
-from producers._core import Done, LeadFields, Pause, ProducerCore, Send, Step, advance, queue
+from producers._core import (
+    Done,
+    LeadFields,
+    Pause,
+    ProducerCore,
+    Raise,
+    Send,
+    Step,
+    advance,
+    queue,
+)
 from producers.config import ProducerConfig
 from producers.connect import redis_client
 from producers.errors import InvalidLead
@@ -110,7 +120,7 @@ class LeadProducer:
             refusal = self._core.refused(str(exc))
             if refusal is None:
                 raise
-            raise refusal from None
+            return Raise(refusal)  # raised inside the step: it may place its records again
 
     def _execute(self, request: Send) -> Any:
         if len(request.commands) == 1 and not request.partial:  # one XADD is hot: no pipeline

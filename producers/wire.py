@@ -23,7 +23,9 @@ def _script(name: str) -> str:
     return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
 
 
-_PRELUDE: Final = _script("admit.lua") + "\n" + _script("next_id.lua") + "\n"
+_PRELUDE: Final = "".join(
+    _script(name) + "\n" for name in ("fence.lua", "admit.lua", "next_id.lua")
+)
 #: One atomic step per upsert (``scripts/enqueue.lua``): append the entry.
 ENQUEUE_LUA: Final = _PRELUDE + _script("enqueue.lua")
 #: Every record of an API batch in one atomic step (``scripts/enqueue_batch.lua``).

@@ -143,3 +143,9 @@ class LimitReached(LeadsyncError):
         super().__init__(f"call not allowed now ({reason}); retry in {retry_after_s:.1f} s")
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class ReshardError(LedgerError):
+    """Raised when ``leadsync reshard`` cannot change the shard count now: what stands in
+    the way (a bulk backlog, dead letters, another reshard under way) or what did not
+    happen in time. Nothing was changed: the old count stays in force."""

@@ -32,7 +32,6 @@ class Runtime:
     assigns; :meth:`start` does the I/O (the HTTP session, the shard agreement, the
     consumer groups)."""
 
-    shards: int
     api: MarketoApi
     drainer: Drainer
 
@@ -54,7 +53,7 @@ class Runtime:
         self.api = api_for(
             self.settings, self._transport, self.redis, on_token_fetch=metrics.record_identity_call
         )
-        self.shards = self.run(self.ledger.agree_shards(self.settings.shards))
+        self.run(self.ledger.agree_shards(self.settings.shards))
         self.run(self.ledger.store_key_rule(self.settings.key_rule))
         self.run(self.ledger.ensure_groups(2 * self.shards))  # live and bulk streams
         self.drainer = Drainer(
@@ -65,6 +64,11 @@ class Runtime:
             consumer=self.consumer,
         )
         return self
+
+    @property
+    def shards(self) -> int:
+        """The agreed shard count: the ledger's, which follows ``leadsync reshard``."""
+        return self.ledger.shards
 
     async def _make_transport(self) -> Transport:
         # The session must be created inside the loop that will use it.

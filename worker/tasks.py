@@ -92,6 +92,10 @@ def tick() -> dict[str, int]:
     runtime = get_runtime(settings)
 
     async def decide() -> list[list[int]]:
+        # A reshard's count is followed here, every tick; while its freeze waits for the
+        # streams to empty (intake refused), partial calls go without the flush wait.
+        phase = await runtime.ledger.follow_shards()
+        flush_interval_s = 0.0 if phase == "freeze" else settings.flush_interval_s
         shards = runtime.shards
         # Live streams 0..shards-1 and bulk streams shards..2*shards-1, in one round trip.
         streams = await runtime.ledger.backlogs(2 * shards)
@@ -103,7 +107,7 @@ def tick() -> dict[str, int]:
             backlogs,
             state,
             batch_size=settings.batch_size,
-            flush_interval_s=settings.flush_interval_s,
+            flush_interval_s=flush_interval_s,
         )
         observe_pace(pace.waiting_batches)
         await write_heartbeat(runtime.redis, runtime.keys)
@@ -113,7 +117,7 @@ def tick() -> dict[str, int]:
             backlogs,
             state,
             batch_size=settings.batch_size,
-            flush_interval_s=settings.flush_interval_s,
+            flush_interval_s=flush_interval_s,
         )
         observe_bulk(bulk, state, shards)
         return groups + bulk_drains(backlogs, bulk, state, live_rung=bool(groups))

@@ -94,7 +94,8 @@ def test_leadsync_api_serves_until_sigterm_and_never_logs_the_key(redis_url: str
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
                 assert time.monotonic() < deadline, "leadsync api did not start"
                 time.sleep(0.1)
-        assert http(base + "/readyz") == (200, {"status": "ready"})
+        status, ready = http(base + "/readyz")
+        assert (status, ready["status"]) == (200, "ready")
         status, body = http(base + "/v1/leads", key_text, {"email": "ann@example.com"})
         assert status == 202
         status, outcome = http(base + f"/v1/leads/{body['request_id']}", key_text)

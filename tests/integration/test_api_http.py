@@ -12,6 +12,7 @@ import pytest
 
 from producers import AsyncLeadProducer
 from producers.keys import Keys
+from producers.lead import shard_for
 from tests.support.api_kit import SHARDS, Answer, Api, running_api
 from tests.support.openapi import document
 from tests.support.redis_server import RedisServer
@@ -40,15 +41,42 @@ async def test_health_and_readiness_need_no_key(api: Api) -> None:
     assert (await api.call("GET", "/healthz")).body == {"status": "ok"}
     ready = await api.call("GET", "/readyz")
     assert ready.status == 200
-    assert ready.body == {"status": "ready"}
+    assert ready.body == {"status": "ready", "shards": SHARDS}
 
 
-async def test_not_ready_when_the_stored_shard_count_differs(redis_url: str) -> None:
+async def test_a_changed_shard_count_keeps_the_api_ready_and_is_followed(redis_url: str) -> None:
+    """A reshard (or a pod started with another LEADSYNC_SHARDS) never takes the API out
+    of service: the stored count is in force, and an upsert placed by the old count is
+    refused by the enqueue step and placed again by the new one."""
     async with running_api(redis_url) as api:
+        key = await api.key("web", "write", "read")
+        first = await api.call("POST", "/v1/leads", key=key, json_body={"email": "a@example.com"})
+        assert first.status == 202
         await api.redis.hset(Keys().config(), "shards", SHARDS * 2)
+        await api.redis.hset(Keys().reshard(), "to", SHARDS * 2)
         answer = await api.call("GET", "/readyz")
-        assert answer.status == 503
-        assert answer.body["errors"][0]["field"] == "LEADSYNC_SHARDS"
+        assert answer.status == 200
+        assert answer.body["resharding_to"] == SHARDS * 2
+        refused = await api.call("POST", "/v1/leads", key=key, json_body={"email": "b@example.com"})
+        assert refused.status == 503
+        assert "resharding" in refused.body["errors"][0]["message"]
+        assert refused.headers.get("Retry-After")
+        await api.redis.delete(Keys().reshard())
+        answer = await api.call("GET", "/readyz")
+        assert answer.status == 200
+        assert answer.body["shards"] == SHARDS * 2
+        assert "LEADSYNC_SHARDS" in answer.body["note"]
+        emails = [f"p{n}@example.com" for n in range(40)]
+        placed = []
+        for email in emails:
+            answer = await api.call("POST", "/v1/leads", key=key, json_body={"email": email})
+            assert answer.status == 202
+            placed.append(int(answer.body["request_id"].partition("-")[0]))
+        assert max(placed) >= SHARDS  # placed by the new count: streams SHARDS.. exist now
+        assert all(
+            index == shard_for(f"email:{email}", SHARDS * 2)
+            for index, email in zip(placed, emails, strict=True)
+        )
 
 
 async def test_the_document_is_served(api: Api) -> None:

@@ -99,7 +99,7 @@ def test_upsert_many_refuses_the_unknown_records_and_sends_the_rest() -> None:
     assert isinstance(send, Send)
     (batch,) = send.commands  # one atomic step for the chunk's two valid records
     assert batch[:2] == ("EVAL", ENQUEUE_BATCH_LUA)
-    assert batch[2] == 7  # the admission cache, then stream, id sequence and fields per record
+    assert batch[2] == 9  # admission, config, reshard; then stream, sequence, fields per record
     assert isinstance(results[1], InvalidLead)
     assert results[1].field == "attributes.Pants"
     assert all(isinstance(r, str) for r in (results[0], results[2]))

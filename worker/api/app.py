@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producers import AsyncLeadProducer, InvalidLead, Outcome, Retryable
-from producers.contract import LEAD_FIELDS, SHARDS_FIELD, Lane, check_lane, text
+from producers.contract import LEAD_FIELDS, RESHARD_TO, SHARDS_FIELD, Lane, check_lane, text
 from worker.api import idempotency, request_ids
 from worker.api.auth import READ_ALL, KeyStore
 from worker.api.errors import ApiError, error_body, error_response, json_response
@@ -252,24 +252,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when Redis answers and the stored shard count is this process's."""
+    """Ready when Redis answers. The shard count is the stored one whatever
+    LEADSYNC_SHARDS says (the producer follows ``leadsync reshard`` on its own), so a
+    reshard, or a pod started with another count, never takes the API out of service;
+    the body says which count is in force and whether a reshard is under way."""
     app = request.app
     producer = app[PRODUCER]
     try:
-        stored = await app[REDIS].hget(producer.keys.config(), SHARDS_FIELD)
+        pipe = app[REDIS].pipeline(transaction=False)
+        pipe.hget(producer.keys.config(), SHARDS_FIELD)
+        pipe.hget(producer.keys.reshard(), RESHARD_TO)
+        stored, target = await pipe.execute()
         agreed = int(text(stored)) if stored is not None else await producer.shards()
     except (redis.RedisError, OSError, ValueError):
         return json_response(error_body(None, "Redis does not answer"), 503)
-    wanted = app[SETTINGS].shards
-    if agreed != wanted or (await producer.shards()) != agreed:
-        return json_response(
-            error_body(
-                "LEADSYNC_SHARDS",
-                f"the stored shard count is {agreed}; this process was set to {wanted}",
-            ),
-            503,
-        )
-    return json_response({"status": "ready"})
+    body: dict[str, object] = {"status": "ready", "shards": agreed}
+    if target is not None:
+        body["resharding_to"] = int(text(target))
+    if agreed != app[SETTINGS].shards:
+        body["note"] = f"LEADSYNC_SHARDS is {app[SETTINGS].shards}; the stored count is in force"
+    return json_response(body)
 
 
 def openapi_document() -> bytes:

@@ -1,6 +1,6 @@
-"""The ``leadsync`` command: operations (enqueue, status, stats, dlq, doctor) and the HTTP API (api, api-keys), one module
-per command. Other packages add commands through the ``leadsync.cli`` entry point group
-(the simulator adds ``demo`` and ``sim``)."""
+"""The ``leadsync`` command: operations (enqueue, status, stats, dlq, doctor, reshard) and
+the HTTP API (api, api-keys), one module per command. Other packages add commands through
+the ``leadsync.cli`` entry point group (the simulator adds ``demo`` and ``sim``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 import typer
 
 from producers import Retryable
-from worker.cli import api, backfill, dlq, doctor, enqueue, stats, top
+from worker.cli import api, backfill, dlq, doctor, enqueue, reshard, stats, top
 from worker.cli.common import console
 from worker.errors import ConfigError
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for module in (enqueue, backfill, stats, top, doctor, api):
+for module in (enqueue, backfill, stats, top, doctor, reshard, api):
     for command in module.app.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(dlq.app, name="dlq")

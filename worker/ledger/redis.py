@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from producers.contract import (
     KEY_RULE_FIELD,
     KEY_RULE_REFRESH_S,
+    RESHARD_PHASE,
     SHARDS_FIELD,
     Keys,
     Outcome,
@@ -163,6 +164,26 @@ class Ledger:
         self.shards = adopt_shards(await self.redis.hget(config, SHARDS_FIELD), configured, config)
         return self.shards
 
+    async def follow_shards(self) -> str | None:
+        """Adopt the stored shard count if ``leadsync reshard`` changed it; the phase of a
+        reshard under way (``freeze`` or ``switch``), or None."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.config(), SHARDS_FIELD)
+        pipe.hget(self.keys.reshard(), RESHARD_PHASE)
+        stored, phase = await pipe.execute()
+        if stored is not None and int(text(stored)) != self.shards:
+            await self._adopt_shards(int(text(stored)))
+        return text(phase) if phase is not None else None
+
+    async def _adopt_shards(self, shards: int) -> None:
+        """Number streams by ``shards`` from now on (the count a reshard stored); its
+        streams' consumer groups are made if missing."""
+        if shards == self.shards or shards < 1:
+            return
+        logger.warning("shard count changed from %d to %d; following it", self.shards, shards)
+        await self.ensure_groups(2 * shards)
+        self.shards = shards
+
     async def store_key_rule(self, rule: str) -> None:
         """Store how lead keys are made (``producers.lead.key_rule``: this worker's
         protocol and REST lookup field): producers read it, so a lead's writes are ordered
@@ -209,10 +230,14 @@ class Ledger:
                 self.keys.lease(self.home(shard)),
                 self.keys.rest(self.home(shard)),
                 self.keys.failover(),
+                self.keys.config(),
+                self.keys.reshard(),
             ],
-            [token, _ms(ttl_s), repr(self.lease_quiet_s)],
+            [token, _ms(ttl_s), repr(self.lease_quiet_s), self.shards or ""],
         )
         if int(reply[0]) != 1:
+            if text(reply[1]) == "resharded":
+                await self._adopt_shards(int(text(reply[2])))
             return None
         if not confirmed:
             # A lease a failover could roll back (or one taken on a stale master that

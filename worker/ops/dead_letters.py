@@ -70,6 +70,9 @@ class DeadLetter:
     home: int
     #: The letter was parked from a bulk stream: its replay waits there, marked as bulk.
     bulk: bool
+    #: The shard count the letter was read by (its stream number means that layout's
+    #: stream): the replay step refuses to run under another (``leadsync reshard``).
+    shards: int
     payload: str = field(repr=False)
 
     @property
@@ -137,6 +140,7 @@ def _letter(shard: int, shards: int, dlq_id: str, fields: dict[str, str]) -> Dea
         payload=fields.get("p", ""),
         home=home,
         bulk=lane == "bulk",
+        shards=shards,
     )
 
 
@@ -255,6 +259,8 @@ async def replay(
                 keys.stream(first.shard),
                 keys.dead_letters(first.shard),
                 keys.written_fields(first.home, first.key_hash or "-"),
+                keys.config(),
+                keys.reshard(),
                 *(
                     key
                     for letter in group
@@ -264,7 +270,7 @@ async def replay(
                     )
                 ),
             ],
-            args=[result_ttl_s, json.dumps(writes, separators=(",", ":"))],
+            args=[result_ttl_s, json.dumps(writes, separators=(",", ":")), first.shards],
         )
         for letter, answer in zip(group, answers, strict=True):
             result = text(answer)
@@ -286,8 +292,9 @@ async def _groups(
     lead's other parked writes added; a dedup=false write is a group of its own."""
     chosen = {(letter.shard, letter.dlq_id): letter for letter in letters}
     wanted = {(letter.shard, letter.key_hash) for letter in letters if letter.key_hash}
+    shards = {letter.shard: letter.shards for letter in letters}
     for shard in sorted({shard for shard, _ in wanted}):
-        for letter in await list_dead_letters(redis, keys, shard + 1, shard=shard):
+        for letter in await list_dead_letters(redis, keys, shards[shard], shard=shard):
             if (shard, letter.key_hash) in wanted:
                 chosen.setdefault((shard, letter.dlq_id), letter)
     groups: dict[tuple[int, str], list[DeadLetter]] = {}

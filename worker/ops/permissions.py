@@ -72,6 +72,8 @@ def needs(role: Role, prefix: str, db: int = 0) -> list[Need]:
         _need(f"{p}:admission", "HSET", keys.admission(), "used", "0"),
         _need(f"{p}:config", "HSETNX", keys.config(), "shards", "0"),
         _need(f"{p}:config", "HGET", keys.config(), "shards"),
+        # The shard-count fence (producers/scripts/fence.lua) reads a reshard under way.
+        _need(f"{p}:reshard", "HGET", keys.reshard(), "to"),
         _need(f"{p}:fields", "HGETALL", keys.known_fields()),
         _need("(server)", "INFO", "memory"),
     ]

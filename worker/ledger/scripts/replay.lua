@@ -8,19 +8,28 @@
 -- A write parked from a bulk stream goes back into it marked as bulk (its lead's
 -- written-fields hash counts it in ~bulk, as the enqueue step does), so live writes
 -- applied while it waits record the fields it must not send over them.
+-- The shard-count fence: the letters were read by a shard count (their stream number
+-- names that layout's stream); under another one, or while a reshard switches layouts,
+-- nothing goes back (an error reply RESHARDED: read them again).
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] the lead's written-fields hash,
--- then per write its outcome's bucket hash and the previous version's outcome key
--- ARGV[1] result ttl s, ARGV[2] the writes as JSON, oldest first:
+-- KEYS[4] the config hash, KEYS[5] the reshard hash, then per write its outcome's bucket
+-- hash and the previous version's outcome key
+-- ARGV[1] result ttl s, ARGV[3] the shard count the letters were read by,
+-- ARGV[2] the writes as JSON, oldest first:
 --   [{d: dlq id, k: key hash, p: payload, o: origin, f: 0/1, s: 0/1 (superseded),
 --     of: the outcome's field in its bucket,
 --     out: the packed outcome (PENDING, or the superseded answer),
 --     b: 1 when it goes back into a bulk stream}, ...]
 -- Returns one word per write: the new entry id, 'superseded', 'gone' or 'answered'.
+local stored = redis.call('HGET', KEYS[4], 'shards')
+if redis.call('HGET', KEYS[5], 'phase') == 'switch' or (stored and stored ~= ARGV[3]) then
+  return redis.error_reply('RESHARDED the shard count changed or is changing; read the letters again')
+end
 local ttl = tonumber(ARGV[1])
 local writes = cjson.decode(ARGV[2])
 local results = {}
 for i, w in ipairs(writes) do
-  local bucket, legacy = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local bucket, legacy = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
   local status = outcome_status(bucket, w.of, legacy)
   if #redis.call('XRANGE', KEYS[2], w.d, w.d) == 0 then
     results[i] = 'gone'
