@@ -6,15 +6,25 @@ count changed while drains run."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
 
-from producers import AsyncLeadProducer, Backpressure
+from producers import AsyncLeadProducer, Backpressure, Retryable
 from producers.contract import Keys, parse_request_id, shard_for
+from tests.integration.test_api_cli import LEADSYNC, http
 from tests.support.drain_kit import Marketo, make, ok
+from tests.support.invariants import WriteLog, check_pipeline, ledger_residue
 from tests.support.outcomes import status_of
+from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline, wait_for
+from tests.support.redis_server import free_port
 from worker.errors import ReshardError
 from worker.lua import script
 from worker.ops.dead_letters import list_dead_letters, replay
@@ -209,3 +219,120 @@ async def test_a_second_reshard_to_another_count_is_refused_while_one_runs(
         await asyncio.wait_for(first, 1.0)  # stops at its next renewal
     assert await stored_count(client) == 2
     assert index_of(await producer.upsert(email="later@example.com")) < 2
+
+
+# --- the whole pipeline: real workers, the HTTP API, the simulator over HTTP ------------
+
+
+def test_reshard_under_traffic_keeps_every_promise_and_the_api_ready(redis_url: str) -> None:
+    """Writers keep upserting the same 60 people (through the library and the HTTP API,
+    retrying what is refused) while `leadsync reshard` goes 4 -> 7 -> 3 with real Celery
+    workers sending to the simulator: every write ends applied, Marketo holds each
+    person's last write, no person rode in two calls at once, and /readyz answered 200
+    throughout."""
+    with running_pipeline(redis_url, shards=4, settings_env=FAST_RECOVERY_ENV) as pipeline:
+        pipeline.start_worker(concurrency=2)
+        env = {**os.environ, **pipeline.env, "COLUMNS": "200"}
+        made = subprocess.run(
+            [LEADSYNC, "api-keys", "create", "web", "--scope", "write", "--scope", "read",
+             "--rate-per-s", "1000"],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        key = made.stdout.strip().splitlines()[-1]
+        port = free_port()
+        api = subprocess.Popen(
+            [LEADSYNC, "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        log, lock, stop = WriteLog(), threading.Lock(), threading.Event()
+        ready: Counter[int] = Counter()
+        refused: Counter[str] = Counter()
+        unexpected: list[object] = []
+
+        def library_writer() -> None:
+            n = 0
+            while not stop.is_set():
+                record = {"email": f"lib{n % 30}@example.com", "attributes": {"Company": f"w{n}"}}
+                try:
+                    rid = pipeline.producer.upsert(
+                        email=record["email"], attributes=record["attributes"]
+                    )
+                except Retryable:
+                    refused["library"] += 1
+                    time.sleep(0.05)
+                    continue
+                with lock:
+                    log.acknowledged(rid, record)
+                n += 1
+                time.sleep(0.005)
+
+        def api_writer() -> None:
+            n = 0
+            while not stop.is_set():
+                record = {"email": f"api{n % 30}@example.com", "attributes": {"Company": f"w{n}"}}
+                status, body = http(base + "/v1/leads", key, record)
+                if status == 503:
+                    refused["api"] += 1
+                    time.sleep(0.05)
+                    continue
+                if status != 202:
+                    unexpected.append((status, body))
+                    return
+                with lock:
+                    log.acknowledged(body["request_id"], record)
+                n += 1
+                time.sleep(0.005)
+
+        def prober() -> None:
+            while not stop.is_set():
+                try:
+                    ready[http(base + "/readyz")[0]] += 1
+                except OSError:
+                    ready[0] += 1
+                time.sleep(0.05)
+
+        try:
+            assert wait_for(lambda: _answers(base), 30), "leadsync api did not start"
+            threads = [threading.Thread(target=t) for t in (library_writer, api_writer, prober)]
+            for thread in threads:
+                thread.start()
+            try:
+                time.sleep(2)
+                for shards in (7, 3):
+                    done = subprocess.run(
+                        [LEADSYNC, "reshard", str(shards), "--timeout-s", "60"],
+                        env=env, capture_output=True, text=True, timeout=90,
+                    )  # fmt: skip
+                    assert done.returncode == 0, done.stdout + done.stderr
+                    assert f"-> {shards}" in done.stdout
+                    time.sleep(2)
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(timeout=30)
+        finally:
+            api.send_signal(signal.SIGTERM)
+            api.wait(timeout=30)
+
+        outcomes = pipeline.wait_all(log.request_ids, timeout_s=90)
+        verdict = check_pipeline(pipeline, log, outcomes)
+        assert unexpected == []
+        assert verdict.problems() == [], verdict
+        assert set(ready) == {200}, ready
+        assert sum(refused.values()) > 0, "intake was refused while it switched"
+        indexes = {parse_request_id(rid)[0] for rid in log.request_ids}
+        assert max(indexes) >= 4, "writes placed by the count of 7 went in"
+        residue = ledger_residue(redis_url, 2 * 7)
+        assert residue.entries == 0
+        assert residue.leases == 0
+        assert "shard count changed from 7 to 3" in pipeline.logs()
+
+
+def _answers(base: str) -> bool:
+    try:
+        return http(base + "/healthz")[0] == 200
+    except OSError:
+        return False
