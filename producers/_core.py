@@ -72,6 +72,9 @@ KEY_RULE_FIELD: Final = "key_rule"
 #: A producer looks at the stored key rule again after this long (a worker that starts
 #: later, or changes protocol, is followed without a restart); the learned fields too.
 KEY_RULE_REFRESH_S: Final = 60.0
+#: What a refusal during ``leadsync reshard`` suggests waiting: its freeze lasts about
+#: one call.
+RESHARD_RETRY_AFTER_S: Final = 1.0
 #: What NotReplicated suggests waiting: about the time Sentinel takes to switch masters.
 REPLICA_RETRY_AFTER_S: Final = 2.0
 #: Enqueue attempts of one step while the stored shard count keeps changing under it
@@ -683,7 +686,12 @@ class ProducerCore:
                 return Resharded(int(stored[0]))
         if "BACKPRESSURE" in message:
             reason = message[message.index("BACKPRESSURE") + len("BACKPRESSURE") :].strip()
-            return Backpressure(f"refused for now ({reason}); retry", self.backpressure_retry_s)
+            retry_s = (
+                RESHARD_RETRY_AFTER_S
+                if reason.startswith("resharding")
+                else self.backpressure_retry_s
+            )
+            return Backpressure(f"refused for now ({reason}); retry", retry_s)
         if "NOREPLICAS" in message:
             return NotReplicated([], max(self.replicas, 1), 0, REPLICA_RETRY_AFTER_S, refused=True)
         return None

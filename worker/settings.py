@@ -168,7 +168,9 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=1024,
-        description="Number of shard streams; a lead key always maps to the same shard.",
+        description="Number of shard streams (a lead key always maps to the same shard) when "
+        "none is stored in Redis yet: the first process stores it, every other one adopts the "
+        "stored count, and `leadsync reshard N` changes it while the pipeline runs.",
     )
 
     # Marketo endpoint and credentials
