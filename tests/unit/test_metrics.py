@@ -49,6 +49,20 @@ def test_backlogs_are_set_per_shard_and_an_empty_shard_reads_age_zero() -> None:
     assert sample("leadsync_oldest_entry_age_seconds", shard="1") == 0
 
 
+def test_shards_gone_after_a_reshard_read_zero_not_their_last_backlog() -> None:
+    state = LimiterState(0, 0, 0, 100, 0.0, 0.0, None, None, None, None)
+    metrics.observe_backlogs([ShardBacklog(s, 9, 20.0, False) for s in range(6)])
+    metrics.observe_bulk([ShardBacklog(6 + s, 4, 8.0, False) for s in range(6)], state, 6)
+    metrics.observe_backlogs([ShardBacklog(s, 1, 2.0, False) for s in range(3)])
+    metrics.observe_bulk([ShardBacklog(3 + s, 0, None, False) for s in range(3)], state, 3)
+    assert sample("leadsync_backlog_entries", shard="2") == 1
+    for gone in ("3", "4", "5"):
+        assert sample("leadsync_backlog_entries", shard=gone) == 0
+        assert sample("leadsync_oldest_entry_age_seconds", shard=gone) == 0
+        assert sample("leadsync_bulk_backlog_entries", shard=gone) == 0
+        assert sample("leadsync_bulk_oldest_entry_age_seconds", shard=gone) == 0
+
+
 def test_the_limiter_snapshot_sets_hold_to_one_while_held() -> None:
     state = LimiterState(
         calls_in_window=7,

@@ -276,18 +276,39 @@ def record_outcomes(counts: Mapping[str, int]) -> None:
 
 @never_raises
 def observe_backlogs(backlogs: Iterable[ShardBacklog]) -> None:
+    seen = set()
     for backlog in backlogs:
+        seen.add(backlog.shard)
         BACKLOG.labels(shard=str(backlog.shard)).set(backlog.entries)
         OLDEST_AGE.labels(shard=str(backlog.shard)).set(backlog.oldest_age_s or 0.0)
+    _zero_gone("live", seen, BACKLOG, OLDEST_AGE)
+
+
+#: Per lane, the shards whose gauges this process has set: after ``leadsync reshard`` lowers
+#: the count, the shards gone are set to 0 once, so their last values (a multiprocess
+#: gauge keeps them in its file) never show a backlog that no longer exists.
+_SHARDS_SET: dict[str, set[int]] = {}
+
+
+def _zero_gone(family: str, seen: set[int], *gauges: Gauge) -> None:
+    before = _SHARDS_SET.setdefault(family, set())
+    for shard in before - seen:
+        for gauge in gauges:
+            gauge.labels(shard=str(shard)).set(0)
+    before.clear()
+    before.update(seen)
 
 
 @never_raises
 def observe_bulk(backlogs: Iterable[ShardBacklog], state: LimiterState, shards: int) -> None:
     """The bulk lane: its streams (labelled by their shard) and its budget."""
+    seen = set()
     for backlog in backlogs:
+        seen.add(backlog.shard - shards)
         shard = str(backlog.shard - shards)
         BULK_BACKLOG.labels(shard=shard).set(backlog.entries)
         BULK_OLDEST_AGE.labels(shard=shard).set(backlog.oldest_age_s or 0.0)
+    _zero_gone("bulk", seen, BULK_BACKLOG, BULK_OLDEST_AGE)
     BULK_CALLS_TODAY.set(state.bulk_used_today)
     BULK_BUDGET.set(state.bulk_limit)
 
