@@ -32,8 +32,9 @@ def reshard(
 ) -> None:
     """Change the shard count. Intake is refused (retryable: HTTP 503 + Retry-After) while
     the workers drain the old layout's streams, then the new count is stored atomically and
-    every producer, API and worker follows it. The bulk lane must be empty and no dead
-    letter may wait. Afterwards set LEADSYNC_SHARDS (and one KEDA trigger per shard) to it."""
+    every producer, API and worker follows it; dead letters move to their leads' new
+    shards under the request ids the apps hold. The bulk lane must be empty. Afterwards
+    set LEADSYNC_SHARDS (and one KEDA trigger per shard) to it."""
     from producers.contract import Keys
     from worker.errors import ReshardError
     from worker.ops import reshard as ops
@@ -52,7 +53,14 @@ def reshard(
             err_console.print(f"{phase}: {look.describe()}")
 
     async def work(redis: Redis) -> ReshardReport:
-        return await ops.reshard(redis, keys, shards, timeout_s=timeout_s, on_look=on_look)
+        return await ops.reshard(
+            redis,
+            keys,
+            shards,
+            timeout_s=timeout_s,
+            dead_letter_ttl_s=settings.dead_letter_ttl_s,
+            on_look=on_look,
+        )
 
     try:
         report = run_with_redis(settings, work)
@@ -64,6 +72,7 @@ def reshard(
         return
     console.print(
         f"shard count {report.old} -> {report.new}; intake was refused for "
-        f"{report.frozen_s:.1f} s. Set LEADSYNC_SHARDS={report.new} (and the KEDA "
+        f"{report.frozen_s:.1f} s; {report.moved_letters} dead letters moved to their leads' "
+        f"new shards. Set LEADSYNC_SHARDS={report.new} (and the KEDA "
         "triggers) so new processes start with it; running ones already follow it."
     )

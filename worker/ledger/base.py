@@ -23,6 +23,10 @@ class RawEntry:
     origin: str | None = None
     #: Replayed with --force: fields newer writes set are sent anyway.
     forced: bool = False
+    #: The stream number of the original request's id when it is not this stream's: a
+    #: letter ``leadsync reshard`` moved to its lead's stream in the new layout answers
+    #: the id the app holds, made under the old one.
+    request_stream: int | None = None
 
     @property
     def first_id(self) -> str:
@@ -69,7 +73,8 @@ class Settlement:
         was replayed) and acknowledge it."""
         self.outcomes.append(outcome)
         if entry.origin:
-            self.outcomes.append(replace(outcome, request_id=request_id(self.shard, entry.origin)))
+            stream = self.shard if entry.request_stream is None else entry.request_stream
+            self.outcomes.append(replace(outcome, request_id=request_id(stream, entry.origin)))
         self.acks.append(entry.entry_id)
         self.settled_keys.append(entry.key_hash)
 

@@ -69,12 +69,14 @@ def _entry(entry_id: Any, fields: Any) -> RawEntry | None:
         fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
     )
     decoded = {text(k): text(v) for k, v in pairs}
+    request_stream = decoded.get("r", "")
     return RawEntry(
         text(entry_id),
         decoded.get("k", ""),
         decoded.get("p", ""),
         decoded.get("o") or None,
         decoded.get("f") == "1",
+        int(request_stream) if request_stream.isdigit() else None,
     )
 
 
@@ -356,9 +358,10 @@ class Ledger:
             return places[key]
 
         def outcome(o: Outcome) -> list[object]:
-            entry_id = parse_request_id(o.request_id)[1]
-            bucket, field = self.keys.outcome_slot(shard, entry_id)
-            return [index(bucket), field, o.pack(), index(self.keys.outcome(shard, entry_id))]
+            # The id's own stream: a moved letter's replay answers an id of the old layout.
+            stream, entry_id = parse_request_id(o.request_id)
+            bucket, field = self.keys.outcome_slot(stream, entry_id)
+            return [index(bucket), field, o.pack(), index(self.keys.outcome(stream, entry_id))]
 
         plan = {
             "o": [outcome(o) for o in settlement.outcomes],
@@ -373,6 +376,7 @@ class Ledger:
                     code,
                     attempts,
                     index(self.keys.written_fields(home, entry.key_hash)) if entry.key_hash else 0,
+                    -1 if entry.request_stream is None else entry.request_stream,
                 ]
                 for entry, error, code, attempts in settlement.dead
             ],

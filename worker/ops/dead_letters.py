@@ -74,11 +74,14 @@ class DeadLetter:
     #: stream): the replay step refuses to run under another (``leadsync reshard``).
     shards: int
     payload: str = field(repr=False)
+    #: The stream number of the request id the app holds: this stream's, unless
+    #: ``leadsync reshard`` moved the letter here from the old layout (field ``r``).
+    request_stream: int = -1
 
     @property
     def request_id(self) -> str:
         """The request id the web app holds."""
-        return request_id(self.shard, self.origin)
+        return request_id(self.request_stream, self.origin)
 
     @property
     def dedup(self) -> bool:
@@ -141,6 +144,7 @@ def _letter(shard: int, shards: int, dlq_id: str, fields: dict[str, str]) -> Dea
         home=home,
         bulk=lane == "bulk",
         shards=shards,
+        request_stream=int(fields["r"]) if fields.get("r", "").isdigit() else shard,
     )
 
 
@@ -249,7 +253,8 @@ async def replay(
                     "o": letter.origin,
                     "f": 1 if force else 0,
                     "s": 1 if superseded else 0,
-                    "of": keys.outcome_slot(letter.shard, letter.origin)[1],
+                    "of": keys.outcome_slot(letter.request_stream, letter.origin)[1],
+                    "r": -1 if letter.request_stream == letter.shard else letter.request_stream,
                     "out": _reopened(letter, superseded).pack(),
                     "b": 1 if letter.bulk and letter.key_hash else 0,
                 }
@@ -265,8 +270,8 @@ async def replay(
                     key
                     for letter in group
                     for key in (
-                        keys.outcome_slot(first.shard, letter.origin)[0],
-                        keys.outcome(first.shard, letter.origin),
+                        keys.outcome_slot(letter.request_stream, letter.origin)[0],
+                        keys.outcome(letter.request_stream, letter.origin),
                     )
                 ),
             ],

@@ -19,7 +19,8 @@
 --   [{d: dlq id, k: key hash, p: payload, o: origin, f: 0/1, s: 0/1 (superseded),
 --     of: the outcome's field in its bucket,
 --     out: the packed outcome (PENDING, or the superseded answer),
---     b: 1 when it goes back into a bulk stream}, ...]
+--     b: 1 when it goes back into a bulk stream,
+--     r: the request's stream number when a reshard moved the letter, else -1}, ...]
 -- Returns one word per write: the new entry id, 'superseded', 'gone' or 'answered'.
 local stored = redis.call('HGET', KEYS[4], 'shards')
 if redis.call('HGET', KEYS[5], 'phase') == 'switch' or (stored and stored ~= ARGV[3]) then
@@ -38,10 +39,17 @@ for i, w in ipairs(writes) do
   else
     if w.s == 1 then
       results[i] = 'superseded'
-    elseif w.f == 1 then
-      results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o, 'f', '1')
     else
-      results[i] = redis.call('XADD', KEYS[1], '*', 'k', w.k, 'p', w.p, 'o', w.o)
+      local entry = {'k', w.k, 'p', w.p, 'o', w.o}
+      if w.f == 1 then
+        table.insert(entry, 'f')
+        table.insert(entry, '1')
+      end
+      if w.r and w.r >= 0 then
+        table.insert(entry, 'r')
+        table.insert(entry, w.r)
+      end
+      results[i] = redis.call('XADD', KEYS[1], '*', unpack(entry))
     end
     if w.s ~= 1 and w.b == 1 then
       redis.call('HINCRBY', KEYS[3], '~bulk', 1)

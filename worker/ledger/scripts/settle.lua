@@ -12,7 +12,8 @@
 --                                                          outcomes to write
 --   a: [entry id, ...]                                     entries to acknowledge
 --   d: [[entry id, origin, key hash, payload, error, code, attempts,
---        written-fields key index], ...]                   entries to park
+--        written-fields key index, the request's stream number or -1], ...]
+--                                                          entries to park
 --   r: [entry id, ...]                                     attempts to give back
 --   w: [[written-fields key index, write id, [field, ...]], ...]  writes Marketo applied
 --   b: [written-fields key index, ...]                     bulk entries settled
@@ -35,8 +36,13 @@ if plan.d and #plan.d > 0 then
   local now = redis.call('TIME')
   local min_id = math.max(0, tonumber(now[1]) - dlq_ttl) * 1000
   for _, d in ipairs(plan.d) do
-    redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', 'entry_id', d[1], 'o', d[2],
-      'k', d[3], 'p', d[4], 'error', d[5], 'code', d[6], 'attempts', d[7])
+    local letter = {'entry_id', d[1], 'o', d[2], 'k', d[3], 'p', d[4], 'error', d[5],
+      'code', d[6], 'attempts', d[7]}
+    if d[9] and d[9] >= 0 then -- a moved letter parked again keeps its request's stream
+      table.insert(letter, 'r')
+      table.insert(letter, d[9])
+    end
+    redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', unpack(letter))
     if d[8] > 0 then
       redis.call('HSET', KEYS[d[8]], '~parked', '1')
       -- while bulk writes of the lead wait, the record lives until the last one goes
