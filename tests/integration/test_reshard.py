@@ -21,7 +21,7 @@ from producers import AsyncLeadProducer, Backpressure, Retryable
 from producers.contract import Keys, parse_request_id, shard_for
 from tests.integration.test_api_cli import LEADSYNC, http
 from tests.integration.test_dead_letters import FieldMarketo
-from tests.support.drain_kit import Marketo, make, ok
+from tests.support.drain_kit import Marketo, drain_settings, make, ok
 from tests.support.invariants import WriteLog, check_pipeline, ledger_residue
 from tests.support.outcomes import status_of
 from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline, wait_for
@@ -30,6 +30,7 @@ from worker.drain import Drainer
 from worker.errors import ReshardError
 from worker.lua import script
 from worker.ops.dead_letters import list_dead_letters, replay
+from worker.ops.doctor import check_shards
 from worker.ops.reshard import abort, reshard
 from worker.transport import MockTransport
 
@@ -386,3 +387,12 @@ def _answers(base: str) -> bool:
         return http(base + "/healthz")[0] == 200
     except OSError:
         return False
+
+
+async def test_doctor_says_a_reshard_is_under_way(client: redis.asyncio.Redis) -> None:
+    await client.hset(KEYS.config(), "shards", 2)
+    await client.hset(KEYS.reshard(), "to", 5)
+    stored, check = await check_shards(client, drain_settings(shards=2))
+    assert stored == 2
+    assert check.level == "WARN"
+    assert "from 2 to 5" in check.detail

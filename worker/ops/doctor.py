@@ -281,7 +281,16 @@ async def check_replicas(redis: Redis, settings: Settings) -> Check:
 
 
 async def check_shards(redis: Redis, settings: Settings) -> tuple[int, Check]:
-    stored = await stored_shards(redis, Keys(settings.key_prefix))
+    keys = Keys(settings.key_prefix)
+    stored = await stored_shards(redis, keys)
+    target = await redis.hget(keys.reshard(), "to")
+    if stored is not None and target is not None:
+        return stored, Check(
+            "shards",
+            "WARN",
+            f"`leadsync reshard` is changing the count from {stored} to {text(target)}: "
+            "intake is refused until it switches (or its command stops)",
+        )
     if stored is None:
         return settings.shards, Check(
             "shards",
