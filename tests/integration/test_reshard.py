@@ -359,6 +359,7 @@ def test_reshard_under_traffic_keeps_every_promise_and_the_api_ready(redis_url: 
                     )  # fmt: skip
                     assert done.returncode == 0, done.stdout + done.stderr
                     assert f"-> {shards}" in done.stdout
+                    print(done.stdout.strip())
                     time.sleep(2)
             finally:
                 stop.set()
