@@ -3,7 +3,7 @@ request id ends with the replayed entry's outcome."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 import redis.asyncio
@@ -24,6 +24,7 @@ from tests.support.outcomes import stored
 from tests.support.pipeline import running_pipeline
 from worker.cli import app
 from worker.drain import Drainer
+from worker.errors import TransportError
 from worker.ops.dead_letters import list_dead_letters, list_page, replay
 from worker.transport import HttpReply, MockTransport
 
@@ -332,3 +333,46 @@ async def test_dead_letters_are_listed_a_page_at_a_time_across_shards(
     assert len(seen) == len(set(seen)) == 6
     assert pages in (3, 4)
     assert [rid.split("-")[0] for rid in seen] == ["0"] * 3 + ["1"] * 3
+
+
+class Unreachable:
+    """A transport whose Marketo is down: every post fails before the request leaves
+    (connection refused) while ``down``; then the handler answers."""
+
+    def __init__(self, handler: Marketo) -> None:
+        self.down = True
+        self.inner = MockTransport(handler)
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        if self.down:
+            raise TransportError("HTTP exchange with marketo.test failed: connection refused")
+        return await self.inner.post(url, body, headers)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> HttpReply:
+        return await self.post(url, b"", headers)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_outage_before_the_request_leaves_costs_no_attempt_and_parks_nothing(
+    client: redis.asyncio.Redis,
+) -> None:
+    """Marketo unreachable for many more cycles than LEADSYNC_MAX_ATTEMPTS: no record was
+    tried, so none spends an attempt; the leads wait, and go once Marketo is back."""
+    drainer = make(client, Marketo(ok), max_attempts=2, transient_retries=0)
+    transport = Unreachable(Marketo(ok))
+    drainer.api.transport = transport  # type: ignore[attr-defined]
+    rid = await enqueue_one(drainer, "ann@example.com")
+    for _ in range(6):
+        await client.delete(drainer.keys.rest(0))  # its rest over, as if time had passed
+        report = await drainer.drain(0)
+        assert report.status == "backoff"
+    assert await client.xlen(drainer.keys.dead_letters(0)) == 0
+    assert await client.hgetall(drainer.keys.attempts(0)) == {}
+    assert await status_of(client, rid) is None  # still waiting
+
+    transport.down = False
+    await client.delete(drainer.keys.rest(0))
+    await drainer.drain(0)
+    assert await status_of(client, rid) == OutcomeStatus.CREATED.value

@@ -51,6 +51,7 @@ from worker.errors import (
     ResignError,
     ThrottledError,
     TransientError,
+    TransportError,
 )
 from worker.faultpoints import crash_if
 from worker.ledger import Ledger, Settlement
@@ -334,6 +335,12 @@ class Drainer:
         except (TransientError, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
             report.status, report.reason = "backoff", reason(exc)
+            if isinstance(exc, TransportError):
+                # The request never reached Marketo (refused, DNS, TLS, connect timeout): no
+                # record was tried, so none spends an attempt. An outage then keeps the
+                # leads pending (the shards back off) instead of parking them all after
+                # LEADSYNC_MAX_ATTEMPTS cycles for an operator to replay.
+                self._refund_unanswered(parts, results)
             # When the outcome is unknown Marketo may still be applying the call: the
             # shards rest at least LEADSYNC_UNKNOWN_OUTCOME_REST_S (on Redis's clock, and
             # every lease is refused meanwhile), so their keys are not in two calls at once.
