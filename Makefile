@@ -58,3 +58,13 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The incident drill (bench/incidents.py): a real Prometheus evaluates deploy/monitoring/
+# alerts.yml (time compressed) while the pipeline goes through auth failure, quota, Marketo
+# down and Redis full; replaces bench/INCIDENTS.md (~12 min; ARGS="--no-write" prints only).
+.PHONY: incidents
+incidents: $(VENV)/.installed
+	$(UV) sync --locked --quiet --extra dev --extra bench
+	scripts/ensure-redis --binary
+	scripts/ensure-prometheus
+	$(BIN)/python -m bench.incidents $(ARGS)
