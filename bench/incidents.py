@@ -53,7 +53,7 @@ from bench.harness import SimProcess, Worker
 from bench.systems import leadsync_env
 from marketo_sim.embedded import free_port, stop_group
 from producers import Backpressure, LeadProducer
-from tests.support.failover_run import LEADSYNC, _api_process
+from tests.support.failover_run import LEADSYNC, api_process
 from tests.support.monitoring import MONITORING, rule_groups
 from tests.support.pipeline import FAST_RECOVERY_ENV
 from tests.support.redis_server import RedisServer
@@ -277,7 +277,7 @@ def running_stack(name: str, api: str, factor: float, *, maxmemory_mb: int) -> I
                 worker.start()
                 stack.callback(worker.stop)
                 base = stack.enter_context(
-                    _api_process({**os.environ, **env}, ports["leadsync-api"])
+                    api_process({**os.environ, **env}, ports["leadsync-api"])
                 )
                 key = create_api_key(env)
                 if exporter:

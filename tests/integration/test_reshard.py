@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -22,9 +21,10 @@ from producers.contract import Keys, parse_request_id, shard_for
 from tests.integration.test_api_cli import LEADSYNC, http
 from tests.integration.test_dead_letters import FieldMarketo
 from tests.support.drain_kit import Marketo, drain_settings, make, ok
+from tests.support.failover_run import api_process
 from tests.support.invariants import WriteLog, check_pipeline, ledger_residue
 from tests.support.outcomes import status_of
-from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline, wait_for
+from tests.support.pipeline import FAST_RECOVERY_ENV, running_pipeline
 from tests.support.redis_server import free_port
 from worker.drain import Drainer
 from worker.errors import ReshardError
@@ -290,14 +290,6 @@ def test_reshard_under_traffic_keeps_every_promise_and_the_api_ready(redis_url: 
             env=env, capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         key = made.stdout.strip().splitlines()[-1]
-        port = free_port()
-        api = subprocess.Popen(
-            [LEADSYNC, "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
         log, lock, stop = WriteLog(), threading.Lock(), threading.Event()
         ready: Counter[int] = Counter()
         refused: Counter[str] = Counter()
@@ -345,8 +337,7 @@ def test_reshard_under_traffic_keeps_every_promise_and_the_api_ready(redis_url: 
                     ready[0] += 1
                 time.sleep(0.05)
 
-        try:
-            assert wait_for(lambda: _answers(base), 30), "leadsync api did not start"
+        with api_process(env, free_port()) as base:
             threads = [threading.Thread(target=t) for t in (library_writer, api_writer, prober)]
             for thread in threads:
                 thread.start()
@@ -365,9 +356,6 @@ def test_reshard_under_traffic_keeps_every_promise_and_the_api_ready(redis_url: 
                 stop.set()
                 for thread in threads:
                     thread.join(timeout=30)
-        finally:
-            api.send_signal(signal.SIGTERM)
-            api.wait(timeout=30)
 
         outcomes = pipeline.wait_all(log.request_ids, timeout_s=90)
         verdict = check_pipeline(pipeline, log, outcomes)
@@ -381,13 +369,6 @@ def test_reshard_under_traffic_keeps_every_promise_and_the_api_ready(redis_url: 
         assert residue.entries == 0
         assert residue.leases == 0
         assert "shard count changed from 7 to 3" in pipeline.logs()
-
-
-def _answers(base: str) -> bool:
-    try:
-        return http(base + "/healthz")[0] == 200
-    except OSError:
-        return False
 
 
 async def test_doctor_says_a_reshard_is_under_way(client: redis.asyncio.Redis) -> None:

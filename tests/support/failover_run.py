@@ -159,7 +159,9 @@ def _http_upsert(base: str, key: str) -> Callable[[dict[str, Any]], str]:
 
 
 @contextlib.contextmanager
-def _api_process(env: dict[str, str], port: int) -> Iterator[str]:
+def api_process(env: dict[str, str], port: int) -> Iterator[str]:
+    """``leadsync api`` as a real process on ``port``: its base URL once /healthz answers;
+    SIGTERM (then SIGKILL) on exit."""
     process = subprocess.Popen(
         [LEADSYNC, "api", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -305,7 +307,7 @@ def _write_through(
     writers = {"producer": Writer("p"), "api": Writer("a")}
     timings: dict[str, list[float]] = {"producer": [], "api": []}
     stop = threading.Event()
-    with producer, _api_process(process_env, free_port()) as base:
+    with producer, api_process(process_env, free_port()) as base:
 
         def upsert(record: dict[str, Any]) -> str:
             return producer.upsert(email=record["email"], attributes=record["attributes"])
