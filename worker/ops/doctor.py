@@ -23,7 +23,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from producers.contract import Keys, describe_redis_url, is_sentinel_url, parse_sentinel_url, text
+from producers.contract import (
+    RESHARD_TO,
+    Keys,
+    describe_redis_url,
+    is_sentinel_url,
+    parse_sentinel_url,
+    text,
+)
 from worker.connections import redis_client
 from worker.core.fields import rest_name
 from worker.errors import ConfigError, MarketoError
@@ -283,7 +290,7 @@ async def check_replicas(redis: Redis, settings: Settings) -> Check:
 async def check_shards(redis: Redis, settings: Settings) -> tuple[int, Check]:
     keys = Keys(settings.key_prefix)
     stored = await stored_shards(redis, keys)
-    target = await redis.hget(keys.reshard(), "to")
+    target = await redis.hget(keys.reshard(), RESHARD_TO)
     if stored is not None and target is not None:
         return stored, Check(
             "shards",

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Final
 
 from producers.contract import (
     KEY_RULE_FIELD,
+    RESHARD_TO,
+    SHARDS_FIELD,
     SOAP_KEY_RULE,
     InvalidLead,
     Keys,
@@ -194,7 +196,7 @@ async def _hold(redis: Redis, keys: Keys, new: int, how: str, phase: str = "free
 async def abort(redis: Redis, keys: Keys, new: int) -> bool:
     """Give up a reshard to ``new`` that did not switch: intake and leases go on under the
     old count. Whether one was under way."""
-    if await redis.hget(keys.reshard(), "to") != str(new).encode():
+    if await redis.hget(keys.reshard(), RESHARD_TO) != str(new).encode():
         return False
     return bool(await redis.delete(keys.reshard()))
 
@@ -216,9 +218,9 @@ async def reshard(
     if not 1 <= new <= MAX_SHARDS:
         raise ReshardError(f"the shard count must be 1..{MAX_SHARDS}")
     old = await stored_shards(redis, keys)
-    under_way = await redis.hget(keys.reshard(), "to")
+    under_way = await redis.hget(keys.reshard(), RESHARD_TO)
     if old is None:  # nothing stored yet: the first writer's count is this one
-        await redis.hsetnx(keys.config(), "shards", new)
+        await redis.hsetnx(keys.config(), SHARDS_FIELD, new)
         return ReshardReport(None, new, changed=True)
     if old == new and under_way is None:
         return ReshardReport(old, new, changed=False)
