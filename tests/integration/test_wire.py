@@ -246,6 +246,40 @@ async def test_dedup_false_records_of_an_unknown_outcome_are_parked_not_resent(
             await close(drainer)
 
 
+async def test_a_dedup_false_call_cut_by_the_drain_timeout_is_parked_not_resent(
+    redis: Redis,
+) -> None:
+    """A call cut once it had left (here by LEADSYNC_DRAIN_TIMEOUT_S while Marketo still
+    works on it) is as unknown as a timeout: its createDuplicate record was left pending
+    and resent after the rest, a second lead in Marketo."""
+    released = asyncio.Event()
+
+    async def slow_marketo(body: bytes, _headers: object) -> Reply:
+        await released.wait()  # Marketo applies it after the drain gave up
+        return soap_ok()(body)
+
+    async with wire_server(handler=slow_marketo) as server:
+        drainer = drainer_on(
+            redis, server, drain_budget_s=0.05, drain_timeout_s=0.5, unknown_outcome_rest_s=0.2
+        )
+        try:
+            entry = await enqueue_once(drainer, "dup@x.com", dedup=False)
+            report = await drainer.drain(0)
+            assert (report.status, report.reason) == ("backoff", "drain timeout")
+            released.set()
+            outcome = await stored(redis, drainer.keys, f"0-{entry}")
+            assert outcome is not None
+            assert (outcome.status, outcome.error_code) == ("DEAD_LETTERED", "OUTCOME_UNKNOWN")
+            assert "drain timeout" in (outcome.error or "")
+            await asyncio.sleep(0.3)  # the rest is over
+            again = await drainer.drain(0)
+            assert again.calls == 0
+            assert len(server.requests) == 1, "never resent"
+        finally:
+            released.set()
+            await close(drainer)
+
+
 async def test_a_full_batch_with_its_reply_in_pieces_costs_one_call(redis: Redis) -> None:
     async with wire_server(soap_ok(pieces=8, gap_s=0.03)) as server:
         drainer = drainer_on(redis, server, batch_size=300)

@@ -15,7 +15,7 @@ from producers.contract import OutcomeStatus
 from worker.core.batching import Batch, BatchRecord
 from worker.core.isolation import isolation_budget, split_after_fault
 from worker.core.retrying import call_policy
-from worker.drain.choice import reason, record_error, unknown_outcome_reason
+from worker.drain.choice import cut_call_reason, reason, record_error, unknown_outcome_reason
 from worker.drain.model import DrainReport, DrainStatus, Lane, RecordResult
 from worker.errors import (
     BadRequestError,
@@ -104,17 +104,7 @@ class Caller:
                 try:
                     answers = await self._call(lanes, records, batch.dedup, report, paced=paced)
                 except OutcomeUnknown as exc:
-                    if not batch.dedup:
-                        # Each resend of a createDuplicate record creates one more lead.
-                        results.extend(
-                            RecordResult(
-                                r,
-                                OutcomeStatus.DEAD_LETTERED,
-                                error=unknown_outcome_reason(exc),
-                                error_code="OUTCOME_UNKNOWN",
-                            )
-                            for r in records
-                        )
+                    _park_duplicates(batch, records, results, unknown_outcome_reason(exc))
                     raise
                 except BadRequestError as exc:
                     split = split_after_fault(records, exc.fields, exc.named_text)
@@ -129,6 +119,12 @@ class Caller:
                     )
                     work[:0] = split.next_calls
                     continue
+                except BaseException as exc:
+                    # Cut after the bytes left (the drain's timeout, a cancellation, an
+                    # error outside the tree): as unknown an outcome as a timeout.
+                    if self.unanswered:
+                        _park_duplicates(batch, records, results, cut_call_reason(exc))
+                    raise
                 results.extend(
                     RecordResult(
                         record,
@@ -313,6 +309,19 @@ class Caller:
             reason(exc),
         )
         return "held", reason(exc)
+
+
+def _park_duplicates(
+    batch: Batch, records: Sequence[BatchRecord], results: list[RecordResult], why: str
+) -> None:
+    """A call whose outcome is unknown: its dedup=false records are parked, since each
+    resend of a createDuplicate record creates one more lead."""
+    if batch.dedup:
+        return
+    results.extend(
+        RecordResult(r, OutcomeStatus.DEAD_LETTERED, error=why, error_code="OUTCOME_UNKNOWN")
+        for r in records
+    )
 
 
 async def _quietly(step: Awaitable[None]) -> None:

@@ -3,6 +3,7 @@ entries are parked for their attempts, and the outcome each entry gets."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -69,9 +70,21 @@ def reason(exc: MarketoError) -> str:
 
 def unknown_outcome_reason(exc: MarketoError) -> str:
     """Why a dedup=false record is parked after a call whose outcome is unknown."""
+    return _parked_unknown(f"{reason(exc)}: {exc.detail[:200]}")
+
+
+def cut_call_reason(exc: BaseException) -> str:
+    """Why a dedup=false record is parked after its call was cut once it had left (the
+    drain's timeout, a cancellation, an error outside the error tree)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return _parked_unknown("call cut after it left: drain timeout or shutdown")
+    return _parked_unknown(f"call cut after it left: unexpected {exc.__class__.__name__}")
+
+
+def _parked_unknown(cause: str) -> str:
     return (
-        f"outcome unknown ({reason(exc)}: {exc.detail[:200]}); Marketo may have created this "
-        "lead already, and a resend creates another: look it up before `leadsync dlq replay`"
+        f"outcome unknown ({cause}); Marketo may have created this lead already, and a "
+        "resend creates another: look it up before `leadsync dlq replay`"
     )
 
 
