@@ -9,13 +9,13 @@
     │   └── LeaseLost              a fenced write was refused: another worker owns the shard
     └── MarketoError               a Marketo call (SOAP or REST) did not succeed
         ├── TransientError         not received: retry with backoff, bounded; then leave pending
-        │   ├── TransportError     never reached Marketo: connect, DNS, TLS, a 5xx before
-        │   │                      the request body was written
-        │   └── OutcomeUnknown     maybe applied: never retried in place; the shard rests and
-        │       │                  the call keeps its slot for LEADSYNC_UNKNOWN_OUTCOME_REST_S
-        │       ├── CallTimeout    no answer in time
-        │       ├── ReplyLost      a 5xx page or a disconnect after the request was written
-        │       └── ProtocolError  a reply cut short, unreadable, oversized, hostile or not
+        │   └── TransportError     never reached Marketo: connect, DNS, TLS, a 5xx before
+        │                          the request body was written
+        ├── OutcomeUnknown         maybe applied: never retried in place; the shard rests and
+        │   │                      the call keeps its slot for LEADSYNC_UNKNOWN_OUTCOME_REST_S
+        │   ├── CallTimeout        no answer in time
+        │   ├── ReplyLost          a 5xx page or a disconnect after the request was written
+        │   └── ProtocolError      a reply cut short, unreadable, oversized, hostile or not
         │                          matching the request
         ├── ResignError            20016: sign again (or re-authenticate), retry at once
         ├── ThrottledError         20023 / 20024: cooldown shared by every pod
@@ -63,7 +63,9 @@ class MarketoError(LeadsyncError):
 
 class TransientError(MarketoError):
     """Raised when Marketo did not act on the call and a retry may succeed: internal
-    errors it reported, limits and codes documented as "not executed"."""
+    errors it reported, limits and codes documented as "not executed". A call that may
+    have been applied is never one of these: see :class:`OutcomeUnknown`, a sibling, so
+    that no ``except TransientError: retry`` can resend it."""
 
 
 class TransportError(TransientError):
@@ -71,7 +73,7 @@ class TransportError(TransientError):
     connect timeout, or a 5xx answered before the request body was written."""
 
 
-class OutcomeUnknown(TransientError):
+class OutcomeUnknown(MarketoError):
     """Raised when the request was written but no usable answer came back: Marketo may
     have applied the call, or may still be applying it. Sending the same leads again at
     once would put one key in two calls (a duplicate lead, or an older value applied

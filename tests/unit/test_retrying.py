@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from worker.core.retrying import RESIGN_RETRIES, call_policy
-from worker.errors import AuthError, CallTimeout, ResignError, ThrottledError, TransientError
+from worker.errors import (
+    AuthError,
+    CallTimeout,
+    OutcomeUnknown,
+    ProtocolError,
+    ReplyLost,
+    ResignError,
+    ThrottledError,
+    TransientError,
+    TransportError,
+)
 
 
 async def run(
@@ -71,3 +81,11 @@ async def test_a_timeout_is_not_retried_in_place_because_marketo_may_still_apply
     assert attempts == 1
     assert sleeps == []
     assert raised is timeout
+
+
+def test_maybe_applied_is_no_kind_of_not_received() -> None:
+    """Every maybe-applied error sits apart from TransientError, so that no handler that
+    retries "not received" faults can resend a call Marketo may still be applying."""
+    for unknown in (OutcomeUnknown, CallTimeout, ReplyLost, ProtocolError):
+        assert not issubclass(unknown, TransientError)
+    assert issubclass(TransportError, TransientError)

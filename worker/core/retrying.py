@@ -20,11 +20,10 @@ from tenacity import (
     RetryCallState,
     before_sleep_log,
     retry_if_exception_type,
-    retry_if_not_exception_type,
     wait_exponential_jitter,
 )
 
-from worker.errors import OutcomeUnknown, ResignError, TransientError
+from worker.errors import ResignError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +56,7 @@ def call_policy(
         return failures[resign] > (RESIGN_RETRIES if resign else transient_retries)
 
     return AsyncRetrying(
-        retry=retry_if_exception_type((TransientError, ResignError))
-        & retry_if_not_exception_type(OutcomeUnknown),
+        retry=retry_if_exception_type((TransientError, ResignError)),
         stop=stop,
         wait=wait,
         sleep=sleep,

@@ -332,7 +332,7 @@ class Drainer:
         except (ThrottledError, QuotaExceededError, AuthError) as exc:
             self._refund_unanswered(parts, results)
             report.status, report.reason = await self._caller.apply_cluster_limit(exc)
-        except (TransientError, ResignError) as exc:
+        except (TransientError, OutcomeUnknown, ResignError) as exc:
             # ResignError here means re-signing did not help: a skewed clock, treated as transient.
             report.status, report.reason = "backoff", reason(exc)
             if isinstance(exc, TransportError):

@@ -4,8 +4,9 @@ one result per lead, in order.
 Every failure is raised as a branch of the error tree (``worker.errors``) that names
 what the drain does about it, whatever the protocol's own codes are:
 
-- ``TransientError``: retry with backoff, bounded; an ``OutcomeUnknown`` (a timeout, a
-  gateway page or a lost reply after the request was written) leaves the cycle and rests;
+- ``TransientError``: not received; retry with backoff, bounded;
+- ``OutcomeUnknown``: maybe applied (a timeout, a gateway page or a lost reply after the
+  request was written): never retried in place; it leaves the cycle and the shards rest;
 - ``ResignError``: sign again or fetch a new token, retry at once;
 - ``ThrottledError``: every pod cools down;
 - ``QuotaExceededError``: pause until the daily quota resets;
