@@ -121,6 +121,7 @@ def answer(code: str, message: str = "m") -> bytes:
         ("601", ResignError),
         ("602", ResignError),
         ("603", AuthError),
+        ("502", ReplyLost),
         ("604", TransientError),
         ("606", ThrottledError),
         ("607", QuotaExceededError),
@@ -191,3 +192,12 @@ def test_http_errors_and_broken_json_are_transient_or_split() -> None:
         parse_response(
             b"[" * 100_000 + b"]" * 100_000, http_status=200, content_type=None, expected=1
         )
+
+
+@pytest.mark.parametrize("code", ["²", "٣", "6O6"])
+def test_a_code_that_is_not_plain_ascii_digits_is_no_code(code: str) -> None:
+    """``str.isdigit`` takes "²" and "٣" (then ``int`` raises ValueError, outside the
+    error tree); Marketo's codes are ASCII digits, anything else is no code."""
+    with pytest.raises(TransientError) as caught:
+        parse_response(answer(code), http_status=200, content_type="application/json", expected=1)
+    assert caught.value.code is None

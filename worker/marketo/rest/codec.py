@@ -168,7 +168,7 @@ def _call_error(errors: object, what: str) -> MarketoError:
         return ProtocolError(f"{what} failed without an error code")
     first = errors[0]
     code_text = str(first.get("code", ""))
-    code = int(code_text) if code_text.isdigit() else None
+    code = int(code_text) if code_text.isascii() and code_text.isdigit() else None
     message = str(first.get("message", ""))[:300] or "no message"
     return error_for(code, message)
 

@@ -1,5 +1,10 @@
 """Marketo REST error codes, each mapped once to the branch of the error tree that says
-what the drain does. A 6xx means the whole request failed and was not executed.
+what the drain does. A 6xx means the whole request failed and was not executed. A 502
+in the body does not: Marketo documents it as "the remote server returned an error,
+likely a timeout", so the call may still be running behind the gateway (maybe applied,
+never resent in place). 713 (transient) and 719 (lock wait timeout) stay "not
+received": Marketo's advice for both is to wait and retry, and a lock wait times out
+before the write it waited for.
 
 Where Marketo's documentation leaves the meaning open, the safe reading is taken: a code
 that would fail every call the same way (610 wrong URL, 612 content type, 609 JSON, 605
@@ -12,13 +17,14 @@ from worker.errors import (
     AuthError,
     MarketoError,
     QuotaExceededError,
+    ReplyLost,
     ResignError,
     ThrottledError,
     TransientError,
 )
 
 ERROR_CODES: dict[int, type[MarketoError]] = {
-    502: TransientError,  # Bad Gateway: retried with exponential backoff
+    502: ReplyLost,  # Bad Gateway, likely a timeout: maybe applied, the shards rest
     601: ResignError,  # Access token invalid: fetch a new token, retry at once
     602: ResignError,  # Access token expired: fetch a new token, retry at once
     603: AuthError,  # Access denied (permission or IP allow-list): hold

@@ -105,7 +105,13 @@ def parse_fault(root: etree._Element) -> MarketoError | None:
     for element in fault.iter("{*}code"):
         parent = element.getparent()
         text = _text(element)
-        if parent is not None and _local(parent) == "serviceException" and text and text.isdigit():
+        if (
+            parent is not None
+            and _local(parent) == "serviceException"
+            and text
+            and text.isascii()
+            and text.isdigit()
+        ):
             code = int(text)
             break
     if code is None and faultstring is not None:
@@ -181,7 +187,7 @@ def _looks_like_xml(body: bytes, content_type: str | None) -> bool:
 
 def _lead_id(text: str | None) -> int | None:
     # leadId is meaningless on FAILED rows (often 0); never report a non-positive id.
-    if text is None or not text.isdigit():
+    if text is None or not (text.isascii() and text.isdigit()):
         return None
     value = int(text)
     return value if value > 0 else None
