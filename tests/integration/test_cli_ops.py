@@ -15,6 +15,7 @@ import redis
 import redis.asyncio
 from typer.testing import CliRunner, Result
 
+from marketo_sim.config import SimConfig
 from marketo_sim.runner import SimulatorThread
 from producers.contract import Keys
 from tests.support.pipeline import running_pipeline
@@ -234,3 +235,23 @@ def test_doctor_over_rest_checks_the_credentials_and_the_known_fields(redis_url:
     assert refused.exit_code == 1
     assert "LEADSYNC_MARKETO_CLIENT_SECRET" in refused.stdout
     assert "wrong" not in refused.stdout
+
+
+def test_doctor_reads_marketo_rest_whole_when_its_replies_come_in_pieces(redis_url: str) -> None:
+    """doctor reads through the calls' own transport: the token and describe2.json are
+    read to their end (a reply written in 500-byte pieces), never a prefix."""
+    ensure_groups(redis_url, 4)
+    config = SimConfig(reply_chunk_bytes=500, reply_chunk_gap_s=0.01)
+    with SimulatorThread(config) as sim:
+        env = env_for(
+            redis_url,
+            LEADSYNC_MARKETO_API="rest",
+            LEADSYNC_MARKETO_REST_URL=sim.rest_base_url,
+            LEADSYNC_MARKETO_CLIENT_ID=config.client_id,
+            LEADSYNC_MARKETO_CLIENT_SECRET=config.client_secret,
+            LEADSYNC_KNOWN_FIELDS="FirstName,Company",
+        )
+        result = invoke(env, "doctor")
+    assert result.exit_code == 0, result.stdout
+    assert "FAIL" not in result.stdout
+    assert "a token from 127.0.0.1" in result.stdout

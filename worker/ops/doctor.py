@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -36,6 +35,7 @@ from worker.core.fields import rest_name
 from worker.errors import ConfigError, MarketoError
 from worker.ledger import Ledger
 from worker.limits import RedisLimiter
+from worker.marketo.rest.codec import load_json
 from worker.marketo.rest.tokens import fetch_token
 from worker.obs.stats import stored_shards
 from worker.ops.fields import read_fields
@@ -44,7 +44,6 @@ from worker.ops.permissions import Role, check_permissions
 from worker.scheduling import pace_report
 from worker.settings import DEFAULT_QUOTAS, Settings
 from worker.transport import AiohttpTransport
-from worker.transport.aiohttp_transport import describe as describe_error
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -464,18 +463,17 @@ async def check_marketo(settings: Settings, timeout_s: float = 5.0) -> Check:
             "LEADSYNC_MARKETO_USER_ID and LEADSYNC_MARKETO_ENCRYPTION_KEY must both be set",
         )
     where = _where(settings.marketo_endpoint)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # The calls' own transport: the whole WSDL (a reply in pieces is read to its end),
+    # under the same size cap.
+    transport = _transport(settings, timeout_s)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(settings.marketo_endpoint, params={"WSDL": ""}) as response,
-        ):
-            body = await response.content.read(1 << 20)
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return Check("marketo", "FAIL", f"cannot reach {where}: {exc.__class__.__name__}")
-    if status != 200 or b"definitions" not in body:
-        return Check("marketo", "FAIL", f"{where} answered HTTP {status} without a WSDL")
+        reply = await transport.get(settings.marketo_endpoint + "?WSDL", {})
+    except MarketoError as exc:
+        return Check("marketo", "FAIL", f"cannot reach {where}: {exc}")
+    finally:
+        await transport.close()
+    if reply.status != 200 or b"definitions" not in reply.body:
+        return Check("marketo", "FAIL", f"{where} answered HTTP {reply.status} without a WSDL")
     return Check(
         "marketo",
         "OK",
@@ -484,13 +482,19 @@ async def check_marketo(settings: Settings, timeout_s: float = 5.0) -> Check:
     )
 
 
+def _transport(settings: Settings, timeout_s: float) -> AiohttpTransport:
+    return AiohttpTransport.create(
+        request_timeout_s=timeout_s,
+        connect_timeout_s=timeout_s,
+        max_response_bytes=settings.max_response_bytes,
+    )
+
+
 async def check_marketo_rest(settings: Settings, timeout_s: float = 5.0) -> list[Check]:
     """The REST credentials (a token fetch: identity calls cost no quota) and, through
     describe2.json (one API call), whether every LEADSYNC_KNOWN_FIELDS name exists."""
     identity = settings.rest_identity_url + "/oauth/token"
-    transport = AiohttpTransport.create(
-        request_timeout_s=timeout_s, connect_timeout_s=timeout_s, max_response_bytes=1 << 22
-    )
+    transport = _transport(settings, timeout_s)
     try:
         token, _ = await fetch_token(
             transport,
@@ -499,22 +503,17 @@ async def check_marketo_rest(settings: Settings, timeout_s: float = 5.0) -> list
             client_secret=settings.marketo_client_secret,
         )
         describe = settings.marketo_rest_url.rstrip("/") + "/rest/v1/leads/describe2.json"
-        headers = {"Authorization": f"Bearer {token}"}
-        async with transport.session.get(describe, headers=headers) as response:
-            status, document = response.status, await _json(response)
+        reply = await transport.get(describe, {"Authorization": f"Bearer {token}"})
+        document = load_json(reply.body, "describe2.json") if reply.status == 200 else None
     except MarketoError as exc:
         return [Check("marketo rest", "FAIL", f"{_where(identity)}: {exc}")]
-    except TimeoutError:
-        return [Check("marketo rest", "FAIL", f"no answer from Marketo REST in {timeout_s:g} s")]
-    except aiohttp.ClientError as exc:
-        return [Check("marketo rest", "FAIL", f"cannot reach Marketo REST: {describe_error(exc)}")]
     finally:
         await transport.close()
     checks = [Check("marketo rest", "OK", f"a token from {_where(identity)}")]
-    names = _field_names(document) if status == 200 else None
+    names = _field_names(document)
     if names is None:
         checks.append(
-            Check("fields", "WARN", f"describe2.json answered HTTP {status} without fields")
+            Check("fields", "WARN", f"describe2.json answered HTTP {reply.status} without fields")
         )
         return checks
     known = {rest_name(n).casefold() for n in names}
@@ -539,13 +538,6 @@ async def check_marketo_rest(settings: Settings, timeout_s: float = 5.0) -> list
             )
         )
     return checks
-
-
-async def _json(response: aiohttp.ClientResponse) -> object:
-    try:
-        return await response.json(content_type=None)
-    except ValueError:
-        return None
 
 
 def _field_names(document: object) -> list[str] | None:
