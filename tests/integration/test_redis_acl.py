@@ -13,10 +13,12 @@ import redis
 from click.testing import Result
 from typer.testing import CliRunner
 
+from producers.contract import RESHARD_TO, SHARDS_FIELD
 from producers.keys import Keys, LimiterKeys
 from tests.support.api_kit import SHARDS, running_api
 from tests.support.pipeline import running_pipeline
 from tests.support.redis_server import RedisServer
+from worker.api.auth import KeyStore
 from worker.cli import app
 
 pytestmark = pytest.mark.integration
@@ -97,33 +99,51 @@ def may(admin: redis.Redis, user: str, *command: str) -> bool:
     return bool(answer in (b"OK", "OK"))
 
 
-#: What the API user may read and write, by key family (nothing else at all). The id
-#: sequence and the written-fields hashes (field names and entry ids, never a value) are
-#: the enqueue step's: a bulk write marks its lead's hash.
-API_READS = {
-    "stream",
-    "outcome",
-    "outcome_bucket",
-    "admission",
-    "config",
-    "known_fields",
-    "sequence",
-    "written_fields",
+#: What the API user may run, by key family: the commands the API process sends itself
+#: and the ones its Lua steps run (producers/scripts/*.lua, worker/api/scripts/rate.lua;
+#: Redis checks each command a script runs against the caller's permissions, and EVAL
+#: declares its KEYS read-write). Nothing else on any key.
+API_MAY: dict[str, set[str]] = {
+    "stream": {"XADD", "XRANGE", "XLEN", "EVAL"},
+    "sequence": {"GET", "SET", "EVAL"},
+    "written_fields": {"HINCRBY", "PERSIST", "EVAL"},
+    "outcome": {"HGET", "HGETALL"},
+    "outcome_bucket": {"HGET", "HGETALL"},
+    "known_fields": {"HGET", "HGETALL"},
+    "config": {"HGET", "HGETALL", "HSETNX", "EVAL"},
+    "reshard": {"HGET", "HGETALL", "EVAL"},
+    "admission": {"HMGET", "HSET", "PEXPIRE", "EVAL"},
+    "api_keys": {"HGET", "HVALS", "HSET", "HSETNX", "HDEL"},
+    "api_key_names": {"HGET", "HVALS", "HSET", "HSETNX", "HDEL"},
+    "api_rate": {"INCR", "PEXPIRE", "EVAL"},
+    "api_auth_failures": {"GET", "PTTL", "INCR", "PEXPIRE", "EVAL"},
+    "api_idempotency": {"SET", "DEL"},
 }
-API_WRITES = {"stream", "admission", "config", "sequence", "written_fields"}
-API_OWN = {"api_keys", "api_key_names", "api_rate", "api_auth_failures", "api_idempotency"}
+
+#: One probe per command: its arguments after the key.
+PROBES: dict[str, tuple[str, ...]] = {
+    "GET": (), "SET": ("v",), "DEL": (), "UNLINK": (), "PEXPIRE": ("1",), "EXPIRE": ("1",),
+    "PERSIST": (), "INCR": (), "PTTL": (), "HGET": ("f",), "HGETALL": (), "HMGET": ("f",),
+    "HSET": ("f", "v"), "HSETNX": ("f", "v"), "HDEL": ("f",), "HVALS": (),
+    "HINCRBY": ("f", "1"), "XADD": ("*", "f", "v"), "XRANGE": ("-", "+"), "XLEN": (),
+    "XDEL": ("0-1",), "XTRIM": ("MAXLEN", "0"), "XREADGROUP": (), "RESTORE": ("0", "x"),
+}  # fmt: skip
+
+
+def probe(command: str, key: str) -> tuple[str, ...]:
+    if command == "EVAL":
+        return ("EVAL", "return 1", "1", key)
+    if command == "XREADGROUP":
+        return ("XREADGROUP", "GROUP", "workers", "c", "STREAMS", key, ">")
+    return (command, key, *PROBES[command])
 
 
 def test_each_key_family_is_reachable_by_exactly_the_users_that_need_it(
     admin: redis.Redis,
 ) -> None:
     for family, name in every_key_name().items():
-        reads = may(admin, API[0], "HGET", name, "f") or may(
-            admin, API[0], "XRANGE", name, "-", "+"
-        )
-        writes = may(admin, API[0], "HSET", name, "f", "v")
-        assert reads == (family in API_READS | API_OWN), family
-        assert writes == (family in API_WRITES | API_OWN), family
+        allowed = {c for c in [*PROBES, "EVAL"] if may(admin, API[0], *probe(c, name))}
+        assert allowed == API_MAY.get(family, set()), family
         # The worker runs everything else: every key of the prefix.
         assert may(admin, WORKER[0], "GET", name), family
         assert may(admin, WORKER[0], "SET", name, "v"), family
@@ -134,6 +154,55 @@ def test_each_key_family_is_reachable_by_exactly_the_users_that_need_it(
         assert not may(admin, user, "FLUSHALL")
         assert not may(admin, user, "CONFIG", "GET", "*")
         assert not may(admin, user, "KEYS", "*")
+
+
+def test_the_api_user_cannot_delete_expire_or_reshape_the_ledger(admin: redis.Redis) -> None:
+    """The writes an API credential must not make: drop or expire a shard stream, change
+    the stored shard count, start, end or forge a reshard, drop the config."""
+    keys = Keys()
+    stream, config, reshard = keys.stream(0), keys.config(), keys.reshard()
+    refused = [
+        ("DEL", stream), ("UNLINK", stream), ("PEXPIRE", stream, "1"), ("EXPIRE", stream, "1"),
+        ("XTRIM", stream, "MAXLEN", "0"), ("XDEL", stream, "0-1"),
+        ("RENAME", stream, keys.stream(1)),
+        ("HSET", config, SHARDS_FIELD, "1"), ("HDEL", config, SHARDS_FIELD), ("DEL", config),
+        ("PEXPIRE", config, "1"), ("HINCRBY", config, SHARDS_FIELD, "1"),
+        ("HSET", reshard, RESHARD_TO, "8"), ("HDEL", reshard, RESHARD_TO), ("DEL", reshard),
+        ("PEXPIRE", reshard, "1"),
+        ("DEL", keys.sequence(0)), ("PEXPIRE", keys.sequence(0), "1"),
+        ("DEL", keys.written_fields(0, "ab")), ("HDEL", keys.written_fields(0, "ab"), "f"),
+        ("DEL", keys.admission()), ("XADD", keys.dead_letters(0), "*", "k", "v"),
+        ("SET", keys.sequence(0), "1-0", "GET"),  # a read-write SET: only the plain SET goes
+    ]  # fmt: skip
+    for command in refused:
+        assert not may(admin, API[0], *command), command
+    # A script can do no more than the user: EVAL is checked on its declared keys only
+    # (ACL DRYRUN does not run it), each command it runs is checked when it runs.
+    assert may(admin, API[0], "EVAL", "redis.call('DEL', KEYS[1])", "1", stream)
+
+
+#: What the API user can still do that it should not need to, because the enqueue step
+#: (producers/scripts/enqueue.lua and the scripts prepended to it) runs these commands as
+#: the caller: an ACL cannot allow a command to a script and refuse it to the client,
+#: nor restrict a command's arguments. deploy/redis-acl/README.md lists them.
+API_RESIDUAL = [
+    # next_id.lua writes the shard's id sequence: a forged value moves later ids.
+    ("SET", Keys().sequence(0), "99999999999999-0"),
+    # next_id.lua appends with XADD, whose MAXLEN/MINID options trim the stream.
+    ("XADD", Keys().stream(0), "MAXLEN", "0", "*", "k", "v"),
+    # admit.lua caches Redis's memory figures: a forged pair turns memory admission off.
+    ("HSET", Keys().admission(), "used", "0", "max", "0"),
+    ("PEXPIRE", Keys().admission(), "86400000"),
+    # mark_bulk (next_id.lua) counts a bulk write in the lead's written-fields hash.
+    ("HINCRBY", Keys().written_fields(0, "ab"), "~bulk", "1"),
+]
+
+
+def test_what_the_api_user_can_still_do_is_only_what_its_scripts_need(
+    admin: redis.Redis,
+) -> None:
+    for command in API_RESIDUAL:
+        assert may(admin, API[0], *command), command
 
 
 async def test_the_api_user_serves_the_api_and_cannot_reach_the_limiter_or_token(
@@ -161,6 +230,21 @@ async def test_the_api_user_serves_the_api_and_cannot_reach_the_limiter_or_token
         bulk = await api.call("POST", "/v1/leads?lane=bulk", key=key, json_body=lead)
         assert bulk.status == 202, bulk.body
         assert await api.backlog() == 2  # live streams only
+        # A refused write drops its idempotency marker (DEL); a key's own rate (rate.lua);
+        # the key commands (list: HVALS, revoke: MULTI/HDEL).
+        bad = await api.call(
+            "POST", "/v1/leads", key=key, json_body={"email": "not-an-email"}, headers=idem | {"Idempotency-Key": "bad-1"}
+        )  # fmt: skip
+        assert bad.status == 422, bad.body
+        slow = await api.key("slow", "write", rate_per_s=1)
+        answers = [
+            (await api.call("POST", "/v1/leads", key=slow, json_body=lead)).status for _ in range(3)
+        ]
+        assert 202 in answers, answers
+        store = KeyStore(api.redis, Keys())
+        assert {k.name for k in await store.list()} == {"shop", "slow"}
+        assert await store.revoke("slow")
+        assert (await api.call("POST", "/v1/leads", key=slow, json_body=lead)).status == 401
     assert refusals(admin, API[0]) == []  # the API never needed more than it has
 
     token_key = Keys().rest_token("0123456789abcdef")
@@ -276,6 +360,8 @@ def test_doctor_names_the_missing_command_and_key_pattern_never_a_secret(
     too_much = permissions_row(doctor(server.url, "--role", "api", "--acl-user", WORKER[0]))
     assert "WARN" in too_much
     assert "REST token" in too_much
+    assert "DEL leadsync:{<shard>}:outbox" in too_much
+    assert "HSET leadsync:config" in too_much
     for password in (API[1], WORKER[1], ADMIN[1]):
         assert password not in result.stdout
 
@@ -291,3 +377,35 @@ def test_doctor_infers_the_role_and_skips_when_acl_commands_are_refused(
     assert "skipped" in permissions_row(result)
     assert "WARN" in permissions_row(result)
     assert result.exit_code == 0, result.stdout
+
+
+#: The API's user as shipped before selectors (issue 21): every listed command on every
+#: listed key, so it could drop the streams and rewrite the shard count.
+WIDE_API_RULES = (
+    "on >pw resetchannels resetkeys -@all +acl|whoami +auth +hello +ping +select +info +wait "
+    "+multi +exec +discard +eval +evalsha +script|load +script|exists +xadd +xrange +xlen "
+    "+time +hincrby +persist +hget +hgetall +hmget +hset +hsetnx +hdel +hvals +get +set +del "
+    "+incr +pexpire +pttl %RW~leadsync:{[0-9]*}:outbox %RW~leadsync:{[0-9]*}:seq "
+    "%RW~leadsync:{[0-9]*}:fields:* %R~leadsync:{[0-9]*}:outcomes:* "
+    "%R~leadsync:{[0-9]*}:outcome:* %RW~leadsync:admission %RW~leadsync:config "
+    "%RW~leadsync:reshard %R~leadsync:fields %RW~leadsync:api:*"
+)
+
+
+def test_doctor_warns_of_an_api_user_that_can_drop_the_streams_or_rewrite_the_shard_count(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    admin.execute_command("ACL", "SETUSER", "wide-api", *WIDE_API_RULES.split())
+    try:
+        row = permissions_row(doctor(server.url, "--role", "api", "--acl-user", "wide-api"))
+    finally:
+        admin.execute_command("ACL", "DELUSER", "wide-api")
+    assert "WARN" in row, row
+    for label in (
+        "DEL leadsync:{<shard>}:outbox", "PEXPIRE leadsync:{<shard>}:outbox",
+        "HSET leadsync:config", "DEL leadsync:config", "HSET leadsync:reshard",
+        "DEL leadsync:reshard",
+    ):  # fmt: skip
+        assert label in row, label
+    assert "REST token" in row  # the wording; it could not read the token itself
+    assert "GET leadsync:{limits}:rest-token:*" not in row

@@ -4,8 +4,9 @@ Each role (``api``, ``worker``, ``keda``) needs a list of commands on sample key
 key family it touches (`needs`); ``ACL DRYRUN <user> <command> <args>`` (Redis >= 7.0)
 asks Redis whether the user could run each one without running it. Anything refused is
 a FAIL naming the command and the key pattern (never a value, a password or a token). For
-the API and KEDA, being able to read the Marketo REST token or touch the limiter is a WARN
-as well: those roles should not (deploy/redis-acl/users.acl). Where the ACL commands are
+the API and KEDA, being able to read the Marketo REST token, touch the limiter, or delete,
+expire or reshape the ledger (a shard stream, the shard count, a reshard) is a WARN as
+well: those roles should not (deploy/redis-acl/users.acl). Where the ACL commands are
 not allowed (a restricted user may not DRYRUN, an older Redis has no DRYRUN) the check
 says so and is skipped; an admin can check a component's user with ``--acl-user``.
 """
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from redis.exceptions import RedisError, ResponseError
 
-from producers.contract import Keys, LimiterKeys, text
+from producers.contract import RESHARD_TO, SHARDS_FIELD, Keys, LimiterKeys, text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -78,11 +79,24 @@ def needs(role: Role, prefix: str, db: int = 0) -> list[Need]:
         _need("(server)", "INFO", "memory"),
     ]
     if role == "api":
+        step_keys = ("6", stream, keys.admission(), keys.sequence(0), keys.written_fields(0, "0"), keys.config(), keys.reshard())  # fmt: skip
         return [
             *reads,
+            # The enqueue step as one EVAL: Redis checks the keys it declares (read-write)
+            # and then every command the script runs (above and here).
+            _need(f"{p}:{{<shard>}}:outbox + its step's keys", "EVAL", "return 1", *step_keys),
+            _need(f"{p}:{{<shard>}}:seq", "GET", keys.sequence(0)),
+            _need(f"{p}:admission", "HMGET", keys.admission(), "used", "max"),
+            _need(f"{p}:admission", "PEXPIRE", keys.admission(), "100"),
+            _need("(server)", "WAIT", "0", "0"),
             _need(f"{p}:api:keys", "HGET", keys.api_keys(), "d"),
+            _need(f"{p}:api:keys", "HVALS", keys.api_keys()),
+            _need(f"{p}:api:keys", "HDEL", keys.api_keys(), "d"),
             _need(f"{p}:api:key-names", "HSETNX", keys.api_key_names(), "n", "d"),
             _need(f"{p}:api:rate:*", "EVAL", "return 1", "1", keys.api_rate("0" * 16, 0)),
+            _need(f"{p}:api:rate:*", "INCR", keys.api_rate("0" * 16, 0)),
+            _need(f"{p}:api:rate:*", "PEXPIRE", keys.api_rate("0" * 16, 0), "2000"),
+            _need(f"{p}:api:auth-failures:*", "GET", keys.api_auth_failures("0" * 24)),
             _need(f"{p}:api:auth-failures:*", "PTTL", keys.api_auth_failures("0" * 24)),
             _need(
                 f"{p}:api:idem:*",
@@ -90,7 +104,9 @@ def needs(role: Role, prefix: str, db: int = 0) -> list[Need]:
                 keys.api_idempotency("n", "/v1/leads", "0" * 64),
                 "v",
                 "NX",
+                "GET",
             ),
+            _need(f"{p}:api:idem:*", "DEL", keys.api_idempotency("n", "/v1/leads", "0" * 64)),
         ]
     return [
         *reads,
@@ -117,13 +133,24 @@ def needs(role: Role, prefix: str, db: int = 0) -> list[Need]:
 
 
 def forbidden(role: Role, prefix: str) -> list[Need]:
-    """What the API and KEDA should not be able to do (the REST token, the limiter)."""
+    """What the API and KEDA should not be able to do: read the REST token, touch the
+    limiter, or delete, expire or reshape the ledger (a shard stream, the stored shard
+    count, a reshard under way)."""
     if role == "worker":
         return []
     keys, limits = Keys(prefix), LimiterKeys(prefix)
+    p = prefix
+    stream_pattern = f"{p}:{{<shard>}}:outbox"
     return [
-        _need(f"{prefix}:{{limits}}:rest-token:*", "GET", keys.rest_token("0" * 16)),
-        _need(f"{prefix}:{{limits}}:*", "SET", limits.hold, "1"),
+        _need(f"{p}:{{limits}}:rest-token:*", "GET", keys.rest_token("0" * 16)),
+        _need(f"{p}:{{limits}}:*", "SET", limits.hold, "1"),
+        _need(stream_pattern, "DEL", keys.stream(0)),
+        _need(stream_pattern, "PEXPIRE", keys.stream(0), "1"),
+        _need(stream_pattern, "XTRIM", keys.stream(0), "MAXLEN", "0"),
+        _need(f"{p}:config", "HSET", keys.config(), SHARDS_FIELD, "1"),
+        _need(f"{p}:config", "DEL", keys.config()),
+        _need(f"{p}:reshard", "HSET", keys.reshard(), RESHARD_TO, "1"),
+        _need(f"{p}:reshard", "DEL", keys.reshard()),
     ]
 
 
@@ -176,7 +203,8 @@ async def check_permissions(
         return (
             "WARN",
             f"{who} may also run {_listed(extra)}: this component should not reach the "
-            "limiter or the Marketo REST token (use the users of deploy/redis-acl/users.acl)",
+            "limiter or the Marketo REST token, nor delete, expire or reshape the ledger "
+            "(use the users of deploy/redis-acl/users.acl)",
         )
     return "OK", f"{who} may run all {len(wanted)} commands it needs"
 
