@@ -80,8 +80,10 @@ class Screen:
         self._read(0)
         return len(self.text)
 
-    def expect(self, pattern: str, *, since: int = 0, timeout_s: float = 10) -> re.Match[str]:
-        """Read until ``pattern`` (a regex) shows up after ``since``, or fail at the deadline."""
+    def expect(self, pattern: str, *, since: int = 0, timeout_s: float = 45) -> re.Match[str]:
+        """Read until ``pattern`` (a regex) shows up after ``since``, or fail at the deadline
+        (generous: on a loaded 2-core machine the first frame waits for the process's imports;
+        a passing run never waits for it)."""
         deadline = time.monotonic() + timeout_s
         while True:
             found = re.compile(pattern).search(self.text, since)
