@@ -311,6 +311,24 @@ async def test_three_records_with_unknown_fields_among_good_ones_cost_two_calls(
     assert await statuses(drainer, good) == ["CREATED"] * 297
 
 
+async def test_a_lead_s_good_write_never_fails_with_its_bad_write_merged_beside_it(
+    redis: Redis,
+) -> None:
+    """Two writes of one lead ride merged in one record: write 1 good, write 2 with a field
+    the instance lacks. The 20105 names that field: only write 2 fails; write 1 stays
+    pending and reaches Marketo alone next (it failed beside write 2 before)."""
+    sizes, transport = unknown_field_marketo(frozenset({"Company", "City"}))
+    drainer = make(redis, Marketo(ok), batch_size=300)
+    drainer.api.transport = transport
+    (good,) = await enqueue(drainer, "ann@x.com", Company="Acme", City="Paris")
+    (bad,) = await enqueue(drainer, "ann@x.com", Shoe="x")
+    for _ in range(3):
+        await drainer.drain(0)
+    assert await statuses(drainer, [good, bad]) == ["CREATED", "FAILED"]
+    assert (await outcome_of(drainer, bad)).error == "20105 unknown field Shoe"
+    assert sizes == [1, 1], "one call with the fault, one with the good write alone"
+
+
 async def test_isolation_past_its_call_budget_leaves_the_unproven_pending_with_their_attempts(
     redis: Redis,
 ) -> None:

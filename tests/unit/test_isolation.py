@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from producers.contract import key_digest, validate_lead
 from worker.core.batching import BatchRecord
-from worker.core.isolation import carrying, isolation_budget, named_in, split_after_fault
+from worker.core.isolation import (
+    carrying,
+    guilty_entries,
+    isolation_budget,
+    named_in,
+    split_after_fault,
+)
 from worker.marketo.soap.response import unknown_field_names
 
 
@@ -65,3 +71,15 @@ def test_quoted_names_are_read_without_their_quotes() -> None:
         "Shirt",
     )
     assert unknown_field_names("UNKNOWN FIELDS FOR IMPORT: x") == ("x",)
+
+
+def test_of_a_failed_merged_record_only_the_writes_that_set_a_named_field_are_guilty() -> None:
+    older = validate_lead(email="ann@x.com", attributes={"Company": "Acme", "City": "Paris"})
+    newer = validate_lead(email="ann@x.com", attributes={"SHOE": "x"})
+    merged = BatchRecord(key_digest(older.key), newer, ("1-0", "2-0"))
+    writes = {"1-0": older, "2-0": newer}
+    assert guilty_entries(merged, frozenset({"shoe"}), writes) == ("2-0",)
+    # Bisection proved the merged record bad as a whole, or the writes are not known:
+    # every write is guilty.
+    assert guilty_entries(merged, frozenset(), writes) == ("1-0", "2-0")
+    assert guilty_entries(merged, frozenset({"shoe"}), {}) == ("1-0", "2-0")

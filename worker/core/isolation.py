@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from producers.contract import LeadUpsert
 from worker.core.batching import BatchRecord
 
 
@@ -44,6 +45,26 @@ class Split:
 
     failed: tuple[BatchRecord, ...]
     next_calls: tuple[tuple[BatchRecord, ...], ...]
+    #: The unknown fields that pinned ``failed`` (case-folded); empty when bisection did.
+    names: frozenset[str] = frozenset()
+
+
+def guilty_entries(
+    record: BatchRecord, names: frozenset[str], writes: Mapping[str, LeadUpsert]
+) -> tuple[str, ...]:
+    """The entries of a failed record whose own write carries one of ``names``. A record
+    merges a lead's writes: a write that set no unknown field is no part of the fault,
+    and stays pending to go out without the bad one. Without names (bisection proved the
+    merged record bad as a whole) or without the writes, every entry is."""
+    if not names or len(record.entry_ids) == 1:
+        return record.entry_ids
+    guilty = tuple(
+        entry_id
+        for entry_id in record.entry_ids
+        if entry_id not in writes
+        or any(name.casefold() in names for name in writes[entry_id].attributes)
+    )
+    return guilty or record.entry_ids
 
 
 def named_in(text: str, names: Iterable[str]) -> frozenset[str]:
@@ -64,14 +85,15 @@ def split_after_fault(
     """Decide the next step after ``records`` faulted the call as a whole; ``fields`` are
     the unknown attribute names the fault named (case-folded), if any, and ``named_text``
     the fault's text that named them."""
-    bad = carrying(records, fields) if fields else []
+    names = fields
+    bad = carrying(records, names) if names else []
     if not bad and named_text:
-        names = {name for record in records for name in record.lead.attributes}
-        bad = carrying(records, named_in(named_text, names))
+        names = named_in(named_text, {n for record in records for n in record.lead.attributes})
+        bad = carrying(records, names)
     if bad:
         failing = {id(r) for r in bad}
         rest = tuple(r for r in records if id(r) not in failing)
-        return Split(tuple(bad), (rest,) if rest else ())
+        return Split(tuple(bad), (rest,) if rest else (), names)
     if len(records) == 1:
         return Split(tuple(records), ())
     middle = len(records) // 2

@@ -9,11 +9,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from producers.contract import OutcomeStatus
+from producers.contract import LeadUpsert, OutcomeStatus
 from worker.core.batching import Batch, BatchRecord
-from worker.core.isolation import isolation_budget, split_after_fault
+from worker.core.isolation import guilty_entries, isolation_budget, split_after_fault
 from worker.core.retrying import call_policy
 from worker.drain.choice import cut_call_reason, reason, record_error, unknown_outcome_reason
 from worker.drain.model import DrainReport, DrainStatus, Lane, RecordResult
@@ -74,9 +74,12 @@ class Caller:
         results: list[RecordResult],
         report: DrainReport,
         deadline_s: float,
+        writes: Mapping[str, LeadUpsert] | None = None,
     ) -> None:
         """Send the batch; when a record faults the whole call, fail the records carrying
-        the fields 20105 names, or split until the faulting record is alone, within
+        the fields 20105 names (of a record merging a lead's writes, only the writes that
+        set such a field: ``writes`` holds each entry's own write; the others stay
+        pending), or split until the faulting record is alone, within
         :func:`~worker.core.isolation.isolation_budget` extra calls. Records not yet proven
         either way when the budget or the drain budget is spent get no result here: they
         stay pending for a later cycle, and the drain gives their attempts back (a
@@ -114,6 +117,7 @@ class Caller:
                             OutcomeStatus.FAILED,
                             error=record_error(r, exc),
                             error_code=str(exc.code) if exc.code else None,
+                            only=guilty_entries(r, split.names, writes or {}),
                         )
                         for r in split.failed
                     )

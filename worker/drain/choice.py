@@ -132,7 +132,7 @@ def answer(results: Sequence[RecordResult], owner: Mapping[int, Lane], now_s: fl
     """Each record's answer as the outcome of every entry merged into it."""
     for result in results:
         lane = owner[id(result.record)]
-        for entry_id in result.record.entry_ids:
+        for entry_id in result.entry_ids:
             settle_entry(
                 lane,
                 entry_id,

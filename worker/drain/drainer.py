@@ -321,7 +321,10 @@ class Drainer:
         report.entries += len(batch.entry_ids)
         results: list[RecordResult] = []
         try:
-            await self._caller.send_isolating(riding, batch, results, report, deadline_s)
+            writes = {q.entry_id: q.lead for lane in riding for q in lane.claim.queued}
+            await self._caller.send_isolating(
+                riding, batch, results, report, deadline_s, writes=writes
+            )
             report.status = "sent"
             # Records isolation left unproven stay pending, their attempts given back.
             self._refund_unanswered(parts, results)
@@ -356,7 +359,7 @@ class Drainer:
     def _refund_unanswered(
         self, parts: Sequence[tuple[Lane, Batch]], results: Sequence[RecordResult]
     ) -> None:
-        answered = {e for r in results for e in r.record.entry_ids}
+        answered = {e for r in results for e in r.entry_ids}
         for lane, part in parts:
             lane.settlement.refund(e for e in part.entry_ids if e not in answered)
 

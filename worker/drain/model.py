@@ -62,6 +62,13 @@ class RecordResult:
     lead_id: int | None = None
     error: str | None = None
     error_code: str | None = None
+    #: The entries this answers, when not every entry merged into the record (a failed
+    #: record's writes that carry no bad field stay pending).
+    only: tuple[str, ...] | None = None
+
+    @property
+    def entry_ids(self) -> tuple[str, ...]:
+        return self.record.entry_ids if self.only is None else self.only
 
 
 @dataclass(slots=True)
