@@ -129,6 +129,23 @@ async def test_an_invalid_lead_is_not_kept_so_a_corrected_retry_is_enqueued(
     assert await api.backlog() == 1
 
 
+async def test_a_batch_that_enqueued_nothing_is_not_kept_so_a_corrected_one_is_enqueued(
+    api: Api, key: str
+) -> None:
+    """A batch answers 200 with a result per record; when every record was refused it
+    wrote nothing, and keeping it would turn the corrected batch into a 422 "reused"."""
+    refused = await post(api, key, "fix-batch", {"records": [{"email": "bad"}]}, BATCH)
+    assert refused.status == 200
+    assert "request_id" not in refused.body["results"][0]
+    corrected = await post(api, key, "fix-batch", {"records": [ANN]}, BATCH)
+    assert corrected.status == 200
+    assert "request_id" in corrected.body["results"][0]
+    assert await api.backlog() == 1
+    # A batch that wrote something is kept: the key is the corrected batch's from now on.
+    assert (await post(api, key, "fix-batch", {"records": [ANN]}, BATCH)).body == corrected.body
+    assert await api.backlog() == 1
+
+
 @pytest.mark.parametrize(
     ("bad", "status"),
     [

@@ -120,7 +120,10 @@ async def authorized(request: web.Request, scope: str) -> Caller:
 
 
 async def idempotent(
-    request: web.Request, key_name: str, serve: Callable[[], Awaitable[Answer]]
+    request: web.Request,
+    key_name: str,
+    serve: Callable[[], Awaitable[Answer]],
+    changed: Callable[[Answer], bool] = lambda _answer: True,
 ) -> Answer:
     header = request.headers.get("Idempotency-Key")
     if header is None:
@@ -140,6 +143,7 @@ async def idempotent(
         settings.api_idempotency_window_s,
         settings.api_idempotency_wait_s,
         serve,
+        changed,
     )
 
 
@@ -191,8 +195,18 @@ async def post_batch(request: web.Request) -> web.Response:
     async def serve() -> Answer:
         return 200, {"results": await enqueue_batch(app, records, caller, lane)}
 
-    status, answer = await idempotent(request, caller.name, serve)
+    status, answer = await idempotent(request, caller.name, serve, changed=_wrote_any)
     return json_response(answer, status)
+
+
+def _wrote_any(answer: Answer) -> bool:
+    """A batch answer that enqueued at least one record (one that refused every record
+    is not kept under its Idempotency-Key)."""
+    body = answer[1]
+    results = body.get("results") if isinstance(body, dict) else None
+    return isinstance(results, list) and any(
+        isinstance(item, dict) and "request_id" in item for item in results
+    )
 
 
 async def enqueue_batch(

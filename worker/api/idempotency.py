@@ -86,10 +86,13 @@ async def once(
     window_s: int,
     wait_s: float,
     serve: Callable[[], Awaitable[Answer]],
+    changed: Callable[[Answer], bool] = lambda _answer: True,
 ) -> Answer:
-    """The answer stored under ``key``, or ``serve()``'s (stored when 2xx) when this is
-    the first; ApiError 422 when ``key`` was used for another request, 409 when the same
-    request is still being served past ``wait_s``."""
+    """The answer stored under ``key``, or ``serve()``'s when this is the first (stored
+    when 2xx and ``changed`` says it wrote something: an answer that wrote nothing, like
+    a batch whose every record was refused, is not kept, so a corrected retry under the
+    same key is served); ApiError 422 when ``key`` was used for another request, 409 when
+    the same request is still being served past ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while True:
         previous: bytes | None = await client.set(  # type: ignore[assignment]
@@ -115,7 +118,7 @@ async def once(
     except BaseException:
         await _forget(client, key)
         raise
-    if 200 <= status < 300:
+    if 200 <= status < 300 and changed((status, body)):
         stored = json.dumps([status, body, request_fingerprint], separators=(",", ":"))
         await client.set(key, stored, ex=window_s)
     else:
