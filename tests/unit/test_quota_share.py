@@ -39,7 +39,13 @@ def test_doctor_reports_the_share_and_what_it_leaves() -> None:
     check = check_quota_share(Settings(daily_quota=5_000))  # type: ignore[call-arg]
     assert (check.name, check.level) == ("quota share", "OK")
     assert "leadsync's share" in check.detail
-    assert "5,000 of the default to the others" in check.detail
+    assert "3,000 of the default to the others" in check.detail, "the bulk budget counts"
+
+
+def test_doctor_counts_the_bulk_budget_in_what_leadsync_takes() -> None:
+    check = check_quota_share(Settings(daily_quota=7_000, bulk_daily_calls=3_000))  # type: ignore[call-arg]
+    assert check.level == "WARN"
+    assert "LEADSYNC_BULK_DAILY_CALLS=3,000" in check.detail
 
 
 @pytest.mark.parametrize(("api", "share"), [("soap", 10_000), ("soap", 12_000), ("rest", 50_000)])
@@ -47,4 +53,4 @@ def test_doctor_warns_when_the_share_takes_the_whole_default_quota(api: str, sha
     overrides = REST if api == "rest" else {}
     check = check_quota_share(Settings(**overrides, daily_quota=share))  # type: ignore[arg-type]
     assert check.level == "WARN"
-    assert "leaves nothing to the instance's other integrations" in check.detail
+    assert "leave nothing to the instance's other integrations" in check.detail

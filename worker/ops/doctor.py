@@ -381,26 +381,28 @@ async def check_limits(redis: Redis, settings: Settings) -> Check:
 
 
 def check_quota_share(settings: Settings) -> Check:
-    """LEADSYNC_DAILY_QUOTA is leadsync's share of the instance's daily quota: at or past
-    the instance's default quota it leaves nothing to the instance's other integrations."""
-    share = settings.daily_quota
+    """LEADSYNC_DAILY_QUOTA is leadsync's share of the instance's daily quota, and the bulk
+    lane's budget (LEADSYNC_BULK_DAILY_CALLS) comes on top of it: together at or past the
+    instance's default quota they leave nothing to the instance's other integrations."""
+    share, bulk = settings.daily_quota, settings.bulk_budget_calls
     instance = DEFAULT_QUOTAS[settings.marketo_api]
     detail = (
         f"LEADSYNC_DAILY_QUOTA={share:,} calls a day, leadsync's share of the instance's "
-        f"quota (Marketo's default for {settings.marketo_api.upper()}: {instance:,})"
+        f"quota, and LEADSYNC_BULK_DAILY_CALLS={bulk:,} for the bulk lane on top "
+        f"(Marketo's default for {settings.marketo_api.upper()}: {instance:,})"
     )
-    if share >= instance:
+    if share + bulk >= instance:
         return Check(
             "quota share",
             "WARN",
-            f"{detail}: it takes the whole default quota and leaves nothing to the "
+            f"{detail}: together they take the whole default quota and leave nothing to the "
             "instance's other integrations, unless the instance's quota was raised "
-            "(Admin > Web Services shows it); set it to that quota less what they need",
+            "(Admin > Web Services shows it); set them to that quota less what they need",
         )
     return Check(
         "quota share",
         "OK",
-        f"{detail}; it leaves {instance - share:,} of the default to the others",
+        f"{detail}; they leave {instance - share - bulk:,} of the default to the others",
     )
 
 
