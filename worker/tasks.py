@@ -11,7 +11,13 @@ from typing import Any
 
 from worker.app import QUEUE, app, settings
 from worker.marketo.describe import describer_for
-from worker.obs.metrics import observe_backlogs, observe_bulk, observe_limiter, observe_pace
+from worker.obs.metrics import (
+    observe_backlogs,
+    observe_bulk,
+    observe_limiter,
+    observe_pace,
+    observe_tick,
+)
 from worker.ops import fields
 from worker.ops.health import write_heartbeat
 from worker.runtime import Runtime, get_runtime
@@ -120,6 +126,7 @@ def tick() -> dict[str, int]:
             flush_interval_s=flush_interval_s,
         )
         observe_bulk(bulk, state, shards)
+        observe_tick(settings.flush_interval_s, settings.memory_high_water)
         return groups + bulk_drains(backlogs, bulk, state, live_rung=bool(groups))
 
     return {"rung": _ring(runtime, runtime.run(decide()))}

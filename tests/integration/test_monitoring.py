@@ -30,6 +30,7 @@ from tests.support.monitoring import (
 )
 from tests.support.pipeline import running_pipeline
 from tests.support.redis_server import free_port
+from tests.unit.test_monitoring_files import shipped_settings
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,66 @@ def test_the_dashboard_check_catches_a_broken_expression(promtool: str, tmp_path
     path = tmp_path / "broken.yml"
     path.write_text(dashboard_rules(["sum(rate(leadsync_outcomes_total[5m])"]))
     assert run(promtool, "check", "rules", str(path)).returncode != 0
+
+
+# --- the thresholds follow the shipped settings -------------------------------------------
+
+
+def threshold_case(flush_interval_s: float) -> dict[str, object]:
+    """A promtool test: a ticking worker exports ``flush_interval_s``; shard 0's oldest
+    entry waits just past 20 of them, shard 1's just under."""
+    bar = 20 * flush_interval_s
+    worker = 'job="leadsync-worker", instance="w1"'
+    return {
+        "interval": "1m",
+        "input_series": [
+            {"series": f"leadsync_last_tick_timestamp_seconds{{{worker}}}", "values": "60+60x20"},
+            {
+                "series": f"leadsync_flush_interval_seconds{{{worker}}}",
+                "values": f"{flush_interval_s:g}x20",
+            },
+            {
+                "series": f'leadsync_oldest_entry_age_seconds{{{worker}, shard="0"}}',
+                "values": f"{bar + 1:g}x20",
+            },
+            {
+                "series": f'leadsync_oldest_entry_age_seconds{{{worker}, shard="1"}}',
+                "values": f"{bar - 1:g}x20",
+            },
+        ],
+        "promql_expr_test": [
+            {
+                "expr": "leadsync:config:flush_interval_seconds",
+                "eval_time": "10m",
+                "exp_samples": [
+                    {"labels": "leadsync:config:flush_interval_seconds", "value": flush_interval_s}
+                ],
+            },
+            {
+                "expr": 'ALERTS{alertname="LeadsyncOldestEntryTooOld", alertstate="firing"}',
+                "eval_time": "10m",
+                "exp_samples": [
+                    {
+                        "labels": 'ALERTS{alertname="LeadsyncOldestEntryTooOld", alertstate="firing", severity="warning", shard="0"}',
+                        "value": 1,
+                    }
+                ],
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize("where", ["k8s", "env.example"])
+def test_the_oldest_entry_threshold_follows_the_shipped_flush_interval(
+    promtool: str, tmp_path: Path, where: str
+) -> None:
+    """deploy/k8s and deploy/env.example ship LEADSYNC_FLUSH_INTERVAL_S=2, not the default
+    30: the worker exports what it runs with, and the alert fires at 20 x that."""
+    settings = shipped_settings()[where]
+    tests = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": [threshold_case(settings.flush_interval_s)]}  # fmt: skip
+    (tmp_path / "shipped_test.yml").write_text(yaml.safe_dump(tests))
+    result = run(promtool, "test", "rules", str(tmp_path / "shipped_test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- every metric used is exported ---------------------------------------------------------

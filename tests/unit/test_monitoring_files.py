@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
 from tests.support.monitoring import (
     ALERTS,
@@ -30,7 +35,9 @@ from tests.support.monitoring import (
     runbook_anchors,
     used_metric_names,
 )
-from tests.unit.test_deploy import compose, find, only_container
+from tests.unit.test_deploy import compose, configmap_data, env_example, find, only_container
+from worker.limits import LimiterState
+from worker.obs import metrics
 from worker.settings import Settings, default_quota_share
 
 MONITORING_SERVICES = {"prometheus", "grafana", "redis-exporter"}
@@ -150,21 +157,109 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
     assert names - quiet == set(), "never seen quiet"
 
 
-def test_the_rules_compare_against_the_settings_defaults() -> None:
-    """leadsync:config:* stand for settings; their values are the defaults (an operator
-    who changes a setting changes the rule, docs/operations-deploy.md says so)."""
-    values = {
-        rule["record"]: float(re.fullmatch(r"vector\(([0-9.]+)\)", rule["expr"]).group(1))  # type: ignore[union-attr]
+#: Each recording rule -> the gauge the workers export for its setting, and the setting.
+CONFIG_RULES = {
+    "leadsync:config:daily_quota": ("leadsync_quota_share_calls", "daily_quota"),
+    "leadsync:config:flush_interval_seconds": (
+        "leadsync_flush_interval_seconds",
+        "flush_interval_s",
+    ),
+    "leadsync:config:memory_high_water": ("leadsync_memory_high_water_ratio", "memory_high_water"),
+}
+
+
+def test_the_config_rules_read_what_the_workers_export_and_fall_back_to_the_defaults() -> None:
+    """leadsync:config:* stand for settings: they take the value the ticking workers
+    export (so the thresholds follow the deployment, whose ConfigMap ships another flush
+    interval than the default) and the setting's default until a worker has ticked."""
+    rules = {
+        rule["record"]: rule["expr"]
         for group in rule_groups()
         for rule in group["rules"]
         if "record" in rule
     }
+    assert set(rules) == set(CONFIG_RULES)
     fields = Settings.model_fields
-    assert values == {
-        "leadsync:config:daily_quota": default_quota_share("soap"),
-        "leadsync:config:flush_interval_seconds": fields["flush_interval_s"].default,
-        "leadsync:config:memory_high_water": fields["memory_high_water"].default,
+    defaults = {
+        "daily_quota": default_quota_share("soap"),
+        "flush_interval_s": fields["flush_interval_s"].default,
+        "memory_high_water": fields["memory_high_water"].default,
     }
+    for record, (gauge, setting) in CONFIG_RULES.items():
+        expr = " ".join(rules[record].split())
+        assert gauge in expr, record
+        assert "and on(job, instance) (leadsync_last_tick_timestamp_seconds > 0)" in expr
+        fallback = re.search(r"\bor vector\(([0-9.]+)\)$", expr)
+        assert fallback is not None, record
+        assert float(fallback.group(1)) == defaults[setting], record
+
+
+def shipped_settings() -> dict[str, Settings]:
+    """The settings as deploy/ ships them: the Kubernetes ConfigMap and deploy/env.example."""
+    secrets = {"marketo_encryption_key": "x", "marketo_user_id": "u"}
+    configmap = {k.removeprefix("LEADSYNC_").lower(): v for k, v in configmap_data().items()}
+    example = {
+        k.removeprefix("LEADSYNC_").lower(): v
+        for k, v in env_example().items()
+        if k.startswith("LEADSYNC_")
+    }
+    return {
+        "k8s": Settings(**(configmap | secrets)),  # type: ignore[arg-type]
+        "env.example": Settings(**(example | secrets)),  # type: ignore[arg-type]
+    }
+
+
+def test_a_tick_exports_the_settings_the_rules_read_as_deploy_ships_them() -> None:
+    for where, settings in shipped_settings().items():
+        metrics.observe_tick(settings.flush_interval_s, settings.memory_high_water)
+        metrics.observe_limiter(limiter_state(quota_limit=settings.daily_quota))
+        assert gauge_value("leadsync_flush_interval_seconds") == settings.flush_interval_s, where
+        assert gauge_value("leadsync_memory_high_water_ratio") == settings.memory_high_water
+        assert gauge_value("leadsync_quota_share_calls") == settings.daily_quota, where
+        assert abs(gauge_value("leadsync_last_tick_timestamp_seconds") - time.time()) < 5
+    # What the audit found: the shipped flush interval is not the default the rules
+    # assumed, which is why they read the exported one.
+    assert shipped_settings()["k8s"].flush_interval_s != Settings.model_fields["flush_interval_s"].default  # fmt: skip
+
+
+def limiter_state(quota_limit: int) -> LimiterState:
+    return LimiterState(
+        calls_in_window=0, slots_in_use=0, quota_used_today=0, quota_limit=quota_limit,
+        pace_wait_s=0.0, cooldown_remaining_s=0.0, cooldown_reason=None, hold_reason=None,
+        hold_since=None, next_probe_in_s=None,
+    )  # fmt: skip
+
+
+def gauge_value(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+_TICKING_CHILD = """
+import sys, time
+from worker.obs import metrics
+metrics.observe_tick(float(sys.argv[1]), 0.85)
+"""
+
+
+def test_the_last_tick_is_the_newest_of_the_pool_processes(tmp_path: Path) -> None:
+    """Under Celery prefork the tick runs in whichever pool process takes it: the main
+    process serves the newest tick of any of them (multiprocess mode ``mostrecent``), and
+    a process that never ticked does not pull it back to 0."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    idle = "from worker.obs import metrics\nmetrics.observe_pace(0)"
+    subprocess.run([sys.executable, "-c", idle], env=env, check=True)
+    for flush in ("2", "2"):
+        subprocess.run([sys.executable, "-c", _TICKING_CHILD, flush], env=env, check=True)
+        time.sleep(0.05)
+    subprocess.run([sys.executable, "-c", idle], env=env, check=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    last = registry.get_sample_value("leadsync_last_tick_timestamp_seconds")
+    assert last is not None
+    assert abs(last - time.time()) < 10
+    assert registry.get_sample_value("leadsync_flush_interval_seconds") == 2
 
 
 def test_recording_rules_the_rules_and_panels_use_are_defined() -> None:

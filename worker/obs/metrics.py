@@ -159,6 +159,31 @@ COOLDOWN = Gauge(
     "Seconds left of the cluster-wide cooldown after throttling.",
     multiprocess_mode="mostrecent",
 )
+LAST_TICK = Gauge(
+    "leadsync_last_tick_timestamp_seconds",
+    "When a tick last read the backlogs and the limits (Unix time). Beat sends the tick"
+    " every second; a value that stops moving means no tick runs (beat stopped, or no pool"
+    " process takes it), while the other gauges keep their last values.",
+    multiprocess_mode="mostrecent",
+)
+# The settings the alert rules compare against (deploy/monitoring/alerts.yml records them
+# as leadsync:config:*), exported by the workers so that the thresholds follow what runs.
+FLUSH_INTERVAL = Gauge(
+    "leadsync_flush_interval_seconds",
+    "LEADSYNC_FLUSH_INTERVAL_S: a partial batch is due once its oldest entry waited this long.",
+    multiprocess_mode="mostrecent",
+)
+MEMORY_HIGH_WATER = Gauge(
+    "leadsync_memory_high_water_ratio",
+    "LEADSYNC_MEMORY_HIGH_WATER: upserts are refused from this fraction of Redis's"
+    " maxmemory (0: no memory bound).",
+    multiprocess_mode="mostrecent",
+)
+QUOTA_SHARE = Gauge(
+    "leadsync_quota_share_calls",
+    "leadsync's share of the instance's daily Marketo call quota (LEADSYNC_DAILY_QUOTA).",
+    multiprocess_mode="mostrecent",
+)
 
 # The HTTP API (`leadsync api`): labels are route templates, methods and status codes.
 API_REQUESTS = Counter(
@@ -318,6 +343,7 @@ def observe_limiter(state: LimiterState) -> None:
     CALLS_IN_WINDOW.set(state.calls_in_window)
     SLOTS_IN_USE.set(state.slots_in_use)
     QUOTA_USED.set(state.quota_used_today)
+    QUOTA_SHARE.set(state.quota_limit)
     HOLD.set(1 if state.hold_reason else 0)
     COOLDOWN.set(state.cooldown_remaining_s)
     PACE_WAIT.set(state.pace_wait_s)
@@ -326,6 +352,14 @@ def observe_limiter(state: LimiterState) -> None:
 @never_raises
 def observe_pace(waiting_batches: int) -> None:
     PACE_WAITING_BATCHES.set(waiting_batches)
+
+
+@never_raises
+def observe_tick(flush_interval_s: float, memory_high_water: float) -> None:
+    """A tick read the backlogs and the limits: its time, and the settings it ran with."""
+    FLUSH_INTERVAL.set(flush_interval_s)
+    MEMORY_HIGH_WATER.set(memory_high_water)
+    LAST_TICK.set_to_current_time()
 
 
 # --- process hooks (connected to Celery signals in worker.app) ------------------------
