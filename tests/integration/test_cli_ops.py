@@ -120,6 +120,25 @@ def test_stats_shows_the_backlog_of_each_shard(redis_url: str, tmp_path: Path) -
     assert "2 entries" in result.stdout
     assert "quota used today" in result.stdout
     assert "0 of 5000" in result.stdout, "the default share: half the SOAP default quota"
+    assert "done in 0 s at the rate limit" in result.stdout
+
+
+def test_enqueue_bulk_goes_to_the_bulk_lane_and_stats_shows_each_lane(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = env_for(redis_url)
+    leads = str(write_leads(tmp_path / "l.csv"))
+    invoke(env, "enqueue", leads, "--map", "Email Address=email")  # 2 of its 4 rows are bad
+    bulk = invoke(env, "enqueue", leads, "--map", "Email Address=email", "--bulk")
+    assert "enqueued 2, skipped 2" in bulk.output
+    result = invoke(env, "stats")
+    assert result.exit_code == 0, result.output
+    backlog = next(line for line in result.stdout.splitlines() if "│ backlog" in line)
+    assert "2 entries" in backlog
+    lane = next(line for line in result.stdout.splitlines() if "│ bulk lane" in line)
+    assert "2 entries" in lane
+    assert "calls today 0 of 2000" in lane, "the default bulk budget: a fifth of SOAP's"
+    assert "at the budget's pace" in lane
 
 
 def test_doctor_fails_in_plain_words_when_the_consumer_groups_are_missing(redis_url: str) -> None:

@@ -227,3 +227,12 @@ async def test_an_unreachable_redis_is_named_by_class_never_by_its_url() -> None
         await client.aclose()
     assert result.problem == "Redis unavailable (ConnectionError)"
     assert "s3cret" not in shown(result)
+
+
+def test_the_live_lane_finishes_at_the_rate_limit_or_after_the_quota_reset() -> None:
+    stats = frame().stats  # 326 live entries: 2 full calls
+    assert dataclasses.replace(stats, calls_per_s=2.5).live_finish_in_s == pytest.approx(0.8)
+    spent = state(quota_used_today=4999, quota_limit=5000)  # 1 call left, 2 needed
+    assert dataclasses.replace(stats, limiter=spent).live_finish_in_s is None
+    empty = frame([ShardBacklog(0, 0, None, False)]).stats
+    assert empty.live_finish_in_s == 0.0

@@ -42,7 +42,11 @@ def _limits_table(snap: StatsSnapshot, settings: Settings) -> Table:
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(snap.outcomes_last_minute.items()))
     table = Table(show_header=False, title="pipeline")
     for name, value in (
-        ("backlog", f"{snap.backlog_total} entries, oldest {age(snap.oldest_age_s)}"),
+        (
+            "backlog",
+            f"{snap.backlog_total} entries, oldest {age(snap.oldest_age_s)}; done in "
+            f"{_duration(snap.live_finish_in_s, never='after the quota reset')} at the rate limit",
+        ),
         ("calls in flight", f"{state.slots_in_use} of {settings.max_concurrent_calls}"),
         (
             "calls in window",
@@ -59,16 +63,19 @@ def _limits_table(snap: StatsSnapshot, settings: Settings) -> Table:
             "bulk lane",
             f"{snap.bulk_total} entries, oldest {age(snap.bulk_oldest_age_s)}; calls today "
             f"{state.bulk_used_today} of {state.bulk_limit}; done in "
-            f"{_duration(snap.bulk_finish_in_s)} at the budget's pace",
+            f"{_duration(snap.bulk_finish_in_s, never='never (no bulk budget)')} "
+            "at the budget's pace",
         ),
     ):
         table.add_row(name, value)
     return table
 
 
-def _duration(seconds: float | None) -> str:
+def _duration(seconds: float | None, *, never: str) -> str:
     if seconds is None:
-        return "never (no bulk budget)"
+        return never
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

@@ -85,6 +85,9 @@ class StatsSnapshot:
     #: The bulk streams (numbered ``shards + s``).
     bulk: tuple[ShardBacklog, ...] = ()
     batch_size: int = 300
+    #: Full calls the rate limit lets through per second (LEADSYNC_RATE_LIMIT_CALLS over
+    #: LEADSYNC_RATE_LIMIT_WINDOW_S).
+    calls_per_s: float = 1.0
 
     @property
     def backlog_total(self) -> int:
@@ -103,6 +106,18 @@ class StatsSnapshot:
     def bulk_oldest_age_s(self) -> float | None:
         ages = [b.oldest_age_s for b in self.bulk if b.oldest_age_s is not None]
         return max(ages) if ages else None
+
+    @property
+    def live_finish_in_s(self) -> float | None:
+        """When the live backlog is sent at the live lane's pace (full calls at the rate
+        limit); None when it needs more calls than today's quota share has left (it then
+        waits for the reset)."""
+        if not self.backlog_total:
+            return 0.0
+        calls = math.ceil(self.backlog_total / self.batch_size)
+        if calls > self.limiter.quota_limit - self.limiter.quota_used_today:
+            return None
+        return calls / self.calls_per_s
 
     @property
     def bulk_finish_in_s(self) -> float | None:
@@ -152,4 +167,5 @@ async def snapshot(redis: Redis, settings: Settings, now_s: float | None = None)
         ),
         bulk=tuple(bulk),
         batch_size=settings.batch_size,
+        calls_per_s=settings.rate_limit_calls / settings.rate_limit_window_s,
     )
