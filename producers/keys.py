@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -9,6 +10,12 @@ from typing import ClassVar, Final
 #: format: readers find an outcome by it). 10 s keeps a bucket listpack-encoded up to
 #: ~50 upserts/s per shard and still shares it between a few upserts at 1 per 10 s.
 OUTCOME_BUCKET_MS: Final = 10_000
+#: A stream's attempt counters are spread over this many sub-hashes by entry id
+#: (``Keys.attempts_slot``), so that each stays a listpack hash (~14 B a counter; Redis
+#: turns a hash of more than ``hash-max-listpack-entries`` fields, 512 by default, into a
+#: regular hash at ~90 B a field): 16 keep ~2,000 pending counters per stream under 128
+#: fields each, the lowest that setting is commonly given.
+ATTEMPTS_PARTS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +34,21 @@ class Keys:
         return f"{self.prefix}:{{{shard}}}:lease"
 
     def attempts(self, shard: int) -> str:
+        """The previous version's attempt counters: one hash per stream. Still read and
+        emptied (a counter moves to its sub-hash at its next count, and goes at settle),
+        so an upgrade forgets no attempt."""
         return f"{self.prefix}:{{{shard}}}:attempts"
+
+    def attempts_slot(self, shard: int, entry_id: str) -> tuple[str, str]:
+        """Where the attempt counter of the stream's entry ``entry_id`` is kept: (sub-hash,
+        field). The sub-hash is one of ATTEMPTS_PARTS, by a CRC-32 of the id; the field is
+        the id as one integer, ``ms << 20 | seq``, which a listpack stores in 9 bytes where
+        the id's text takes 15 (the id itself when it does not fit: never the same field)."""
+        ms, _, seq = entry_id.partition("-")
+        part = zlib.crc32(entry_id.encode("ascii")) % ATTEMPTS_PARTS
+        packed = int(ms) << 20 | int(seq or 0)
+        field = str(packed) if int(seq or 0) < 1 << 20 and packed < 1 << 63 else entry_id
+        return f"{self.prefix}:{{{shard}}}:attempts:{part}", field
 
     def outcome(self, shard: int, entry_id: str) -> str:
         """The previous version's outcome: one hash per request. Still read (and removed

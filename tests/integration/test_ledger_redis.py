@@ -185,7 +185,60 @@ async def test_a_refund_never_leaves_a_counter_behind(ledger: Ledger) -> None:
     settlement = Settlement(0)
     settlement.refund([entry, "9-9"])  # 9-9 was never counted
     await ledger.settle(0, token, settlement)
-    assert await ledger.redis.hlen(ledger.keys.attempts(0)) == 0
+    assert await ledger.redis.keys(ledger.keys.attempts(0) + "*") == []
+
+
+async def test_attempt_counters_are_small_listpack_sub_hashes_emptied_at_settle(
+    ledger: Ledger,
+) -> None:
+    """A stream's counters are spread by entry id over sub-hashes that each stay a
+    listpack (~14 B a counter, where one hash of a big claim turned into a regular hash at
+    ~90 B a field), live as long as a dead letter after their last count, and go with
+    their entries."""
+    token = await lease(ledger)
+    entries = [await add(ledger) for _ in range(600)]
+    await ledger.claim(0, token, "c1", count=600, lease_ttl_s=TTL_S)
+    assert await ledger.bump_attempts(0, token, entries) == [1] * 600
+    assert await ledger.bump_attempts(0, token, entries[:2]) == [2, 2]
+    parts = {ledger.keys.attempts_slot(0, e)[0] for e in entries}
+    assert len(parts) == 16
+    for part in parts:
+        assert await ledger.redis.object("encoding", part) == b"listpack"
+        assert 590 <= await ledger.redis.ttl(part) <= 600
+        assert 0 < await ledger.redis.hlen(part) <= 64
+    assert await ledger.attempts(0, [*entries[:3], "9-9"]) == [2, 2, 1, 0]
+    # a field is the id as one integer; an id that does not fit keeps its text
+    assert ledger.keys.attempts_slot(0, "1765137000123-5")[1] == str(1765137000123 << 20 | 5)
+    assert ledger.keys.attempts_slot(0, "1-1048576")[1] == "1-1048576"
+    settlement = Settlement(0)
+    settlement.refund(entries[:1])
+    for entry in entries[1:]:
+        settlement.answer(*answered(entry, OutcomeStatus.CREATED))
+    await ledger.settle(0, token, settlement)
+    assert await ledger.attempts(0, entries[:2]) == [1, 0], "refunded; acknowledged"
+    done = Settlement(0)
+    done.answer(*answered(entries[0], OutcomeStatus.CREATED))
+    await ledger.settle(0, token, done)
+    assert await ledger.redis.keys(ledger.keys.attempts(0) + "*") == []
+
+
+async def test_counters_the_previous_version_kept_move_on_and_are_emptied(
+    ledger: Ledger,
+) -> None:
+    """Upgrade: a counter in the stream's one attempts hash goes on counting in its
+    sub-hash at the entry's next count; settle empties the old hash."""
+    token = await lease(ledger)
+    counted, untouched = await add(ledger), await add(ledger)
+    await ledger.redis.hset(ledger.keys.attempts(0), mapping={counted: 2, untouched: 1})
+    assert await ledger.attempts(0, [counted, untouched]) == [2, 1]
+    assert await ledger.bump_attempts(0, token, [counted]) == [3]
+    assert await ledger.redis.hkeys(ledger.keys.attempts(0)) == [untouched.encode()]
+    assert await ledger.attempts(0, [counted, untouched]) == [3, 1]
+    settlement = Settlement(0)
+    for entry in (counted, untouched):
+        settlement.answer(*answered(entry, OutcomeStatus.CREATED))
+    await ledger.settle(0, token, settlement)
+    assert await ledger.redis.keys(ledger.keys.attempts(0) + "*") == []
 
 
 async def test_a_lost_consumer_group_is_recreated_and_the_backlog_still_drains(

@@ -327,10 +327,16 @@ class Ledger:
         """Count one more call for each entry (before it is sent: a crash counts too)."""
         if not entry_ids:
             return []
-        reply = await self._scripts["bump_attempts"](
-            keys=[self.keys.lease(self.home(shard)), self.keys.attempts(shard)],
-            args=[token, *entry_ids],
-        )
+        keys = [self.keys.lease(self.home(shard)), self.keys.attempts(shard)]
+        places: dict[str, int] = {}
+        args: list[Any] = [token, self.dead_letter_ttl_s]
+        for entry_id in entry_ids:
+            part, field = self.keys.attempts_slot(shard, entry_id)
+            if part not in places:
+                keys.append(part)
+                places[part] = len(keys)  # Lua's KEYS is 1-based
+            args += [places[part], field, entry_id]
+        reply = await self._scripts["bump_attempts"](keys=keys, args=args)
         if int(reply[0]) != 1:
             raise LeaseLost(shard, "attempt count")
         return [int(n) for n in reply[1:]]
@@ -363,9 +369,13 @@ class Ledger:
             bucket, field = self.keys.outcome_slot(stream, entry_id)
             return [index(bucket), field, o.pack(), index(self.keys.outcome(stream, entry_id))]
 
+        def counter(entry_id: str) -> list[object]:
+            part, field = self.keys.attempts_slot(shard, entry_id)
+            return [index(part), field]
+
         plan = {
             "o": [outcome(o) for o in settlement.outcomes],
-            "a": settlement.acks,
+            "a": [[e, *counter(e)] for e in settlement.acks],
             "d": [
                 [
                     entry.entry_id,
@@ -380,7 +390,7 @@ class Ledger:
                 ]
                 for entry, error, code, attempts in settlement.dead
             ],
-            "r": settlement.refunds,
+            "r": [counter(e) for e in settlement.refunds],
             "w": [
                 [index(self.keys.written_fields(home, key_hash)), write_id, list(fields)]
                 for key_hash, write_id, fields in settlement.written
@@ -427,10 +437,16 @@ class Ledger:
         }
 
     async def attempts(self, shard: int, entry_ids: Sequence[str]) -> list[int]:
+        """The calls counted for each entry (0 when none): its sub-hash's counter, or one
+        the previous version kept in the stream's one hash."""
         if not entry_ids:
             return []
-        values = await self.redis.hmget(self.keys.attempts(shard), list(entry_ids))
-        return [int(v or 0) for v in values]
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.hget(*self.keys.attempts_slot(shard, entry_id))
+        pipe.hmget(self.keys.attempts(shard), list(entry_ids))
+        *parts, legacy = await pipe.execute()
+        return [int(p or 0) + int(v or 0) for p, v in zip(parts, legacy, strict=True)]
 
     async def prune_consumers(self, shards: int, idle_s: float) -> int:
         """Delete consumers that hold nothing and were idle ``idle_s``: every worker process

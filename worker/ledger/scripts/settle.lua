@@ -4,17 +4,18 @@
 -- nothing or PENDING: a terminal outcome
 -- (CREATED, UPDATED, FAILED) never changes and a parked one (DEAD_LETTERED) changes
 -- only by a replay.
--- KEYS[1] lease, KEYS[2] stream, KEYS[3] attempts hash, KEYS[4] dead-letter stream,
--- then the outcome buckets, the previous version's outcome keys and the written-fields
--- keys the plan refers to by index.
+-- KEYS[1] lease, KEYS[2] stream, KEYS[3] the previous version's attempts hash (one per
+-- stream), KEYS[4] dead-letter stream, then the outcome buckets, the previous version's
+-- outcome keys, the attempts sub-hashes (Keys.attempts_slot) and the written-fields keys
+-- the plan refers to by index.
 -- ARGV: token, group, result ttl s, dead-letter ttl s, plan (JSON):
 --   o: [[bucket key index, field, packed outcome, previous version's key index], ...]
 --                                                          outcomes to write
---   a: [entry id, ...]                                     entries to acknowledge
+--   a: [[entry id, attempts sub-hash index, field], ...]   entries to acknowledge
 --   d: [[entry id, origin, key hash, payload, error, code, attempts,
 --        written-fields key index, the request's stream number or -1], ...]
 --                                                          entries to park
---   r: [entry id, ...]                                     attempts to give back
+--   r: [[attempts sub-hash index, field], ...]             attempts to give back
 --   w: [[written-fields key index, write id, [field, ...]], ...]  writes Marketo applied
 --   b: [written-fields key index, ...]                     bulk entries settled
 -- A lead with parked writes keeps, in its written-fields hash, each field a later applied
@@ -53,10 +54,12 @@ if plan.d and #plan.d > 0 then
   end
   redis.call('EXPIRE', KEYS[4], dlq_ttl)
 end
-for _, entry_id in ipairs(plan.a or {}) do
-  redis.call('XACK', KEYS[2], group, entry_id)
-  redis.call('XDEL', KEYS[2], entry_id)
-  redis.call('HDEL', KEYS[3], entry_id)
+local legacy_attempts = redis.call('EXISTS', KEYS[3]) == 1
+for _, a in ipairs(plan.a or {}) do
+  redis.call('XACK', KEYS[2], group, a[1])
+  redis.call('XDEL', KEYS[2], a[1])
+  redis.call('HDEL', KEYS[a[2]], a[3])
+  if legacy_attempts then redis.call('HDEL', KEYS[3], a[1]) end
 end
 for _, w in ipairs(plan.w or {}) do
   local key = KEYS[w[1]]
@@ -82,12 +85,15 @@ for _, i in ipairs(plan.b or {}) do
     end
   end
 end
-for _, entry_id in ipairs(plan.r or {}) do
-  local n = tonumber(redis.call('HGET', KEYS[3], entry_id))
+-- (a refund follows its count in the same cycle, which moved a previous version's counter
+-- to its sub-hash: only the sub-hash is looked at)
+for _, r in ipairs(plan.r or {}) do
+  local part, field = KEYS[r[1]], r[2]
+  local n = tonumber(redis.call('HGET', part, field))
   if n and n > 1 then
-    redis.call('HINCRBY', KEYS[3], entry_id, -1)
+    redis.call('HINCRBY', part, field, -1)
   elseif n then
-    redis.call('HDEL', KEYS[3], entry_id)
+    redis.call('HDEL', part, field)
   end
 end
 return written
