@@ -66,6 +66,8 @@ STANDARD_LEAD_FIELDS: frozenset[str] = frozenset(
 )
 
 OversizeMode = Literal["fault", "slow"]
+#: How 20105's text writes each unknown name: as is, or between single or double quotes.
+UnknownFieldQuotes = Literal["none", "single", "double"]
 
 #: Names of the injectable fault kinds; ``fault_<kind>_rate`` is each one's probability.
 FAULT_KINDS: tuple[str, ...] = (
@@ -141,6 +143,16 @@ class SimConfig:
 
     # Leads: known attribute names (anything else faults the call with 20105).
     known_fields: frozenset[str] = STANDARD_LEAD_FIELDS
+    # How 20105's text names the unknown fields: "none" writes Marketo's documented
+    # ``unknown fields for import: Pants, Shoe``; "single" and "double" quote each name
+    # (``'Pants', 'Shoe'``, ``"Pants", "Shoe"``), as the text is seen through other clients
+    # and proxies.
+    unknown_field_quotes: UnknownFieldQuotes = "none"
+    # A simulator rule, not documented Marketo behaviour: with max_value_chars > 0, a SOAP
+    # attribute value longer than it faults the whole call with 20110 (Bad Parameter), naming
+    # neither the field nor the record (a record fault the client can only find by splitting
+    # the batch). 0 (the default) sets no limit. REST calls are not checked.
+    max_value_chars: int = 0
     # An email on one of these domains gets a FAILED syncStatus (per-record failure trigger).
     reject_email_domains: tuple[str, ...] = ("invalid.example",)
     # Elements the WSDL does not declare: "fault" (20012) catches client mistakes;
@@ -227,9 +239,16 @@ class SimConfig:
             raise ValueError("oversize_mode must be 'fault' or 'slow'")
         if self.unknown_elements not in ("fault", "ignore"):
             raise ValueError("unknown_elements must be 'fault' or 'ignore'")
+        if self.unknown_field_quotes not in ("none", "single", "double"):
+            raise ValueError("unknown_field_quotes must be 'none', 'single' or 'double'")
         if self.token_lifetime_s <= 0:
             raise ValueError("token_lifetime_s must be > 0")
-        for name in ("reply_chunk_bytes", "reply_chunk_gap_s", "gateway_apply_delay_s"):
+        for name in (
+            "reply_chunk_bytes",
+            "reply_chunk_gap_s",
+            "gateway_apply_delay_s",
+            "max_value_chars",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         from marketo_sim.fields import check_field_names  # the mapping lives with the fields

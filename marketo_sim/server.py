@@ -244,9 +244,14 @@ class Simulator:
         """Refuse a call Marketo refuses as a whole; return its extra latency (oversize)."""
         unknown = sorted({a.name for r in sync.records for a in r.attributes} - config.known_fields)
         if unknown:
+            raise SimFault(20105, unknown_fields_message(unknown, config.unknown_field_quotes))
+        if config.max_value_chars and any(
+            len(a.value) > config.max_value_chars for r in sync.records for a in r.attributes
+        ):
+            # The simulator's own rule (max_value_chars): the fault names no field or record.
             raise SimFault(
-                20105,
-                f"syncMultipleLeads operation failed: unknown fields for import: {', '.join(unknown)}",
+                20110,
+                f"Bad Parameter: a lead attribute value is longer than {config.max_value_chars} characters",
             )
         if len(sync.records) > config.max_records:
             if config.oversize_mode == "fault":
@@ -350,6 +355,22 @@ INJECTED_SOAP_FAULTS: Final = (
     "rate_20023",
     "concurrency_20024",
 )
+
+
+#: The quote each ``unknown_field_quotes`` setting puts around a name in 20105's text.
+_QUOTES: Final = {"none": "", "single": "'", "double": '"'}
+
+
+def unknown_fields_message(names: list[str], quotes: str = "none") -> str:
+    """20105's text for ``names``: Marketo's ``... unknown fields for import: A, B``, each
+    name between quotes when ``quotes`` is "single" or "double".
+
+    >>> unknown_fields_message(["Pants", "Shoe"], "single")
+    "syncMultipleLeads operation failed: unknown fields for import: 'Pants', 'Shoe'"
+    """
+    quote = _QUOTES[quotes]
+    listed = ", ".join(f"{quote}{name}{quote}" for name in names)
+    return f"syncMultipleLeads operation failed: unknown fields for import: {listed}"
 
 
 def raise_injected_fault(injected: str | None) -> None:
