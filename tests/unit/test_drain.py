@@ -329,6 +329,45 @@ async def test_a_lead_s_good_write_never_fails_with_its_bad_write_merged_beside_
     assert sizes == [1, 1], "one call with the fault, one with the good write alone"
 
 
+def poison_value_marketo(bad: str) -> tuple[list[list[str | None]], MockTransport]:
+    """A Marketo that faults the whole call, naming nothing (20110), while any record
+    carries the value ``bad``; returns (the emails of every call, its transport)."""
+    calls: list[list[str | None]] = []
+
+    def handle(body: bytes, _headers: object) -> HttpReply:
+        records = parse_request_bytes(body).records
+        calls.append([r.email for r in records])
+        if any(a.value == bad for r in records for a in r.attributes):
+            return HttpReply(500, "text/xml", render_fault(SimFault(20110)))
+        return ok([r.email for r in records])
+
+    return calls, MockTransport(handle)
+
+
+@pytest.mark.parametrize("bad_write", [0, 1])
+async def test_a_merged_record_proven_bad_alone_fails_only_the_write_at_fault(
+    redis: Redis, bad_write: int
+) -> None:
+    """Bisection proves a record bad alone, but a record merging two writes of a lead
+    is not one write: the oldest goes alone next, then the other, and only the write
+    carrying the fault fails (both failed before, the good one with its neighbour)."""
+    calls, transport = poison_value_marketo("POISON")
+    drainer = make(redis, Marketo(ok), batch_size=300)
+    drainer.api.transport = transport
+    good = await enqueue(drainer, "good@x.com", Company="Fine")
+    values = ["Acme", "Paris"]
+    values[bad_write] = "POISON"
+    (first,) = await enqueue(drainer, "ann@x.com", Company=values[0])
+    (second,) = await enqueue(drainer, "ann@x.com", City=values[1])
+    for _ in range(3):
+        await drainer.drain(0)
+    expected = ["CREATED", "CREATED"]
+    expected[bad_write] = "FAILED"
+    assert await statuses(drainer, [first, second]) == expected
+    assert await statuses(drainer, good) == ["CREATED"]
+    assert len(calls) <= 6, calls
+
+
 async def test_isolation_past_its_call_budget_leaves_the_unproven_pending_with_their_attempts(
     redis: Redis,
 ) -> None:

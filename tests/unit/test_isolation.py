@@ -83,3 +83,15 @@ def test_of_a_failed_merged_record_only_the_writes_that_set_a_named_field_are_gu
     # every write is guilty.
     assert guilty_entries(merged, frozenset(), writes) == ("1-0", "2-0")
     assert guilty_entries(merged, frozenset({"shoe"}), {}) == ("1-0", "2-0")
+
+
+def test_a_merged_record_faulting_alone_sends_its_oldest_write_alone_next() -> None:
+    older = validate_lead(email="ann@x.com", attributes={"Company": "Acme"})
+    newer = validate_lead(email="ann@x.com", attributes={"City": "Paris"})
+    merged = BatchRecord(key_digest(older.key), newer, ("1-0", "2-0"))
+    split = split_after_fault([merged], frozenset(), writes={"1-0": older, "2-0": newer})
+    assert split.failed == ()
+    ((alone,),) = split.next_calls
+    assert (alone.entry_ids, alone.lead) == (("1-0",), older)
+    # Without the writes, or with one write, a record faulting alone is proven bad.
+    assert split_after_fault([merged], frozenset()).failed == (merged,)

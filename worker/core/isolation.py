@@ -80,11 +80,17 @@ def named_in(text: str, names: Iterable[str]) -> frozenset[str]:
 
 
 def split_after_fault(
-    records: Sequence[BatchRecord], fields: frozenset[str], named_text: str = ""
+    records: Sequence[BatchRecord],
+    fields: frozenset[str],
+    named_text: str = "",
+    writes: Mapping[str, LeadUpsert] | None = None,
 ) -> Split:
     """Decide the next step after ``records`` faulted the call as a whole; ``fields`` are
     the unknown attribute names the fault named (case-folded), if any, and ``named_text``
-    the fault's text that named them."""
+    the fault's text that named them. ``writes`` holds each entry's own write: a record
+    merging several writes of a lead that faults alone is not proven bad as a whole (any
+    one write may carry the fault), so its oldest write goes alone next and the lead's
+    later writes stay pending for later cycles, in write order."""
     names = fields
     bad = carrying(records, names) if names else []
     if not bad and named_text:
@@ -95,6 +101,10 @@ def split_after_fault(
         rest = tuple(r for r in records if id(r) not in failing)
         return Split(tuple(bad), (rest,) if rest else (), names)
     if len(records) == 1:
+        (alone,) = records
+        oldest = alone.entry_ids[0]
+        if len(alone.entry_ids) > 1 and writes and oldest in writes:
+            return Split((), ((BatchRecord(alone.key_hash, writes[oldest], (oldest,)),),))
         return Split(tuple(records), ())
     middle = len(records) // 2
     return Split((), (tuple(records[:middle]), tuple(records[middle:])))

@@ -110,7 +110,7 @@ class Caller:
                     _park_duplicates(batch, records, results, unknown_outcome_reason(exc))
                     raise
                 except BadRequestError as exc:
-                    split = split_after_fault(records, exc.fields, exc.named_text)
+                    split = split_after_fault(records, exc.fields, exc.named_text, writes)
                     results.extend(
                         RecordResult(
                             r,

@@ -128,11 +128,15 @@ def park_exhausted(
     return Batch(batch.dedup, kept)
 
 
-def answer(results: Sequence[RecordResult], owner: Mapping[int, Lane], now_s: float) -> None:
-    """Each record's answer as the outcome of every entry merged into it."""
+def answer(
+    results: Sequence[RecordResult], owner: Mapping[tuple[str, str], Lane], now_s: float
+) -> None:
+    """Each record's answer as the outcome of every entry it answers for; ``owner`` maps
+    each (lead key digest, entry id) of the call to its lane (isolation may answer for a
+    record it built from one of the call's writes)."""
     for result in results:
-        lane = owner[id(result.record)]
         for entry_id in result.entry_ids:
+            lane = owner[(result.record.key_hash, entry_id)]
             settle_entry(
                 lane,
                 entry_id,

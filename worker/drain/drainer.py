@@ -317,7 +317,11 @@ class Drainer:
             return
         riding = [lane for lane, _ in parts]
         batch = Batch(parts[0][1].dedup, tuple(r for _, part in parts for r in part.records))
-        owner = {id(r): lane for lane, part in parts for r in part.records}
+        # Two shards may give one id to two entries; a lead's key lives in one shard, whose
+        # two streams (live and bulk) draw their ids from one sequence.
+        owner = {
+            (r.key_hash, e): lane for lane, part in parts for r in part.records for e in r.entry_ids
+        }
         report.entries += len(batch.entry_ids)
         results: list[RecordResult] = []
         try:
