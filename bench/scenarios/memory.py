@@ -14,9 +14,10 @@ listed with a sample name, so a new key shape shows up instead of vanishing.
 Phases:
 
 1. queue: enqueue N; claim everything with ``Ledger.claim`` (XREADGROUP: PEL records);
-   count one attempt each (``Ledger.bump_attempts``). Then, on a fresh server, one real
-   ``Drainer`` cycle per shard under a limiter cooldown: it claims a batch, counts the
-   attempt, is refused a permit and refunds it, so nothing is sent.
+   count one attempt each (``Ledger.bump_attempts``). The same again into the bulk lane
+   (``upsert_many(..., lane="bulk")``: the entry and its lead's bulk mark). Then, on a
+   fresh server, one real ``Drainer`` cycle per shard under a limiter cooldown: it claims
+   a batch, counts the attempt, is refused a permit and refunds it, so nothing is sent.
 2. retention: drain everything with the stub; after all is committed, used_memory minus
    the baseline, split by key class. Once for N distinct leads and once for N upserts over
    N / ``--repeat`` leads; the two totals also give the per-upsert and the per-lead cost by
@@ -46,7 +47,7 @@ from pydantic import SecretStr
 from bench.harness import machine_line, md_table, write_section
 from marketo_sim.embedded import embedded_redis
 from marketo_sim.soap import SyncStatus, parse_request_bytes, render_success
-from producers.contract import Keys, parse_request_id
+from producers.contract import Keys, Lane, parse_request_id
 from producers.producer import LeadProducer
 from worker.drain import Drainer, DrainReport
 from worker.ledger import Ledger
@@ -64,6 +65,7 @@ KEY_CLASSES: dict[str, str] = {
     "newest": "*:newest*",
     "dlq": "*:dlq*",
     "attempts": "*:attempts*",  # the sub-hashes `attempts:<n>`; before: one `attempts` hash
+    "bulk-mark": "*}:fields:*",  # a lead's written-fields hash (its ~bulk count while bulk waits)
 }
 OTHER = "other"
 #: Classes that hold state per distinct lead (not per upsert).
@@ -101,9 +103,11 @@ def make_leads(count: int, distinct: int, seed: int = 11) -> list[dict[str, Any]
     ]
 
 
-def enqueue(url: str, leads: Sequence[Mapping[str, Any]], prefix: str, shards: int) -> list[str]:
+def enqueue(
+    url: str, leads: Sequence[Mapping[str, Any]], prefix: str, shards: int, lane: Lane = "live"
+) -> list[str]:
     with LeadProducer.from_url(url, key_prefix=prefix, shards=shards) as producer:
-        ids = producer.upsert_many(leads)
+        ids = producer.upsert_many(leads, lane=lane)
     request_ids = [r for r in ids if isinstance(r, str)]
     if len(request_ids) != len(leads):
         raise RuntimeError(f"{len(leads) - len(request_ids)} leads were rejected")
@@ -192,13 +196,13 @@ async def drain_refused(url: str, prefix: str, shards: int) -> list[DrainReport]
         await client.aclose()
 
 
-async def claim_all(url: str, prefix: str, shards: int, count: int) -> int:
-    """XREADGROUP every entry of every shard through the Ledger (nothing is sent)."""
+async def claim_all(url: str, prefix: str, streams: Sequence[int], count: int) -> int:
+    """XREADGROUP every entry of every stream through the Ledger (nothing is sent)."""
     client = redis.asyncio.Redis.from_url(url)
     try:
         ledger = Ledger(client, Keys(prefix), result_ttl_s=60)
         read = 0
-        for shard in range(shards):
+        for shard in streams:
             token = await ledger.acquire_lease(shard, 600)
             assert token is not None
             claimed = await ledger.claim(shard, token, CONSUMER, count=count, lease_ttl_s=600)
@@ -332,9 +336,10 @@ def stored_outcomes(client: redis.Redis) -> int:
     return count
 
 
-def pending_total(client: redis.Redis, prefix: str, shards: int) -> int:
+def pending_total(client: redis.Redis, prefix: str, streams: int | Sequence[int]) -> int:
     keys = Keys(prefix)
-    return sum(int(client.xpending(keys.stream(s), Keys.GROUP)["pending"]) for s in range(shards))
+    numbers = range(streams) if isinstance(streams, int) else streams
+    return sum(int(client.xpending(keys.stream(s), Keys.GROUP)["pending"]) for s in numbers)
 
 
 def backlog_total(client: redis.Redis, prefix: str, shards: int) -> int:
@@ -380,29 +385,37 @@ def per(value: float, count: int) -> float:
     return value / count if count else 0.0
 
 
-def measure_queue(n: int, shards: int, seed: int) -> tuple[dict[str, float], Delta]:
+def measure_queue(
+    n: int, shards: int, seed: int, lane: Lane = "live"
+) -> tuple[dict[str, float], Delta]:
+    """One lane's queued lead: the entry as enqueued (for bulk with its lead's bulk mark),
+    then its PEL record, then its attempt counter."""
     leads = make_leads(n, n, seed)
+    tag = "queue" if lane == "live" else "bulk"
+    streams = list(range(shards)) if lane == "live" else list(range(shards, 2 * shards))
     with private_redis(shards) as server:
-        asyncio.run(ensure_groups(server.url, PREFIX, shards))
+        asyncio.run(ensure_groups(server.url, PREFIX, 2 * shards))
         c0 = census(server.url, server.meter)
-        ids = enqueue(server.url, leads, PREFIX, shards)
+        ids = enqueue(server.url, leads, PREFIX, shards, lane)
         c1 = census(server.url, server.meter)
-        claimed = asyncio.run(claim_all(server.url, PREFIX, shards, n))
-        if claimed != n or pending_total(server.meter, PREFIX, shards) != n:
-            raise RuntimeError(f"claimed {claimed} of {n}")
+        claimed = asyncio.run(claim_all(server.url, PREFIX, streams, n))
+        if claimed != n or pending_total(server.meter, PREFIX, streams) != n:
+            raise RuntimeError(f"{lane}: claimed {claimed} of {n}")
         c2 = census(server.url, server.meter)
         asyncio.run(bump_all(server.url, PREFIX, ids))
         c3 = census(server.url, server.meter)
     entry, pel, attempt, whole = c1.minus(c0), c2.minus(c1), c3.minus(c2), c3.minus(c0)
     return {
-        "queue.entry_used_B": per(entry.used_memory, n),
-        "queue.entry_usage_B": per(entry.usage_of("stream"), n),
-        "queue.pel_used_B": per(pel.used_memory, n),
-        "queue.pel_usage_B": per(pel.usage_of("stream"), n),
-        "queue.attempts_used_B": per(attempt.used_memory, n),
-        "queue.attempts_usage_B": per(attempt.usage_of("attempts"), n),
-        "queue.total_used_B": per(whole.used_memory, n),
-        "queue.total_usage_B": per(whole.usage_of("stream", "attempts"), n),
+        f"{tag}.entry_used_B": per(entry.used_memory, n),
+        f"{tag}.entry_usage_B": per(entry.usage_of("stream", "bulk-mark"), n),
+        f"{tag}.mark_usage_B": per(entry.usage_of("bulk-mark"), n),
+        f"{tag}.mark_keys": entry.keys_of("bulk-mark"),
+        f"{tag}.pel_used_B": per(pel.used_memory, n),
+        f"{tag}.pel_usage_B": per(pel.usage_of("stream"), n),
+        f"{tag}.attempts_used_B": per(attempt.used_memory, n),
+        f"{tag}.attempts_usage_B": per(attempt.usage_of("attempts"), n),
+        f"{tag}.total_used_B": per(whole.used_memory, n),
+        f"{tag}.total_usage_B": per(whole.usage_of("stream", "attempts", "bulk-mark"), n),
     }, whole
 
 
@@ -537,10 +550,11 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     with embedded_redis() as (url, _):
         server = redis_version(url)
     queue, queue_delta = measure_queue(n, shards, args.seed)
+    bulk, bulk_delta = measure_queue(n, shards, args.seed, "bulk")
     cycle, cycle_delta = measure_refused_cycle(n, shards, args.seed)
     unique, unique_delta = measure_retention("distinct", n, n, shards, args.seed)
     repeats, repeats_delta = measure_retention("repeats", n, distinct, shards, args.seed)
-    results: dict[str, float] = {**queue, **cycle, **unique, **repeats}
+    results: dict[str, float] = {**queue, **bulk, **cycle, **unique, **repeats}
     # total = upserts * a + distinct leads * b, from the two retention runs' used_memory
     d1 = unique["distinct.used_B_per_upsert"] * n
     d2 = repeats["repeats.used_B_per_upsert"] * n
@@ -554,6 +568,10 @@ def main(argv: Sequence[str]) -> dict[str, float]:
         ["+ PEL record (XREADGROUP via Ledger.claim)", queue["queue.pel_used_B"], queue["queue.pel_usage_B"]],
         ["+ attempts field (HINCRBY via Ledger.bump_attempts)", queue["queue.attempts_used_B"], queue["queue.attempts_usage_B"]],
         ["= queued, claimed, attempt counted", queue["queue.total_used_B"], queue["queue.total_usage_B"]],
+        [f"bulk lane: stream entry + its lead's bulk mark ({int(bulk['bulk.mark_keys']):,} written-fields hashes, {bulk['bulk.mark_usage_B']:.1f} B each)", bulk["bulk.entry_used_B"], bulk["bulk.entry_usage_B"]],
+        ["bulk lane: + PEL record", bulk["bulk.pel_used_B"], bulk["bulk.pel_usage_B"]],
+        ["bulk lane: + attempts field", bulk["bulk.attempts_used_B"], bulk["bulk.attempts_usage_B"]],
+        ["bulk lane: = queued bulk lead, claimed, attempt counted", bulk["bulk.total_used_B"], bulk["bulk.total_usage_B"]],
         [
             f"Drainer cycle refused by a limiter cooldown: PEL + attempts field left at 0, per "
             f"claimed entry ({int(cycle['cycle.claimed']):,} claimed, "
@@ -598,6 +616,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
         + class_table(
             {
                 "queue (claimed + attempt)": (queue_delta, n),
+                "bulk queue (claimed + attempt)": (bulk_delta, n),
                 "refused Drainer cycle": (cycle_delta, int(cycle["cycle.claimed"])),
                 "retained, distinct": (unique_delta, n),
                 "retained, repeats": (repeats_delta, n),
