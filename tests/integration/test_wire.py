@@ -280,6 +280,49 @@ async def test_a_dedup_false_call_cut_by_the_drain_timeout_is_parked_not_resent(
             await close(drainer)
 
 
+@pytest.mark.parametrize("dedup", [True, False])
+async def test_a_drain_cancelled_with_its_call_on_the_wire_rests_keeps_the_slot_and_parks(
+    redis: Redis, dedup: bool
+) -> None:
+    """A shutdown (the task cancelled) while Marketo works on the call: the call may still
+    be applied, so the shard rests and the slot stays taken, whoever asks next; a
+    dedup=false record is parked, a dedup=true one stays pending."""
+    arrived = asyncio.Event()
+    released = asyncio.Event()
+
+    async def slow_marketo(body: bytes, _headers: object) -> Reply:
+        arrived.set()
+        await released.wait()
+        return soap_ok()(body)
+
+    async with wire_server(handler=slow_marketo) as server:
+        drainer = drainer_on(redis, server, unknown_outcome_rest_s=30.0)
+        other = drainer_on(redis, server)
+        try:
+            entry = await enqueue_once(drainer, "lead@x.com", dedup=dedup)
+            task = asyncio.create_task(drainer.drain(0))
+            await asyncio.wait_for(arrived.wait(), 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            released.set()
+            assert (await drainer.limiter.state()).slots_in_use == 1, "Marketo still counts it"
+            stored_rest = float(await redis.get(drainer.keys.rest(0)) or 0)
+            seconds, micros = await redis.time()
+            assert stored_rest - (seconds + micros / 1e6) > 25, "the shard rests"
+            assert (await other.drain(0)).status == "busy"
+            outcome = await stored(redis, drainer.keys, f"0-{entry}")
+            if dedup:
+                assert outcome is None or outcome.status == "PENDING", "pending, not failed"
+            else:
+                assert outcome is not None
+                assert (outcome.status, outcome.error_code) == ("DEAD_LETTERED", "OUTCOME_UNKNOWN")
+            assert len(server.requests) == 1
+        finally:
+            released.set()
+            await close(drainer, other)
+
+
 async def test_a_full_batch_with_its_reply_in_pieces_costs_one_call(redis: Redis) -> None:
     async with wire_server(soap_ok(pieces=8, gap_s=0.03)) as server:
         drainer = drainer_on(redis, server, batch_size=300)
