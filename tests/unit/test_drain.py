@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
@@ -96,8 +97,11 @@ async def test_bad_credentials_hold_the_pipeline_and_keep_leads_pending(
     assert report.status == "held"
     assert (await drainer.limiter.state()).hold_reason is not None
     assert await statuses(drainer, ids) == [None]
+    refused = REGISTRY.get_sample_value("leadsync_limiter_refusals_total", {"reason": "hold"})
     assert (await drainer.drain(0)).status == "held"
     assert len(marketo.calls) == 1
+    after = REGISTRY.get_sample_value("leadsync_limiter_refusals_total", {"reason": "hold"})
+    assert (after or 0) - (refused or 0) == 1, "the refusal is counted by its reason"
 
 
 async def test_a_poison_record_is_isolated_and_the_rest_are_sent(

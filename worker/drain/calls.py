@@ -292,6 +292,7 @@ class Caller:
                 permit.reason != "rate"
                 or waited_s + permit.retry_after_s > self.settings.spacing_wait_max_s
             ):
+                metrics.record_limiter_refusal(permit.reason)
                 raise LimitReached(permit.reason, permit.retry_after_s)
             waited_s += permit.retry_after_s
             await asyncio.sleep(permit.retry_after_s)

@@ -59,6 +59,13 @@ STALE_TURNS = Counter(
     "Limiter turns given back because the API took long to get ready (REST: a token waited"
     " out); the call went on a fresh turn, and the given-back one is not counted.",
 )
+LIMITER_REFUSALS = Counter(
+    "leadsync_limiter_refusals",
+    "Calls the shared limiter did not allow when a drain asked, by reason (rate: the next"
+    " evenly spaced turn was further off than a drain waits; concurrency, quota, pace,"
+    " bulk_budget, cooldown, hold, failover); the records stayed pending.",
+    ["reason"],
+)
 FENCE_REFUSALS = Counter(
     "leadsync_fence_refusals",
     "Calls not sent because the shard lease, from its last renewal, would not have"
@@ -243,6 +250,11 @@ def record_retry() -> None:
 @never_raises
 def record_stale_turn() -> None:
     STALE_TURNS.inc()
+
+
+@never_raises
+def record_limiter_refusal(reason: str) -> None:
+    LIMITER_REFUSALS.labels(reason=reason).inc()
 
 
 @never_raises
