@@ -3,6 +3,7 @@ checked against what a live worker and a live API export on /metrics."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -241,6 +242,47 @@ def test_kustomize_renders_the_monitoring_overlay_in_the_leadsync_namespace() ->
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
     assert {
         ("PodMonitor", "leadsync-worker"), ("ServiceMonitor", "leadsync-api"),
-        ("PrometheusRule", "leadsync"), ("ConfigMap", "leadsync-dashboard"),
-        ("Deployment", "leadsync-worker"),
+        ("PodMonitor", "redis"), ("PrometheusRule", "leadsync"),
+        ("ConfigMap", "leadsync-dashboard"), ("Deployment", "leadsync-worker"),
     } <= kinds  # fmt: skip
+
+
+def test_ha_with_monitoring_scrapes_an_exporter_beside_every_redis_pod(tmp_path: Path) -> None:
+    """The layout the docs describe: an overlay on overlays/ha adding the monitoring
+    overlay's files. Every Redis pod carries redis_exporter, the merged StatefulSet is a
+    valid Kubernetes object, and the PodMonitor "redis" selects those pods' port."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    monitoring = [
+        os.path.relpath(OVERLAY / name, tmp_path)  # kustomize wants relative paths
+        for name in yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())["resources"]
+        if name.endswith(".yaml")
+    ]
+    combined = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(OVERLAY.parent / "ha", tmp_path), *monitoring],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(combined))
+    rendered = subprocess.run(
+        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+    redis = docs[("StatefulSet", "redis")]
+    kubernetes_validate.validate(redis, KUBERNETES_VERSION, strict=True)
+    pod = redis["spec"]["template"]
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert set(containers) == {"redis", "redis-exporter"}
+    assert containers["redis"]["command"] == ["sh", "/scripts/start-redis.sh"]  # kept whole
+    monitor = docs[("PodMonitor", "redis")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {port["name"] for port in containers["redis-exporter"]["ports"]}
+    assert endpoint["port"] in ports
+    secret = docs[("Secret", "leadsync-secrets")]["stringData"]
+    for item in containers["redis-exporter"]["env"]:
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["key"] in secret, ref["key"]

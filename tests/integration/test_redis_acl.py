@@ -29,6 +29,7 @@ ADMIN = ("leadsync-admin", "change-me-admin")
 API = ("leadsync-api", "change-me-api")
 WORKER = ("leadsync-worker", "change-me-worker")
 KEDA = ("leadsync-keda", "change-me-keda")
+EXPORTER = ("leadsync-exporter", "change-me-exporter")
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +315,39 @@ def test_the_keda_user_counts_entries_and_reads_none(
             keda.get(Keys().rest_token("0123456789abcdef"))
     finally:
         keda.close()
+
+
+def test_the_exporter_user_reads_redis_memory_and_nothing_of_the_data(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """What redis_exporter (the Redis memory alerts' source) runs at each scrape, as its
+    user: INFO gives redis_memory_used_bytes and redis_memory_max_bytes (used_memory,
+    maxmemory); CONFIG GET (passwords) and SLOWLOG GET (commands' arguments: payloads) are
+    refused, which the exporter steps over; no key at all."""
+    admin.config_set("maxmemory", "512mb")
+    exporter = redis.Redis.from_url(server.url_as(*EXPORTER))
+    try:
+        assert exporter.ping()
+        assert exporter.client_setname("redis_exporter")
+        info = exporter.info("all")
+        assert info["used_memory"] > 0
+        assert info["maxmemory"] == 512 * 1024 * 1024
+        exporter.execute_command("LATENCY", "LATEST")
+        exporter.execute_command("LATENCY", "HISTOGRAM")
+        assert exporter.slowlog_len() >= 0
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.config_get("*")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.slowlog_get(1)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.client_list()
+    finally:
+        exporter.close()
+        admin.config_set("maxmemory", "0")
+    for name in every_key_name().values():
+        for command in ("GET", "XLEN", "HGETALL", "TYPE", "SCAN"):
+            args = (command, "0") if command == "SCAN" else (command, name)
+            assert not may(admin, EXPORTER[0], *args), (command, name)
 
 
 # --- leadsync doctor --role ---------------------------------------------------------------

@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
 from tests.support.monitoring import (
@@ -51,6 +52,10 @@ def render_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+def load_yaml_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def overlay_doc(name: str) -> dict[str, Any]:
@@ -90,7 +95,8 @@ def test_the_overlay_builds_on_the_base_and_lists_the_monitoring_objects() -> No
     kinds = {(d["kind"], d["metadata"]["name"]) for d in map(overlay_doc, kustomization["resources"][1:])}  # fmt: skip
     assert kinds == {
         ("PodMonitor", "leadsync-worker"), ("ServiceMonitor", "leadsync-api"),
-        ("PrometheusRule", "leadsync"), ("ConfigMap", "leadsync-dashboard"),
+        ("PodMonitor", "redis"), ("PrometheusRule", "leadsync"),
+        ("ConfigMap", "leadsync-dashboard"),
     }  # fmt: skip
 
 
@@ -128,6 +134,95 @@ def test_the_servicemonitor_scrapes_the_api_service_as_job_leadsync_api() -> Non
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     assert job_relabeling(endpoint) == "leadsync-api"
+
+
+HA = ROOT / "deploy" / "k8s" / "overlays" / "ha"
+
+
+def exporter_patch() -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(HA / "redis-exporter-patch.yaml")
+    return doc
+
+
+def exporter_container() -> dict[str, Any]:
+    (container,) = exporter_patch()["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "redis-exporter"
+    return container
+
+
+def test_the_ha_overlay_runs_redis_exporter_beside_each_redis_pod() -> None:
+    """The Redis memory alerts' figures in Kubernetes: a sidecar of the HA overlay's Redis
+    StatefulSet, reading its own pod's Redis, hardened like the Redis container, with its
+    login from the overlay's Secret (never on a command line)."""
+    kustomization = load_yaml(HA / "kustomization.yaml")
+    assert {"path": "redis-exporter-patch.yaml"} in kustomization["patches"]
+    patch = exporter_patch()
+    redis = next(
+        doc
+        for doc in load_yaml_all(HA / "redis-ha.yaml")
+        if doc["kind"] == "StatefulSet" and doc["metadata"]["name"] == "redis"
+    )
+    assert (patch["kind"], patch["metadata"]["name"]) == ("StatefulSet", "redis")
+    assert patch["spec"]["selector"] == redis["spec"]["selector"]
+    assert patch["spec"]["serviceName"] == redis["spec"]["serviceName"]
+    template = patch["spec"]["template"]
+    assert template["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "redis"
+    container = exporter_container()
+    assert container["image"] == compose()["services"]["redis-exporter"]["image"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["REDIS_ADDR"]["value"] == "redis://127.0.0.1:6379"
+    secret = next(
+        doc
+        for doc in load_yaml_all(HA / "secret-patch.yaml")
+        if doc["metadata"]["name"] == "leadsync-secrets"
+    )
+    for name in ("REDIS_USER", "REDIS_PASSWORD"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "leadsync-secrets"
+        assert ref["key"] in secret["stringData"], ref["key"]
+    assert "command" not in container
+    assert "args" not in container
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": 9121}
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9121"
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_the_redis_podmonitor_scrapes_the_exporter_as_the_job_the_rules_read() -> None:
+    monitor = overlay_doc("redis-podmonitor.yaml")
+    assert set(monitor["spec"]) <= {"selector", "podMetricsEndpoints", "jobLabel", "namespaceSelector"}  # fmt: skip
+    template = exporter_patch()["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()  # fmt: skip
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {port["name"] for port in exporter_container()["ports"]}
+    assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
+    assert job_relabeling(endpoint) == "redis"
+    # Every job a rule names is a job some monitor of the overlay sets.
+    jobs = {
+        job_relabeling(endpoint)
+        for name, key in (
+            ("podmonitor.yaml", "podMetricsEndpoints"),
+            ("redis-podmonitor.yaml", "podMetricsEndpoints"),
+            ("servicemonitor.yaml", "endpoints"),
+        )
+        for endpoint in overlay_doc(name)["spec"][key]
+    }
+    assert set(re.findall(r'job="([^"]+)"', ALERTS.read_text())) <= jobs
+
+
+def test_the_redis_memory_alerts_read_only_the_redis_job() -> None:
+    for alert in alerts():
+        expr = alert["expr"]
+        for name in ("redis_memory_used_bytes", "redis_memory_max_bytes"):
+            for found in re.finditer(rf"\b{name}\b(\{{[^}}]*\}})?", expr):
+                assert found.group(1) == '{job="redis"}', (alert["alert"], found.group())
 
 
 # --- the rules ---------------------------------------------------------------------------
