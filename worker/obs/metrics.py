@@ -66,6 +66,18 @@ LIMITER_REFUSALS = Counter(
     " bulk_budget, cooldown, hold, failover); the records stayed pending.",
     ["reason"],
 )
+# Every reason from the start (0), so a rate over them exists before the first refusal.
+for _reason in (
+    "rate",
+    "concurrency",
+    "quota",
+    "pace",
+    "bulk_budget",
+    "cooldown",
+    "hold",
+    "failover",
+):
+    LIMITER_REFUSALS.labels(reason=_reason)
 FENCE_REFUSALS = Counter(
     "leadsync_fence_refusals",
     "Calls not sent because the shard lease, from its last renewal, would not have"
