@@ -2,8 +2,10 @@
 504 while Marketo may still apply the call, a connection dropped after the request, a
 reply cut short, and a worker paused between its lease renewal and the send.
 
-Each test here failed on the code before the fix it covers (issue 17; review F1, F2, F3,
-F13, F14, F15, F18)."""
+Issue 17 (review F1, F2, F3, F13, F14, F15, F18). Of the twelve tests first written here
+(96097bd), eleven failed on the code before the fix (96097bd^); the reply over the size cap
+passed, since the old single read already refused a body past its cap. The tests added
+since (the drain timeout and the cancellation of a call on the wire) failed before f1278c6."""
 
 from __future__ import annotations
 
