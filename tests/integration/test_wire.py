@@ -4,8 +4,9 @@ reply cut short, and a worker paused between its lease renewal and the send.
 
 Issue 17 (review F1, F2, F3, F13, F14, F15, F18). Of the twelve tests first written here
 (96097bd), eleven failed on the code before the fix (96097bd^); the reply over the size cap
-passed, since the old single read already refused a body past its cap. The tests added
-since (the drain timeout and the cancellation of a call on the wire) failed before f1278c6."""
+passed, since the old single read already refused a body past its cap. Of the tests added
+since, the dedup=false ones (a call cut on the wire by the drain's timeout or a
+cancellation) failed before f1278c6."""
 
 from __future__ import annotations
 
