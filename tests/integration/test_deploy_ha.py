@@ -2,7 +2,9 @@
 `kubectl kustomize` renders it, and its Redis and Sentinel start scripts and configs run
 (with stand-ins for the DNS names a cluster would give): the config each script writes is
 the one redis-server and `redis-server --sentinel` accept, and leadsync connects through
-that sentinel with the overlay's URL form."""
+that sentinel with the overlay's URL form. Compose's "ha" profile likewise: its Redis and
+Sentinel start scripts run (Docker is not needed), and redis-server takes the arguments
+they give."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import yaml
 from producers.connect import redis_client
 from tests.integration.test_deploy_manifests import K8S, by_kind, kustomize
 from tests.support.redis_server import free_port
+from tests.unit.test_deploy import COMPOSE, ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -237,3 +240,108 @@ def test_the_overlay_configs_run_and_leadsync_connects_through_the_sentinel(
         client.close()
         master.close()
         sentinel.close()
+
+
+# --- compose's "ha" profile: its start scripts, run -----------------------------------------
+
+
+def compose_script(name: str) -> str:
+    """The ``sh -c`` script of a compose service, as its shell sees it ($$ is compose's
+    escape for $)."""
+    command = yaml.safe_load(COMPOSE.read_text())["services"][name]["command"]
+    assert command[:2] == ["sh", "-c"]
+    text: str = command[2]
+    return text.replace("$$", "$")
+
+
+def run_compose_start(
+    name: str, tmp_path: Path, master_from_sentinels: str | None = None
+) -> tuple[list[str], list[str], str]:
+    """Run service ``name``'s start script as its container would (its hostname is its
+    name) with stand-ins for redis-cli (every host answers ``master_from_sentinels``, or
+    none answers) and redis-server: the arguments redis-server got, the hosts asked, and
+    the sentinel config written (empty for a Redis server)."""
+    bin_dir = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"bin-{name}-"))
+    run_dir = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"run-{name}-"))
+    answer = f"echo {master_from_sentinels}" if master_from_sentinels else "exit 1"
+    # redis-cli --raw -h HOST ...: note the host, then answer.
+    stub(bin_dir, "redis-cli", f'echo "$3" >> {run_dir}/asked\n{answer}\n')
+    stub(bin_dir, "redis-server", f'for a in "$@"; do echo "$a"; done > {run_dir}/args\n')
+    stub(bin_dir, "hostname", f"echo {name}\n")
+    script = run_dir / "start.sh"
+    script.write_text(compose_script(name).replace("/tmp/sentinel.conf", f"{run_dir}/s.conf"))
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["sh", str(script)], env=env, check=True, timeout=30)
+    asked = run_dir / "asked"
+    conf = run_dir / "s.conf"
+    return (
+        (run_dir / "args").read_text().split("\n")[:-1],
+        asked.read_text().split() if asked.exists() else [],
+        conf.read_text() if conf.exists() else "",
+    )
+
+
+CONF = "/usr/local/etc/redis/redis.conf"
+ROOT_CONF = str(ROOT / "deploy" / "redis.conf")
+
+
+def test_compose_redis_servers_start_as_master_or_replica_of_whom_the_sentinels_name(
+    tmp_path: Path,
+) -> None:
+    # First start: no sentinel answers; redis-master is the master, the others replicate it.
+    args, asked, _ = run_compose_start("redis-master", tmp_path)
+    assert asked == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert args == [CONF, "--replica-announce-ip", "redis-master"]
+    for replica in ("redis-replica", "redis-replica-2"):
+        args, _, _ = run_compose_start(replica, tmp_path)
+        assert args == [CONF, "--replica-announce-ip", replica, "--replicaof", "redis-master", "6379"]  # fmt: skip
+    # After a failover to redis-replica, a killed redis-master that starts again
+    # replicates it (it never comes back as a second master), and so does redis-replica-2.
+    for name in ("redis-master", "redis-replica-2"):
+        args, asked, _ = run_compose_start(name, tmp_path, "redis-replica")
+        assert asked == ["sentinel-1"]
+        assert args == [CONF, "--replica-announce-ip", name, "--replicaof", "redis-replica", "6379"]  # fmt: skip
+    # The server the sentinels name starts as the master.
+    args, _, _ = run_compose_start("redis-replica", tmp_path, "redis-replica")
+    assert args == [CONF, "--replica-announce-ip", "redis-replica"]
+
+
+def test_a_compose_sentinel_monitors_the_master_its_peers_name(tmp_path: Path) -> None:
+    args, asked, fresh = run_compose_start("sentinel-2", tmp_path)
+    assert asked == ["sentinel-1", "sentinel-3"], "a sentinel does not ask itself"
+    assert "sentinel monitor leadsync redis-master 6379 2" in fresh
+    assert "sentinel announce-ip sentinel-2" in fresh
+    assert args[-1] == "--sentinel"
+    _, _, later = run_compose_start("sentinel-1", tmp_path, "redis-replica")
+    assert "sentinel monitor leadsync redis-replica 6379 2" in later
+    assert "sentinel announce-ip sentinel-1" in later
+
+
+def test_the_compose_start_arguments_run_a_master_and_its_replica(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """redis-server takes deploy/redis.conf with the arguments the start script gives
+    (names and ports mapped to this machine), and the replica follows the master."""
+    ports = {"redis-master": free_port(), "redis-replica": free_port()}
+    clients = {}
+    for name, master in (("redis-master", None), ("redis-replica", "redis-master")):
+        args, _, _ = run_compose_start(name, tmp_path, master)
+        args = [ROOT_CONF if a == CONF else a for a in args]
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            args[at + 1 : at + 3] = ["127.0.0.1", str(ports[master or ""])]
+        folder = tmp_path / f"data-{name}"
+        folder.mkdir()
+        at_home = ["--port", str(ports[name]), "--bind", "127.0.0.1", "--dir", str(folder)]
+        processes.append(spawn([*args, *at_home], folder))
+        clients[name] = redis.Redis(port=ports[name], decode_responses=True)
+    try:
+        poll(lambda: clients["redis-master"].info("replication")["connected_slaves"] == 1)
+        assert clients["redis-replica"].config_get("replica-announce-ip") == {
+            "replica-announce-ip": "redis-replica"
+        }
+        clients["redis-master"].set("leadsync:probe", "1")
+        assert poll(lambda: clients["redis-replica"].get("leadsync:probe")) == "1"
+    finally:
+        for client in clients.values():
+            client.close()

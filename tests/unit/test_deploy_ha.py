@@ -18,7 +18,6 @@ from producers.contract import Keys
 from tests.unit.test_deploy import (
     K8S,
     REDIS_CONF,
-    command_of,
     compose,
     configmap_data,
     find,
@@ -29,7 +28,8 @@ from tests.unit.test_deploy import (
 from worker.settings import Settings
 
 HA = K8S / "overlays" / "ha"
-HA_SERVICES = {"redis-master", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+HA_SERVICES = {"redis-master", "redis-replica", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}  # fmt: skip
+REDIS_HA = ("redis-master", "redis-replica", "redis-replica-2")
 LEADSYNC_HA_SERVICES = {"worker-ha": "worker", "beat-ha": "beat", "api-ha": "api", "producer-ha": "producer"}  # fmt: skip
 
 
@@ -192,7 +192,15 @@ def test_keda_reads_every_shard_through_the_sentinels() -> None:
 # --- compose: the "ha" profile -------------------------------------------------------------
 
 
-def test_compose_ha_profile_runs_a_master_a_replica_and_three_sentinels() -> None:
+def start_script(name: str) -> str:
+    """The ``sh -c`` script a compose service starts with."""
+    command = service(name)["command"]
+    assert command[:2] == ["sh", "-c"]
+    text: str = command[2]
+    return text
+
+
+def test_compose_ha_profile_runs_a_master_two_replicas_and_three_sentinels() -> None:
     services = compose()["services"]
     assert HA_SERVICES | set(LEADSYNC_HA_SERVICES) <= set(services)
     for name in HA_SERVICES | set(LEADSYNC_HA_SERVICES):
@@ -202,28 +210,41 @@ def test_compose_ha_profile_runs_a_master_a_replica_and_three_sentinels() -> Non
     # `docker compose up` without a profile is unchanged.
     for name in ("redis", "worker", "beat", "api", "producer", "flower", "simulator"):
         assert "profiles" not in services[name], name
-    replica = command_of(service("redis-replica")["command"])
-    assert replica[replica.index("--replicaof") + 1 :] == ["redis-master", "6379"]
-    for name in ("redis-master", "redis-replica"):
-        command = command_of(service(name)["command"])
-        assert command[command.index("--replica-announce-ip") + 1] == name
 
 
-def sentinel_config(name: str) -> str:
-    command = service(name)["command"]
-    assert command[:2] == ["sh", "-c"]
-    text: str = command[2]
-    return text
+def test_compose_redis_servers_start_as_the_sentinels_say_and_announce_their_names() -> None:
+    # One start for all three (tests/integration/test_deploy_ha.py runs it): ask the
+    # sentinels for the master, replicate it unless it is this server, and only when
+    # none answers take redis-master as the master. None names a master of its own.
+    text = start_script("redis-master")
+    for name in REDIS_HA:
+        assert service(name)["command"] == service("redis-master")["command"], name
+        assert service(name)["hostname"] == name
+        assert (
+            service(name)["volumes"][0] == "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro"
+        )
+    for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        assert sentinel in text
+    assert "sentinel get-master-addr-by-name leadsync" in text
+    assert "MASTER=redis-master" in text
+    assert '--replica-announce-ip "$$SELF"' in text  # $$: compose leaves $ to the shell
+    assert 'exec redis-server "$$@"' in text
+    # The replicas wait for the first master to be up: at the first start they follow it.
+    for name in REDIS_HA[1:]:
+        assert service(name)["depends_on"] == {"redis-master": {"condition": "service_healthy"}}
 
 
 def test_compose_sentinels_share_one_config_and_announce_their_own_names() -> None:
-    text = sentinel_config("sentinel-1")
+    text = start_script("sentinel-1")
     for name in ("sentinel-2", "sentinel-3"):
-        assert sentinel_config(name) == text
+        assert start_script(name) == text
         assert service(name)["hostname"] == name
     assert service("sentinel-1")["hostname"] == "sentinel-1"
-    assert "sentinel announce-ip $$(hostname)" in text  # $$: compose leaves $ to the shell
-    assert "sentinel monitor leadsync redis-master 6379 2" in text
+    assert "SELF=$$(hostname)" in text  # $$: compose leaves $ to the shell
+    assert "sentinel announce-ip $$SELF" in text
+    # The master the other sentinels name, redis-master when none answers.
+    assert "sentinel monitor leadsync $$MASTER 6379 2" in text
+    assert "MASTER=redis-master" in text
     assert "exec redis-server /tmp/sentinel.conf --sentinel" in text
 
 
@@ -234,7 +255,7 @@ def test_compose_leadsync_ha_services_are_the_usual_ones_on_the_sentinel_url() -
         url = ha["environment"]["LEADSYNC_REDIS_URL"]
         parsed = parse_sentinel_url(url)
         assert list(parsed.sentinels) == [(f"sentinel-{i}", 26379) for i in (1, 2, 3)]
-        master, _ = sentinel_monitor(sentinel_config("sentinel-1"))
+        master, _ = sentinel_monitor(start_script("sentinel-1"))
         assert parsed.master == master
     assert service("worker-ha")["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
     assert service("worker-ha")["healthcheck"] == service("worker")["healthcheck"]
