@@ -4,16 +4,9 @@
 -- Redis's clock, never below the last id given (a failover to a replica whose clock is
 -- behind keeps the order). An XADD refused because the stream already holds a later id
 -- (entries written before the sequence existed) takes '*' instead.
--- The clock is read once per step: a batch's entries share its millisecond and take
--- consecutive sequence numbers, which Redis keeps far more compactly than one entry per
--- millisecond (a pending-list record ~85 B instead of up to ~150 B, bench "memory").
-local step_ms = nil
 local function xadd_next(stream, seq_key, ...)
-  if not step_ms then
-    local now = redis.call('TIME')
-    step_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  end
-  local ms = step_ms
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local id = string.format('%.0f-0', ms)
   local last = redis.call('GET', seq_key)
   if last then
