@@ -114,6 +114,9 @@ class FailoverReport:
     lost: int = 0
     #: Keys whose newest acknowledged value was among them (Marketo holds an older one).
     lost_newest: int = 0
+    #: Keys acknowledged both before the fault and after it (where a rolled-back lease,
+    #: rest or ledger could let an old value overwrite a newer one).
+    keys_across_fault: int = 0
 
     @property
     def case(self) -> str:
@@ -126,7 +129,8 @@ class FailoverReport:
             f"intake_resumed_s={self.intake_resumed_s} "
             f"delivery_resumed_s={self.delivery_resumed_s} refusals={self.refusals} "
             f"calls={self.summary['calls']} window_before={self.window_before} "
-            f"window_after={self.window_after} worker_restarts={self.worker_restarts} "
+            f"window_after={self.window_after} keys_across_fault={self.keys_across_fault} "
+            f"worker_restarts={self.worker_restarts} "
             f"problems={self.problems()}"
         )
 
@@ -512,6 +516,10 @@ def _write_through(
         print("fault_at", fault_at)
         for c in pipeline.sim.admin.calls():
             print("CALL", c.get("start"), c.get("outcome"), len(c.get("keys", [])))
+    sides: dict[str, set[bool]] = {}
+    for writer in writers.values():  # each write's ack time, in the same order
+        for write, at in zip(writer.log.writes, writer.acked_at, strict=True):
+            sides.setdefault(write.key, set()).add(at > fault_at)
     starts = [c["start"] for c in pipeline.sim.admin.calls()]
     calls_after = [t for t in starts if t > fault_at]
     return FailoverReport(
@@ -529,4 +537,5 @@ def _write_through(
         window_after=max_in_window(calls_after, RATE_WINDOW_S),
         lost=len(lost),
         lost_newest=lost_newest,
+        keys_across_fault=sum(len(both) == 2 for both in sides.values()),
     )
