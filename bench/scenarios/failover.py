@@ -1,20 +1,23 @@
 """``failover``: the whole pipeline through a Redis master failure, and what WAIT costs.
 
-(a) Per fault (``kill``: SIGKILL the master, its pod restarts it 1 s later; ``freeze``:
-SIGSTOP past the sentinels' timeout, then SIGCONT, a stale master),
-``tests.support.failover_run.run_failover`` for longer than the test: master, two replicas
-and three sentinels, a real Celery worker with beat, ``leadsync api`` and the simulator,
-and two writers (a producer with LEADSYNC_ENQUEUE_REPLICAS=1 and the HTTP API) retrying
-each write until acknowledged. Reported: upserts acknowledged vs terminal and in Marketo
-(missing, stale), keys in two calls at once, calls per rate window vs the limit and limit
-faults, seconds to resume intake (per writer) and delivery, refusals the writers saw.
+(a) Per fault (``kill``: SIGKILL the master, its pod restarts it 1 s later as a replica of
+the master the sentinels name; ``freeze``: SIGSTOP past the sentinels' timeout, then
+SIGCONT, a stale master) and per LEADSYNC_ENQUEUE_REPLICAS (1, and 0: the default, where
+an acknowledged upsert may be lost), ``tests.support.failover_run.run_failover`` for
+longer than the test: master, two replicas and three sentinels, a real Celery worker with
+beat, ``leadsync api`` and the simulator, and two writers (a producer and the HTTP API)
+retrying each write until acknowledged, faster than Marketo's scaled-down window carries.
+Reported: upserts acknowledged vs terminal and in Marketo (missing, stale), acknowledged
+upserts lost, keys in two calls at once, calls per rate window before and after the fault
+vs the limit, limit faults, seconds to resume intake (per writer) and delivery, refusals
+the writers saw, worker restarts.
 
 (b) Enqueue cost with WAIT against without it on the same master + one replica:
 sequential ``LeadProducer.upsert`` with replicas=0 and replicas=1 (in blocks and
 interleaved call by call), and ``upsert_many`` of 1000 records per round trip.
 
-    python -m bench.run failover [--faults kill,freeze] [--before-s 10] [--after-s 30]
-        [--settle-s 60] [--upserts 3000] [--rounds 100] [--no-write]
+    python -m bench.run failover [--faults kill,freeze] [--replicas 1,0] [--before-s 10]
+        [--after-s 30] [--settle-s 60] [--upserts 3000] [--rounds 100] [--no-write]
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ from bench.systems import make_leads
 from producers import LeadProducer
 from producers.connect import redis_client
 from tests.support.failover_run import (
+    BATCH_SIZE,
+    CARRIED_PER_S,
+    PAUSE_S,
+    PEOPLE,
     RATE_CALLS,
     RATE_WINDOW_S,
+    SATURATED_CALLS,
     SHARDS,
     FailoverReport,
     run_failover,
@@ -73,12 +81,25 @@ def failover_rows(reports: Sequence[FailoverReport]) -> list[list[object]]:
     def ack_ms(name: str) -> Callable[[FailoverReport], str]:
         def cell(r: FailoverReport) -> str:
             ms = r.enqueue_ms[name]
-            return f"{quantile(ms, 0.5):.1f} / {quantile(ms, 0.99):.1f} / {max(ms, default=0):,.0f}"
+            return f"{quantile(ms, 0.5):.1f} / {quantile(ms, 0.99):.1f} / {max(ms, default=0):,.1f}"
 
         return cell
 
     return [
         row("upserts acknowledged", acked),
+        row(
+            "keys acknowledged both before the fault and after it",
+            lambda r: f"{r.keys_across_fault} of {2 * PEOPLE}",
+        ),
+        row(
+            "**acknowledged, then lost with the old master** (target 0 with replicas=1; "
+            "replicas=0 allows it, and the rows below cover the rest)",
+            lambda r: f"**{r.lost:,}**",
+        ),
+        row(
+            "keys whose newest acknowledged value was lost (Marketo keeps an older one)",
+            lambda r: f"{r.lost_newest:,}",
+        ),
         row(
             "**acknowledged without a terminal outcome** (target 0)",
             lambda r: f"**{len(r.verdict.without_final_outcome)}**",
@@ -112,15 +133,20 @@ def failover_rows(reports: Sequence[FailoverReport]) -> list[list[object]]:
             f"**most calls in one {RATE_WINDOW_S:g} s window** (limit {RATE_CALLS})",
             lambda r: f"**{r.summary['max_calls_in_window']}**",
         ),
+        row(
+            f"most calls in one window before the fault / from it on (full: "
+            f"{SATURATED_CALLS}-{RATE_CALLS})",
+            lambda r: f"{r.window_before} / {r.window_after}",
+        ),
         row("limit faults (606/607/615/20023/20024; target none)", limits),
         row(
-            "calls (simulator) / faults by code",
-            lambda r: f"{r.summary['calls']:,} / {counts(r.summary['faults_by_code'])}",
+            "calls (simulator), leads per call / faults by code",
+            lambda r: (
+                f"{r.summary['calls']:,}, {r.summary['leads_per_call']['mean']:.1f} / "
+                f"{counts(r.summary['faults_by_code'])}"
+            ),
         ),
-        row(
-            "**intake resumed**: producer (WAIT 1 replica)",
-            lambda r: seconds(r.intake_resumed_s["producer"]),
-        ),
+        row("**intake resumed**: producer", lambda r: seconds(r.intake_resumed_s["producer"])),
         row("**intake resumed**: HTTP API", lambda r: seconds(r.intake_resumed_s["api"])),
         row(
             "**delivery resumed** (first Marketo call after the fault)",
@@ -130,6 +156,10 @@ def failover_rows(reports: Sequence[FailoverReport]) -> list[list[object]]:
         row("refusals seen by the API client (retried)", lambda r: counts(r.refusals["api"])),
         row("producer ack ms p50 / p99 / max", ack_ms("producer")),
         row("API ack ms p50 / p99 / max", ack_ms("api")),
+        row(
+            "**worker restarts** (an exited worker started again; target 0)",
+            lambda r: f"**{r.worker_restarts}**",
+        ),
         row("problems() (the test's verdict)", lambda r: "; ".join(r.problems()) or "none"),
     ]
 
@@ -217,6 +247,9 @@ def wait_costs(upserts: int, rounds: int) -> tuple[str, list[Cost]]:
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run failover")
     parser.add_argument("--faults", default="kill,freeze")
+    parser.add_argument(
+        "--replicas", default="1,0", help="LEADSYNC_ENQUEUE_REPLICAS values, each with every fault"
+    )
     parser.add_argument("--before-s", type=float, default=10.0)
     parser.add_argument("--after-s", type=float, default=30.0)
     parser.add_argument("--settle-s", type=float, default=60.0)
@@ -228,16 +261,22 @@ def main(argv: Sequence[str]) -> None:
     for fault in faults:
         if fault not in ("kill", "freeze"):
             parser.error(f"unknown fault {fault!r}")
+    replicas = [int(n) for n in args.replicas.split(",") if n]
 
     started = time.monotonic()
     reports: list[FailoverReport] = []
-    for fault in faults:
-        t0 = time.monotonic()
-        report = run_failover(
-            fault, before_s=args.before_s, after_s=args.after_s, settle_s=args.settle_s
-        )
-        print(f"{fault}: {time.monotonic() - t0:.0f} s, problems {report.problems()}", flush=True)
-        reports.append(report)
+    for wanted in replicas:
+        for fault in faults:
+            t0 = time.monotonic()
+            report = run_failover(
+                fault,
+                before_s=args.before_s,
+                after_s=args.after_s,
+                settle_s=args.settle_s,
+                replicas=wanted,
+            )
+            print(f"{report.case}: {time.monotonic() - t0:.0f} s, {report.brief()}", flush=True)
+            reports.append(report)
     machine, costs = wait_costs(args.upserts, args.rounds)
     elapsed = time.monotonic() - started
 
@@ -250,19 +289,26 @@ def main(argv: Sequence[str]) -> None:
         ),
     ]
     body = (
-        "(a) Per fault, `tests.support.failover_run.run_failover(fault, "
-        f"before_s={args.before_s:g}, after_s={args.after_s:g}, settle_s={args.settle_s:g})`: "
-        "master, two replicas and three sentinels (down-after 1 s, failover-timeout 3 s), "
-        f"a Celery worker (2 processes) with beat, `leadsync api` and the simulator; {SHARDS} "
-        f"shards, Marketo's window scaled to {RATE_CALLS} calls / {RATE_WINDOW_S:g} s "
-        "(simulator and leadsync), LEADSYNC_REPLICA_WAIT_S=0.5. Two writers over 30 people "
-        "each: a producer with LEADSYNC_ENQUEUE_REPLICAS=1 and the HTTP API (the same "
-        "setting), each retrying a write until acknowledged. `kill`: SIGKILL the master, "
-        "restarted 1 s after the fault (empty, made a replica by the sentinels); `freeze`: "
-        "SIGSTOP until the sentinels name a new master, 1 s more, SIGCONT (a stale master, "
-        "demoted). Seconds are from the fault; intake resumed = the first write acknowledged "
-        "more than 0.2 s after it.\n\n"
-        + md_table(["measure", *(r.fault for r in reports)], failover_rows(reports))
+        "(a) Per case, `tests.support.failover_run.run_failover(fault, "
+        f"before_s={args.before_s:g}, after_s={args.after_s:g}, settle_s={args.settle_s:g}, "
+        "replicas=...)`: master, two replicas and three sentinels (down-after 1 s, "
+        "failover-timeout 3 s), a Celery worker (2 processes) with beat, `leadsync api` and "
+        f"the simulator; {SHARDS} shards, Marketo's window scaled to {RATE_CALLS} calls / "
+        f"{RATE_WINDOW_S:g} s (simulator and leadsync), batches of {BATCH_SIZE} leads, "
+        "LEADSYNC_FLUSH_INTERVAL_S=1, LEADSYNC_REPLICA_WAIT_S=0.5. Once the worker has "
+        f"delivered a probe, two writers over {PEOPLE} people each, a producer and the HTTP "
+        "API (LEADSYNC_ENQUEUE_REPLICAS as the case says, for them and the worker), each "
+        f"retrying a write until acknowledged and pausing {PAUSE_S:g} s after each: more "
+        f"upserts a second than the {CARRIED_PER_S:.1f} leads the limiter lets through, so "
+        "the calls fill the window before the fault and the backlog fills it after. `kill`: SIGKILL the master, restarted 1 s after "
+        "the fault as a replica of the master the sentinels name (as the HA overlay's "
+        "start-redis.sh does); `freeze`: SIGSTOP until the sentinels name a new master, "
+        "1 s more, SIGCONT (a stale master, demoted). Seconds are from the fault; intake "
+        "resumed = the first write acknowledged more than 0.2 s after it. Lost = "
+        "acknowledged, and unknown to leadsync for a second once nothing is pending; with "
+        "replicas=0 the other rows cover the writes that were not lost (a key holding a "
+        "lost write newer than its last kept one is not stale).\n\n"
+        + md_table(["measure", *(r.case for r in reports)], failover_rows(reports))
         + "\n\n(b) Enqueue cost with WAIT against without it: master + one replica on this "
         f"machine (nothing fails), {SHARDS} shards, `replica_wait_s=1.0`; {args.upserts:,} "
         "sequential `LeadProducer.upsert` per row (distinct people), first as two blocks, "
