@@ -4,7 +4,8 @@ Two parts, each against the same workload (N upserts over P people, write ``n`` 
 ``p`` sets ``Company`` to ``"person<p> write <n>"`` and ``Title`` to ``"write <n>"``), written
 through the real ``LeadProducer`` in waves while real Celery worker groups drain against
 the simulator process (as ``lww``). Every run has its own private ``redis-server`` and
-simulator, and the same leadsync settings; the runs differ only in the simulator:
+simulator, and the same leadsync settings (but the ``defaults`` run); the runs differ in
+the simulator:
 
 * ``clean``: no fault, every reply in one piece (``reply_chunk_bytes=0``). The reference
   of both parts.
@@ -18,6 +19,12 @@ simulator, and the same leadsync settings; the runs differ only in the simulator
   applied after a newer one. leadsync is given ``LEADSYNC_UNKNOWN_OUTCOME_REST_S`` (how long
   a shard rests after a call whose outcome is unknown) of at least the largest D plus a
   margin; a tree that does not know the setting ignores it.
+* ``504 after D s, defaults`` (``--defaults-delay``, 5 s): the same gateway fault with
+  leadsync's own defaults for the three settings the other runs shorten
+  (``LEADSYNC_REQUEST_TIMEOUT_S`` 60, ``LEADSYNC_UNKNOWN_OUTCOME_REST_S`` 120,
+  ``LEADSYNC_LEASE_TTL_S`` 120: none of them is set), so the cost at the defaults shows:
+  every shard of a 504 rests two minutes, and its concurrency slot stays taken as long.
+  Its drain may take ``--defaults-timeout-s``.
 
 Definitions (all read from the simulator's admin API after the run; ``/admin/leads`` keeps
 each lead's write history with the call that applied it):
@@ -33,6 +40,10 @@ each lead's write history with the call that applied it):
 * Without a terminal outcome: a request id whose outcome is not CREATED, UPDATED or FAILED
   (PENDING, DEAD_LETTERED, none).
 * Keys in two calls at once: the simulator's ``keys_in_concurrent_calls``.
+* Call sizes (simulator call log): full calls (``--batch-size`` records) and partial ones.
+  A split reply takes longer to read, so a drain holds its shards longer and the next
+  partial batches fill differently: split and unsplit runs may differ by a call or so with
+  the same records sent; the sizes show where.
 """
 
 from __future__ import annotations
@@ -67,13 +78,16 @@ from marketo_sim.embedded import embedded_redis
 
 PARTS = ("split", "gateway")
 TERMINAL = ("CREATED", "UPDATED", "FAILED")
+#: The settings a run at leadsync's defaults leaves unset (their defaults: 60, 120, 120 s).
+DEFAULTED = ("request_timeout_s", "unknown_outcome_rest_s", "lease_ttl_s")
 
 
 # --- the runs ------------------------------------------------------------------------------
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """(run label, simulator fields of that run) in the order they run."""
+    """(run label, simulator fields of that run) in the order they run; a label ending in
+    ``defaults`` runs with leadsync's defaults for :data:`DEFAULTED`."""
     runs: list[tuple[str, dict[str, Any]]] = [("clean", {"reply_chunk_bytes": 0})]
     if args.part in ("split", "all"):
         runs.append(
@@ -97,11 +111,38 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
             )
             for delay in args.delays
         ]
+        if args.defaults_delay is not None:
+            runs.append(
+                (
+                    defaults_label(args.defaults_delay),
+                    {
+                        "reply_chunk_bytes": 0,
+                        "fault_gateway_504_rate": args.gateway_rate,
+                        "gateway_apply_delay_s": args.defaults_delay,
+                    },
+                )
+            )
     return runs
 
 
 def gateway_label(delay: float) -> str:
     return f"504 after {delay:g} s"
+
+
+def defaults_label(delay: float) -> str:
+    return f"504 after {delay:g} s, defaults"
+
+
+def gateway_labels(args: argparse.Namespace) -> list[str]:
+    """The gateway runs' labels, in order (part (b)'s columns after fault-free)."""
+    labels = [gateway_label(d) for d in args.delays]
+    if args.defaults_delay is not None:
+        labels.append(defaults_label(args.defaults_delay))
+    return labels
+
+
+def at_defaults(label: str) -> bool:
+    return label.endswith(", defaults")
 
 
 def rest_s(args: argparse.Namespace) -> float:
@@ -119,9 +160,10 @@ def lease_ttl_s(args: argparse.Namespace) -> float:
     return max(args.request_timeout_s + 3 * 1 + 1, rest_s(args)) + 6
 
 
-def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    """leadsync's settings, the same in every run."""
-    return {
+def settings_of(args: argparse.Namespace, *, defaults: bool = False) -> dict[str, Any]:
+    """leadsync's settings, the same in every run; ``defaults`` leaves :data:`DEFAULTED`
+    unset (leadsync's own defaults)."""
+    settings = {
         "batch_size": args.batch_size,
         "rate_limit_calls": 100_000,
         "rate_limit_window_s": 20,
@@ -133,6 +175,18 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "flush_interval_s": args.flush_interval_s,
         **waves.FAST_RECOVERY,  # as lww: a transient fault costs seconds; INFO drain lines
     }
+    if defaults:
+        for name in DEFAULTED:
+            del settings[name]
+    return settings
+
+
+def timing_of(settings: Mapping[str, Any]) -> dict[str, float]:
+    """The three DEFAULTED settings a run had (leadsync's default where unset)."""
+    from worker.settings import Settings
+
+    fields = Settings.model_fields
+    return {name: float(settings.get(name, fields[name].default)) for name in DEFAULTED}
 
 
 def run_one(
@@ -149,10 +203,14 @@ def run_one(
         **sim_token_fields(args),
         **sim_extra,
     }
+    settings = settings_of(args, defaults=at_defaults(label))
+    drain_args = args
+    if at_defaults(label):
+        drain_args = argparse.Namespace(**{**vars(args), "timeout_s": args.defaults_timeout_s})
     with embedded_redis() as (redis_url, _), SimProcess(**sim_config) as sim:
         if not seen_machine:
             seen_machine.append(machine_line(redis_url))
-        env = leadsync_env(redis_url, sim, shards=args.shards, api=api, **settings_of(args))
+        env = leadsync_env(redis_url, sim, shards=args.shards, api=api, **settings)
         workers = [leadsync_worker(env, args.concurrency).start() for _ in range(args.workers)]
 
         def tick(elapsed: float) -> None:
@@ -163,7 +221,13 @@ def run_one(
             for worker in workers:
                 worker.wait_ready()
             written = waves.write_and_drain(
-                redis_url, env, records, args, tick=tick, pause_after_last=False, no_outcome="NONE"
+                redis_url,
+                env,
+                records,
+                drain_args,
+                tick=tick,
+                pause_after_last=False,
+                no_outcome="NONE",
             )
         finally:
             for worker in workers:
@@ -176,12 +240,13 @@ def run_one(
         db = sim.admin.leads()
         calls = sim.admin.calls()
 
-    result = tally(records, written.ids, written.statuses, summary, db, calls)
+    result = tally(records, written.ids, written.statuses, summary, db, calls, args.batch_size)
     result.update(
         {
             "api": api,
             "run": label,
             "sim": dict(sim_extra),
+            "timing": timing_of(settings),
             "drains_logged": waves.drains_logged(workers),
             "write_s": written.write_s,
             "drain_s": written.drain_s,
@@ -198,6 +263,7 @@ def tally(
     summary: Mapping[str, Any],
     db: Sequence[Mapping[str, Any]],
     calls: Sequence[Mapping[str, Any]],
+    batch_size: int = 300,
 ) -> dict[str, Any]:
     """The figures of one run (see the module docstring for the definitions)."""
     compared = waves.compare(records, ids, status_of, db, also=("Title",))
@@ -219,12 +285,15 @@ def tally(
 
     sync_calls = [c for c in calls if c.get("operation", "sync") == "sync"]
     upserts = sum(1 for r in ids if r is not None)
+    sizes = [len(c.get("keys") or ()) for c in sync_calls]
     return {
         "people": len(compared.last),
         "upserts": upserts,
         "calls": len(sync_calls),
         "call_outcomes": dict(sorted(Counter(str(c["outcome"]) for c in sync_calls).items())),
-        "records_sent": sum(len(c.get("keys") or ()) for c in sync_calls),
+        "records_sent": sum(sizes),
+        "call_sizes": sizes,
+        "full_calls": sum(1 for n in sizes if n >= batch_size),
         "records_applied": applied,
         "resent_records": resent,
         "resent_calls": len(resent_calls),
@@ -262,6 +331,7 @@ def rows_split(clean: Mapping[str, Any], split: Mapping[str, Any]) -> list[list[
         ("people / upserts", lambda r: f"{r['people']:,} / {r['upserts']:,}"),
         ("calls (simulator call log; target: = unsplit)", lambda r: f"{r['calls']:,}"),
         ("calls by outcome (simulator)", lambda r: _counts(r["call_outcomes"])),
+        ("full calls / partial calls (call log)", _sizes_cell),
         (
             "**calls that re-sent** applied records / records re-sent (target 0)",
             lambda r: f"**{r['resent_calls']:,}** / {r['resent_records']:,}",
@@ -280,14 +350,15 @@ def rows_split(clean: Mapping[str, Any], split: Mapping[str, Any]) -> list[list[
     return [[name, *(str(get(r)) for r in (clean, split))] for name, get in measures]
 
 
-def rows_gateway(
-    clean: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], rest: float
-) -> list[list[str]]:
+def rows_gateway(clean: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """(measure, fault-free, one value per delay) rows of part (b)."""
     columns = [clean, *runs]
     measures: list[tuple[str, Callable[[Mapping[str, Any]], object]]] = [
         ("people / upserts", lambda r: f"{r['people']:,} / {r['upserts']:,}"),
-        ("LEADSYNC_UNKNOWN_OUTCOME_REST_S", lambda r: f"{rest:g} s"),
+        (
+            "LEADSYNC_REQUEST_TIMEOUT_S / _UNKNOWN_OUTCOME_REST_S / _LEASE_TTL_S",
+            lambda r: " / ".join(f"{r['timing'][name]:g} s" for name in DEFAULTED),
+        ),
         (
             "**keys in two calls at once** (simulator; target 0)",
             lambda r: f"**{r['keys_in_concurrent_calls']:,}**",
@@ -326,6 +397,28 @@ def _stale_cell(r: Mapping[str, Any]) -> str:
     return f"{r['stale']:,} / {r['out_of_order']:,}"
 
 
+def _sizes_cell(r: Mapping[str, Any]) -> str:
+    return f"{r['full_calls']:,} / {r['calls'] - r['full_calls']:,}"
+
+
+def split_note(
+    api: str, clean: Mapping[str, Any], split: Mapping[str, Any], batch_size: int
+) -> str:
+    """Where split and unsplit differ in calls: the partial calls' sizes (call log)."""
+
+    def partial(r: Mapping[str, Any]) -> str:
+        sizes = sorted(n for n in r["call_sizes"] if n < batch_size)
+        return ", ".join(str(n) for n in sizes) or "none"
+
+    same = "the same" if clean["records_sent"] == split["records_sent"] else "not the same"
+    return (
+        f"{api}: unsplit {clean['calls']} calls ({clean['full_calls']} full), split "
+        f"{split['calls']} ({split['full_calls']} full), {same} records sent "
+        f"({clean['records_sent']:,} / {split['records_sent']:,}); partial calls' sizes "
+        f"unsplit [{partial(clean)}], split [{partial(split)}]."
+    )
+
+
 def describe(args: argparse.Namespace, apis: Sequence[str]) -> str:
     return (
         f"{args.upserts:,} upserts over {args.people:,} people (write n sets Company "
@@ -339,10 +432,17 @@ def describe(args: argparse.Namespace, apis: Sequence[str]) -> str:
         f"LEADSYNC_LEASE_TTL_S={lease_ttl_s(args):g}, leadsync's and the simulator's limits "
         f"high; simulator {args.latency:g} s per call (+ up to half as much jitter), seed "
         f"{args.seed}. APIs: {', '.join(apis)}; every run its own Redis and simulator, the "
-        f"same leadsync settings. split: reply_chunk_bytes={args.chunk_bytes}, "
+        f"same leadsync settings (but the `, defaults` run). split: reply_chunk_bytes={args.chunk_bytes}, "
         f"reply_chunk_gap_s={args.chunk_gap_s:g} (clean: reply_chunk_bytes=0). 504 after D "
-        f"s: fault_gateway_504_rate={args.gateway_rate:g}, gateway_apply_delay_s=D. "
-        "Re-sent record = a write the simulator applied again to a lead that already had it "
+        f"s: fault_gateway_504_rate={args.gateway_rate:g}, gateway_apply_delay_s=D"
+        + (
+            f"; the `, defaults` run leaves LEADSYNC_REQUEST_TIMEOUT_S, "
+            f"LEADSYNC_UNKNOWN_OUTCOME_REST_S and LEADSYNC_LEASE_TTL_S at leadsync's defaults "
+            f"(60, 120, 120 s) and may drain for {args.defaults_timeout_s:g} s. "
+            if args.defaults_delay is not None
+            else ". "
+        )
+        + "Re-sent record = a write the simulator applied again to a lead that already had it "
         "applied with the same values (per-lead history); a call that re-sent = a call that "
         "applied at least one. Stale = the person's last write ended CREATED/UPDATED but "
         "Marketo holds another. Without a terminal outcome = not CREATED/UPDATED/FAILED."
@@ -362,19 +462,23 @@ def render(
             for row in rows_split(results[api]["clean"], results[api]["split"])
         ]
         split_head = f"split ({args.chunk_bytes} B every {args.chunk_gap_s * 1000:g} ms)"
+        notes = "\n".join(
+            f"- {split_note(api, results[api]['clean'], results[api]['split'], args.batch_size)}"
+            for api in apis
+        )
         body += (
             "(a) split replies\n\n"
             + md_table(["api", "measure", "unsplit", split_head], rows)
+            + "\n\nCall sizes, split vs unsplit (simulator call log):\n\n"
+            + notes
             + "\n\n"
         )
     if args.part in ("gateway", "all"):
-        labels = [gateway_label(d) for d in args.delays]
+        labels = gateway_labels(args)
         rows = [
             [api, *row]
             for api in apis
-            for row in rows_gateway(
-                results[api]["clean"], [results[api][x] for x in labels], rest_s(args)
-            )
+            for row in rows_gateway(results[api]["clean"], [results[api][x] for x in labels])
         ]
         body += (
             f"(b) gateway 504 ({args.gateway_rate:.0%} of calls) while the call is applied later\n\n"
@@ -400,6 +504,16 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--chunk-bytes", type=int, default=1400, help="reply_chunk_bytes")
     parser.add_argument("--chunk-gap-s", type=float, default=0.02, help="reply_chunk_gap_s")
     parser.add_argument("--gateway-rate", type=float, default=0.25)
+    parser.add_argument(
+        "--defaults-delay",
+        type=float,
+        default=5.0,
+        help="gateway_apply_delay_s of the run at leadsync's default timeout, rest and lease "
+        "(-1: no such run)",
+    )
+    parser.add_argument(
+        "--defaults-timeout-s", type=float, default=1500.0, help="drain, the defaults run"
+    )
     parser.add_argument("--request-timeout-s", type=float, default=10.0)
     parser.add_argument(
         "--rest-s",
@@ -417,6 +531,8 @@ def main(argv: Sequence[str]) -> None:
     add_api_argument(parser)
     parser.set_defaults(api="both")
     args = parser.parse_args(argv)
+    if args.defaults_delay is not None and args.defaults_delay < 0:
+        args.defaults_delay = None
     if args.part != "split" and max(args.delays) > args.request_timeout_s:
         parser.error("--delays must stay <= --request-timeout-s (the client's call timeout)")
 
