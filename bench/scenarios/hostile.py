@@ -4,17 +4,33 @@ replay restores (issue 18, "How it is measured").
 Part ``mix``: G good upserts (distinct people, known fields ``Company`` and ``City``)
 interleaved at random with H hostile ones, an equal share of each kind of :data:`KINDS`,
 written through the real ``LeadProducer`` in waves while real Celery workers drain against
-the simulator process; then the same G good records alone (same order, same waves), on a
-fresh Redis and simulator. The bench environment sets ``LEADSYNC_FIELDS_REFRESH_S=0``, so
-producers know no field list and unknown attributes reach Marketo's 20105. A refusal at
-enqueue is the producer's ``InvalidLead`` (the field it names is read again from
-``validate_lead``: the producer's ``upsert_many`` answers the same error per record, and
-``waves.write_and_drain`` keeps only the request ids). Calls come from the simulator's call
-log, isolation calls from the workers' drain INFO lines (``isolation_calls=``).
+the simulator process. One kind, ``good_second_unknown``, is a good person's SECOND write
+carrying an unknown field: it is placed right after that person's good write (same wave,
+same shard), so the two are usually merged into one record, and only the bad write may
+fail (52d1e46): the good write must still be delivered. Every run is on a fresh Redis and
+simulator (``max_value_chars=255`` in all of them):
 
-The 20105 text: the simulator names every unknown field unquoted
-(``unknown fields for import: A, B``) and has no setting to quote them, so the variant
-with quoted names is not run.
+* ``good alone``: the same G good records alone (same order, same waves): the baseline.
+* ``mix``: good + hostile, 20105 naming the unknown fields as Marketo documents
+  (``unknown fields for import: A, B``); producers know no field list
+  (``LEADSYNC_FIELDS_REFRESH_S=0``), so unknown attributes reach Marketo's 20105.
+* ``mix, 'quoted'`` / ``mix, "quoted"``: the same, the simulator quoting each name
+  (``unknown_field_quotes`` single / double).
+* ``mix, fields learned``: the same, ``LEADSYNC_FIELDS_REFRESH_S`` at its default: the
+  worker's describe at start stores the instance's fields (the bench waits for them), and
+  producers refuse an unknown field at enqueue.
+* ``good + too long``: the G good records and ``--too-long`` records whose Company is longer
+  than the simulator's ``max_value_chars`` (a simulator rule: SOAP 20110, naming no field),
+  so only bisection can find them.
+
+A refusal at enqueue is the producer's ``InvalidLead`` (the field it names is read again
+from ``validate_lead`` and, with fields learned, the learned set; ``waves.write_and_drain``
+keeps only the request ids). Calls come from the simulator's call log; isolation calls
+from the call log (calls carrying only records of an earlier faulted call) and from the
+``isolation_calls=`` of the workers' drain INFO lines (one-shard and cross-shard drains
+both print it). A BATCH is a call that carries no record of an earlier faulted call,
+with the calls that resend its records (a call tree); its bad fields are the distinct
+unknown names its records carry.
 
 Part ``replay``: N people; write 1 of each (``--replay-case city``: ``{Company: Old,
 City: OldCity}``; ``company``: ``{Company: Old}``) while every call faults 10001 and
@@ -58,6 +74,7 @@ from bench.systems import LEADSYNC_PREFIX, Ticker, backlog, leadsync_env, leadsy
 from marketo_sim.embedded import embedded_redis
 from producers.contract import Keys
 from producers.errors import InvalidLead
+from producers.known_fields import KnownFields, decode_known_fields
 from producers.lead import validate_lead
 from producers.outcome import Outcome
 from producers.producer import LeadProducer
@@ -76,8 +93,14 @@ REFUSED_AT_ENQUEUE = (
     "nan",
     "inf",
 )
-FAILED_BY_MARKETO = ("unknown_field", "unknown_id", "rejected_email")
+#: A good person's second write, carrying an unknown field (right after the good write).
+SECOND_WRITE = "good_second_unknown"
+FAILED_BY_MARKETO = ("unknown_field", "unknown_id", "rejected_email", SECOND_WRITE)
 KINDS = (*REFUSED_AT_ENQUEUE, *FAILED_BY_MARKETO)
+#: The kind only bisection finds (its own run): a value longer than the simulator's limit.
+TOO_LONG = "too_long"
+#: The simulator's max_value_chars in every run (Marketo's string fields hold 255).
+MAX_VALUE_CHARS = 255
 KIND_TEXT = {
     "control_char": "Company with U+0000/0001/0008/000B/001B",
     "lone_surrogate": "Company with U+D800 or U+DFFF alone",
@@ -89,6 +112,18 @@ KIND_TEXT = {
     "unknown_field": f"Company, City + one of {len(UNKNOWN_NAMES)} unknown attributes",
     "unknown_id": "marketo_id of no lead (SOAP Id)",
     "rejected_email": "email on invalid.example (the simulator's rejected domain)",
+    SECOND_WRITE: "a good person's second write: Company + one of "
+    f"{len(UNKNOWN_NAMES)} unknown attributes",
+    TOO_LONG: f"Company of {MAX_VALUE_CHARS + 45} characters (simulator: 20110, no field named)",
+}
+#: The runs of part ``mix``, in order: (name, column head).
+RUNS = {
+    "alone": "good alone",
+    "mix": "good + hostile",
+    "single": "good + hostile, 'quoted'",
+    "double": 'good + hostile, "quoted"',
+    "learned": "good + hostile, fields learned",
+    "bisect": "good + too long",
 }
 _CONTROL = ("\x00", "\x01", "\x08", "\x0b", "\x1b")
 _BAD_EMAILS = ("{u}@b@c.com", "{u}@@example", "{u}@nodot")
@@ -133,26 +168,65 @@ def hostile_record(index: int, kind: str) -> dict[str, Any]:
         return {"marketo_id": 1_000_000 + index, "attributes": known}
     if kind == "rejected_email":
         return {"email": f"{user}@invalid.example", "attributes": known}
+    if kind == TOO_LONG:
+        return {"email": email, "attributes": {"Company": "L" * (MAX_VALUE_CHARS + 45)}}
     raise ValueError(f"unknown kind {kind}")
 
 
-def make_mix(good: int, hostile: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+def second_write(person: int) -> dict[str, Any]:
+    """Good person ``person``'s second write: a new Company and one unknown attribute."""
+    name = UNKNOWN_NAMES[person % len(UNKNOWN_NAMES)]
+    return {
+        "email": good_record(person)["email"],
+        "attributes": {"Company": f"Second Co {person}", name: "x"},
+    }
+
+
+def make_mix(
+    good: int, hostile: int, seed: int, kinds: Sequence[str] = KINDS
+) -> list[tuple[str, dict[str, Any]]]:
     """(kind, record): ``good`` good ones and ``hostile`` hostile ones, an equal share of
-    each kind, shuffled together."""
+    each of ``kinds``, shuffled together; a :data:`SECOND_WRITE` goes right after the good
+    write of its person (the n-th to good person n)."""
     mix = [("good", good_record(i)) for i in range(good)]
-    mix += [
-        (KINDS[i % len(KINDS)], hostile_record(i, KINDS[i % len(KINDS)])) for i in range(hostile)
-    ]
+    seconds: dict[str, dict[str, Any]] = {}
+    for i in range(hostile):
+        kind = kinds[i % len(kinds)]
+        if kind == SECOND_WRITE:
+            if len(seconds) < good:
+                record = second_write(len(seconds))
+                seconds[record["email"]] = record
+            continue
+        mix.append((kind, hostile_record(i, kind)))
+    random.Random(seed).shuffle(mix)
+    placed: list[tuple[str, dict[str, Any]]] = []
+    for kind, record in mix:
+        placed.append((kind, record))
+        if kind == "good" and record["email"] in seconds:
+            placed.append((SECOND_WRITE, seconds[record["email"]]))
+    return placed
+
+
+def with_too_long(good: int, too_long: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """``good`` good records and ``too_long`` :data:`TOO_LONG` ones, shuffled together."""
+    mix = [("good", good_record(i)) for i in range(good)]
+    mix += [(TOO_LONG, hostile_record(i, TOO_LONG)) for i in range(too_long)]
     random.Random(seed).shuffle(mix)
     return mix
 
 
-def refusal_field(record: Mapping[str, Any]) -> str:
-    """The field the contract's InvalidLead names for ``record`` ("-" when it passes)."""
+def refusal_field(record: Mapping[str, Any], known: KnownFields | None = None) -> str:
+    """The field the contract's InvalidLead names for ``record`` ("-" when it passes), with
+    the ``known`` fields a producer learned, if any."""
     try:
-        validate_lead(**record)
+        lead = validate_lead(**record)
+        if known is not None:
+            known.check(lead)
     except InvalidLead as exc:
-        return re.sub(r"\d+", "<n>", exc.field)
+        field = re.sub(r"\d+", "<n>", exc.field)
+        for name in UNKNOWN_NAMES:
+            field = field.replace(name, "<unknown>")
+        return field
     return "-"
 
 
@@ -186,18 +260,60 @@ def read_outcomes(redis_url: str, ids: Sequence[str | None], shards: int) -> lis
 def resends(calls: Sequence[Mapping[str, Any]]) -> int:
     """Calls that carried only records of an earlier faulted call (an isolation step: the
     rest of a batch after its 20105, or a half of a split batch)."""
-    faulted: list[frozenset[str]] = []
-    count = 0
+    return sum(len(tree) - 1 for tree in call_trees(calls))
+
+
+def call_trees(calls: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """The calls (in the order they started) grouped by batch: a call that carries only
+    records of an earlier faulted call joins that call's batch, any other starts one."""
+    trees: list[list[Mapping[str, Any]]] = []
+    faulted: list[tuple[frozenset[str], int]] = []
     for call in calls:
         keys = frozenset(call.get("keys") or ())
-        if keys and any(keys <= earlier for earlier in faulted):
-            count += 1
+        tree = next((t for earlier, t in reversed(faulted) if keys and keys <= earlier), None)
+        if tree is None:
+            trees.append([])
+            tree = len(trees) - 1
+        trees[tree].append(call)
         if call["fault_code"] is not None:
-            faulted.append(keys)
-    return count
+            faulted.append((keys, tree))
+    return trees
+
+
+def batch_costs(
+    calls: Sequence[Mapping[str, Any]], names_of: Mapping[str, frozenset[str]]
+) -> dict[str, Any]:
+    """Per batch with a record fault (a call tree whose calls faulted): its calls, and for
+    20105 batches its bad fields (the distinct unknown names its first call's records
+    carry, ``names_of`` a lead key's names) and calls per bad field."""
+    per_field: list[float] = []
+    sizes_20105: list[int] = []
+    sizes_other: list[int] = []
+    for tree in call_trees(calls):
+        codes = {c["fault_code"] for c in tree if c["fault_code"] is not None}
+        if not codes:
+            continue
+        if 20105 in codes:
+            fields = frozenset().union(
+                *(names_of.get(str(k).lower(), frozenset()) for k in tree[0].get("keys") or ())
+            )
+            sizes_20105.append(len(tree))
+            per_field.append(len(tree) / max(len(fields), 1))
+        else:
+            sizes_other.append(len(tree))
+    return {
+        "batches_20105": len(sizes_20105),
+        "max_calls_20105": max(sizes_20105, default=0),
+        "max_calls_per_field": max(per_field, default=0.0),
+        "mean_calls_per_field": sum(per_field) / len(per_field) if per_field else 0.0,
+        "batches_bisected": len(sizes_other),
+        "max_calls_bisected": max(sizes_other, default=0),
+        "calls_bisected": sum(sizes_other),
+    }
 
 
 def isolation_calls(workers: Sequence[Any]) -> int:
+    """The ``isolation_calls=`` of every drain INFO line of ``workers``, summed."""
     total = 0
     for worker in workers:
         log = WORKDIR / f"{worker.name}.log"
@@ -206,39 +322,76 @@ def isolation_calls(workers: Sequence[Any]) -> int:
     return total
 
 
+def learned_fields(client: redis.Redis) -> KnownFields | None:
+    """The fields a worker learned from the simulator's describe, if stored."""
+    _, known = decode_known_fields(client.hgetall(Keys(LEADSYNC_PREFIX).known_fields()))
+    return known
+
+
 def run_mix(
-    label: str,
+    run: str,
     mix: Sequence[tuple[str, Mapping[str, Any]]],
     args: argparse.Namespace,
     machine: list[str],
 ) -> dict[str, Any]:
-    """Write ``mix`` in waves while the workers drain; tally by kind."""
+    """Write ``mix`` in waves while the workers drain, as run ``run`` (:data:`RUNS`) sets
+    the simulator and leadsync; tally by kind."""
     records = [record for _, record in mix]
-    with (
-        embedded_redis() as (redis_url, _),
-        SimProcess(**waves.quiet_sim(args.latency, args.seed)) as sim,
-    ):
+    sim_config = {
+        **waves.quiet_sim(args.latency, args.seed),
+        "max_value_chars": MAX_VALUE_CHARS,
+        "unknown_field_quotes": run if run in ("single", "double") else "none",
+    }
+    known: KnownFields | None = None
+    with embedded_redis() as (redis_url, _), SimProcess(**sim_config) as sim:
         if not machine:
             machine.append(machine_line(redis_url))
         env = leadsync_env(redis_url, sim, shards=args.shards, **settings_of(args))
+        if run == "learned":
+            del env["LEADSYNC_FIELDS_REFRESH_S"]  # its default: learn at start, every 6 h
         group = [leadsync_worker(env, args.concurrency) for _ in range(args.workers)]
-        with running(group) as workers:
+        with (
+            contextlib.closing(redis.Redis.from_url(redis_url)) as client,
+            running(group) as workers,
+        ):
+            if run == "learned":
+                wait_until(lambda: learned_fields(client) is not None, 60, 0.1)
+                known = learned_fields(client)
+                if known is None:
+                    raise RuntimeError("the workers learned no fields in 60 s")
             written = waves.write_and_drain(
                 redis_url, env, records, args, pause_after_last=False, no_outcome="NONE"
             )
         outcomes = iter(read_outcomes(redis_url, written.ids, args.shards))
-        calls = sync_calls(sim)
+        every_call = sim.admin.calls()
+        calls = [c for c in every_call if c.get("operation", "sync") == "sync"]
         db = {str(lead["email"]).lower(): lead for lead in sim.admin.leads() if lead.get("email")}
+
+    names_of: dict[str, frozenset[str]] = {}
+    for record in records:
+        if "email" in record:
+            key = f"email:{str(record['email']).strip().lower()}"
+            unknown = frozenset(n for n in record["attributes"] if n in UNKNOWN_NAMES)
+            names_of[key] = names_of.get(key, frozenset()) | unknown
+    first_call: dict[str, Mapping[str, Any]] = {}
+    for call in calls:
+        for key in call.get("keys") or ():
+            first_call.setdefault(str(key).lower(), call)
 
     kinds: dict[str, dict[str, Any]] = {}
     good_held = 0
+    paired = {str(r["email"]).lower() for kind, r in mix if kind == SECOND_WRITE and "email" in r}
+    pair: dict[str, Any] = {"people": len(paired), "good": Counter(), "merged": 0}
     for (kind, record), rid in zip(mix, written.ids, strict=True):
         tally = kinds.setdefault(
             kind, {"offered": 0, "refused": Counter(), "statuses": Counter(), "failed": Counter()}
         )
         tally["offered"] += 1
+        email = str(record.get("email", "")).lower()
         if rid is None:
-            tally["refused"][refusal_field(record)] += 1
+            tally["refused"][refusal_field(record, known)] += 1
+            if kind == "good" and email in paired:
+                pair["good"]["refused"] += 1
             continue
         outcome = next(outcomes)
         status = outcome.status.value if outcome is not None else "NONE"
@@ -246,20 +399,28 @@ def run_mix(
         if status == "FAILED" and outcome is not None:
             code = outcome.error_code or "no code"
             tally["failed"][f"{code}: {_reason(outcome.error)}"] += 1
-        lead = db.get(str(record.get("email", "")).lower())
-        if (
-            kind == "good"
-            and lead
-            and all(lead["attributes"].get(k) == v for k, v in record["attributes"].items())
-        ):
+        if kind != "good":
+            continue
+        lead = db.get(email)
+        if lead and all(lead["attributes"].get(k) == v for k, v in record["attributes"].items()):
             good_held += 1
+        if email in paired:
+            pair["good"][status] += 1
+            first = first_call.get(f"email:{email}")
+            if first is not None and first["fault_code"] == 20105:
+                pair["merged"] += 1
     return {
-        "run": label,
+        "run": run,
         "kinds": kinds,
         "good_held": good_held,
+        "pair": pair,
         "calls": len(calls),
+        "describe_calls": sum(1 for c in every_call if c.get("operation") == "describe"),
+        "learned": known.count if known is not None else None,
         "call_outcomes": dict(Counter(str(c["fault_code"] or c["outcome"]) for c in calls)),
         "calls_20105": sum(1 for c in calls if c["fault_code"] == 20105),
+        "calls_20110": sum(1 for c in calls if c["fault_code"] == 20110),
+        "batches": batch_costs(calls, names_of),
         "ok_sizes": [int(c["leads"]) for c in calls if c["outcome"] == "ok"],
         "isolation_calls": isolation_calls(workers),
         "resends": resends(calls),
@@ -406,9 +567,38 @@ def _sum(run: Mapping[str, Any], kinds: Sequence[str], part: str, keys: Sequence
     return total
 
 
-def mix_rows(alone: Mapping[str, Any], mix: Mapping[str, Any]) -> list[list[str]]:
-    """(measure, good alone, mix) rows."""
+def _pair_cell(r: Mapping[str, Any]) -> str:
+    pair = r["pair"]
+    if not pair["people"]:
+        return "-"
+    good = pair["good"]
+    delivered = sum(good.get(s, 0) for s in SUCCESS)
+    other = sum(good.values()) - delivered
+    second = r["kinds"].get(SECOND_WRITE, {})
+    return (
+        f"**{delivered:,}** of {pair['people']:,}"
+        + (f" ({_counts(good)})" if other else "")
+        + f"; merged {pair['merged']:,}; second writes {_counts(second.get('statuses', {}))}"
+        + (
+            f", refused {sum(second['refused'].values()):,}"
+            if sum(second.get("refused", {}).values())
+            else ""
+        )
+    )
+
+
+def _kind_cell(r: Mapping[str, Any], kind: str) -> str:
+    tally = r["kinds"].get(kind)
+    if tally is None:
+        return "-"
+    refused = sum(tally["refused"].values())
+    return (f"refused {refused:,}; " if refused else "") + _counts(tally["statuses"])
+
+
+def mix_rows(alone: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """(measure, good alone, each run) rows."""
     unknown = len(UNKNOWN_NAMES)
+    hostile = (*KINDS, TOO_LONG)
     measures: list[tuple[str, Callable[[Mapping[str, Any]], object]]] = [
         (
             "upserts offered (good + hostile)",
@@ -416,7 +606,7 @@ def mix_rows(alone: Mapping[str, Any], mix: Mapping[str, Any]) -> list[list[str]
         ),
         (
             "refused at enqueue (InvalidLead)",
-            lambda r: f"{_sum(r, (*KINDS, 'good'), 'refused'):,}",
+            lambda r: f"{_sum(r, (*hostile, 'good'), 'refused'):,}",
         ),
         (
             "**good CREATED/UPDATED** (target: all)",
@@ -433,33 +623,91 @@ def mix_rows(alone: Mapping[str, Any], mix: Mapping[str, Any]) -> list[list[str]
                 - _sum(r, ("good",), "statuses", (*TERMINAL, "DEAD_LETTERED")),
             ),
         ),
-        ("good people Marketo holds with their Company and City", lambda r: f"{r['good_held']:,}"),
+        (
+            "good people Marketo holds with their good write's Company and City",
+            lambda r: f"{r['good_held']:,}",
+        ),
+        (
+            f"**people whose second write carries an unknown field: good write CREATED/UPDATED** "
+            f"(target: all); merged with the bad write in one record (the person's first call "
+            f"faulted 20105); the second writes (`{SECOND_WRITE}`)",
+            _pair_cell,
+        ),
+        (
+            "`unknown_field` records (their own people)",
+            lambda r: _kind_cell(r, "unknown_field"),
+        ),
+        (
+            f"`{TOO_LONG}` records (a value over max_value_chars={MAX_VALUE_CHARS})",
+            lambda r: _kind_cell(r, TOO_LONG),
+        ),
         (
             "hostile accepted and CREATED/UPDATED (target 0)",
-            lambda r: f"{_sum(r, KINDS, 'statuses', SUCCESS):,}",
+            lambda r: f"{_sum(r, hostile, 'statuses', SUCCESS):,}",
         ),
-        ("hostile accepted and FAILED", lambda r: f"{_sum(r, KINDS, 'statuses', ('FAILED',)):,}"),
+        ("hostile accepted and FAILED", lambda r: f"{_sum(r, hostile, 'statuses', ('FAILED',)):,}"),
         (
-            "calls (simulator call log)",
+            "calls (simulator call log, sync calls)",
             lambda r: f"{r['calls']:,} ({_ratio(r['calls'], alone['calls'])})",
         ),
         ("calls by outcome", lambda r: _counts(r["call_outcomes"])),
+        (
+            "describe calls (fields learned) / fields learned",
+            lambda r: (
+                f"{r['describe_calls']:,} / {r['learned'] if r['learned'] is not None else '-'}"
+            ),
+        ),
         ("calls that faulted 20105", lambda r: f"{r['calls_20105']:,}"),
+        (
+            "batches with a 20105: count / most calls in one",
+            lambda r: (
+                f"{r['batches']['batches_20105']:,} / {r['batches']['max_calls_20105']:,}"
+                if r["batches"]["batches_20105"]
+                else "-"
+            ),
+        ),
+        (
+            "**calls per batch per bad field** (a batch's calls / the distinct unknown names "
+            "its records carry): mean / max (target <= 3)",
+            lambda r: (
+                f"{r['batches']['mean_calls_per_field']:.2f} / "
+                f"**{r['batches']['max_calls_per_field']:.2f}**"
+                if r["batches"]["batches_20105"]
+                else "-"
+            ),
+        ),
         (
             f"20105 calls per distinct unknown field ({unknown})",
             lambda r: f"{r['calls_20105'] / unknown:.1f}" if r["calls_20105"] else "-",
         ),
         (
-            f"extra calls vs good alone per distinct unknown field ({unknown})",
-            lambda r: f"{(r['calls'] - alone['calls']) / unknown:.1f}" if r is not alone else "-",
+            "calls that faulted 20110 (a too-long value; bisection)",
+            lambda r: f"{r['calls_20110']:,}",
         ),
         (
-            "isolation calls (call log: calls carrying only records of an earlier faulted call)",
+            "bisected batches: count / most calls in one / calls in them",
+            lambda r: (
+                "{:,} / {:,} / {:,}".format(
+                    r["batches"]["batches_bisected"],
+                    r["batches"]["max_calls_bisected"],
+                    r["batches"]["calls_bisected"],
+                )
+                if r["batches"]["batches_bisected"]
+                else "-"
+            ),
+        ),
+        (
+            "extra calls vs good alone",
+            lambda r: f"{r['calls'] - alone['calls']:+,}" if r is not alone else "-",
+        ),
+        (
+            "isolation calls (call log: calls carrying only records of an earlier faulted "
+            "call, a later cycle's too)",
             lambda r: f"{r['resends']:,}",
         ),
         (
-            "isolation_calls= of the drain INFO lines (one-shard drains only; a drain of "
-            "several shards logs none)",
+            "isolation_calls= summed over the workers' drain INFO lines (the extra calls "
+            "within the faulted call's cycle)",
             lambda r: f"{r['isolation_calls']:,}",
         ),
         (
@@ -475,19 +723,20 @@ def mix_rows(alone: Mapping[str, Any], mix: Mapping[str, Any]) -> list[list[str]
             ),
         ),
     ]
-    return [[name, str(get(alone)), str(get(mix))] for name, get in measures]
+    return [[name, *(str(get(r)) for r in (alone, *runs))] for name, get in measures]
 
 
-def kind_rows(mix: Mapping[str, Any]) -> list[list[object]]:
+def kind_rows(mix: Mapping[str, Any], bisect: Mapping[str, Any] | None) -> list[list[object]]:
     rows: list[list[object]] = []
-    for kind in KINDS:
-        tally = mix["kinds"].get(kind)
+    for kind, run in [*((k, mix) for k in KINDS), (TOO_LONG, bisect)]:
+        tally = run["kinds"].get(kind) if run is not None else None
         if tally is None:
             continue
         expected = "enqueue" if kind in REFUSED_AT_ENQUEUE else "Marketo"
         rows.append(
             [
-                f"`{kind}`: {KIND_TEXT[kind]}",
+                f"`{kind}`: {KIND_TEXT[kind]}"
+                + (" (run good + too long)" if run is bisect else ""),
                 expected,
                 tally["offered"],
                 _counts(tally["refused"]),
@@ -560,30 +809,45 @@ def describe(args: argparse.Namespace) -> str:
     return (
         f"leadsync: {args.shards} shards, LEADSYNC_BATCH_SIZE={args.batch_size}, "
         f"LEADSYNC_FLUSH_INTERVAL_S={args.flush_interval_s:g}, LEADSYNC_MAX_CONCURRENT_CALLS="
-        f"{args.max_concurrent}, LEADSYNC_FIELDS_REFRESH_S=0 (producers know no field list), "
-        f"limits high; {args.workers} worker group(s) x {args.concurrency} processes; records "
-        f"written in {args.waves} waves {args.pause_s:g} s apart while they drain. Simulator "
-        f"{args.latency:g} s per call (+ up to half as much jitter), limits high, seed {args.seed}."
+        f"{args.max_concurrent}, LEADSYNC_FIELDS_REFRESH_S=0 (producers know no field list; "
+        f"the fields-learned run leaves it at its default), limits high; {args.workers} worker "
+        f"group(s) x {args.concurrency} processes; records written in {args.waves} waves "
+        f"{args.pause_s:g} s apart while they drain. Simulator {args.latency:g} s per call "
+        f"(+ up to half as much jitter), limits high, max_value_chars={MAX_VALUE_CHARS} (its "
+        f"own rule: a longer SOAP value faults the call with 20110, naming no field), seed "
+        f"{args.seed}; every run its own Redis and simulator."
     )
 
 
 def render(
     args: argparse.Namespace,
-    alone: Mapping[str, Any] | None,
-    mix: Mapping[str, Any] | None,
+    results: Mapping[str, Mapping[str, Any]],
     replays: Sequence[Mapping[str, Any]],
 ) -> str:
     body = describe(args) + "\n\n"
-    if alone is not None and mix is not None:
+    alone = results.get("alone")
+    runs = [results[name] for name in RUNS if name != "alone" and name in results]
+    if alone is not None and runs:
+        seconds = args.hostile // len(KINDS)
         body += (
             f"(a) {args.good:,} good upserts (distinct people, Company and City) interleaved at "
-            f"random with {args.hostile:,} hostile ones ({len(KINDS)} kinds, an equal share each; "
-            f"{len(UNKNOWN_NAMES)} distinct unknown attribute names), against the same good ones "
-            "alone. The variant whose 20105 text quotes the names is not run: the simulator "
-            "names them unquoted and has no setting for it.\n\n"
-            + md_table(["measure", "good alone", "good + hostile"], mix_rows(alone, mix))
-            + "\n\nBy hostile kind (refused: the field the InvalidLead names; FAILED: error code "
-            "and Marketo's reason, numbers and unknown names folded):\n\n"
+            f"random with {args.hostile:,} hostile ones ({len(KINDS)} kinds, an equal share each "
+            f"(about {seconds:,}); {len(UNKNOWN_NAMES)} distinct unknown attribute names; "
+            f"`{SECOND_WRITE}` is a good person's second write, placed right after the good "
+            "one), against the same good ones alone. 'quoted' / \"quoted\": the simulator's "
+            "20105 text quotes each name (`unknown_field_quotes` single / double). Fields "
+            "learned: LEADSYNC_FIELDS_REFRESH_S at its default, the worker's describe stored "
+            "the fields before the first write, producers refuse an unknown field at enqueue. "
+            f"Good + too long: the good ones with {args.too_long:,} records whose Company is "
+            f"longer than {MAX_VALUE_CHARS} characters (20110 names no field: bisection). A "
+            "batch = a call carrying no record of an earlier faulted call, with the calls that "
+            "resend its records.\n\n"
+            + md_table(
+                ["measure", *(RUNS[r["run"]] for r in (alone, *runs))], mix_rows(alone, runs)
+            )
+            + "\n\nBy hostile kind, run good + hostile (and good + too long for "
+            f"`{TOO_LONG}`; refused: the field the InvalidLead names; FAILED: error code and "
+            "Marketo's reason, numbers and unknown names folded):\n\n"
             + md_table(
                 [
                     "kind",
@@ -593,7 +857,7 @@ def render(
                     "accepted: outcomes",
                     "FAILED by",
                 ],
-                kind_rows(mix),
+                kind_rows(results.get("mix") or runs[0], results.get("bisect")),
             )
             + "\n\n"
         )
@@ -614,6 +878,14 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--part", choices=("mix", "replay", "all"), default="all")
     parser.add_argument("--good", type=int, default=2000)
     parser.add_argument("--hostile", type=int, default=2000)
+    parser.add_argument(
+        "--too-long", type=int, default=20, help="records too long for a field (run bisect)"
+    )
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help=f"part mix: some of {', '.join(RUNS)} (alone always runs)",
+    )
     parser.add_argument("--people", type=int, default=500, help="replay part")
     parser.add_argument("--replay-cases", default="city,company")
     waves.add_arguments(parser)
@@ -625,28 +897,33 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.set_defaults(waves=4, pause_s=1.0, shards=4, workers=1, concurrency=2)
     args = parser.parse_args(argv)
+    chosen = ["alone", *(r for r in args.runs.split(",") if r and r != "alone")]
+    if unknown := [r for r in chosen if r not in RUNS]:
+        parser.error(f"unknown runs: {', '.join(unknown)}")
 
     machine: list[str] = []
-    alone = mix = None
+    results: dict[str, dict[str, Any]] = {}
     replays: list[dict[str, Any]] = []
     if args.part in ("mix", "all"):
-        records = make_mix(args.good, args.hostile, args.seed)
-        print("--- hostile: good alone", flush=True)
-        alone = run_mix("good alone", [m for m in records if m[0] == "good"], args, machine)
-        print(json.dumps(alone, default=str), flush=True)
-        print("--- hostile: good + hostile", flush=True)
-        mix = run_mix("good + hostile", records, args, machine)
-        print(json.dumps(mix, default=str), flush=True)
+        mix = make_mix(args.good, args.hostile, args.seed)
+        for run in (r for r in RUNS if r in chosen):
+            if run == "alone":
+                records = [m for m in mix if m[0] == "good"]
+            elif run == "bisect":
+                records = with_too_long(args.good, args.too_long, args.seed)
+            else:
+                records = mix
+            print(f"--- hostile: {RUNS[run]}", flush=True)
+            results[run] = run_mix(run, records, args, machine)
+            print(json.dumps(results[run], default=str), flush=True)
     if args.part in ("replay", "all"):
         for case in args.replay_cases.split(","):
             print(f"--- hostile: replay, {case}", flush=True)
             replays.append(run_replay(case, args, machine))
             print(json.dumps(replays[-1], default=str), flush=True)
-    body = render(args, alone, mix, replays)
+    body = render(args, results, replays)
     if args.json:
-        args.json.write_text(
-            json.dumps({"mix": [alone, mix], "replay": replays}, indent=1, default=str)
-        )
+        args.json.write_text(json.dumps({"mix": results, "replay": replays}, indent=1, default=str))
     print(body)
     if not args.no_write:
         write_section("hostile", "hostile", machine[0], body)
