@@ -11,9 +11,9 @@ from typing import ClassVar, Final
 #: ~50 upserts/s per shard and still shares it between a few upserts at 1 per 10 s.
 OUTCOME_BUCKET_MS: Final = 10_000
 #: A stream's attempt counters are spread over this many sub-hashes by entry id
-#: (``Keys.attempts_slot``), so that each stays a listpack hash (~14 B a counter; Redis
+#: (``Keys.attempts_slot``), so that each stays a listpack hash (~15 B a counter; Redis
 #: turns a hash of more than ``hash-max-listpack-entries`` fields, 512 by default, into a
-#: regular hash at ~90 B a field): 16 keep ~2,000 pending counters per stream under 128
+#: regular hash at ~90 B a field): 16 keep ~1,500 pending counters per stream under 128
 #: fields each, the lowest that setting is commonly given.
 ATTEMPTS_PARTS: Final = 16
 
