@@ -369,7 +369,8 @@ async def test_an_outage_before_the_request_leaves_costs_no_attempt_and_parks_no
         report = await drainer.drain(0)
         assert report.status == "backoff"
     assert await client.xlen(drainer.keys.dead_letters(0)) == 0
-    assert await client.hgetall(drainer.keys.attempts(0)) == {}
+    entry_id = rid.split("-", 1)[1]
+    assert await drainer.ledger.attempts(0, [entry_id]) == [0], "no attempt spent"
     assert await status_of(client, rid) is None  # still waiting
 
     transport.down = False
