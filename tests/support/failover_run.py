@@ -62,7 +62,7 @@ SATURATED_CALLS = int(RATE_CALLS * RATE_WINDOW_S / (RATE_WINDOW_S + WINDOW_MARGI
 #: Leads a second that fit through the limiter: the writers must outpace this.
 CARRIED_PER_S = RATE_CALLS * BATCH_SIZE / (RATE_WINDOW_S + WINDOW_MARGIN_S)
 #: Each writer's people, and its pause after each acknowledged write (two writers: about
-#: 13 upserts a second together, a person every few seconds).
+#: 16 upserts a second together, a person every 2-3 s).
 PEOPLE = 20
 PAUSE_S = 0.12
 
@@ -331,7 +331,7 @@ def run_failover(
     master and is demoted).
     ``before_s``: writing before the fault, once the pipeline has delivered a first
     upsert; ``after_s``: writing from the fault on. Each writer writes ``people``
-    people in turn with ``pause_s`` between acknowledged writes: about 13 upserts a
+    people in turn with ``pause_s`` between acknowledged writes: about 16 upserts a
     second together, more than the window carries (:data:`CARRIED_PER_S`), so calls fill
     the window before the fault, and the backlog the fault leaves fills it after; a
     person is written every few seconds, so many are written on both sides of the fault.
