@@ -31,6 +31,7 @@ from producers.errors import (
     ConfigError,
     InvalidLead,
     NotReplicated,
+    Rekeyed,
     Resharded,
     Retryable,
 )
@@ -311,6 +312,7 @@ class Route:
             *self.admission.bounds(lane),
             1 if lane == "bulk" else 0,
             self.shards,
+            self.key_rule,
         )
 
     def batch(self, placed: Sequence[Placed], lane: Lane = "live") -> Command:
@@ -329,6 +331,7 @@ class Route:
             *self.admission.bounds(lane),
             1 if lane == "bulk" else 0,
             self.shards,
+            self.key_rule,
             *argv,
         )
 
@@ -633,20 +636,28 @@ class ProducerCore:
                 return made, None, None
             try:
                 (reply,), seen = yield from self._enqueue((command,), partial=partial)
-            except Resharded as moved:
+            except (Resharded, Rekeyed) as moved:
                 if attempt + 1 == RESHARD_ATTEMPTS:
                     raise
-                self._follow(moved.shards)
+                self._follow(moved)
                 continue
             return made, reply, seen
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _follow(self, shards: int) -> None:
-        """Place by ``shards`` from now on: the count ``leadsync reshard`` stored."""
+    def _follow(self, moved: Resharded | Rekeyed) -> None:
+        """Place by the stored layout from now on: the count ``leadsync reshard`` stored,
+        or the key rule a worker stored."""
         route = self.route
         assert route is not None  # agreed before any enqueue
-        logger.info("shard count changed from %d to %d; placing by it", route.shards, shards)
-        self.route = Route.build(self.keys, shards, route.key_rule, route.known, self.admission)
+        shards, rule = route.shards, route.key_rule
+        if isinstance(moved, Resharded):
+            logger.info("shard count changed from %d to %d; placing by it", shards, moved.shards)
+            shards = moved.shards
+        else:
+            logger.info("lead key rule changed from %s to %s; placing by it", rule, moved.rule)
+            rule = moved.rule
+            self._rule_read_at = time.monotonic()
+        self.route = Route.build(self.keys, shards, rule, route.known, self.admission)
 
     def _enqueue(
         self, commands: tuple[Command, ...], *, partial: bool = False
@@ -668,7 +679,7 @@ class ProducerCore:
             seen = int(confirmed)
         for reply in replies:  # a partial send answers a refusal in place
             if isinstance(reply, Exception) and isinstance(
-                moved := self.refused(str(reply)), Resharded
+                moved := self.refused(str(reply)), Resharded | Rekeyed
             ):
                 raise moved
         return replies, seen
@@ -684,6 +695,10 @@ class ProducerCore:
             stored = message[message.index("RESHARDED") + len("RESHARDED") :].split()
             if stored and stored[0].isdigit() and int(stored[0]) > 0:
                 return Resharded(int(stored[0]))
+        if "REKEYED" in message:
+            rule = message[message.index("REKEYED") + len("REKEYED") :].split()
+            if rule:
+                return Rekeyed(rule[0])
         if "BACKPRESSURE" in message:
             reason = message[message.index("BACKPRESSURE") + len("BACKPRESSURE") :].strip()
             retry_s = (

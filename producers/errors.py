@@ -85,3 +85,14 @@ class Resharded(Retryable):
     def __init__(self, shards: int) -> None:
         super().__init__(f"the shard count changed to {shards}; retry", 0.0)
         self.shards = shards
+
+
+class Rekeyed(Retryable):
+    """Raised when the lead key rule a worker stored (``rule``: how a lead's key is made,
+    under REST the lookup field's value) is not the one this producer placed its records
+    by: nothing was written. The producer places them again by the stored rule on its
+    own, so a lead's writes are ordered by the key Marketo matches on."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(f"the lead key rule changed to {rule}; retry", 0.0)
+        self.rule = rule

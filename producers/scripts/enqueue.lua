@@ -5,10 +5,10 @@
 -- config hash and KEYS[6] the reshard hash (the shard-count fence, fence.lua)
 -- ARGV: lead key digest, payload, max backlog per shard (0: none), memory high water
 --       (a fraction of maxmemory; 0: none), 1 for the bulk lane else 0, the shard count
---       the entry was placed by
--- Returns the entry id, or an error reply BACKPRESSURE ... or RESHARDED n with nothing
--- written.
-local refused = layout_refusal(KEYS[5], KEYS[6], ARGV[6])
+--       and the key rule the entry was placed by
+-- Returns the entry id, or an error reply BACKPRESSURE ..., RESHARDED n or REKEYED rule
+-- with nothing written.
+local refused = layout_refusal(KEYS[5], KEYS[6], ARGV[6], ARGV[7])
   or refusal(KEYS[2], KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
 if refused then return redis.error_reply(refused) end
 if ARGV[5] == '1' then mark_bulk(KEYS[4]) end

@@ -8,7 +8,15 @@ import pytest
 import redis
 
 from producers import AsyncLeadProducer, InvalidLead, LeadProducer, Outcome, OutcomeStatus
-from producers.contract import Keys, decode_lead, key_digest, parse_request_id, shard_for
+from producers.contract import (
+    Keys,
+    decode_lead,
+    key_digest,
+    lead_key,
+    parse_request_id,
+    shard_for,
+    validate_lead,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +178,27 @@ async def test_a_rest_workers_key_rule_orders_id_and_email_writes_of_one_lead_to
     (entry1,) = client.xrange(keys.stream(s1), e1, e1)
     (entry2,) = client.xrange(keys.stream(s2), e2, e2)
     assert entry1[1][b"k"] == entry2[1][b"k"] == key_digest("email:ann@example.com").encode()
+
+
+def test_a_producer_places_by_the_key_rule_a_worker_stored_since_it_agreed(
+    redis_url: str, client: redis.Redis
+) -> None:
+    """A worker stored the REST rule (the lookup field's value is the key) after this
+    producer agreed on the SOAP rule, within its 60 s between looks: the enqueue step
+    refuses (REKEYED, nothing written) and the producer places the lead again by the
+    stored rule, so an id-carrying write and an email-only write of one person share a
+    key, a shard and an order, as Marketo matches them."""
+    keys = Keys()
+    with LeadProducer.from_url(redis_url, shards=4) as producer:
+        producer.upsert(email="warm@example.com")  # agreed: no rule stored, SOAP's
+        client.hset(keys.config(), "key_rule", "rest:email")
+        with_id = producer.upsert(email="ann@example.com", marketo_id=5)
+        (batch_id,) = producer.upsert_many([{"email": "ANN@example.com", "marketo_id": 6}])
+    expected = key_digest(lead_key(validate_lead(email="ann@example.com"), "rest:email"))
+    assert expected != key_digest(lead_key(validate_lead(email="a@x.com", marketo_id=5)))
+    for request_id in (with_id, batch_id):
+        assert isinstance(request_id, str)
+        shard, entry_id = parse_request_id(request_id)
+        assert shard == shard_for(lead_key(validate_lead(email="ann@example.com"), "rest:email"), 4)
+        ((_, fields),) = client.xrange(keys.stream(shard), entry_id, entry_id)
+        assert fields[b"k"].decode() == expected
