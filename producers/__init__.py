@@ -6,6 +6,7 @@ lxml or aiohttp (a test checks this), so ``pip install leadsync`` is enough for 
 
 from __future__ import annotations
 
+from producers._core import Ticket
 from producers.aio import AsyncLeadProducer
 from producers.config import ProducerConfig
 from producers.contract import LeadUpsert, Outcome, OutcomeStatus, validate_lead
@@ -32,5 +33,6 @@ __all__ = [
     "OutcomeStatus",
     "ProducerConfig",
     "Retryable",
+    "Ticket",
     "validate_lead",
 ]

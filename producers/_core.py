@@ -240,6 +240,18 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class Ticket:
+    """Makes one enqueue step safe to send again: ``name`` names the sender's sequence of
+    steps (a backfill's journal), ``step`` this step (its rows). When the last step
+    enqueued under ``name`` was ``step``, sending it again writes nothing and answers the
+    request ids it got then (kept 30 days). It covers one atomic step: at most
+    BULK_CHUNK records."""
+
+    name: str
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
 class Placed:
     """Where one validated lead goes: its stream's number (the request id's first part),
     the keys its enqueue step touches, and what the entry holds."""
@@ -315,11 +327,16 @@ class Route:
             self.key_rule,
         )
 
-    def batch(self, placed: Sequence[Placed], lane: Lane = "live") -> Command:
+    def batch(
+        self, placed: Sequence[Placed], lane: Lane = "live", ticket: Ticket | None = None
+    ) -> Command:
         """One atomic command for many leads of one lane (``enqueue_batch.lua``): all
-        admitted, or none."""
+        admitted, or none; under ``ticket``, written once."""
         keys = [key for p in placed for key in (p.stream, p.sequence, p.fields)]
         argv = [arg for p in placed for arg in (p.digest, p.payload)]
+        if ticket is not None:
+            keys.append(self.keys.ticket(ticket.name))
+            argv += [ticket.step, " ".join(str(p.index) for p in placed)]
         return (
             "EVAL",
             wire.ENQUEUE_BATCH_LUA,
@@ -440,13 +457,25 @@ def bulk_chunks(
 
 
 def routed_batch(
-    route: Route, items: Sequence[LeadUpsert | InvalidLead], lane: Lane
+    route: Route,
+    items: Sequence[LeadUpsert | InvalidLead],
+    lane: Lane,
+    ticket: Ticket | None = None,
 ) -> tuple[tuple[list[Placed | InvalidLead], list[Placed]], Command | None]:
     """Every item placed by ``route`` (or refused), the valid ones, and the one atomic
     command that enqueues them (None when none is valid)."""
     routed = [route_or_refuse(route, item, lane) for item in items]
     valid = [item for item in routed if not isinstance(item, InvalidLead)]
-    return (routed, valid), route.batch(valid, lane) if valid else None
+    return (routed, valid), route.batch(valid, lane, ticket) if valid else None
+
+
+def batch_ids(valid: Sequence[Placed], reply: Any) -> list[str]:
+    """The request ids of a batch step's reply: the entry ids it wrote, or (TICKET) the
+    stream numbers and entry ids its ticket's step wrote before."""
+    if isinstance(reply, list | tuple) and len(reply) == 3 and wire.text(reply[0]) == "TICKET":
+        numbers, ids = wire.text(reply[1]).split(), wire.text(reply[2]).split()
+        return [wire.request_id(int(n), i) for n, i in zip(numbers, ids, strict=True)]
+    return [wire.request_id(p.index, wire.text(i)) for p, i in zip(valid, reply, strict=True)]
 
 
 def route_or_refuse(
@@ -570,7 +599,10 @@ class ProducerCore:
         return rid
 
     def upsert_many(
-        self, records: Iterable[Mapping[str, Any]], lane: Lane = "live"
+        self,
+        records: Iterable[Mapping[str, Any]],
+        lane: Lane = "live",
+        ticket: Ticket | None = None,
     ) -> Step[list[str | InvalidLead]]:
         """Request ids (or the InvalidLead) in record order, one round trip per chunk of
         BULK_CHUNK records, each chunk ONE atomic step (``enqueue_batch.lua``): admitted
@@ -581,9 +613,14 @@ class ProducerCore:
         lane = check_lane(lane)
         route = yield from self.agree()
         results: list[str | InvalidLead] = []
-        for chunk in bulk_chunks(records, route.known):
+        chunks: Iterable[list[LeadUpsert | InvalidLead]] = bulk_chunks(records, route.known)
+        if ticket is not None:  # one step: materialized to be sure (streamed otherwise)
+            chunks = list(chunks)
+            if len(chunks) > 1:
+                raise ValueError(f"a ticket covers one step: at most {BULK_CHUNK} records")
+        for chunk in chunks:
             (routed, valid), ids, seen = yield from self._placed(
-                lambda route: routed_batch(route, chunk, lane),  # noqa: B023  # called at once
+                lambda route: routed_batch(route, chunk, lane, ticket),  # noqa: B023  # called at once
                 partial=True,
             )
             if not valid:
@@ -595,9 +632,7 @@ class ProducerCore:
                     raise ids
                 refusal.results = list(results)  # type: ignore[attr-defined]
                 raise refusal
-            made = iter(
-                wire.request_id(p.index, wire.text(i)) for p, i in zip(valid, ids, strict=True)
-            )
+            made = iter(batch_ids(valid, ids))
             results.extend(item if isinstance(item, InvalidLead) else next(made) for item in routed)
             self._confirmed(results, seen)
         return results

@@ -18,6 +18,7 @@ from producers._core import (
     Route,
     Send,
     Step,
+    Ticket,
     advance,
     queue,
 )
@@ -130,10 +131,14 @@ class AsyncLeadProducer:
         return await self._run(self._core.upsert(lead, lane))
 
     async def upsert_many(
-        self, records: Iterable[Mapping[str, Any]], *, lane: Lane = "live"
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        lane: Lane = "live",
+        ticket: Ticket | None = None,
     ) -> list[str | InvalidLead]:
         """See :meth:`LeadProducer.upsert_many`: the valid records ARE enqueued."""
-        return await self._run(self._core.upsert_many(records, lane))
+        return await self._run(self._core.upsert_many(records, lane, ticket))
 
     async def upsert_batch(
         self, records: Sequence[object], *, lane: Lane = "live"

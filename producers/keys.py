@@ -118,6 +118,12 @@ class Keys:
     def control(self, name: str) -> str:
         return f"{self.prefix}:control:{name}"
 
+    def ticket(self, name: str) -> str:
+        """HASH t, n, i: the last step enqueued under the ticket ``name`` (a backfill's
+        journal) and the stream numbers and entry ids it wrote, so that the step sent
+        again after a crash is answered with them instead of written twice."""
+        return f"{self.prefix}:ticket:{name}"
+
     def ring(self, shard: int) -> str:
         """Set while a drain message for the shard waits for a worker (the tick rings once)."""
         return self.control(f"ring:{shard}")

@@ -17,6 +17,7 @@ from producers._core import (
     Raise,
     Send,
     Step,
+    Ticket,
     advance,
     queue,
 )
@@ -152,7 +153,11 @@ class LeadProducer:
         return self._run(self._core.upsert(lead, lane))
 
     def upsert_many(
-        self, records: Iterable[Mapping[str, Any]], *, lane: Lane = "live"
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        lane: Lane = "live",
+        ticket: Ticket | None = None,
     ) -> list[str | InvalidLead]:
         """Enqueue many upserts, one atomic step (one round trip) per 1000 records.
 
@@ -161,8 +166,12 @@ class LeadProducer:
         record keys are rejected as InvalidLead naming the key. A Redis error propagates;
         records of earlier chunks stay enqueued. Backpressure (Redis filling up) and
         NotReplicated stop at a chunk; their ``results`` hold the records before it.
+
+        ``ticket`` (at most 1000 records: one step) makes sending the same records again
+        safe: the step the ticket names is written once, and sent again it answers the
+        request ids it got (``leadsync backfill`` resumes after a crash this way).
         """
-        return self._run(self._core.upsert_many(records, lane))
+        return self._run(self._core.upsert_many(records, lane, ticket))
 
     def upsert_batch(
         self, records: Sequence[object], *, lane: Lane = "live"

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from producers import AsyncLeadProducer, InvalidLead, LeadProducer, Outcome, OutcomeStatus
+from producers import (
+    AsyncLeadProducer,
+    InvalidLead,
+    LeadProducer,
+    Outcome,
+    OutcomeStatus,
+    Ticket,
+)
 from producers.contract import (
     Keys,
     decode_lead,
@@ -202,3 +209,24 @@ def test_a_producer_places_by_the_key_rule_a_worker_stored_since_it_agreed(
         assert shard == shard_for(lead_key(validate_lead(email="ann@example.com"), "rest:email"), 4)
         ((_, fields),) = client.xrange(keys.stream(shard), entry_id, entry_id)
         assert fields[b"k"].decode() == expected
+
+
+def test_a_ticketed_step_sent_again_is_answered_not_written_twice(
+    redis_url: str, client: redis.Redis
+) -> None:
+    keys = Keys()
+    records = [{"email": f"t{n}@example.com"} for n in range(5)] + [{"email": "bad"}]
+    with LeadProducer.from_url(redis_url, shards=4) as producer:
+        first = producer.upsert_many(records, ticket=Ticket("journal", "2-7-6"))
+        again = producer.upsert_many(records, ticket=Ticket("journal", "2-7-6"))
+        assert total_entries(client, keys) == 5
+        assert again[:5] == first[:5], "the same request ids, nothing written"
+        assert isinstance(again[5], InvalidLead)
+        other = producer.upsert_many(records[:2], ticket=Ticket("journal", "8-9-2"))
+        assert total_entries(client, keys) == 7, "another step is written"
+        assert set(other).isdisjoint(first)
+        with pytest.raises(ValueError, match="one step"):
+            producer.upsert_many(
+                [{"email": f"m{n}@example.com"} for n in range(1001)], ticket=Ticket("j", "x")
+            )
+    assert client.pttl(keys.ticket("journal")) > 29 * 86_400_000, "kept 30 days"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from producers import InvalidLead, NotReplicated, Retryable
+from producers import InvalidLead, NotReplicated, Retryable, Ticket
 from producers.contract import Outcome, OutcomeStatus
 from worker.ops.backfill import (
     HEADER,
@@ -161,10 +161,14 @@ class Script:
     def __init__(self, *steps: BaseException | None) -> None:
         self.steps = list(steps)
         self.sent: list[list[str]] = []
+        self.tickets: list[Ticket | None] = []
         self.made = 0
 
-    def __call__(self, records: Sequence[Mapping[str, Any]]) -> list[str | InvalidLead]:
+    def __call__(
+        self, records: Sequence[Mapping[str, Any]], ticket: Ticket | None = None
+    ) -> list[str | InvalidLead]:
         self.sent.append([r["email"] for r in records])
+        self.tickets.append(ticket)
         step = self.steps.pop(0) if self.steps else None
         if step is not None:
             raise step
@@ -207,10 +211,14 @@ def test_a_retryable_with_results_journals_what_went_in_and_retries_the_rest() -
     assert script.sent == [["a@x", "bad", "c@x", "d@x"], ["c@x", "d@x"]]
     assert slept == [0.25]
     assert journal.writes == [
-        [],
-        ["2\t0-100-0", "3\tERROR email: no @", "4\tERROR dedup: must be true or false"],
-        ["5\t0-1-0", "6\t0-2-0"],
-    ]
+        [
+            "2\t0-100-0",
+            "3\tERROR email: no @",
+            "4\tERROR dedup: must be true or false",
+            "5\t0-1-0",
+            "6\t0-2-0",
+        ]
+    ], "a chunk is journaled whole, once every row has its answer"
     assert (counts.read, counts.enqueued, counts.invalid) == (5, 3, 2)
 
 
@@ -273,8 +281,17 @@ def test_records_a_refusal_left_out_are_sent_again_and_journaled_in_row_order() 
     counts = backfill.run(rows("a@x", "b@x", "c@x", "d@x"), chunk_size=10)
     assert script.sent == [["a@x", "b@x", "c@x", "d@x"], ["b@x", "d@x"]]
     assert slept == [2.0]
-    assert [w for w in journal.writes if w] == [
-        ["2\t0-100-0"],
-        ["3\t0-1-0", "4\t0-101-0", "5\t0-2-0"],
-    ]
+    assert journal.writes == [["2\t0-100-0", "3\t0-1-0", "4\t0-101-0", "5\t0-2-0"]]
     assert counts.enqueued == 4
+
+
+def test_each_step_carries_a_ticket_naming_exactly_its_rows() -> None:
+    """The same rows sent again (a resumed chunk) carry the same ticket; the rows left
+    after a partial answer are another step, with another ticket."""
+    script = Script(Refused(["0-100-0", None, "0-101-0", None]))
+    backfill, _ = runner(script, FakeJournal(), ticket="journal-1")
+    backfill.run(rows("a@x", "b@x", None, "c@x", "d@x"), chunk_size=10)
+    assert script.tickets == [
+        Ticket("journal-1", "2-6-4"),
+        Ticket("journal-1", "3-6-2"),
+    ]

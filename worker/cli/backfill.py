@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from contextlib import closing
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,16 +82,22 @@ def backfill(
     `leadsync enqueue`, into the bulk lane unless --live: the apps' live upserts go
     first, and the backfill spends its own daily call budget. Each chunk's request ids are appended to the ids file (fsynced)
     once Redis took it; after a crash or Ctrl-C, the same command continues after the
-    last row in the ids file. The one window: a crash after Redis took a chunk and before
-    its ids were written sends that chunk again. An upsert is safe to repeat, but a row
-    with dedup=false sent twice may create a duplicate lead.
+    last row in the ids file, and a chunk Redis took before its ids were written is not
+    sent twice (its step is answered with the ids it got).
 
     Exits 1 when a row was invalid or (unless --no-wait) a lead did not end CREATED or
     UPDATED in time; 75 when Redis kept refusing (run it again to resume).
     """
     from producers.contract import BULK_CHUNK
     from worker.connections import redis_client_sync
-    from worker.ops.backfill import Backfill, GaveUp, Journal, JournalError, input_fingerprint
+    from worker.ops.backfill import (
+        Backfill,
+        GaveUp,
+        Journal,
+        JournalError,
+        input_fingerprint,
+        ticket_name,
+    )
     from worker.ops.ingest import count_lines, read_rows
 
     mapping, kind = input_spec(file, file_format, maps)
@@ -100,8 +105,9 @@ def backfill(
     settings = settings_from_env()
     started = time.monotonic()
     total = max(count_lines(file) - (1 if kind == "csv" else 0), 0)
+    fingerprint = input_fingerprint(file)
     try:
-        journal = Journal.open(ids, input_fingerprint(file), force=force)
+        journal = Journal.open(ids, fingerprint, force=force)
     except JournalError as exc:
         err_console.print(f"[red]cannot use the ids file:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -129,13 +135,16 @@ def backfill(
         lane: Lane = "bulk" if bulk else "live"
         runner = Backfill(
             journal=journal,
-            upsert_many=partial(producer.upsert_many, lane=lane),
+            upsert_many=lambda records, ticket: producer.upsert_many(
+                records, lane=lane, ticket=ticket
+            ),
             backlog=lambda: _backlog(client, producer, lane),
             outcomes=producer.outcomes,
             on_change=on_change,
             max_backlog=max_backlog,
             retry_for_s=retry_for_s,
             track=not no_wait,
+            ticket=ticket_name(ids, fingerprint),
         )
         gave_up: GaveUp | None = None
         try:

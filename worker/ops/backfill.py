@@ -4,12 +4,13 @@ The journal (the ids file) is the record of what went in: a header naming the in
 (its size and a hash of its first 64 KiB), then one line per input row, in row order,
 ``LINE<TAB>REQUEST_ID`` or ``LINE<TAB>ERROR field: message`` (the field and the reason,
 never the value), where LINE is the row's line in the input as ``leadsync enqueue``
-reports it. A chunk's lines are written, flushed and fsynced only after
-``upsert_many`` returned, so a crash loses at most the chunk in flight; a restart
-continues after the last line in the journal. The one window: a crash after Redis took
-a chunk and before its lines reached the disk sends that chunk again on resume. An
-upsert is safe to repeat (the same fields, last write wins), but a row with
-``dedup=false`` sent twice may create two leads.
+reports it. A chunk (BULK_CHUNK rows) is one atomic enqueue step, and its lines are
+written, flushed and fsynced together once ``upsert_many`` returned; a restart continues
+after the last line in the journal. A chunk Redis took before a crash kept its lines from
+the disk is not written twice: each step carries a ticket (the journal's name, the
+chunk's lines; ``producers.Ticket``), and the same chunk sent again on resume is answered
+with the request ids it got then (kept 30 days; past that, or with another chunk size, it
+would be sent again).
 
 Before each chunk the runner waits while the shard streams hold more than a bound of
 entries, and it retries what Redis refused for now (``Retryable``: its ``results``,
@@ -35,7 +36,7 @@ from typing import IO, Any, Final
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producers import InvalidLead, Retryable
+from producers import InvalidLead, Retryable, Ticket
 from producers.contract import Outcome
 from worker.ops.ingest import Row
 
@@ -117,6 +118,12 @@ def read_journal(lines: Iterable[bytes]) -> JournalState:
                 ids += 1
         end += len(raw)
     return JournalState(fingerprint, last, ids, errors, end)
+
+
+def ticket_name(journal: Path, fingerprint: str) -> str:
+    """The ticket naming a journal's enqueue steps: the journal's path and its input."""
+    key = f"{journal.resolve()}\n{fingerprint}".encode()
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 def journal_line(line: int, result: str | InvalidLead | None, error: str | None = None) -> str:
@@ -270,7 +277,8 @@ class Counts:
     skipped: int = 0
 
 
-UpsertMany = Callable[[list[Mapping[str, Any]]], list[str | InvalidLead]]
+#: ``upsert_many(records, ticket)``: the producer's, in the backfill's lane.
+UpsertMany = Callable[[list[Mapping[str, Any]], Ticket | None], list[str | InvalidLead]]
 Outcomes = Callable[[Sequence[str]], list[Outcome | None]]
 
 
@@ -288,6 +296,9 @@ class Backfill:
     max_backlog: int = 20_000
     retry_for_s: float = 300.0
     track: bool = True
+    #: Names this journal's enqueue steps (:func:`ticket_name`): a chunk Redis took before
+    #: a crash kept its lines from the journal is answered, not written, when sent again.
+    ticket: str | None = None
     counts: Counts = field(default_factory=Counts)
     tracker: DeliveryTracker = field(default_factory=DeliveryTracker)
     _polled_at: float = float("-inf")
@@ -308,20 +319,21 @@ class Backfill:
         return self.counts
 
     def _send(self, chunk: list[Row]) -> None:
-        """Send the chunk's valid rows until all went in, then journal every row."""
+        """Send the chunk's valid rows until all went in (one atomic step: all or none),
+        then journal every row at once. The journal holds whole chunks only, so a chunk
+        sent again after a crash is the same rows under the same ticket."""
         self.counts.read += len(chunk)
         pending = [row for row in chunk if row.record is not None]
         results: dict[int, str | InvalidLead] = {}
-        journaled = 0
         backoff_s = BACKOFF_INITIAL_S
         stuck_since: float | None = None
         while True:
-            journaled = self._journal(chunk, journaled, results)
             if not pending:
+                self._journal(chunk, 0, results)
                 return
             try:
                 self._wait_backlog()
-                got = self.upsert_many([row.record or {} for row in pending])
+                got = self.upsert_many([row.record or {} for row in pending], self._ticket(pending))
                 error: BaseException | None = None
                 wait_s = 0.0
             except Retryable as exc:
@@ -345,10 +357,17 @@ class Backfill:
             if got or stuck_since is None:
                 stuck_since = now
             elif now - stuck_since >= self.retry_for_s:
-                self._journal(chunk, journaled, results)
+                self._journal(chunk, 0, results)
                 raise GaveUp(now - stuck_since, error)
             self._changed()
             self.sleep(wait_s)
+
+    def _ticket(self, pending: Sequence[Row]) -> Ticket | None:
+        """The step's ticket: this journal, and exactly these rows (a resumed chunk is the
+        same rows; a remainder after a partial answer is another step)."""
+        if self.ticket is None:
+            return None
+        return Ticket(self.ticket, f"{pending[0].line}-{pending[-1].line}-{len(pending)}")
 
     def _journal(self, chunk: list[Row], start: int, results: dict[int, str | InvalidLead]) -> int:
         """Journal the chunk's rows from ``start`` on as far as each has its answer; the
