@@ -236,3 +236,13 @@ def test_the_live_lane_finishes_at_the_rate_limit_or_after_the_quota_reset() -> 
     assert dataclasses.replace(stats, limiter=spent).live_finish_in_s is None
     empty = frame([ShardBacklog(0, 0, None, False)]).stats
     assert empty.live_finish_in_s == 0.0
+
+
+def test_the_bulk_lane_has_its_line() -> None:
+    stats = dataclasses.replace(
+        frame().stats,
+        bulk=(ShardBacklog(4, 1200, 95.0, False), ShardBacklog(5, 300, 12.0, False)),
+        limiter=state(bulk_used_today=40, bulk_limit=2000),
+    )
+    text = shown(screen(dataclasses.replace(frame(), stats=stats)))
+    assert "1,500 entries, oldest 95 s; calls today 40 of 2,000" in text

@@ -194,6 +194,11 @@ def _pipeline_table(frame: TopFrame) -> Table:
         ("rests", _rests(frame)),
         ("outcomes / min", _outcomes(frame)),
         ("dead letters", f"{sum(stats.dead_letters):,}"),
+        (
+            "bulk lane",
+            f"{stats.bulk_total:,} entries, oldest {_age(stats.bulk_oldest_age_s)}; calls "
+            f"today {state.bulk_used_today:,} of {state.bulk_limit:,}",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)
