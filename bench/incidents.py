@@ -126,6 +126,7 @@ def drill_rules(factor: float) -> dict[str, Any]:
         "leadsync:config:daily_quota": values["daily_quota"],
         "leadsync:config:flush_interval_seconds": values["flush_interval_s"],
         "leadsync:config:memory_high_water": values["memory_high_water"],
+        "leadsync:config:oldest_entry_floor_seconds": 120 / factor,
     }
     groups = copy.deepcopy(rule_groups())
     for group in groups:
