@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from producers.contract import Lane
-from tests.support.model import WireProtocol
+from tests.support.model import SEQ, VAL, WireProtocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,19 @@ class Regression:
 
 def _w(person: str, value: str = "a", *, dedup: bool = True, lane: Lane = "live") -> Any:
     return (f"{person}@x.com", value, dedup, False, lane)
+
+
+def _whole_writes(steps: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The steps as the machine takes them now: the cases below were found when every
+    write set Seq and Val and named no Marketo id (an enqueued write was the first five
+    fields of ``model.WriteSpec``), so each such write still does."""
+    widened = []
+    for name, arguments in steps:
+        if name == "enqueue":
+            writes = [(*w, (SEQ, VAL), False) if len(w) == 5 else w for w in arguments["writes"]]
+            arguments = {**arguments, "writes": writes}
+        widened.append((name, arguments))
+    return widened
 
 
 #: Found by the machine (REST): a cross-shard call took one lead of shard 1 while shard 1's
@@ -304,12 +317,12 @@ BULK_REPLAY_UNMARKED: list[tuple[str, dict[str, Any]]] = [
 ]
 
 REGRESSIONS = [
-    Regression("bulk-replay-unmarked", "soap", BULK_REPLAY_UNMARKED),
-    Regression("cross-shard-lost-then-split", "rest", CROSS_SHARD_LOST_THEN_SPLIT),
+    Regression("bulk-replay-unmarked", "soap", _whole_writes(BULK_REPLAY_UNMARKED)),
+    Regression("cross-shard-lost-then-split", "rest", _whole_writes(CROSS_SHARD_LOST_THEN_SPLIT)),
     Regression(
         "failed-after-a-lost-reply",
         "rest",
-        FAILED_AFTER_A_LOST_REPLY,
+        _whole_writes(FAILED_AFTER_A_LOST_REPLY),
         split_replies=True,
         transient_retries=1,
     ),
