@@ -1395,28 +1395,25 @@ class System:
             return "stats"
         return "other"
 
-    async def _bulk_marks_match(self, unexpiring: Sequence[str]) -> list[str]:
-        """Invariant 5 for written-fields hashes: one lives without a TTL only while its
-        lead has bulk writes waiting, and its ``~bulk`` count is their number; a lead
-        with bulk writes waiting has one."""
-        waiting = await _bulk_marks_counted(self.redis, self.keys, self.shards)
-        problems = []
-        for key in sorted(set(unexpiring) | set(waiting)):
-            count = int(_text(await self.redis.hget(key, "~bulk") or b"0"))
-            if count != waiting.get(key, 0):
-                problems.append(f"{key}: ~bulk {count}, bulk writes waiting {waiting.get(key, 0)}")
-        return problems
-
     async def key_audit(self, parked: Mapping[str, OutcomeStatus | None]) -> list[str]:
         """Invariant 5: every key without a TTL is of an allowed kind, and the allowed ones
         are bounded: attempts fields are pending entry ids, dead-letter records are parked
-        requests (``parked``: the current outcome of every request id), one each."""
+        requests (``parked``: the current outcome of every request id), one each; a
+        written-fields hash lives without a TTL only while its lead has bulk writes
+        waiting, and its ``~bulk`` count is their number (a lead with bulk writes waiting
+        has one). Read in a few pipelined round trips: it runs after every step."""
         problems = []
-        keys = [_text(key) async for key in self.redis.scan_iter(match="*")]
+        keys = [_text(key) async for key in self.redis.scan_iter(match="*", count=1000)]
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.pttl(key)
-        ttls = await pipe.execute()
+        for s in self.streams:
+            pipe.xpending_range(self.keys.stream(s), Keys.GROUP, min="-", max="+", count=10_000)
+            pipe.hkeys(self.keys.attempts(s))
+        for s in range(self.shards):
+            pipe.xrange(self.keys.stream(self.shards + s))  # the bulk writes waiting
+        replies: list[Any] = await pipe.execute()
+        ttls, replies = replies[: len(keys)], replies[len(keys) :]
         bulk_marks: list[str] = []
         for key, ttl in zip(keys, ttls, strict=True):
             kind = self._kind(key)
@@ -1424,12 +1421,26 @@ class System:
                 bulk_marks.append(key)
             elif int(ttl) == -1 and kind not in ALLOWED_WITHOUT_TTL:
                 problems.append(f"{key} ({kind}) has no TTL")
-        problems += await self._bulk_marks_match(bulk_marks)
         for s in self.streams:
-            pending = set(await self.pending_owners(s))
-            extra = sorted(set(await self.attempts(s)) - pending)
+            rows, fields = replies[2 * s], replies[2 * s + 1]
+            pending = {_text(row["message_id"]) for row in rows}
+            extra = sorted({_text(f) for f in fields} - pending)
             if extra:
                 problems.append(f"shard {s}: attempts kept for entries not pending: {extra}")
+        waiting: Counter[str] = Counter()
+        for s, entries in enumerate(replies[2 * len(self.streams) :]):
+            for _, entry in entries:
+                waiting[self.keys.written_fields(s, _text(entry[b"k"]))] += 1
+        marked = sorted(set(bulk_marks) | set(waiting))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in marked:
+            pipe.hget(key, "~bulk")
+        for key, count in zip(marked, await pipe.execute(), strict=True):
+            if int(_text(count or b"0")) != waiting.get(key, 0):
+                problems.append(
+                    f"{key}: ~bulk {int(_text(count or b'0'))}, bulk writes waiting "
+                    f"{waiting.get(key, 0)}"
+                )
         letters = Counter(await self.dead_letters())
         for rid, n in sorted(letters.items()):
             if n > 1:
@@ -1437,15 +1448,6 @@ class System:
             if rid in parked and parked[rid] is not OutcomeStatus.DEAD_LETTERED:
                 problems.append(f"{rid}: dead-letter record but outcome {parked[rid]}")
         return problems
-
-
-async def _bulk_marks_counted(redis: Any, keys: Keys, shards: int) -> Counter[str]:
-    """Written-fields key -> how many entries of its lead wait in its shard's bulk stream."""
-    waiting: Counter[str] = Counter()
-    for s in range(shards):
-        for _, fields in await redis.xrange(keys.stream(shards + s)):
-            waiting[keys.written_fields(s, _text(fields[b"k"]))] += 1
-    return waiting
 
 
 def _isolation_calls() -> int:
