@@ -1,13 +1,16 @@
 """The HA overlay (deploy/k8s/overlays/ha) through the real tools available here:
 `kubectl kustomize` renders it, and its Redis and Sentinel start scripts and configs run
-(with stand-ins for the DNS names a cluster would give): the config each script writes is
-the one redis-server and `redis-server --sentinel` accept, and leadsync connects through
-that sentinel with the overlay's URL form. Compose's "ha" profile likewise: its Redis and
-Sentinel start scripts run (Docker is not needed), and redis-server takes the arguments
-they give."""
+(with stand-ins for the DNS names a cluster would give): the config and users file each
+script writes are the ones redis-server and `redis-server --sentinel` accept (the default
+user off), and leadsync connects through that sentinel with the overlay's URL form, as
+its own users. Compose's "ha" profile likewise: its Redis and Sentinel start scripts run
+(Docker is not needed), and redis-server takes the arguments and files they give.
+tests/integration/test_sentinel_acl.py runs a whole set (3 sentinels) through a
+failover."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -30,7 +33,13 @@ from tests.unit.test_deploy import COMPOSE, ROOT
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 HA = K8S / "overlays" / "ha"
+ACL_DIR = ROOT / "deploy" / "redis-acl"
 NAMESPACE = "ns"
+#: Test passwords for the users' placeholders (deploy/redis-acl/render.sh's variables).
+PASSWORDS = {
+    f"ACL_{name.upper()}_PASSWORD": f"{name}-pw"
+    for name in ("admin", "api", "worker", "keda", "exporter", "replica", "sentinel", "discovery")
+}
 
 
 def configmap(source: str, name: str) -> dict[str, str]:
@@ -60,8 +69,16 @@ def test_kustomize_renders_the_ha_overlay_with_sentinel_triggers_and_one_secret(
         "password",
         "tls",
         "ca",
+        "sentinelUsername",
         "sentinelPassword",
     }
+    # The users' files, as one ConfigMap (name hashed) the Redis and sentinel pods mount.
+    (acl,) = [doc for (kind, name), doc in ha.items() if kind == "ConfigMap" and name.startswith("redis-acl-")]  # fmt: skip
+    for name in ("users.acl", "ha.acl", "sentinel.acl", "render.sh"):
+        assert acl["data"][name] == (ACL_DIR / name).read_text(), name
+    for name in ("redis", "redis-sentinel"):
+        volumes = ha[("StatefulSet", name)]["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "acl", "configMap": {"name": acl["metadata"]["name"]}} in volumes
     secret = ha[("Secret", "leadsync-secrets")]["stringData"]
     api_url = ha[("Secret", "leadsync-api-secrets")]["stringData"]["LEADSYNC_REDIS_URL"]
     assert api_url.startswith("redis+sentinel://"), "the API's own Secret names the sentinels"
@@ -83,31 +100,43 @@ def stub(folder: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+#: What redis-cli prints (to stdout, exit status 0) when the sentinel refuses the login.
+REFUSED = "NOAUTH Authentication required."
+
+
 def run_script(
-    text: str, tmp_path: Path, hostname: str, master_from_sentinel: str | None = None
-) -> tuple[str, str]:
-    """Run a start script with stand-ins for redis-cli (the sentinel answer) and
-    redis-server (records its arguments); the file it wrote and the arguments."""
+    text: str,
+    tmp_path: Path,
+    hostname: str,
+    master_from_sentinel: str | None = None,
+    *,
+    env: dict[str, str] | None = None,
+) -> tuple[str, str, Path]:
+    """Run a start script with stand-ins for redis-cli (the sentinel's answer, or none)
+    and redis-server (records its arguments), deploy/redis-acl where the pods mount it and
+    ``env`` (default: the test passwords); the config it wrote, the arguments, and the
+    folder it wrote into (its users.acl)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"run-{hostname}-"))
-    answer = f"echo {master_from_sentinel}" if master_from_sentinel else "exit 1"
+    answer = f"echo '{master_from_sentinel}'" if master_from_sentinel else "exit 1"
     stub(bin_dir, "redis-cli", answer + "\n")
     stub(bin_dir, "redis-server", f'echo "$@" > {run_dir}/args\n')
     script = run_dir / "start.sh"
     script.write_text(
-        text.replace("/run/redis/", f"{run_dir}/").replace("/run/sentinel/", f"{run_dir}/")
+        text.replace("/run/redis/", f"{run_dir}/")
+        .replace("/run/sentinel/", f"{run_dir}/")
+        .replace("/etc/redis-acl/", f"{ACL_DIR}/")
     )
-    env = {
+    variables = {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "HOSTNAME": hostname,
         "POD_NAMESPACE": NAMESPACE,
-        "REDIS_PASSWORD": "master-pw",
-        "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+        **(PASSWORDS if env is None else env),
     }
-    subprocess.run(["sh", str(script)], env=env, check=True, timeout=30)
+    subprocess.run(["sh", str(script)], env=variables, check=True, timeout=30, capture_output=True)  # fmt: skip
     written = next(p for p in run_dir.iterdir() if p.suffix == ".conf")
-    return written.read_text(), (run_dir / "args").read_text().strip()
+    return written.read_text(), (run_dir / "args").read_text().strip(), run_dir
 
 
 def name_of(pod: str) -> str:
@@ -117,35 +146,72 @@ def name_of(pod: str) -> str:
 def test_redis_pods_start_as_master_or_replica_of_whom_the_sentinels_name(tmp_path: Path) -> None:
     text = configmap("redis-ha.yaml", "redis-ha")["start-redis.sh"]
     # First start: no sentinel answers; redis-0 is the master, redis-1 its replica.
-    first, args = run_script(text, tmp_path, "redis-0")
+    first, args, run_dir = run_script(text, tmp_path, "redis-0")
     assert args == "/etc/redis/redis.conf"
-    assert "requirepass master-pw" in first
-    assert "masterauth master-pw" in first
+    assert "requirepass" not in first  # the default user is off (users.acl)
+    assert "masterauth replica-pw" in first
     assert f"replica-announce-ip {name_of('redis-0')}" in first
     assert "replicaof" not in first
-    second, _ = run_script(text, tmp_path, "redis-1")
+    # The users file: users.acl then ha.acl, each password as its sha256, none in clear,
+    # readable by the Redis user only.
+    users = (run_dir / "users.acl").read_text()
+    assert [line.split()[1] for line in users.splitlines()] == [
+        "default", "leadsync-admin", "leadsync-api", "leadsync-worker", "leadsync-keda",
+        "leadsync-exporter", "leadsync-replica", "leadsync-sentinel",
+    ]  # fmt: skip
+    for name in ("admin", "api", "worker", "keda", "exporter", "replica", "sentinel"):
+        assert f" #{hashlib.sha256(f'{name}-pw'.encode()).hexdigest()} " in users, name
+    assert "-pw" not in users
+    assert "change-me" not in users
+    assert stat.S_IMODE((run_dir / "users.acl").stat().st_mode) == 0o600
+    second, _, _ = run_script(text, tmp_path, "redis-1")
     assert f"replicaof {name_of('redis-0')} 6379" in second
+    # A refused login to the sentinels is no master's name (redis-cli prints the refusal
+    # as if it were the answer): as when none answers.
+    refused, _, _ = run_script(text, tmp_path, "redis-1", REFUSED)
+    assert f"replicaof {name_of('redis-0')} 6379" in refused
     # After a failover to redis-1, a restarted redis-0 replicates it.
-    back, _ = run_script(text, tmp_path, "redis-0", name_of("redis-1"))
+    back, _, _ = run_script(text, tmp_path, "redis-0", name_of("redis-1"))
     assert f"replicaof {name_of('redis-1')} 6379" in back
     # And redis-1 named as master by the sentinels stays master.
-    master, _ = run_script(text, tmp_path, "redis-1", name_of("redis-1"))
+    master, _, _ = run_script(text, tmp_path, "redis-1", name_of("redis-1"))
     assert "replicaof" not in master
+
+
+def test_a_pod_with_a_password_missing_does_not_start(tmp_path: Path) -> None:
+    """A user left without a password would not be refused by Redis but open to an empty
+    one (the sha256 of nothing): render.sh stops the start instead, naming the variable."""
+    for configmap_name, source, key in (
+        ("redis-ha", "redis-ha.yaml", "start-redis.sh"),
+        ("redis-sentinel", "sentinel.yaml", "start-sentinel.sh"),
+    ):
+        text = configmap(source, configmap_name)[key]
+        without = {**PASSWORDS, "ACL_SENTINEL_PASSWORD": ""}
+        with pytest.raises(subprocess.CalledProcessError) as failed:
+            run_script(text, tmp_path, "redis-0", env=without)
+        assert b"ACL_SENTINEL_PASSWORD is unset or empty" in failed.value.stderr
 
 
 def test_a_sentinel_monitors_the_master_its_peers_name(tmp_path: Path) -> None:
     text = configmap("sentinel.yaml", "redis-sentinel")["start-sentinel.sh"]
-    fresh, args = run_script(text, tmp_path, "redis-sentinel-0")
+    fresh, args, run_dir = run_script(text, tmp_path, "redis-sentinel-0")
     assert f"sentinel monitor leadsync {name_of('redis-0')} 6379 2" in fresh
     assert (
         f"sentinel announce-ip redis-sentinel-0.redis-sentinel.{NAMESPACE}.svc.cluster.local"
         in fresh
     )
-    assert "requirepass sentinel-pw" in fresh
-    assert "sentinel auth-pass leadsync master-pw" in fresh
+    assert "requirepass" not in fresh  # the default user is off (sentinel.acl)
+    assert "sentinel auth-user leadsync leadsync-sentinel" in fresh
+    assert "sentinel auth-pass leadsync sentinel-pw" in fresh
+    assert "sentinel sentinel-pass sentinel-pw" in fresh
+    users = (run_dir / "users.acl").read_text()
+    assert [line.split()[1] for line in users.splitlines()] == ["default", "leadsync-sentinel", "leadsync-discovery"]  # fmt: skip
+    assert "-pw" not in users
     assert args.endswith("--sentinel")
-    later, _ = run_script(text, tmp_path, "redis-sentinel-2", name_of("redis-1"))
+    later, _, _ = run_script(text, tmp_path, "redis-sentinel-2", name_of("redis-1"))
     assert f"sentinel monitor leadsync {name_of('redis-1')} 6379 2" in later
+    refused, _, _ = run_script(text, tmp_path, "redis-sentinel-2", REFUSED)
+    assert f"sentinel monitor leadsync {name_of('redis-0')} 6379 2" in refused
 
 
 # --- the configs, run by the real redis-server ----------------------------------------------
@@ -188,7 +254,7 @@ def test_the_overlay_configs_run_and_leadsync_connects_through_the_sentinel(
 ) -> None:
     redis_port, sentinel_port = free_port(), free_port()
     # The master: the ConfigMap's redis.conf with the runtime file redis-0 would write.
-    runtime, _ = run_script(
+    runtime, _, written = run_script(
         configmap("redis-ha.yaml", "redis-ha")["start-redis.sh"], tmp_path, "redis-0"
     )
     runtime = runtime.replace(name_of("redis-0"), "127.0.0.1")
@@ -200,17 +266,24 @@ def test_the_overlay_configs_run_and_leadsync_connects_through_the_sentinel(
     conf = conf.replace("bind 0.0.0.0", "bind 127.0.0.1").replace(
         "/run/redis/runtime.conf", str(tmp_path / "runtime.conf")
     )
+    conf = conf.replace("/run/redis/users.acl", str(written / "users.acl"))
     (tmp_path / "redis.conf").write_text(conf)
     processes.append(spawn([str(tmp_path / "redis.conf")], tmp_path))
-    master = redis.Redis(port=redis_port, password="master-pw", decode_responses=True)
+    master = redis.Redis(
+        port=redis_port, username="leadsync-admin", password="admin-pw", decode_responses=True
+    )
     poll(master.ping)
     config = master.config_get("*")
     assert (config["appendonly"], config["maxmemory-policy"]) == ("yes", "noeviction")
+    assert (config["masteruser"], config["masterauth"]) == ("leadsync-replica", "replica-pw")
+    # The default user is off: no login, with or without a password.
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=redis_port).set("x", 1)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=redis_port, password="admin-pw").set("x", 1)
 
     # A sentinel: the config start-sentinel.sh writes, pointed at this master.
-    generated, _ = run_script(
+    generated, _, written = run_script(
         configmap("sentinel.yaml", "redis-sentinel")["start-sentinel.sh"],
         tmp_path,
         "redis-sentinel-0",
@@ -221,20 +294,33 @@ def test_the_overlay_configs_run_and_leadsync_connects_through_the_sentinel(
         .replace("port 26379", f"port {sentinel_port}\nbind 127.0.0.1")
         .replace("dir /tmp", f"dir {tmp_path}")
         .replace(" 2\n", " 1\n")  # one sentinel here: quorum 1
+        .replace("/run/sentinel/users.acl", str(written / "users.acl"))
     )
     (tmp_path / "sentinel.conf").write_text(generated)
     processes.append(spawn([str(tmp_path / "sentinel.conf"), "--sentinel"], tmp_path))
-    sentinel = redis.Redis(port=sentinel_port, password="sentinel-pw", decode_responses=True)
+    sentinel = redis.Redis(
+        port=sentinel_port,
+        username="leadsync-discovery",
+        password="discovery-pw",
+        decode_responses=True,
+    )
+    # It watches the master as leadsync-sentinel (its connections are logged in so).
     state = poll(lambda: sentinel.sentinel_master("leadsync"))
     assert state["is_master"]
     assert not state["is_sdown"]
+    users = poll(lambda: {c["user"] for c in master.client_list() if c["name"].startswith("sentinel-")})  # fmt: skip
+    assert users == {"leadsync-sentinel"}
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=sentinel_port).ping()
 
-    # leadsync reaches the master through it, with the overlay's URL form.
+    # leadsync reaches the master through it, with the overlay's URL form, as the worker.
     client = redis_client(
-        f"redis+sentinel://:master-pw@127.0.0.1:{sentinel_port}/leadsync/0?sentinel_password=sentinel-pw"
+        f"redis+sentinel://leadsync-worker:worker-pw@127.0.0.1:{sentinel_port}/leadsync/0"
+        "?sentinel_username=leadsync-discovery&sentinel_password=discovery-pw"
     )
     try:
         assert client.set("leadsync:probe", "1")
+        assert client.acl_whoami() == "leadsync-worker"
         assert master.get("leadsync:probe") == "1"
     finally:
         client.close()

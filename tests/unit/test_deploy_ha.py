@@ -28,6 +28,7 @@ from tests.unit.test_deploy import (
 from worker.settings import Settings
 
 HA = K8S / "overlays" / "ha"
+ACL = K8S.parent / "redis-acl"
 HA_SERVICES = {"redis-master", "redis-replica", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}  # fmt: skip
 REDIS_HA = ("redis-master", "redis-replica", "redis-replica-2")
 LEADSYNC_HA_SERVICES = {"worker-ha": "worker", "beat-ha": "beat", "api-ha": "api", "producer-ha": "producer"}  # fmt: skip
@@ -47,11 +48,47 @@ def one(name: str, kind: str, object_name: str | None = None) -> dict[str, Any]:
     return found[0]
 
 
+def ha_secret(name: str = "leadsync-secrets") -> dict[str, str]:
+    data: dict[str, str] = one("secret-patch.yaml", "Secret", name)["stringData"]
+    return data
+
+
 def ha_url() -> str:
-    url: str = one("secret-patch.yaml", "Secret", "leadsync-secrets")["stringData"][
-        "LEADSYNC_REDIS_URL"
-    ]
-    return url
+    return ha_secret()["LEADSYNC_REDIS_URL"]
+
+
+def acl_users(*files: str) -> dict[str, list[str]]:
+    """The users of deploy/redis-acl files: name -> rules (password placeholder included)."""
+    users: dict[str, list[str]] = {}
+    for name in files:
+        for line in (ACL / name).read_text().splitlines():
+            words = line.split()
+            assert words[0] == "user", line
+            assert words[1] not in users, f"{words[1]} twice"
+            users[words[1]] = words[2:]
+    return users
+
+
+def placeholder(rules: list[str]) -> str:
+    """The NAME of a user's ``>change-me-NAME`` password (render.sh's ACL_NAME_PASSWORD)."""
+    (word,) = [w for w in rules if w.startswith(">")]
+    assert word.startswith(">change-me-"), word
+    return word.removeprefix(">change-me-")
+
+
+def grants(rules: list[str]) -> list[str]:
+    """A user's rules without ``on`` and its password."""
+    return [w for w in rules if w != "on" and not w.startswith(">")]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """A container's Secret-sourced variables: name -> (Secret, key)."""
+    found = {}
+    for item in container.get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            found[item["name"]] = (ref["name"], ref["key"])
+    return found
 
 
 def script(configmap: str, key: str) -> str:
@@ -99,8 +136,17 @@ def test_every_leadsync_process_gets_a_sentinel_url_naming_the_sentinel_pods() -
     master, quorum = sentinel_monitor(script("redis-sentinel", "start-sentinel.sh"))
     assert parsed.master == master == "leadsync"
     assert quorum == 2
-    assert parsed.password is not None, "the master's password is in the URL"
-    assert parsed.sentinel_password is not None, "and the sentinels' own"
+    # Each process logs in to Redis as its own user and to the sentinels as
+    # leadsync-discovery (deploy/redis-acl), with the passwords the Redis pods set up.
+    secret, api_secret = ha_secret(), ha_secret("leadsync-api-secrets")
+    api = parse_sentinel_url(api_secret["LEADSYNC_REDIS_URL"])
+    assert (parsed.username, parsed.password) == ("leadsync-worker", secret["REDIS_WORKER_PASSWORD"])  # fmt: skip
+    assert (api.username, api.password) == ("leadsync-api", api_secret["REDIS_API_PASSWORD"])
+    for url in (parsed, api):
+        assert url.sentinels == parsed.sentinels
+        assert url.master == parsed.master
+        assert url.sentinel_username == secret["REDIS_SENTINEL_USERNAME"] == "leadsync-discovery"
+        assert url.sentinel_password == secret["REDIS_SENTINEL_PASSWORD"]
     # The base's Deployments read the URL from this Secret key: nothing else to patch.
     assert "LEADSYNC_REDIS_URL" in secret_keys()
 
@@ -111,6 +157,11 @@ def test_both_redis_pods_are_configured_as_a_database_like_deploy_redis_conf() -
     for name in ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy"):
         assert conf[name] == base[name], name
     assert conf["include"] == "/run/redis/runtime.conf"
+    # The users, not one password: the default user is off (users.acl), replicas log in
+    # as leadsync-replica.
+    assert "requirepass" not in conf
+    assert conf["aclfile"] == "/run/redis/users.acl"
+    assert conf["masteruser"] == "leadsync-replica"
     redis = one("redis-ha.yaml", "StatefulSet", "redis")
     assert redis["spec"]["replicas"] == 3, "a master and two replicas"
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
@@ -140,7 +191,10 @@ def test_the_start_scripts_are_valid_shell(configmap: str, key: str, tmp_path: P
 
 
 def test_redis_and_sentinel_pods_are_hardened_and_read_their_passwords_from_the_secret() -> None:
-    keys = secret_keys() | set(one("secret-patch.yaml", "Secret", "leadsync-secrets")["stringData"])
+    keys = {
+        name: secret_keys(name) | set(ha_secret(name))
+        for name in ("leadsync-secrets", "leadsync-api-secrets")
+    }
     for source, name in (("redis-ha.yaml", "redis"), ("sentinel.yaml", "redis-sentinel")):
         pod = one(source, "StatefulSet", name)["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -153,13 +207,116 @@ def test_redis_and_sentinel_pods_are_hardened_and_read_their_passwords_from_the_
             assert context["capabilities"]["drop"] == ["ALL"]
             assert container["readinessProbe"]
             assert container["livenessProbe"]
-            for item in container["env"]:
-                ref = item.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert ref["name"] == "leadsync-secrets"
-                    assert ref["key"] in keys, ref["key"]
+            for secret, key in env_of(container).values():
+                # The API's own password lives in the API's Secret, the rest in the main one.
+                assert key in keys[secret], (secret, key)
+                assert (secret == "leadsync-api-secrets") == (key == "REDIS_API_PASSWORD")
             # No password on a command line (ps would show it).
             assert not any("PASSWORD" in word for word in container["command"])
+            # The probes log in (the default user is off), and pass on PONG only:
+            # redis-cli exits 0 on an error reply.
+            for probe in ("readinessProbe", "livenessProbe"):
+                command = container[probe]["exec"]["command"]
+                assert command[:2] == ["sh", "-c"], command
+                assert "--user leadsync-" in command[2], command
+                assert "| grep -q" in command[2], command
+                assert "PONG" in command[2], command
+
+
+#: What the users of deploy/redis-acl/ha.acl and sentinel.acl may do, as shipped (a change
+#: shows here). Replication: Redis's documented set for a replica's masteruser. Sentinel
+#: on the Redis servers: Redis's documented set for ``sentinel auth-user``.
+REPLICA_RULES = ["resetchannels", "resetkeys", "-@all", "+psync", "+replconf", "+ping"]
+SENTINEL_RULES = [
+    "resetkeys", "allchannels", "-@all", "+multi", "+slaveof", "+ping", "+exec",
+    "+subscribe", "+config|rewrite", "+role", "+publish", "+info", "+client|setname",
+    "+client|kill", "+script|kill",
+]  # fmt: skip
+#: Clients on the sentinels: read the master's (and replicas', sentinels') addresses and
+#: hear of a switch (go-redis, which KEDA uses, subscribes); never SENTINEL SET, REMOVE,
+#: MONITOR, FAILOVER, IS-MASTER-DOWN-BY-ADDR (a vote) nor PUBLISH (a forged hello).
+DISCOVERY_RULES = [
+    "resetchannels", "&+switch-master", "&+replica-reconf-done", "-@all", "+auth", "+hello",
+    "+ping", "+subscribe", "+unsubscribe", "+sentinel|masters", "+sentinel|master",
+    "+sentinel|get-master-addr-by-name", "+sentinel|replicas", "+sentinel|slaves",
+    "+sentinel|sentinels",
+]  # fmt: skip
+
+
+def test_the_ha_acl_files_add_replication_and_sentinel_users_and_keep_default_off() -> None:
+    servers = acl_users("users.acl", "ha.acl")
+    assert servers["default"] == ["off"]
+    assert grants(servers["leadsync-replica"]) == REPLICA_RULES
+    assert grants(servers["leadsync-sentinel"]) == SENTINEL_RULES
+    sentinels = acl_users("sentinel.acl")
+    assert sentinels["default"] == ["off"]
+    assert set(sentinels) == {"default", "leadsync-sentinel", "leadsync-discovery"}
+    assert grants(sentinels["leadsync-discovery"]) == DISCOVERY_RULES
+    # The sentinels log in to each other as the user they log in to Redis with.
+    assert placeholder(sentinels["leadsync-sentinel"]) == placeholder(servers["leadsync-sentinel"])  # fmt: skip
+    for users in (servers, sentinels):
+        for name, rules in users.items():
+            if name != "default":
+                assert rules[0] == "on", name
+                placeholder(rules)  # every password is a placeholder render.sh replaces
+
+
+def test_the_overlay_ships_the_acl_files_and_every_pod_renders_the_users_it_serves() -> None:
+    """The pods mount deploy/redis-acl (ConfigMap redis-acl, generated from the very files)
+    and render them at start with a password from the Secrets for every placeholder,
+    the example Secrets' values being those placeholders (so the example agrees with
+    itself: the URLs' passwords are the ones the pods set up)."""
+    kustomization = yaml.safe_load((HA / "kustomization.yaml").read_text())
+    assert "../../../redis-acl" in kustomization["resources"]
+    generator = yaml.safe_load((ACL / "kustomization.yaml").read_text())["configMapGenerator"]
+    assert generator == [{"name": "redis-acl", "files": ["users.acl", "ha.acl", "sentinel.acl", "render.sh"]}]  # fmt: skip
+    values = {name: ha_secret(name) for name in ("leadsync-secrets", "leadsync-api-secrets")}
+    for source, name, files, script_text in (
+        ("redis-ha.yaml", "redis", ("users.acl", "ha.acl"), script("redis-ha", "start-redis.sh")),
+        ("sentinel.yaml", "redis-sentinel", ("sentinel.acl",), script("redis-sentinel", "start-sentinel.sh")),
+    ):  # fmt: skip
+        pod = one(source, "StatefulSet", name)["spec"]["template"]["spec"]
+        (container,) = [c for c in pod["containers"] if c["name"] in ("redis", "sentinel")]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts["acl"] == "/etc/redis-acl"
+        assert volumes["acl"]["configMap"]["name"] == "redis-acl"
+        rendered = " ".join(f"/etc/redis-acl/{f}" for f in files)
+        assert f"sh /etc/redis-acl/render.sh {rendered}" in script_text.replace("\\\n", "")
+        env = env_of(container)
+        needed = {placeholder(rules) for rules in acl_users(*files).values() if rules != ["off"]}
+        needed.add("discovery")  # asking the sentinels for the master at start
+        for user in needed:
+            secret, key = env[f"ACL_{user.upper()}_PASSWORD"]
+            assert values[secret][key] == f"change-me-{user}", (name, user)
+        # A pod reads no password it does not use.
+        assert {v for v in env if v.startswith("ACL_")} == {f"ACL_{u.upper()}_PASSWORD" for u in needed}  # fmt: skip
+    # The API's own password sits in the API's Secret, beside its URL.
+    assert env_of(one("redis-ha.yaml", "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0])["ACL_API_PASSWORD"] == ("leadsync-api-secrets", "REDIS_API_PASSWORD")  # fmt: skip
+
+
+def test_replicas_and_sentinels_log_in_as_their_own_users() -> None:
+    redis_start = script("redis-ha", "start-redis.sh")
+    assert 'echo "masterauth ${ACL_REPLICA_PASSWORD}"' in redis_start
+    assert "requirepass" not in redis_start
+    sentinel = script("redis-sentinel", "start-sentinel.sh")
+    for line in (
+        "aclfile /run/sentinel/users.acl",
+        "sentinel sentinel-user leadsync-sentinel",
+        "sentinel sentinel-pass ${ACL_SENTINEL_PASSWORD}",
+        "sentinel auth-user leadsync leadsync-sentinel",
+        "sentinel auth-pass leadsync ${ACL_SENTINEL_PASSWORD}",
+    ):
+        assert line in sentinel, line
+    assert "requirepass" not in sentinel
+    # auth-user must follow the monitor line it refers to.
+    assert sentinel.index("sentinel monitor leadsync") < sentinel.index("sentinel auth-user")
+    # Asking for the master at start: as leadsync-discovery, and a refusal (which
+    # redis-cli prints as the answer) is no master's name.
+    for text in (redis_start, sentinel):
+        assert "--user leadsync-discovery" in text
+        assert 'REDISCLI_AUTH="${ACL_DISCOVERY_PASSWORD}"' in text
+        assert 'case "${MASTER}" in *[!A-Za-z0-9.:-]*) MASTER="" ;; esac' in text
 
 
 def test_keda_reads_every_shard_through_the_sentinels() -> None:
@@ -184,9 +341,12 @@ def test_keda_reads_every_shard_through_the_sentinels() -> None:
         assert trigger["authenticationRef"]["name"] == "leadsync-redis"
     auth = one("keda-patch.yaml", "TriggerAuthentication", "leadsync-redis")
     refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
-    assert set(refs) == {"username", "password", "tls", "ca", "sentinelPassword"}
-    patched = set(one("secret-patch.yaml", "Secret", "leadsync-secrets")["stringData"])
-    assert {ref["key"] for ref in refs.values()} <= secret_keys() | patched
+    assert set(refs) == {"username", "password", "tls", "ca", "sentinelUsername", "sentinelPassword"}  # fmt: skip
+    patched = ha_secret()
+    assert {ref["key"] for ref in refs.values()} <= secret_keys() | set(patched)
+    # KEDA's own users: leadsync-keda on Redis (XLEN), leadsync-discovery on the sentinels.
+    assert patched[refs["username"]["key"]] == "leadsync-keda"
+    assert patched[refs["sentinelUsername"]["key"]] == "leadsync-discovery"
 
 
 # --- compose: the "ha" profile -------------------------------------------------------------
