@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -340,65 +340,112 @@ def compose_script(name: str) -> str:
     return text.replace("$$", "$")
 
 
-def run_compose_start(
-    name: str, tmp_path: Path, master_from_sentinels: str | None = None
-) -> tuple[list[str], list[str], str]:
+def compose_env(name: str) -> dict[str, str]:
+    environment: dict[str, str] = yaml.safe_load(COMPOSE.read_text())["services"][name].get("environment", {})  # fmt: skip
+    return {key: str(value) for key, value in environment.items()}
+
+
+class Started(NamedTuple):
+    args: list[str]  #: redis-server's arguments, with the container's /tmp as /tmp
+    asked: list[str]  #: the hosts asked for the master
+    logins: list[str]  #: "user password" each was asked as
+    conf: str  #: the sentinel config written (empty for a Redis server)
+    run_dir: Path  #: the container's /tmp (users.acl, masterauth.conf)
+
+
+def run_compose_start(name: str, tmp_path: Path, master_from_sentinels: str | None = None) -> Started:  # fmt: skip
     """Run service ``name``'s start script as its container would (its hostname is its
-    name) with stand-ins for redis-cli (every host answers ``master_from_sentinels``, or
-    none answers) and redis-server: the arguments redis-server got, the hosts asked, and
-    the sentinel config written (empty for a Redis server)."""
+    name, its environment the service's, deploy/redis-acl mounted) with stand-ins for
+    redis-cli (every host answers ``master_from_sentinels``, or none answers) and
+    redis-server."""
     bin_dir = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"bin-{name}-"))
     run_dir = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"run-{name}-"))
-    answer = f"echo {master_from_sentinels}" if master_from_sentinels else "exit 1"
-    # redis-cli --raw -h HOST ...: note the host, then answer.
-    stub(bin_dir, "redis-cli", f'echo "$3" >> {run_dir}/asked\n{answer}\n')
+    answer = f"echo '{master_from_sentinels}'" if master_from_sentinels else "exit 1"
+    # redis-cli ... --user USER -h HOST ...: note the host and the login, then answer.
+    stub(
+        bin_dir,
+        "redis-cli",
+        'while [ "$#" -gt 0 ]; do\n'
+        f'  if [ "$1" = -h ]; then echo "$2" >> {run_dir}/asked; fi\n'
+        f'  if [ "$1" = --user ]; then echo "$2 $REDISCLI_AUTH" >> {run_dir}/logins; fi\n'
+        "  shift\n"
+        f"done\n{answer}\n",
+    )
     stub(bin_dir, "redis-server", f'for a in "$@"; do echo "$a"; done > {run_dir}/args\n')
     stub(bin_dir, "hostname", f"echo {name}\n")
     script = run_dir / "start.sh"
-    script.write_text(compose_script(name).replace("/tmp/sentinel.conf", f"{run_dir}/s.conf"))
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    script.write_text(
+        compose_script(name)
+        .replace("/tmp/", f"{run_dir}/")
+        .replace("/etc/redis-acl/", f"{ACL_DIR}/")
+    )
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", **compose_env(name)}
     subprocess.run(["sh", str(script)], env=env, check=True, timeout=30)
-    asked = run_dir / "asked"
-    conf = run_dir / "s.conf"
-    return (
-        (run_dir / "args").read_text().split("\n")[:-1],
-        asked.read_text().split() if asked.exists() else [],
-        conf.read_text() if conf.exists() else "",
+
+    def lines(file: str) -> list[str]:
+        path = run_dir / file
+        return path.read_text().splitlines() if path.exists() else []
+
+    conf = run_dir / "sentinel.conf"
+    return Started(
+        args=[a.replace(str(run_dir), "/tmp") for a in lines("args")],
+        asked=lines("asked"),
+        logins=lines("logins"),
+        conf=conf.read_text() if conf.exists() else "",
+        run_dir=run_dir,
     )
 
 
 CONF = "/usr/local/etc/redis/redis.conf"
 ROOT_CONF = str(ROOT / "deploy" / "redis.conf")
+#: What every compose Redis server starts with before its name and master: the users
+#: (default off) and the replicas' login to the master, its password in a file.
+USERS = [CONF, "--aclfile", "/tmp/users.acl", "--masteruser", "leadsync-replica", "--include", "/tmp/masterauth.conf"]  # fmt: skip
 
 
 def test_compose_redis_servers_start_as_master_or_replica_of_whom_the_sentinels_name(
     tmp_path: Path,
 ) -> None:
     # First start: no sentinel answers; redis-master is the master, the others replicate it.
-    args, asked, _ = run_compose_start("redis-master", tmp_path)
-    assert asked == ["sentinel-1", "sentinel-2", "sentinel-3"]
-    assert args == [CONF, "--replica-announce-ip", "redis-master"]
+    started = run_compose_start("redis-master", tmp_path)
+    assert started.asked == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert set(started.logins) == {"leadsync-discovery change-me-discovery"}
+    assert started.args == [*USERS, "--replica-announce-ip", "redis-master"]
+    assert (started.run_dir / "masterauth.conf").read_text() == "masterauth change-me-replica\n"
+    users = (started.run_dir / "users.acl").read_text()
+    assert "user default off" in users
+    assert "change-me" not in users
+    assert f"user leadsync-replica on #{hashlib.sha256(b'change-me-replica').hexdigest()} " in users
     for replica in ("redis-replica", "redis-replica-2"):
-        args, _, _ = run_compose_start(replica, tmp_path)
-        assert args == [CONF, "--replica-announce-ip", replica, "--replicaof", "redis-master", "6379"]  # fmt: skip
+        args = run_compose_start(replica, tmp_path).args
+        assert args == [*USERS, "--replica-announce-ip", replica, "--replicaof", "redis-master", "6379"]  # fmt: skip
     # After a failover to redis-replica, a killed redis-master that starts again
     # replicates it (it never comes back as a second master), and so does redis-replica-2.
     for name in ("redis-master", "redis-replica-2"):
-        args, asked, _ = run_compose_start(name, tmp_path, "redis-replica")
-        assert asked == ["sentinel-1"]
-        assert args == [CONF, "--replica-announce-ip", name, "--replicaof", "redis-replica", "6379"]  # fmt: skip
+        started = run_compose_start(name, tmp_path, "redis-replica")
+        assert started.asked == ["sentinel-1"]
+        assert started.args == [*USERS, "--replica-announce-ip", name, "--replicaof", "redis-replica", "6379"]  # fmt: skip
     # The server the sentinels name starts as the master.
-    args, _, _ = run_compose_start("redis-replica", tmp_path, "redis-replica")
-    assert args == [CONF, "--replica-announce-ip", "redis-replica"]
+    args = run_compose_start("redis-replica", tmp_path, "redis-replica").args
+    assert args == [*USERS, "--replica-announce-ip", "redis-replica"]
+    # A refused login (printed by redis-cli as the answer) names no master.
+    started = run_compose_start("redis-replica-2", tmp_path, REFUSED)
+    assert started.asked == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert started.args[-2:] == ["redis-master", "6379"]
 
 
 def test_a_compose_sentinel_monitors_the_master_its_peers_name(tmp_path: Path) -> None:
-    args, asked, fresh = run_compose_start("sentinel-2", tmp_path)
-    assert asked == ["sentinel-1", "sentinel-3"], "a sentinel does not ask itself"
+    started = run_compose_start("sentinel-2", tmp_path)
+    assert started.asked == ["sentinel-1", "sentinel-3"], "a sentinel does not ask itself"
+    assert set(started.logins) == {"leadsync-discovery change-me-discovery"}
+    fresh = started.conf
     assert "sentinel monitor leadsync redis-master 6379 2" in fresh
     assert "sentinel announce-ip sentinel-2" in fresh
-    assert args[-1] == "--sentinel"
-    _, _, later = run_compose_start("sentinel-1", tmp_path, "redis-replica")
+    assert "sentinel auth-pass leadsync change-me-sentinel" in fresh
+    assert started.args[-1] == "--sentinel"
+    users = (started.run_dir / "users.acl").read_text()
+    assert [line.split()[1] for line in users.splitlines()] == ["default", "leadsync-sentinel", "leadsync-discovery"]  # fmt: skip
+    later = run_compose_start("sentinel-1", tmp_path, "redis-replica").conf
     assert "sentinel monitor leadsync redis-replica 6379 2" in later
     assert "sentinel announce-ip sentinel-1" in later
 
@@ -406,13 +453,14 @@ def test_a_compose_sentinel_monitors_the_master_its_peers_name(tmp_path: Path) -
 def test_the_compose_start_arguments_run_a_master_and_its_replica(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """redis-server takes deploy/redis.conf with the arguments the start script gives
-    (names and ports mapped to this machine), and the replica follows the master."""
+    """redis-server takes deploy/redis.conf with the arguments and files the start script
+    gives (names and ports mapped to this machine), and the replica follows the master
+    as leadsync-replica; the default user is refused."""
     ports = {"redis-master": free_port(), "redis-replica": free_port()}
     clients = {}
     for name, master in (("redis-master", None), ("redis-replica", "redis-master")):
-        args, _, _ = run_compose_start(name, tmp_path, master)
-        args = [ROOT_CONF if a == CONF else a for a in args]
+        started = run_compose_start(name, tmp_path, master)
+        args = [ROOT_CONF if a == CONF else a.replace("/tmp/", f"{started.run_dir}/") for a in started.args]  # fmt: skip
         if "--replicaof" in args:
             at = args.index("--replicaof")
             args[at + 1 : at + 3] = ["127.0.0.1", str(ports[master or ""])]
@@ -420,14 +468,23 @@ def test_the_compose_start_arguments_run_a_master_and_its_replica(
         folder.mkdir()
         at_home = ["--port", str(ports[name]), "--bind", "127.0.0.1", "--dir", str(folder)]
         processes.append(spawn([*args, *at_home], folder))
-        clients[name] = redis.Redis(port=ports[name], decode_responses=True)
+        clients[name] = redis.Redis(
+            port=ports[name],
+            username="leadsync-admin",
+            password=compose_env(name)["ACL_ADMIN_PASSWORD"],
+            decode_responses=True,
+        )
     try:
         poll(lambda: clients["redis-master"].info("replication")["connected_slaves"] == 1)
         assert clients["redis-replica"].config_get("replica-announce-ip") == {
             "replica-announce-ip": "redis-replica"
         }
+        (replica,) = clients["redis-master"].client_list(_type="replica")
+        assert replica["user"] == "leadsync-replica"
         clients["redis-master"].set("leadsync:probe", "1")
         assert poll(lambda: clients["redis-replica"].get("leadsync:probe")) == "1"
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=ports["redis-master"]).ping()
     finally:
         for client in clients.values():
             client.close()

@@ -380,15 +380,23 @@ def test_compose_redis_servers_start_as_the_sentinels_say_and_announce_their_nam
     for name in REDIS_HA:
         assert service(name)["command"] == service("redis-master")["command"], name
         assert service(name)["hostname"] == name
-        assert (
-            service(name)["volumes"][0] == "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro"
-        )
+        assert service(name)["volumes"][:2] == [
+            "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro",
+            "./deploy/redis-acl:/etc/redis-acl:ro",
+        ]
     for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
         assert sentinel in text
     assert "sentinel get-master-addr-by-name leadsync" in text
     assert "MASTER=redis-master" in text
     assert '--replica-announce-ip "$$SELF"' in text  # $$: compose leaves $ to the shell
     assert 'exec redis-server "$$@"' in text
+    # The users, as in the overlay: default off, replicas as leadsync-replica, the
+    # masterauth in a file (not an argument ps shows).
+    assert "sh /etc/redis-acl/render.sh /etc/redis-acl/users.acl /etc/redis-acl/ha.acl > /tmp/users.acl" in text  # fmt: skip
+    assert "--aclfile /tmp/users.acl" in text
+    assert "--masteruser leadsync-replica --include /tmp/masterauth.conf" in text
+    assert 'echo "masterauth $$ACL_REPLICA_PASSWORD" > /tmp/masterauth.conf' in text
+    assert "--user leadsync-discovery" in text
     # The replicas wait for the first master to be up: at the first start they follow it.
     for name in REDIS_HA[1:]:
         assert service(name)["depends_on"] == {"redis-master": {"condition": "service_healthy"}}
@@ -406,6 +414,34 @@ def test_compose_sentinels_share_one_config_and_announce_their_own_names() -> No
     assert "sentinel monitor leadsync $$MASTER 6379 2" in text
     assert "MASTER=redis-master" in text
     assert "exec redis-server /tmp/sentinel.conf --sentinel" in text
+    assert "sh /etc/redis-acl/render.sh /etc/redis-acl/sentinel.acl > /tmp/users.acl" in text
+    for line in (
+        "aclfile /tmp/users.acl",
+        "sentinel sentinel-user leadsync-sentinel",
+        "sentinel sentinel-pass $$ACL_SENTINEL_PASSWORD",
+        "sentinel auth-user leadsync leadsync-sentinel",
+        "sentinel auth-pass leadsync $$ACL_SENTINEL_PASSWORD",
+    ):
+        assert line in text, line
+    assert service("sentinel-1")["volumes"] == ["./deploy/redis-acl:/etc/redis-acl:ro"]
+
+
+def test_compose_ha_passwords_cover_every_user_and_agree_with_the_urls() -> None:
+    """Every placeholder of the ACL files a server or sentinel renders has its password in
+    the service's environment (the placeholders themselves, for the demo), and the
+    leadsync services' URLs log in with those passwords."""
+    for name, files in [*((n, ("users.acl", "ha.acl")) for n in REDIS_HA), *((f"sentinel-{i}", ("sentinel.acl",)) for i in (1, 2, 3))]:  # fmt: skip
+        env = service(name)["environment"]
+        needed = {placeholder(rules) for rules in acl_users(*files).values() if rules != ["off"]}
+        needed.add("discovery")
+        assert set(env) == {f"ACL_{u.upper()}_PASSWORD" for u in needed}, name
+        for user in needed:
+            assert env[f"ACL_{user.upper()}_PASSWORD"] == f"change-me-{user}", (name, user)
+    for name in REDIS_HA:
+        health = " ".join(service(name)["healthcheck"]["test"])
+        assert "--user leadsync-exporter ping | grep -q PONG" in health
+    health = " ".join(service("sentinel-1")["healthcheck"]["test"])
+    assert "--user leadsync-discovery ping | grep -q PONG" in health
 
 
 def test_compose_leadsync_ha_services_are_the_usual_ones_on_the_sentinel_url() -> None:
@@ -417,6 +453,12 @@ def test_compose_leadsync_ha_services_are_the_usual_ones_on_the_sentinel_url() -
         assert list(parsed.sentinels) == [(f"sentinel-{i}", 26379) for i in (1, 2, 3)]
         master, _ = sentinel_monitor(start_script("sentinel-1"))
         assert parsed.master == master
+        # Its own user on Redis (the API's for the API and the demo producer: it
+        # enqueues and reads outcomes), leadsync-discovery on the sentinels.
+        user = "leadsync-api" if name in ("api-ha", "producer-ha") else "leadsync-worker"
+        assert parsed.username == user, name
+        assert parsed.password == f"change-me-{user.removeprefix('leadsync-')}"
+        assert (parsed.sentinel_username, parsed.sentinel_password) == ("leadsync-discovery", "change-me-discovery")  # fmt: skip
     assert service("worker-ha")["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
     assert service("worker-ha")["healthcheck"] == service("worker")["healthcheck"]
     assert {"sentinel-1", "sentinel-2", "sentinel-3"} <= set(service("worker-ha")["depends_on"])
