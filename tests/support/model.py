@@ -45,6 +45,7 @@ from prometheus_client import REGISTRY
 from marketo_sim import rest as sim_rest
 from marketo_sim import soap as sim_soap
 from producers.contract import Keys, Lane, OutcomeStatus, parse_request_id, shard_for
+from producers.keys import ATTEMPTS_PARTS
 from producers.producer import AsyncLeadProducer
 from tests.support.wire_server import Reply
 from worker.core.fields import rest_name, soap_name
@@ -1349,9 +1350,22 @@ class System:
         )
         return {_text(r["message_id"]): _text(r["consumer"]) for r in rows}
 
+    def _attempt_hashes(self, shard: int) -> list[str]:
+        """The stream's attempt counters: the previous version's one hash, then its
+        ATTEMPTS_PARTS sub-hashes (``Keys.attempts_slot``)."""
+        legacy = self.keys.attempts(shard)
+        return [legacy, *(f"{legacy}:{part}" for part in range(ATTEMPTS_PARTS))]
+
     async def attempts(self, shard: int) -> dict[str, int]:
-        raw: Any = await self.redis.hgetall(self.keys.attempts(shard))
-        return {_text(k): int(v) for k, v in raw.items()}
+        """Entry id -> the calls counted for it, wherever the counter is kept."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._attempt_hashes(shard):
+            pipe.hgetall(key)
+        counted: Counter[str] = Counter()
+        for raw in await pipe.execute():
+            for name, value in raw.items():
+                counted[_counter_entry(_text(name))] += int(value)
+        return dict(counted)
 
     async def lease_token(self, shard: int) -> str | None:
         value: Any = await self.redis.get(self.keys.lease(shard))
@@ -1379,6 +1393,8 @@ class System:
                 return "outcome"
             if key.startswith(k.written_fields(s, "")):
                 return "written fields"
+            if key.startswith(f"{k.attempts(s)}:"):
+                return "attempts hash"
         if key == k.config():
             return "config hash"
         if key == k.failover():
@@ -1409,7 +1425,8 @@ class System:
             pipe.pttl(key)
         for s in self.streams:
             pipe.xpending_range(self.keys.stream(s), Keys.GROUP, min="-", max="+", count=10_000)
-            pipe.hkeys(self.keys.attempts(s))
+            for key in self._attempt_hashes(s):
+                pipe.hkeys(key)
         for s in range(self.shards):
             pipe.xrange(self.keys.stream(self.shards + s))  # the bulk writes waiting
         replies: list[Any] = await pipe.execute()
@@ -1421,14 +1438,16 @@ class System:
                 bulk_marks.append(key)
             elif int(ttl) == -1 and kind not in ALLOWED_WITHOUT_TTL:
                 problems.append(f"{key} ({kind}) has no TTL")
+        per_stream = 1 + len(self._attempt_hashes(0))
         for s in self.streams:
-            rows, fields = replies[2 * s], replies[2 * s + 1]
+            rows, *hashes = replies[per_stream * s : per_stream * (s + 1)]
             pending = {_text(row["message_id"]) for row in rows}
-            extra = sorted({_text(f) for f in fields} - pending)
+            counted = {_counter_entry(_text(f)) for names in hashes for f in names}
+            extra = sorted(counted - pending)
             if extra:
                 problems.append(f"shard {s}: attempts kept for entries not pending: {extra}")
         waiting: Counter[str] = Counter()
-        for s, entries in enumerate(replies[2 * len(self.streams) :]):
+        for s, entries in enumerate(replies[per_stream * len(self.streams) :]):
             for _, entry in entries:
                 waiting[self.keys.written_fields(s, _text(entry[b"k"]))] += 1
         marked = sorted(set(bulk_marks) | set(waiting))
@@ -1448,6 +1467,15 @@ class System:
             if rid in parked and parked[rid] is not OutcomeStatus.DEAD_LETTERED:
                 problems.append(f"{rid}: dead-letter record but outcome {parked[rid]}")
         return problems
+
+
+def _counter_entry(name: str) -> str:
+    """The entry id an attempt counter's field names: the id itself, or (a sub-hash's
+    field, ``Keys.attempts_slot``) the id packed as ``ms << 20 | seq``."""
+    if "-" in name:
+        return name
+    packed = int(name)
+    return f"{packed >> 20}-{packed & ((1 << 20) - 1)}"
 
 
 def _isolation_calls() -> int:
