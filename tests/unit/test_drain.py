@@ -333,6 +333,33 @@ async def test_a_lead_s_good_write_never_fails_with_its_bad_write_merged_beside_
     assert sizes == [1, 1], "one call with the fault, one with the good write alone"
 
 
+async def test_a_cross_shard_call_takes_each_merged_write_from_its_own_shard(
+    redis: Redis,
+) -> None:
+    """Two shards gave one entry id to two writes (ids are per shard). In one call across
+    both, ann's good write must not be judged by bob's bad write of the same id."""
+    sizes, transport = unknown_field_marketo(frozenset({"Company"}))
+    drainer = make(redis, Marketo(ok), batch_size=300)
+    drainer.api.transport = transport
+    await drainer.ledger.ensure_groups([0, 1])
+
+    async def put(shard: int, entry_id: str, email: str, **attributes: str) -> str:
+        lead = validate_lead(email=email, attributes=attributes)
+        fields = {"k": key_digest(lead.key), "p": encode_lead(lead)}
+        await redis.xadd(drainer.keys.stream(shard), fields, id=entry_id)  # type: ignore[arg-type]
+        return entry_id
+
+    good = await put(0, "1000-0", "ann@x.com", Company="Acme")
+    bad = await put(0, "1000-1", "ann@x.com", Shoe="x")
+    other = await put(1, "1000-0", "bob@x.com", Shoe="y")
+    await drainer.drain_together([0, 1])
+    for _ in range(2):
+        await drainer.drain(0)
+    assert await statuses(drainer, [good, bad]) == ["CREATED", "FAILED"]
+    assert await statuses(drainer, [other], 1) == ["FAILED"]
+    assert sizes == [2, 1]
+
+
 def poison_value_marketo(bad: str) -> tuple[list[list[str | None]], MockTransport]:
     """A Marketo that faults the whole call, naming nothing (20110), while any record
     carries the value ``bad``; returns (the emails of every call, its transport)."""

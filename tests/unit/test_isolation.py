@@ -77,8 +77,13 @@ def test_of_a_failed_merged_record_only_the_writes_that_set_a_named_field_are_gu
     older = validate_lead(email="ann@x.com", attributes={"Company": "Acme", "City": "Paris"})
     newer = validate_lead(email="ann@x.com", attributes={"SHOE": "x"})
     merged = BatchRecord(key_digest(older.key), newer, ("1-0", "2-0"))
-    writes = {"1-0": older, "2-0": newer}
+    writes = {(merged.key_hash, "1-0"): older, (merged.key_hash, "2-0"): newer}
     assert guilty_entries(merged, frozenset({"shoe"}), writes) == ("2-0",)
+    # Another shard's entry with the same id is another write.
+    assert guilty_entries(merged, frozenset({"shoe"}), {("other", "2-0"): newer}) == (
+        "1-0",
+        "2-0",
+    )
     # Bisection proved the merged record bad as a whole, or the writes are not known:
     # every write is guilty.
     assert guilty_entries(merged, frozenset(), writes) == ("1-0", "2-0")
@@ -89,7 +94,8 @@ def test_a_merged_record_faulting_alone_sends_its_oldest_write_alone_next() -> N
     older = validate_lead(email="ann@x.com", attributes={"Company": "Acme"})
     newer = validate_lead(email="ann@x.com", attributes={"City": "Paris"})
     merged = BatchRecord(key_digest(older.key), newer, ("1-0", "2-0"))
-    split = split_after_fault([merged], frozenset(), writes={"1-0": older, "2-0": newer})
+    writes = {(merged.key_hash, "1-0"): older, (merged.key_hash, "2-0"): newer}
+    split = split_after_fault([merged], frozenset(), writes=writes)
     assert split.failed == ()
     ((alone,),) = split.next_calls
     assert (alone.entry_ids, alone.lead) == (("1-0",), older)

@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from producers.contract import LeadUpsert
 from worker.core.batching import BatchRecord
 
+#: Each write of a call by (lead key digest, entry id): two shards may give one id to two
+#: entries, a lead's key lives in one shard.
+Writes = Mapping[tuple[str, str], LeadUpsert]
+
 
 def carrying(records: Iterable[BatchRecord], fields: frozenset[str]) -> list[BatchRecord]:
     """The records with an attribute among ``fields`` (Marketo's names are case-blind)."""
@@ -49,9 +53,7 @@ class Split:
     names: frozenset[str] = frozenset()
 
 
-def guilty_entries(
-    record: BatchRecord, names: frozenset[str], writes: Mapping[str, LeadUpsert]
-) -> tuple[str, ...]:
+def guilty_entries(record: BatchRecord, names: frozenset[str], writes: Writes) -> tuple[str, ...]:
     """The entries of a failed record whose own write carries one of ``names``. A record
     merges a lead's writes: a write that set no unknown field is no part of the fault,
     and stays pending to go out without the bad one. Without names (bisection proved the
@@ -61,8 +63,8 @@ def guilty_entries(
     guilty = tuple(
         entry_id
         for entry_id in record.entry_ids
-        if entry_id not in writes
-        or any(name.casefold() in names for name in writes[entry_id].attributes)
+        if (record.key_hash, entry_id) not in writes
+        or any(name.casefold() in names for name in writes[(record.key_hash, entry_id)].attributes)
     )
     return guilty or record.entry_ids
 
@@ -83,7 +85,7 @@ def split_after_fault(
     records: Sequence[BatchRecord],
     fields: frozenset[str],
     named_text: str = "",
-    writes: Mapping[str, LeadUpsert] | None = None,
+    writes: Writes | None = None,
 ) -> Split:
     """Decide the next step after ``records`` faulted the call as a whole; ``fields`` are
     the unknown attribute names the fault named (case-folded), if any, and ``named_text``
@@ -102,9 +104,9 @@ def split_after_fault(
         return Split(tuple(bad), (rest,) if rest else (), names)
     if len(records) == 1:
         (alone,) = records
-        oldest = alone.entry_ids[0]
+        oldest = (alone.key_hash, alone.entry_ids[0])
         if len(alone.entry_ids) > 1 and writes and oldest in writes:
-            return Split((), ((BatchRecord(alone.key_hash, writes[oldest], (oldest,)),),))
+            return Split((), ((BatchRecord(alone.key_hash, writes[oldest], oldest[1:]),),))
         return Split(tuple(records), ())
     middle = len(records) // 2
     return Split((), (tuple(records[:middle]), tuple(records[middle:])))

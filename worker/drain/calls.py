@@ -9,11 +9,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from producers.contract import LeadUpsert, OutcomeStatus
+from producers.contract import OutcomeStatus
 from worker.core.batching import Batch, BatchRecord
-from worker.core.isolation import guilty_entries, isolation_budget, split_after_fault
+from worker.core.isolation import Writes, guilty_entries, isolation_budget, split_after_fault
 from worker.core.retrying import call_policy
 from worker.drain.choice import cut_call_reason, reason, record_error, unknown_outcome_reason
 from worker.drain.model import DrainReport, DrainStatus, Lane, RecordResult
@@ -74,7 +74,7 @@ class Caller:
         results: list[RecordResult],
         report: DrainReport,
         deadline_s: float,
-        writes: Mapping[str, LeadUpsert] | None = None,
+        writes: Writes | None = None,
     ) -> None:
         """Send the batch; when a record faults the whole call, fail the records carrying
         the fields 20105 names (of a record merging a lead's writes, only the writes that

@@ -325,7 +325,9 @@ class Drainer:
         report.entries += len(batch.entry_ids)
         results: list[RecordResult] = []
         try:
-            writes = {q.entry_id: q.lead for lane in riding for q in lane.claim.queued}
+            writes = {
+                (q.key_hash, q.entry_id): q.lead for lane in riding for q in lane.claim.queued
+            }
             await self._caller.send_isolating(
                 riding, batch, results, report, deadline_s, writes=writes
             )
