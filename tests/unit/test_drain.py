@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from marketo_sim.soap import SimFault, parse_request_bytes, render_fault
+from marketo_sim.soap import SimFault, SyncStatus, parse_request_bytes, render_fault, render_success
 from producers.contract import LeadUpsert, OutcomeStatus, encode_lead, key_digest, validate_lead
 from tests.support.drain_kit import (
     Clock,
@@ -358,6 +358,37 @@ async def test_a_cross_shard_call_takes_each_merged_write_from_its_own_shard(
     assert await statuses(drainer, [good, bad]) == ["CREATED", "FAILED"]
     assert await statuses(drainer, [other], 1) == ["FAILED"]
     assert sizes == [2, 1]
+
+
+async def test_a_merged_record_failed_on_its_own_fails_only_the_write_at_fault(
+    redis: Redis,
+) -> None:
+    """Marketo fails a record in its answer (a value it rejects), not the call. When the
+    record merges two writes of a lead, the good write was failed with the bad one: its
+    oldest write goes alone next, the other waits, and only the write at fault fails."""
+    calls: list[list[str | None]] = []
+
+    def handle(body: bytes, _headers: object) -> HttpReply:
+        records = parse_request_bytes(body).records
+        calls.append([r.email for r in records])
+        statuses = [
+            SyncStatus(n + 1, "FAILED", "Value rejected")
+            if any(a.value == "POISON" for a in r.attributes)
+            else SyncStatus(n + 1, "CREATED")
+            for n, r in enumerate(records)
+        ]
+        return HttpReply(200, "text/xml", render_success(statuses))
+
+    drainer = make(redis, Marketo(ok), batch_size=300)
+    drainer.api.transport = MockTransport(handle)
+    (good,) = await enqueue(drainer, "ann@x.com", Company="Acme")
+    (bad,) = await enqueue(drainer, "ann@x.com", City="POISON")
+    (other,) = await enqueue(drainer, "bob@x.com", Company="Initech")
+    for _ in range(3):
+        await drainer.drain(0)
+    assert await statuses(drainer, [good, bad, other]) == ["CREATED", "FAILED", "CREATED"]
+    assert (await outcome_of(drainer, bad)).error == "Value rejected"
+    assert calls == [["ann@x.com", "bob@x.com"], ["ann@x.com"], ["ann@x.com"]]
 
 
 def poison_value_marketo(bad: str) -> tuple[list[list[str | None]], MockTransport]:

@@ -81,6 +81,18 @@ def named_in(text: str, names: Iterable[str]) -> frozenset[str]:
     )
 
 
+def peel_oldest(record: BatchRecord, writes: Writes | None) -> BatchRecord | None:
+    """A record merging several writes of a lead that failed (on its own, or alone in a
+    call that faulted) is not proven bad as a whole: any one write may carry the bad value
+    or field. Its oldest write, as a record of its own, to send alone next (the lead's
+    later writes stay pending for later cycles, in write order); None when the record is
+    one write, or its writes are not known (it is then proven bad)."""
+    oldest = (record.key_hash, record.entry_ids[0])
+    if len(record.entry_ids) < 2 or not writes or oldest not in writes:
+        return None
+    return BatchRecord(record.key_hash, writes[oldest], oldest[1:])
+
+
 def split_after_fault(
     records: Sequence[BatchRecord],
     fields: frozenset[str],
@@ -103,10 +115,7 @@ def split_after_fault(
         rest = tuple(r for r in records if id(r) not in failing)
         return Split(tuple(bad), (rest,) if rest else (), names)
     if len(records) == 1:
-        (alone,) = records
-        oldest = (alone.key_hash, alone.entry_ids[0])
-        if len(alone.entry_ids) > 1 and writes and oldest in writes:
-            return Split((), ((BatchRecord(alone.key_hash, writes[oldest], oldest[1:]),),))
-        return Split(tuple(records), ())
+        peeled = peel_oldest(records[0], writes)
+        return Split((), ((peeled,),)) if peeled else Split(tuple(records), ())
     middle = len(records) // 2
     return Split((), (tuple(records[:middle]), tuple(records[middle:])))

@@ -13,7 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from producers.contract import OutcomeStatus
 from worker.core.batching import Batch, BatchRecord
-from worker.core.isolation import Writes, guilty_entries, isolation_budget, split_after_fault
+from worker.core.isolation import (
+    Writes,
+    guilty_entries,
+    isolation_budget,
+    peel_oldest,
+    split_after_fault,
+)
 from worker.core.retrying import call_policy
 from worker.drain.choice import cut_call_reason, reason, record_error, unknown_outcome_reason
 from worker.drain.model import DrainReport, DrainStatus, Lane, RecordResult
@@ -129,16 +135,23 @@ class Caller:
                     if self.unanswered:
                         _park_duplicates(batch, records, results, cut_call_reason(exc))
                     raise
-                results.extend(
-                    RecordResult(
-                        record,
-                        OutcomeStatus(answer.status.value),
-                        lead_id=answer.lead_id,
-                        error=answer.error,
-                        error_code=answer.error_code,
+                peeled: list[BatchRecord] = []
+                for record, answer in zip(records, answers, strict=True):
+                    oldest = peel_oldest(record, writes) if answer.status == "FAILED" else None
+                    if oldest is not None:
+                        peeled.append(oldest)
+                        continue
+                    results.append(
+                        RecordResult(
+                            record,
+                            OutcomeStatus(answer.status.value),
+                            lead_id=answer.lead_id,
+                            error=answer.error,
+                            error_code=answer.error_code,
+                        )
                     )
-                    for record, answer in zip(records, answers, strict=True)
-                )
+                if peeled:
+                    work.append(tuple(peeled))
         finally:
             report.isolation_calls += max(0, calls - 1)
             metrics.record_isolation_calls(max(0, calls - 1))
