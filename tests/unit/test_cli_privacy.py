@@ -131,6 +131,10 @@ async def test_drain_log_lines_are_json_and_never_carry_an_email(
         assert "example" not in line, line
 
 
+#: The reasons the shared limiter refuses a call for (``acquire.lua``, ``bulk_budget``).
+LIMITER_REASONS = {"rate", "concurrency", "quota", "pace", "bulk_budget", "cooldown", "hold", "failover"}  # fmt: skip
+
+
 async def test_metric_label_values_are_shards_statuses_and_codes_only(aredis: Redis) -> None:
     drainer = new_drainer(aredis)
     for email in EMAILS:
@@ -144,6 +148,8 @@ async def test_metric_label_values_are_shards_statuses_and_codes_only(aredis: Re
                 for name, value in sample.labels.items():
                     if name == "route":  # the HTTP API's: a route template, never a path
                         assert value in routes, value
+                    elif name == "reason":  # the limiter's refusals: its fixed reasons
+                        assert value in LIMITER_REASONS, value
                     elif name != "le":
                         seen.append(value)
     assert seen, "the drain recorded labelled metrics"

@@ -162,7 +162,9 @@ def test_a_custom_lookup_field_keys_by_its_value() -> None:
 def test_upsert_many_refuses_a_lead_without_the_lookup_value_and_sends_the_rest() -> None:
     core = ProducerCore(shards=2, known_fields=())
     drive(core.agree(), [[True, b"2", b"rest:email"]])
-    asked, results = drive(core.upsert_many([{"email": "a@x.com"}, {"marketo_id": 7}]), [[b"1-0"]])
+    asked, results = drive(
+        core.upsert_many([{"email": "a@x.com"}, {"marketo_id": 7}]), [[[b"1-0"]]]
+    )
     (send,) = asked
     assert isinstance(send, Send)
     assert len(send.commands) == 1
