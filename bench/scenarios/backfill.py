@@ -14,7 +14,13 @@ One run, sub-runs side by side (``--runs``), each on its own Redis, simulator an
   is judged against;
 - ``unthrottled``: ``--live`` with ``--max-backlog 0``, and ``LEADSYNC_MAX_SHARD_BACKLOG``
   (``--shard-cap``) low enough that admission control is reached: what the live producer
-  and the backfill see then.
+  and the backfill see then;
+- ``highwater``: ``bulk`` on a Redis whose maxmemory (``--highwater-maxmemory-mb``) the
+  backfill fills, so bulk admission refuses at the high-water mark less
+  ``LEADSYNC_LIVE_MEMORY_RESERVE`` while the live inflow is still admitted (below the mark
+  itself); the backfill gives up after ``--highwater-retry-s`` of refusals (exit 75, its
+  message), or is stopped once the live inflow is done. A bulk probe (one record) at the
+  end shows what the bulk lane is answered then.
 
 Per sub-run: live enqueue-to-outcome p50/p99 (the outcome's ``finished_at`` minus its
 enqueue time) and from the first attempt (a refused live upsert is retried after the
@@ -78,7 +84,9 @@ DEFAULT_SHARE = 5_000
 DEFAULT_BULK_BUDGET = 2_000
 #: ``leadsync backfill``'s default --max-backlog (total entries in the shard streams).
 CLI_MAX_BACKLOG = 20_000
-RUNS = ("live", "bulk", "throttled", "unthrottled")
+RUNS = ("live", "bulk", "throttled", "unthrottled", "highwater")
+#: The sub-runs whose backfill goes into the bulk lane.
+BULK_RUNS = ("bulk", "highwater")
 #: Leads per full call.
 BATCH = 300
 #: Seconds in a quota day.
@@ -177,6 +185,8 @@ class Sampler(threading.Thread):
         self.peak_used = 0
         self.peak_backlog = 0
         self.trace: list[tuple[float, int, int]] = []  # (s from start, used, backlog)
+        #: When Redis first counted a Backpressure reply (s from start), and used_memory then.
+        self.first_refused: tuple[float, int] | None = None
         self.stop = threading.Event()
         self.started = time.monotonic()
 
@@ -187,7 +197,10 @@ class Sampler(threading.Thread):
                 waiting = backlog(self.client, self.keys, self.shards)
                 self.peak_used = max(self.peak_used, used)
                 self.peak_backlog = max(self.peak_backlog, waiting)
-                self.trace.append((round(time.monotonic() - self.started, 2), used, waiting))
+                at = round(time.monotonic() - self.started, 2)
+                self.trace.append((at, used, waiting))
+                if self.first_refused is None and errorstats(self.client).get("BACKPRESSURE"):
+                    self.first_refused = (at, used)
             self.stop.wait(0.25)
         self.client.close()
 
@@ -203,6 +216,8 @@ class Config:
     shards: int
     concurrency: int
     maxmemory_mb: int
+    highwater_maxmemory_mb: int
+    highwater_retry_s: float
     shard_cap: int
     share: int
     bulk_budget: int
@@ -246,8 +261,20 @@ def read_outcomes(producer: LeadProducer, request_ids: Sequence[str]) -> list[An
     return found
 
 
+def bulk_probe(producer: LeadProducer) -> str:
+    """One bulk record offered at the end: what the bulk lane is answered then."""
+    record = {"email": "probe@backfill.example.com", "attributes": {"FirstName": "Probe"}}
+    try:
+        producer.upsert_many([record], lane="bulk")
+    except Backpressure as exc:
+        return f"Backpressure: {exc} (retry after {exc.retry_after_s:g} s)"
+    except redis.RedisError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "admitted"
+
+
 def run_one(name: str, cfg: Config) -> dict[str, Any]:
-    """One sub-run (``live``, ``throttled`` or ``unthrottled``): the figures as a dict."""
+    """One sub-run (one of RUNS): the figures as a dict."""
     with_backfill = name != "live"
     cap = cfg.shard_cap if name == "unthrottled" else None
     sim_fields = {
@@ -263,7 +290,8 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
         if not cfg.machine:
             cfg.machine.append(machine_line(redis_url))
         client = redis.Redis.from_url(redis_url)
-        client.config_set("maxmemory", f"{cfg.maxmemory_mb}mb")
+        maxmemory_mb = cfg.highwater_maxmemory_mb if name == "highwater" else cfg.maxmemory_mb
+        client.config_set("maxmemory", f"{maxmemory_mb}mb")
         maxmemory = int(client.config_get("maxmemory")["maxmemory"])
         settings_env: dict[str, object] = {
             "rate_limit_calls": RATE_CALLS,
@@ -296,6 +324,7 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
         backfill_exit: int | None = None
         backfill_s: float | None = None
         bulk_done_s: float | None = None
+        probe = ""
         try:
             worker.start()
             worker.wait_ready()
@@ -315,9 +344,11 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
                         str(ids_path),
                         "--no-wait",
                     ]
-                    if name != "bulk":
+                    if name not in BULK_RUNS:
                         command += ["--live"]
-                    if name in ("unthrottled", "bulk"):
+                    if name == "highwater":
+                        command += ["--retry-for-s", f"{cfg.highwater_retry_s:g}"]
+                    if name in ("unthrottled", *BULK_RUNS):
                         # The bulk lane drains at its budget's pace (a day): waiting for
                         # its backlog to fall would outlast the run. Admission still
                         # refuses at the memory high water.
@@ -371,13 +402,22 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
                     # The bulk lane spreads its budget over the day: the run does not wait
                     # for it, only for the backfill to be enqueued.
                     bulk_waits = name == "bulk" and backfill_exit is not None
-                    if live_done and (not with_backfill or bulk_done_s is not None or bulk_waits):
+                    # At the high-water mark the backfill may be refused for as long as
+                    # the lane stays full: the run ends with the live inflow.
+                    if live_done and (
+                        not with_backfill
+                        or bulk_done_s is not None
+                        or bulk_waits
+                        or name == "highwater"
+                    ):
                         break
                     time.sleep(1.0)
                 inflow.stop.set()
                 inflow.join()
                 if inflow.error is not None:
                     raise inflow.error
+                if name == "highwater":
+                    probe = bulk_probe(producer)
                 if backfill is not None and backfill.poll() is None:
                     stop_group(backfill, signal.SIGINT)
                 live_outcomes = read_outcomes(producer, [rid for rid, _ in inflow.ids])
@@ -420,6 +460,7 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
     ok_sizes = [int(c["leads"]) for c in log if c["outcome"] == "ok"]
     tail = backfill_log.read_text(errors="replace").strip().splitlines() if with_backfill else []
     summary_line = next((line for line in reversed(tail) if line.startswith("rows read")), "")
+    gave_up_line = next((line for line in reversed(tail) if "gave up after" in line), "")
     live_refused_by_redis = inflow.refusals
     return {
         "run": name,
@@ -428,11 +469,14 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
             if not with_backfill
             else "bulk lane, --max-backlog 0"
             if name == "bulk"
+            else f"bulk lane, --max-backlog 0, --retry-for-s {cfg.highwater_retry_s:g}"
+            if name == "highwater"
             else f"--live --max-backlog {0 if name == 'unthrottled' else CLI_MAX_BACKLOG:,}"
             + (" (none)" if name == "unthrottled" else " (default)")
         ),
         "shard_cap": cap if cap is not None else config.max_shard_backlog,
         "high_water": config.memory_high_water,
+        "live_memory_reserve": config.live_memory_reserve,
         "maxmemory": maxmemory,
         "live_upserts": len(inflow.ids),
         "live_planned": inflow.total,
@@ -462,6 +506,12 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
         "backfill_enqueue_s": backfill_s,
         "bulk_done_s": bulk_done_s,
         "backfill_summary": summary_line,
+        "backfill_gave_up": gave_up_line,
+        "first_refused_s": None if sampler.first_refused is None else sampler.first_refused[0],
+        "used_at_first_refusal": (
+            None if sampler.first_refused is None else sampler.first_refused[1]
+        ),
+        "bulk_probe": probe,
         "backfill_log": str(backfill_log) if with_backfill else None,
         "peak_used": max(sampler.peak_used, int(memory["used_memory_peak"])),
         "peak_used_sampled": sampler.peak_used,
@@ -599,6 +649,13 @@ def describe(args: argparse.Namespace, share: int, bulk_budget: int, flush_s: fl
         "ids a second, slower than the 1,500 leads/s Marketo's limits allow); `unthrottled` "
         f"adds `--max-backlog 0` and sets LEADSYNC_MAX_SHARD_BACKLOG={args.shard_cap:,} for "
         "every producer (live, backfill, worker), so the admission bound is reached. "
+        "`highwater` is `bulk` on a Redis of maxmemory "
+        f"{args.highwater_maxmemory_mb} MB, which the backfill fills: bulk admission refuses at "
+        "LEADSYNC_MEMORY_HIGH_WATER - LEADSYNC_LIVE_MEMORY_RESERVE of maxmemory (defaults: "
+        "0.85 - 0.15), live only at the high water; the backfill has `--retry-for-s "
+        f"{args.highwater_retry_s:g}` (it gives up, exit 75, after that long refused without "
+        "a chunk taken) and is stopped once the live inflow is done; then one bulk record is "
+        "offered (the probe). "
         "Latency = the outcome's finished_at - the enqueue time (the request id's entry time) "
         "and - the first attempt; calls, leads/call from the simulator's call log (every call, "
         "live and bulk share them); bulk delivered = the journaled ids with a CREATED/UPDATED "
@@ -635,6 +692,32 @@ def render(
             for r in runs
             if r["first_refusal"]
         )
+        + "".join(highwater_notes(r) for r in runs if r["run"] == "highwater")
+    )
+
+
+def highwater_notes(r: Mapping[str, Any]) -> str:
+    """What the backfill and the live producer saw at the high-water mark."""
+    live_mark = r["high_water"] * r["maxmemory"]
+    bulk_mark = max(r["high_water"] - r["live_memory_reserve"], 0.01) * r["maxmemory"]
+    first = (
+        f"Redis first answered Backpressure {r['first_refused_s']:.1f} s after the start, at "
+        f"{_mb(r['used_at_first_refusal'])} used"
+        if r["first_refused_s"] is not None
+        else "Redis never answered Backpressure"
+    )
+    exit_text = {None: "was still retrying when stopped", 75: "gave up (exit 75)"}.get(
+        r["backfill_exit"], f"exited {r['backfill_exit']}"
+    )
+    return (
+        f"\n\n`highwater`: maxmemory {_mb(r['maxmemory'])}; bulk refused from "
+        f"{_mb(bulk_mark)} ({r['high_water'] - r['live_memory_reserve']:.0%}), live from "
+        f"{_mb(live_mark)} ({r['high_water']:.0%}). {first}; peak {_mb(r['peak_used'])}. "
+        f"The backfill enqueued {r['bulk_enqueued']:,} of {r['rows']:,} rows, was refused "
+        f"{r['backpressure_bulk']:,} times and {exit_text}"
+        + (f": `{r['backfill_gave_up'].strip()}`" if r["backfill_gave_up"] else "")
+        + f". Live: {r['live_upserts']:,} upserts, {r['live_refusals']:,} refused, "
+        f"OOM {r['oom']}. The bulk probe at the end: `{r['bulk_probe'] or '-'}`."
     )
 
 
@@ -647,6 +730,18 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4, help="worker processes")
     parser.add_argument("--maxmemory-mb", type=int, default=256)
+    parser.add_argument(
+        "--highwater-maxmemory-mb",
+        type=int,
+        default=64,
+        help="maxmemory of the highwater run (the backfill fills it)",
+    )
+    parser.add_argument(
+        "--highwater-retry-s",
+        type=float,
+        default=60.0,
+        help="the highwater run's backfill --retry-for-s",
+    )
     parser.add_argument(
         "--shard-cap",
         type=int,
@@ -682,6 +777,8 @@ def main(argv: Sequence[str]) -> None:
         shards=args.shards,
         concurrency=args.concurrency,
         maxmemory_mb=args.maxmemory_mb,
+        highwater_maxmemory_mb=args.highwater_maxmemory_mb,
+        highwater_retry_s=args.highwater_retry_s,
         shard_cap=args.shard_cap,
         share=share,
         bulk_budget=bulk_budget,
