@@ -144,7 +144,8 @@ def backfill(
             max_backlog=max_backlog,
             retry_for_s=retry_for_s,
             track=not no_wait,
-            ticket=ticket_name(ids, fingerprint),
+            # A resume with another mapping or lane sends other records: another ticket.
+            ticket=ticket_name(ids, f"{fingerprint} {sorted(mapping.items())} {kind} {lane}"),
         )
         gave_up: GaveUp | None = None
         try:

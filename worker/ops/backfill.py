@@ -120,9 +120,10 @@ def read_journal(lines: Iterable[bytes]) -> JournalState:
     return JournalState(fingerprint, last, ids, errors, end)
 
 
-def ticket_name(journal: Path, fingerprint: str) -> str:
-    """The ticket naming a journal's enqueue steps: the journal's path and its input."""
-    key = f"{journal.resolve()}\n{fingerprint}".encode()
+def ticket_name(journal: Path, run: str) -> str:
+    """The ticket naming a journal's enqueue steps: the journal's path and what makes its
+    records (the input's fingerprint, the mapping, the format and the lane)."""
+    key = f"{journal.resolve()}\n{run}".encode()
     return hashlib.sha256(key).hexdigest()[:32]
 
 
