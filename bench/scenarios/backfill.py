@@ -420,6 +420,10 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
                     probe = bulk_probe(producer)
                 if backfill is not None and backfill.poll() is None:
                     stop_group(backfill, signal.SIGINT)
+                # Every figure below is of this moment: the worker stops first, as reading
+                # a million outcomes takes minutes in which the bulk lane would go on.
+                stopped_s = time.monotonic() - started
+                worker.stop()
                 live_outcomes = read_outcomes(producer, [rid for rid, _ in inflow.ids])
                 bulk_ids = journal_ids(ids_path)
                 bulk_statuses = Counter(
@@ -460,7 +464,15 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
     ok_sizes = [int(c["leads"]) for c in log if c["outcome"] == "ok"]
     tail = backfill_log.read_text(errors="replace").strip().splitlines() if with_backfill else []
     summary_line = next((line for line in reversed(tail) if line.startswith("rows read")), "")
-    gave_up_line = next((line for line in reversed(tail) if "gave up after" in line), "")
+    # The CLI's console wraps long lines: the message runs on to the next ones.
+    gave_up_at = next((i for i, line in enumerate(tail) if "gave up after" in line), None)
+    gave_up_line = (
+        ""
+        if gave_up_at is None
+        else " ".join(line.strip() for line in tail[gave_up_at : gave_up_at + 3]).split(
+            ": run the same"
+        )[0]
+    )
     live_refused_by_redis = inflow.refusals
     return {
         "run": name,
@@ -502,9 +514,18 @@ def run_one(name: str, cfg: Config) -> dict[str, Any]:
         "bulk_enqueued": len(bulk_ids),
         "bulk_statuses": dict(bulk_statuses),
         "bulk_delivered": bulk_statuses.get("CREATED", 0) + bulk_statuses.get("UPDATED", 0),
+        # Marketo's count: the people the simulator holds, less the live ones.
+        "bulk_in_marketo": (
+            int(summary["leads_in_database"])
+            - live_statuses.get("CREATED", 0)
+            - live_statuses.get("UPDATED", 0)
+            if with_backfill and "leads_in_database" in summary
+            else None
+        ),
         "backfill_exit": backfill_exit,
         "backfill_enqueue_s": backfill_s,
         "bulk_done_s": bulk_done_s,
+        "stopped_s": stopped_s,
         "backfill_summary": summary_line,
         "backfill_gave_up": gave_up_line,
         "first_refused_s": None if sampler.first_refused is None else sampler.first_refused[0],
@@ -571,8 +592,14 @@ def row(r: Mapping[str, Any]) -> list[object]:
         + (f"; the rest in {r['bulk_days_left']:.1f} days" if r["bulk_days_left"] else ""),
         "-"
         if not r["rows"]
-        else f"{r['rows']:,} / {r['bulk_enqueued']:,} / {r['bulk_delivered']:,}",
-        _s(r["backfill_enqueue_s"]) + " / " + _s(r["bulk_done_s"]) if r["rows"] else "-",
+        else f"{r['rows']:,} / {r['bulk_enqueued']:,} / {r['bulk_delivered']:,}"
+        + (
+            f" ({r['bulk_in_marketo']:,} in Marketo)"
+            if r.get("bulk_in_marketo") is not None
+            else ""
+        ),
+        (_s(r["backfill_enqueue_s"]) + " / " + _s(r["bulk_done_s"]) if r["rows"] else "-")
+        + f"; stopped at {_s(r.get('stopped_s'))}",
         f"{r['peak_backlog']:,}",
         f"{_mb(r['peak_used'])} ({r['peak_used'] / r['maxmemory']:.0%} of {_mb(r['maxmemory'])})",
         f"{r['backpressure_total']:,}"
@@ -594,8 +621,8 @@ HEADERS = [
     "limit faults (20023/20024)",
     "calls of the quota share",
     "bulk calls of the bulk budget (rest at its pace)",
-    "bulk rows / enqueued / delivered",
-    "backfill enqueued all / all delivered (s from start)",
+    "bulk rows / enqueued / delivered (outcomes; and people in Marketo less the live ones)",
+    "backfill enqueued all / all delivered; the worker stopped (s from start)",
     "peak backlog",
     "Redis peak used_memory",
     "Backpressure refusals (Redis errorstats)",
@@ -656,6 +683,8 @@ def describe(args: argparse.Namespace, share: int, bulk_budget: int, flush_s: fl
         f"{args.highwater_retry_s:g}` (it gives up, exit 75, after that long refused without "
         "a chunk taken) and is stopped once the live inflow is done; then one bulk record is "
         "offered (the probe). "
+        "The run stops the worker once the live inflow is delivered (and the backfill is in, "
+        "or, `highwater`, stopped) and reads every figure after that. "
         "Latency = the outcome's finished_at - the enqueue time (the request id's entry time) "
         "and - the first attempt; calls, leads/call from the simulator's call log (every call, "
         "live and bulk share them); bulk delivered = the journaled ids with a CREATED/UPDATED "
