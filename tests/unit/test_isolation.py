@@ -9,6 +9,7 @@ from worker.core.isolation import (
     guilty_entries,
     isolation_budget,
     named_in,
+    peel_newest,
     split_after_fault,
 )
 from worker.marketo.soap.response import unknown_field_names
@@ -101,3 +102,19 @@ def test_a_merged_record_faulting_alone_sends_its_oldest_write_alone_next() -> N
     assert (alone.entry_ids, alone.lead) == (("1-0",), older)
     # Without the writes, or with one write, a record faulting alone is proven bad.
     assert split_after_fault([merged], frozenset()).failed == (merged,)
+
+
+def test_a_failed_merged_record_goes_on_without_its_newest_write_never_as_an_older_alone() -> None:
+    """Writes 1 and 2 may be in Marketo already (a call whose answer was lost): sending
+    write 1 alone would put its older value over write 2's. The prefix 1+2 never does."""
+    w1 = validate_lead(email="ann@x.com", attributes={"Company": "Old", "City": "Paris"})
+    w2 = validate_lead(email="ann@x.com", attributes={"Company": "New"})
+    w3 = validate_lead(email="ann@x.com", attributes={"Shoe": "x"})
+    key = key_digest(w1.key)
+    merged = BatchRecord(key, w3, ("1-0", "2-0", "3-0"))
+    writes = {(key, "1-0"): w1, (key, "2-0"): w2, (key, "3-0"): w3}
+    rest = peel_newest(merged, writes)
+    assert rest is not None
+    assert rest.entry_ids == ("1-0", "2-0")
+    assert rest.lead.attributes == {"Company": "New", "City": "Paris"}
+    assert peel_newest(BatchRecord(key, w1, ("1-0",)), writes) is None

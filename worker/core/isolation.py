@@ -18,13 +18,14 @@ Calls are the scarce resource, so isolation costs calls per bad FIELD, not per r
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from producers.contract import LeadUpsert
-from worker.core.batching import BatchRecord
+from worker.core.batching import BatchRecord, merge_leads
 
 #: Each write of a call by (lead key digest, entry id): two shards may give one id to two
 #: entries, a lead's key lives in one shard.
@@ -81,16 +82,19 @@ def named_in(text: str, names: Iterable[str]) -> frozenset[str]:
     )
 
 
-def peel_oldest(record: BatchRecord, writes: Writes | None) -> BatchRecord | None:
+def peel_newest(record: BatchRecord, writes: Writes | None) -> BatchRecord | None:
     """A record merging several writes of a lead that failed (on its own, or alone in a
     call that faulted) is not proven bad as a whole: any one write may carry the bad value
-    or field. Its oldest write, as a record of its own, to send alone next (the lead's
-    later writes stay pending for later cycles, in write order); None when the record is
-    one write, or its writes are not known (it is then proven bad)."""
-    oldest = (record.key_hash, record.entry_ids[0])
-    if len(record.entry_ids) < 2 or not writes or oldest not in writes:
+    or field. The merge of all its writes but the newest, to send next (the newest stays
+    pending for a later cycle); None when the record is one write, or its writes are not
+    known (it is then proven bad). Always a prefix of the lead's writes, so it never
+    applies an older value over a newer one Marketo may hold already (from a call whose
+    answer was lost): the oldest write alone could."""
+    keys = [(record.key_hash, entry_id) for entry_id in record.entry_ids[:-1]]
+    if not keys or not writes or any(key not in writes for key in keys):
         return None
-    return BatchRecord(record.key_hash, writes[oldest], oldest[1:])
+    lead = functools.reduce(merge_leads, (writes[key] for key in keys))
+    return BatchRecord(record.key_hash, lead, record.entry_ids[:-1])
 
 
 def split_after_fault(
@@ -115,7 +119,7 @@ def split_after_fault(
         rest = tuple(r for r in records if id(r) not in failing)
         return Split(tuple(bad), (rest,) if rest else (), names)
     if len(records) == 1:
-        peeled = peel_oldest(records[0], writes)
+        peeled = peel_newest(records[0], writes)
         return Split((), ((peeled,),)) if peeled else Split(tuple(records), ())
     middle = len(records) // 2
     return Split((), (tuple(records[:middle]), tuple(records[middle:])))

@@ -17,7 +17,7 @@ from worker.core.isolation import (
     Writes,
     guilty_entries,
     isolation_budget,
-    peel_oldest,
+    peel_newest,
     split_after_fault,
 )
 from worker.core.retrying import call_policy
@@ -137,9 +137,9 @@ class Caller:
                     raise
                 peeled: list[BatchRecord] = []
                 for record, answer in zip(records, answers, strict=True):
-                    oldest = peel_oldest(record, writes) if answer.status == "FAILED" else None
-                    if oldest is not None:
-                        peeled.append(oldest)
+                    rest = peel_newest(record, writes) if answer.status == "FAILED" else None
+                    if rest is not None:
+                        peeled.append(rest)
                         continue
                     results.append(
                         RecordResult(
