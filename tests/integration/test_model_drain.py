@@ -19,9 +19,8 @@ Invariants, checked after every step (2 after every settle, and at the end):
 2. once settled, Marketo holds for each lead the per-field merge, in write order, of
    every accepted dedup=true write except those that ended FAILED for their own bad data
    or SUPERSEDED (``Reference.counts``); a newer write's value may show only if that write
-   does not count but Marketo applied it (its answer was lost). Narrowed while the drain
-   answers a good write merged with a bad one of its lead FAILED, and while a bulk or
-   replayed write loses fields a newer write set that then failed (see STRICT);
+   does not count but Marketo applied it (its answer was lost). Narrowed while a bulk
+   or replayed write loses fields a newer write set that then failed (see STRICT);
 3. a terminal outcome never changes, a parked one reopens only by replay, and once
    settled every request is terminal (or parked because replay would be superseded);
 4. no lead key is in two calls in flight at once;
@@ -34,12 +33,13 @@ Invariants, checked after every step (2 after every settle, and at the end):
    not sent again (unless its worker paused after the send, past its lease), and over a
    real socket every reply written whole reaches the worker whole.
 
-Invariant 3 also says that only a write carrying an unknown field (or merged with one)
-ends FAILED, with the protocol's code (SOAP 20105, REST 1006), and never succeeds, or a
-replayed write every field of which a newer write Marketo applied set (SUPERSEDED); that
-a write that succeeded carries its own lead's Marketo id; and that a dedup=false write
-sent in a call whose outcome leadsync cannot know (``model.UNKNOWN_OUTCOME``: a gateway
-page, a lost or cut answer) is parked DEAD_LETTERED with OUTCOME_UNKNOWN.
+Invariant 3 also says that only a write carrying an unknown field (never a good write
+merged with it) ends FAILED, with the protocol's code (SOAP 20105, REST 1006), and never
+succeeds, or a replayed write every field of which a newer write Marketo applied set
+(SUPERSEDED); that a write that succeeded carries its own lead's Marketo id; and that a
+dedup=false write sent in a call whose outcome leadsync cannot know
+(``model.UNKNOWN_OUTCOME``: a gateway page, a lost or cut answer) is parked
+DEAD_LETTERED with OUTCOME_UNKNOWN.
 
 The scripted Marketo's "gateway_504" answers at once with a gateway's 504 page and keeps
 the call's keys in flight: Marketo applies it later (rule ``marketo_applies_late_calls``,

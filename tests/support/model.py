@@ -130,15 +130,12 @@ SUPERSEDED_CODE: Final = "SUPERSEDED"
 
 #: Known product defects (issue 18) that invariant 2 is narrowed for, so the suite stays
 #: green while they stand; each names the one case it lets pass (``Reference.excused``).
-#: REST: a good write merged into one record with a bad write of its lead ends FAILED
-#: with the record (1006), its fields never sent (SOAP fails only the bad write, 52d1e46).
-MERGED_FAILURE: Final = "merged-failure"
 #: A bulk or replayed write is sent without the fields a newer write of its lead set that
 #: "may have been applied" (its call's answer was lost, or it was parked), and ends
 #: CREATED/UPDATED; when that newer write then ends FAILED for an unknown field, Marketo
 #: never took it, and the older write's value of those fields is lost without a word.
 FAILED_MAYBE_WRITTEN: Final = "failed-maybe-written"
-EXCUSES: Final = frozenset({MERGED_FAILURE, FAILED_MAYBE_WRITTEN})
+EXCUSES: Final = frozenset({FAILED_MAYBE_WRITTEN})
 #: REST (47d41a3): a skipped record merging several writes of a lead sends its oldest
 #: write alone next, though a newer write of the lead rode in a call whose answer was
 #: lost and Marketo applied it: the older value lands over the newer one (invariant 1).
@@ -737,7 +734,7 @@ class Reference:
     ) -> list[str]:
         """Invariant 3: a terminal outcome never changes; a parked one only reopens by
         replay; an outcome once seen never disappears; only a write carrying an unknown
-        field (or merged with one) fails, with the protocol's code (from ``error_codes``
+        field fails (never one merged with it), with the protocol's code (from ``error_codes``
         when given), and such a write never succeeds; or a replayed write every field of
         which a newer write Marketo applied set fails SUPERSEDED (replay merges per field:
         it would revert newer values)."""
@@ -761,12 +758,11 @@ class Reference:
                         f"{rid}: FAILED {code} but no newer applied write set its fields"
                     )
             elif now is OutcomeStatus.FAILED:
-                if not self._may_fail(rid) and not (
-                    error_codes is None and self._superseded(rid, outcomes)
-                ):
-                    problems.append(
-                        f"{rid}: FAILED but neither it nor a write it merges with is bad"
-                    )
+                # Issue 18: a write fails by itself, never for a bad write of its lead
+                # merged with it (the drain sends the good writes again without it).
+                poisoned = self.writes[rid].poisoned
+                if not poisoned and not (error_codes is None and self._superseded(rid, outcomes)):
+                    problems.append(f"{rid}: FAILED but it carries no unknown field")
                 if error_codes is not None and code != self.unknown_field_code:
                     problems.append(
                         f"{rid}: FAILED with code {code}, not {self.unknown_field_code}"
@@ -844,20 +840,11 @@ class Reference:
                 newer.update(other.attributes)
         return set(write.attributes) <= newer
 
-    def _may_fail(self, rid: str) -> bool:
-        write = self.writes[rid]
-        if write.poisoned:
-            return True
-        return write.dedup and any(
-            w.poisoned and w.dedup and w.key == write.key for w in self.writes.values()
-        )
-
     def counts(self, write: Write) -> bool:
         """Whether Marketo must end with ``write``'s fields merged in (invariant 2): every
         accepted dedup=true write does, except one that ended FAILED for its own bad data
         (it carries an unknown field) or as SUPERSEDED (every field it set was set by a
-        newer write), and (excuse :data:`MERGED_FAILURE`) one that failed merged with a
-        bad write of its lead. A dedup=false write makes a lead of its own."""
+        newer write). A dedup=false write makes a lead of its own."""
         if not write.dedup:
             return False
         status = self.status.get(write.request_id)
@@ -865,12 +852,7 @@ class Reference:
             return True
         if status is not OutcomeStatus.FAILED:
             return False  # still parked or pending: unsettled() reports it
-        code = self.codes.get(write.request_id)
-        if write.poisoned or code == SUPERSEDED_CODE:
-            return False
-        # observe() holds that a good write fails with this code only beside a bad write
-        # of its lead: merged with it.
-        return not (MERGED_FAILURE in self.excused and code == self.unknown_field_code)
+        return not write.poisoned and self.codes.get(write.request_id) != SUPERSEDED_CODE
 
     def _dropped_for_a_failed_write(
         self, want: Write, name: str, value: str | None, calls: Sequence[Call]
