@@ -88,10 +88,8 @@ from tests.support.model import (
     EVERY_SHARD,
     EXCUSES,
     FIELDS,
-    KNOWN_DEFECTS,
     OUTCOME_UNKNOWN_CODE,
     PAUSE_POINTS,
-    PEEL_AFTER_LOST_CALL,
     PROTOCOLS,
     REST_FAULTS,
     SEQ,
@@ -159,11 +157,10 @@ def model_settings(protocol: WireProtocol, *, split_replies: bool = False) -> se
 #: while a known one is not fixed yet). Empty in CI.
 SKIP = frozenset(int(n) for n in os.environ.get("LEADSYNC_MODEL_SKIP", "").split(",") if n)
 
-#: Known product defects the machine is narrowed for, to look for anyway: e.g.
-#: LEADSYNC_MODEL_STRICT=merged-failure,peel-after-lost-call or =all
-#: (``model.KNOWN_DEFECTS``: invariant 2's excuses and what ``write`` leaves out).
+#: Known product defects invariant 2 is narrowed for, to check anyway: e.g.
+#: LEADSYNC_MODEL_STRICT=failed-maybe-written or =all (``model.EXCUSES``).
 _STRICT = os.environ.get("LEADSYNC_MODEL_STRICT", "")
-STRICT = KNOWN_DEFECTS if _STRICT == "all" else frozenset(_STRICT.split(",")) & KNOWN_DEFECTS
+STRICT = EXCUSES if _STRICT == "all" else frozenset(_STRICT.split(",")) & EXCUSES
 
 #: Triage knob: a batch size larger than any backlog hides R1 (partial claims), so the
 #: search can find what else is wrong. The suite runs with the default 3.
@@ -197,9 +194,6 @@ class DrainMachine(RuleBasedStateMachine):
     split_replies: ClassVar[bool] = False
     #: In-place retries of a transient fault (never of a call whose outcome is unknown).
     transient_retries: ClassVar[int] = 0
-    #: What the search generates is narrowed for known defects (``write``); a named
-    #: regression replays its steps as found.
-    narrowed: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -278,19 +272,6 @@ class DrainMachine(RuleBasedStateMachine):
         (Over SOAP the id would be another key, as it is to Marketo: not mixed here.)"""
         person, value, dedup, poisoned, lane, fields, with_id = spec
         key = f"email:{person}"
-        if (
-            poisoned
-            and dedup
-            and self.protocol == "rest"
-            and self.narrowed
-            and PEEL_AFTER_LOST_CALL not in STRICT
-            and self.ref.has_open_writes(key)
-        ):
-            # Known defect PEEL_AFTER_LOST_CALL: a bad write joining a lead whose open
-            # writes may ride (or rode) in a call whose answer is lost makes the drain send
-            # an older one alone over a newer one Marketo applied. Narrowed here, to that
-            # case: over REST a bad write only starts a lead's run of writes.
-            poisoned = False
         marketo_id = self.ref.lead_ids.get(key) if with_id and self.protocol == "rest" else None
         draft = self.ref.new_write(
             key,
@@ -1056,7 +1037,6 @@ def test_a_case_the_machine_found_keeps_its_promises(
     DrainMachine.protocol = regression.protocol
     DrainMachine.split_replies = regression.split_replies
     DrainMachine.transient_retries = regression.transient_retries
-    DrainMachine.narrowed = False
     try:
         machine = DrainMachine()
         checks = [
@@ -1076,4 +1056,3 @@ def test_a_case_the_machine_found_keeps_its_promises(
         DrainMachine.protocol = "soap"
         DrainMachine.split_replies = False
         DrainMachine.transient_retries = 0
-        DrainMachine.narrowed = True

@@ -136,13 +136,6 @@ SUPERSEDED_CODE: Final = "SUPERSEDED"
 #: never took it, and the older write's value of those fields is lost without a word.
 FAILED_MAYBE_WRITTEN: Final = "failed-maybe-written"
 EXCUSES: Final = frozenset({FAILED_MAYBE_WRITTEN})
-#: REST (47d41a3): a skipped record merging several writes of a lead sends its oldest
-#: write alone next, though a newer write of the lead rode in a call whose answer was
-#: lost and Marketo applied it: the older value lands over the newer one (invariant 1).
-#: The machine narrows what it generates for it (``DrainMachine.write``), not a check.
-PEEL_AFTER_LOST_CALL: Final = "peel-after-lost-call"
-#: Every known defect the model-based test is narrowed for (LEADSYNC_MODEL_STRICT).
-KNOWN_DEFECTS: Final = EXCUSES | {PEEL_AFTER_LOST_CALL}
 
 GATEWAY_504_PAGE: Final = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
 
@@ -705,14 +698,6 @@ class Reference:
         write = Write("", key, seq, attributes, dedup, marketo_id, lane)
         self.next_seq += 1
         return write
-
-    def has_open_writes(self, key: str) -> bool:
-        """Whether a dedup write of the lead is not terminal yet (pending or parked, as
-        last observed): a new write of it may merge with that one."""
-        return any(
-            w.key == key and w.dedup and self.status.get(w.request_id) not in TERMINAL
-            for w in self.writes.values()
-        )
 
     def learn_lead_ids(self, lead_ids: Mapping[str, int | None]) -> None:
         """Keep the Marketo id a successful dedup write's outcome named, as an app keeps
