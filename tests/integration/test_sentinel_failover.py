@@ -180,7 +180,8 @@ def _start_cluster_node(binary: str, folder: Path) -> tuple[subprocess.Popen[byt
     """A cluster-enabled redis-server answering PING; a new free port when the one picked
     was taken meanwhile (the server exits), a bounded wait on a loaded machine."""
     for _ in range(3):
-        port = free_port()
+        # The cluster bus listens 10000 above: a port over 55535 cannot start a node.
+        port = next(p for p in iter(free_port, None) if p <= 55535)
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
              "--save", "", "--cluster-enabled", "yes", "--cluster-config-file",
