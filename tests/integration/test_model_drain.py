@@ -19,8 +19,7 @@ Invariants, checked after every step (2 after every settle, and at the end):
 2. once settled, Marketo holds for each lead the per-field merge, in write order, of
    every accepted dedup=true write except those that ended FAILED for their own bad data
    or SUPERSEDED (``Reference.counts``); a newer write's value may show only if that write
-   does not count but Marketo applied it (its answer was lost). Narrowed while a bulk
-   or replayed write loses fields a newer write set that then failed (see STRICT);
+   does not count but Marketo applied it (its answer was lost);
 3. a terminal outcome never changes, a parked one reopens only by replay, and once
    settled every request is terminal (or parked because replay would be superseded);
 4. no lead key is in two calls in flight at once;

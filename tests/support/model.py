@@ -128,14 +128,13 @@ OUTCOME_UNKNOWN_CODE: Final = "OUTCOME_UNKNOWN"
 #: The error code of a replayed write every field of which a newer applied write set.
 SUPERSEDED_CODE: Final = "SUPERSEDED"
 
-#: Known product defects (issue 18) that invariant 2 is narrowed for, so the suite stays
-#: green while they stand; each names the one case it lets pass (``Reference.excused``).
-#: A bulk or replayed write is sent without the fields a newer write of its lead set that
-#: "may have been applied" (its call's answer was lost, or it was parked), and ends
-#: CREATED/UPDATED; when that newer write then ends FAILED for an unknown field, Marketo
-#: never took it, and the older write's value of those fields is lost without a word.
+#: Known product defects (issue 18) invariant 2 can be narrowed for (``Reference.excused``):
+#: none now. Fixed, kept as a name for LEADSYNC_MODEL_STRICT triage: a bulk or replayed
+#: write was sent without the fields of a newer write of its lead that "may have been
+#: applied" (its call's answer was lost) and then ended FAILED for an unknown field,
+#: which no call ever applies (worker/drain/choice.py, NEVER_APPLIED_CODES).
 FAILED_MAYBE_WRITTEN: Final = "failed-maybe-written"
-EXCUSES: Final = frozenset({FAILED_MAYBE_WRITTEN})
+EXCUSES: Final[frozenset[str]] = frozenset()
 
 GATEWAY_504_PAGE: Final = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
 

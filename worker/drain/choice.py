@@ -73,6 +73,11 @@ def unknown_outcome_reason(exc: MarketoError) -> str:
     return _parked_unknown(f"{reason(exc)}: {exc.detail[:200]}")
 
 
+#: Codes of a write refused for a field the instance lacks (SOAP 20105, REST 1006): no
+#: call that carried it applied it, whatever happened to their answers.
+NEVER_APPLIED_CODES = frozenset({"20105", "1006"})
+
+
 def cut_call_reason(exc: BaseException) -> str:
     """Why a dedup=false record is parked after its call was cut once it had left (the
     drain's timeout, a cancellation, an error outside the error tree)."""
@@ -182,8 +187,10 @@ def settle_entry(
     lane.settlement.answer(entry, outcome)
     # Applied now; or refused now, after an earlier call that carried it and whose
     # answer was lost (attempts > 1) may have applied it: either way an older parked
-    # write of the lead must not send these fields over it.
-    if status in (OutcomeStatus.CREATED, OutcomeStatus.UPDATED) or attempts > 1:
+    # write of the lead must not send these fields over it. Not a write refused for a
+    # field the instance lacks: every call that carried it was refused it too.
+    applied = status in (OutcomeStatus.CREATED, OutcomeStatus.UPDATED)
+    if applied or (attempts > 1 and error_code not in NEVER_APPLIED_CODES):
         lane.settlement.wrote(entry, fields)
 
 
