@@ -146,10 +146,16 @@ def test_replication_and_sentinels_run_as_their_users_and_default_is_refused(
             _wait(lambda: replica.get("leadsync:probe") == "1", 5, "the replica to follow")
         # The sentinels: every connection of theirs, to the master and the replica, and
         # to each other, is leadsync-sentinel's.
+        # Sentinels find each other through hello messages every 2 s: wait for them.
         for port in [*servers, *overlay.sentinel_ports]:
-            with overlay.as_user(port, "leadsync-sentinel" if port in overlay.sentinel_ports else "leadsync-admin") as server:  # fmt: skip
-                theirs = {c["user"] for c in server.client_list() if c["name"].startswith("sentinel-")}  # fmt: skip
-            assert theirs == {"leadsync-sentinel"}, port
+            user = "leadsync-sentinel" if port in overlay.sentinel_ports else "leadsync-admin"
+
+            def theirs(port: int = port, user: str = user) -> set[str]:
+                with overlay.as_user(port, user) as server:
+                    return {c["user"] for c in server.client_list() if c["name"].startswith("sentinel-")}  # fmt: skip
+
+            _wait(lambda theirs=theirs: bool(theirs()), 30, f"sentinel connections on {port}")
+            assert theirs() == {"leadsync-sentinel"}, port
         # The replication user can replicate and nothing else (no key, no command).
         assert master.execute_command("ACL", "DRYRUN", "leadsync-replica", "PSYNC", "?", "-1") == "OK"  # fmt: skip
         assert master.execute_command("ACL", "DRYRUN", "leadsync-replica", "GET", "leadsync:probe") != "OK"  # fmt: skip
